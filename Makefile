@@ -1,0 +1,42 @@
+# `make run`: set up and run the quickstart (a real LoRA fine-tune of all-MiniLM-L6-v2).
+# `make test`: set up and run the tests. Both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+# CPU wheel by default, so no GBs of CUDA packages are pulled; on a GPU machine:
+#   make install TORCH_SPEC=torch
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install run test lint format clean bench
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
+	touch $(STAMP)
+
+run: install
+	$(BIN)/python tools/seed_hf_cache.py
+	$(BIN)/llmtune finetune recipes/quickstart.yaml --set output.overwrite=true
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

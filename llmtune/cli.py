@@ -1,0 +1,279 @@
+"""The `llmtune` command line: verbs only. Each job verb loads a recipe and hands it to its job
+module's `run(recipe, options)`; `run_job` is the one place where errors become exit codes.
+
+Heavy libraries (torch, transformers) are imported inside the jobs, so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import sys
+import tempfile
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from llmtune import __version__
+from llmtune.errors import BadInput, Interrupted, JobNotBuilt, LockHeld
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Turn a pre-trained language model into a solution, one YAML recipe per job.")
+
+JOBS = {
+    "finetune": "llmtune.finetune",
+    "distill": "llmtune.distill",
+    "rlhf": "llmtune.rlhf",
+    "prompt-eval": "llmtune.prompt_eval",
+    "bulk-infer": "llmtune.bulk_infer",
+}
+EXIT_BAD_INPUT, EXIT_FAILED, EXIT_LOCKED = 2, 1, 75
+
+
+@dataclass
+class JobOptions:
+    """Command-line options every job receives."""
+
+    output: Path | None = None
+    resume: bool = False
+    dry_run: bool = False
+    json: bool = False
+    debug: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+    log_file: Path | None = None  # set by the job once its run directory exists
+
+
+RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="Override one key after extends, e.g. training.learning_rate=2e-5 (YAML value).")]
+OutputOpt = Annotated[Optional[Path], typer.Option("--output", help="Run directory (overrides output.dir).")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Validate everything and print the plan; write nothing.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout at the end.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and library logs.")]
+
+
+def _debug(flag: bool) -> bool:
+    return flag or os.environ.get("LLMTUNE_DEBUG", "") not in ("", "0")
+
+
+def _fail(lines: str, code: int) -> None:
+    for line in lines.splitlines():
+        print(f"error: {line}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def run_job(verb: str, recipe_path: Path, sets: list[str] | None, options: JobOptions) -> None:
+    """Load the recipe, run the job, and map every outcome to the SPEC's exit codes."""
+    from llmtune.recipes import load_recipe
+
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        recipe = load_recipe(recipe_path, sets, expected_kind=verb)
+        module = importlib.import_module(JOBS[verb])
+        summary = module.run(recipe, options)
+    except BadInput as exc:
+        if options.debug:
+            traceback.print_exc()
+        _fail(str(exc), EXIT_BAD_INPUT)
+    except LockHeld as exc:
+        _fail(str(exc), EXIT_LOCKED)
+    except Interrupted as exc:
+        _fail(f"interrupted; resumable state was saved (rerun with --resume)", 128 + exc.signum)
+    except KeyboardInterrupt:
+        _fail("interrupted (SIGINT); resumable state was saved (rerun with --resume)", 130)
+    except JobNotBuilt as exc:
+        _fail(str(exc), EXIT_FAILED)
+    except Exception as exc:  # noqa: BLE001 - the one boundary where a crash becomes exit 1
+        if options.debug:
+            raise
+        log = _write_traceback(options.log_file)
+        _fail(f"the {verb} job failed: {type(exc).__name__}: {exc}\nfull log: {log}", EXIT_FAILED)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if options.json:
+        print(json.dumps(summary, default=str))
+    code = int(summary.get("exit_code", 0)) if isinstance(summary, dict) else 0
+    if code:
+        raise typer.Exit(code)
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+def _write_traceback(log_file: Path | None) -> Path:
+    text = traceback.format_exc()
+    if log_file is None:
+        fd, name = tempfile.mkstemp(prefix="llmtune-", suffix=".log")
+        os.close(fd)
+        log_file = Path(name)
+    with log_file.open("a", encoding="utf-8") as f:
+        f.write(text)
+    return log_file
+
+
+def _options(output: Path | None, resume: bool, dry_run: bool, as_json: bool, debug: bool,
+             **extra: Any) -> JobOptions:
+    return JobOptions(output=output, resume=resume, dry_run=dry_run, json=as_json,
+                      debug=_debug(debug), extra=extra)
+
+
+@app.command()
+def finetune(recipe: RecipeArg, set_: SetOpt = None, output: OutputOpt = None, resume: ResumeOpt = False,
+             dry_run: DryRunOpt = False, as_json: JsonOpt = False, debug: DebugOpt = False,
+             sweep: Annotated[Optional[Path], typer.Option(
+                 "--sweep", help="Sweep file: search hyperparameters on the validation metric.")] = None) -> None:
+    """Adapt a model on task examples (full, LoRA, QLoRA, DoRA, IA3, prefix, prompt, last layers)."""
+    run_job("finetune", recipe, set_, _options(output, resume, dry_run, as_json, debug, sweep=sweep))
+
+
+@app.command()
+def distill(recipe: RecipeArg, set_: SetOpt = None, output: OutputOpt = None, resume: ResumeOpt = False,
+            dry_run: DryRunOpt = False, as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """Train a smaller student on a teacher's soft labels or logits."""
+    run_job("distill", recipe, set_, _options(output, resume, dry_run, as_json, debug))
+
+
+@app.command()
+def rlhf(recipe: RecipeArg, set_: SetOpt = None, output: OutputOpt = None, resume: ResumeOpt = False,
+         dry_run: DryRunOpt = False, as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """Learn from human preferences: reward model, GRPO/RLOO, DPO/KTO, or collect responses."""
+    run_job("rlhf", recipe, set_, _options(output, resume, dry_run, as_json, debug))
+
+
+@app.command("prompt-eval")
+def prompt_eval(recipe: RecipeArg, set_: SetOpt = None, output: OutputOpt = None,
+                resume: ResumeOpt = False, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
+                debug: DebugOpt = False,
+                fail_under: Annotated[Optional[list[str]], typer.Option(
+                    "--fail-under", help="METRIC=VALUE: exit 1 when the best pair is below.")] = None) -> None:
+    """Compare zero-, one- and few-shot prompts and models on a labelled set."""
+    run_job("prompt-eval", recipe, set_,
+            _options(output, resume, dry_run, as_json, debug, fail_under=fail_under or []))
+
+
+@app.command("bulk-infer")
+def bulk_infer(recipe: RecipeArg, set_: SetOpt = None, output: OutputOpt = None,
+               resume: ResumeOpt = False, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
+               debug: DebugOpt = False,
+               shard: Annotated[Optional[str], typer.Option("--shard", help="I/N: process a stable 1/N of the ids.")] = None,
+               limit: Annotated[Optional[int], typer.Option("--limit", help="Process at most N new rows.")] = None,
+               refresh: Annotated[Optional[str], typer.Option("--refresh", help="stale: recompute rows whose fingerprints changed.")] = None,
+               merge_shards: Annotated[bool, typer.Option("--merge-shards", help="Join the shards' part files.")] = False) -> None:
+    """Offline inference over large files: batched, resumable, cron-safe."""
+    run_job("bulk-infer", recipe, set_, _options(output, resume, dry_run, as_json, debug, shard=shard,
+                                                 limit=limit, refresh=refresh,
+                                                 merge_shards=merge_shards))
+
+
+@app.command()
+def validate(recipes: Annotated[list[Path], typer.Argument(help="Recipe files.", show_default=False)],
+             set_: SetOpt = None, as_json: JsonOpt = False) -> None:
+    """Check recipes without running them; print each resolved recipe."""
+    import yaml
+
+    from llmtune.recipes import load_recipe
+
+    failed = False
+    for path in recipes:
+        try:
+            recipe = load_recipe(path, set_)
+        except BadInput as exc:
+            failed = True
+            for line in str(exc).splitlines():
+                print(f"error: {line}", file=sys.stderr)
+            continue
+        dump = recipe.model_dump(mode="json")
+        if as_json:
+            print(json.dumps({"file": str(path), "recipe": dump}))
+        else:
+            print(f"# {path}: ok ({recipe.kind})")
+            print(yaml.safe_dump(dump, sort_keys=False), end="")
+    if failed:
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
+@app.command()
+def init(kind: Annotated[str, typer.Argument(help="finetune | distill | rlhf | prompt-eval | bulk-infer")],
+         path: Annotated[Optional[Path], typer.Argument(help="Write here (default: stdout).")] = None) -> None:
+    """Write a commented starter recipe for KIND."""
+    from llmtune.recipes import RECIPE_KINDS
+    from llmtune.recipes.starter import starter_recipe
+
+    if kind not in RECIPE_KINDS:
+        _fail(f"unknown kind {kind!r}; expected one of: {', '.join(RECIPE_KINDS)}", EXIT_BAD_INPUT)
+    text = starter_recipe(kind, RECIPE_KINDS[kind])
+    if path is None:
+        print(text, end="")
+        return
+    if path.exists():
+        _fail(f"{path} already exists; not overwriting it", EXIT_BAD_INPUT)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    print(f"wrote {path}", file=sys.stderr)
+
+
+@app.command()
+def schema(kind: Annotated[Optional[str], typer.Argument(help="Recipe kind (default: all kinds).")] = None) -> None:
+    """Print the JSON Schema of a recipe kind (for editors' YAML support)."""
+    from llmtune.recipes import RECIPE_KINDS
+
+    if kind is not None and kind not in RECIPE_KINDS:
+        _fail(f"unknown kind {kind!r}; expected one of: {', '.join(RECIPE_KINDS)}", EXIT_BAD_INPUT)
+    if kind is not None:
+        print(json.dumps(RECIPE_KINDS[kind].model_json_schema(), indent=2))
+        return
+    schemas = {k: m.model_json_schema() for k, m in RECIPE_KINDS.items()}
+    print(json.dumps({"$schema": "https://json-schema.org/draft/2020-12/schema",
+                      "title": "llmtune recipe", "oneOf": list(schemas.values())}, indent=2))
+
+
+@app.command()
+def env(as_json: JsonOpt = False) -> None:
+    """Versions of python/torch/transformers/peft/trl and the devices this machine has."""
+    from llmtune.environment import describe_environment
+
+    info = describe_environment()
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    for key, value in info.items():
+        print(f"{key}: {value}")
+
+
+@app.command()
+def export(run: Annotated[Path, typer.Argument(help="Run directory or adapter folder.")],
+           output: Annotated[Path, typer.Option("--output", help="Where to write the model.")],
+           merge: Annotated[bool, typer.Option("--merge", help="Merge a LoRA adapter into the base.")] = False,
+           debug: DebugOpt = False) -> None:
+    """Write a standalone Hugging Face model (optionally merging a LoRA adapter)."""
+    try:
+        from llmtune.export import export_model
+
+        export_model(run, output, merge=merge)
+    except BadInput as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+    except ImportError:
+        _fail("export is not built yet", EXIT_FAILED)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        print(f"llmtune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version_callback,
+                                                is_eager=True, help="Print the version.")] = False) -> None:
+    """Turn a pre-trained language model into a solution, one YAML recipe per job."""
+
+
+def main() -> None:
+    app()

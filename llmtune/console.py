@@ -1,0 +1,58 @@
+"""Human output: rich on a terminal, plain line-oriented logs elsewhere (CI, cron), always on
+stderr so that stdout stays free for --json."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+_start = time.monotonic()
+
+
+def stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+def say(message: str) -> None:
+    """One progress line on stderr."""
+    if stderr_is_terminal():
+        from rich.console import Console
+
+        Console(stderr=True, highlight=False).print(message)
+    else:
+        print(f"[llmtune {time.monotonic() - _start:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    """A table on stderr: rich on a terminal, aligned plain text elsewhere."""
+    cells = [[_fmt(c) for c in row] for row in rows]
+    if stderr_is_terminal():
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=title)
+        for col in columns:
+            t.add_column(col)
+        for row in cells:
+            t.add_row(*row)
+        Console(stderr=True).print(t)
+        return
+    widths = [max(len(str(x)) for x in col) for col in zip(columns, *cells)]
+    print(title, file=sys.stderr)
+    for row in [columns, *cells]:
+        print("  " + "  ".join(str(x).ljust(w) for x, w in zip(row, widths)), file=sys.stderr)
+    sys.stderr.flush()
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def markdown_table(columns: list[str], rows: list[list[Any]]) -> str:
+    """The same table as Markdown, for report.md."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,56 @@
+"""Recipes: pydantic models (one module per kind) and loading a YAML file into one of them.
+
+`load_recipe` is the single entry point: read YAML (with extends, --set, ${ENV}), pick the model
+by `kind`, validate strictly, and raise `BadInput` listing every problem with file and line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from llmtune.errors import BadInput
+from llmtune.recipes.bulk_infer import BulkInferRecipe
+from llmtune.recipes.common import RecipeBase
+from llmtune.recipes.distill import DistillRecipe
+from llmtune.recipes.finetune import FinetuneRecipe
+from llmtune.recipes.loader import read_recipe
+from llmtune.recipes.prompt_eval import PromptEvalRecipe
+from llmtune.recipes.rlhf import RlhfRecipe
+from llmtune.recipes.validate import problems_from
+
+RECIPE_KINDS: dict[str, type[RecipeBase]] = {
+    "finetune": FinetuneRecipe,
+    "distill": DistillRecipe,
+    "rlhf": RlhfRecipe,
+    "prompt-eval": PromptEvalRecipe,
+    "bulk-infer": BulkInferRecipe,
+}
+
+__all__ = ["RECIPE_KINDS", "RecipeBase", "load_recipe", "BulkInferRecipe", "DistillRecipe",
+           "FinetuneRecipe", "PromptEvalRecipe", "RlhfRecipe"]
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None,
+                expected_kind: str | None = None) -> RecipeBase:
+    """Read, merge and validate a recipe. Raises BadInput naming file, line and key."""
+    raw = read_recipe(path, overrides)
+    kind = raw.data.get("kind")
+    file, line = raw.where(("kind",))
+    if kind is None:
+        raise BadInput(f"required key is missing; expected one of: {', '.join(RECIPE_KINDS)}",
+                       file=file, key="kind")
+    if kind not in RECIPE_KINDS:
+        raise BadInput(f"unknown kind {kind!r}; expected one of: {', '.join(RECIPE_KINDS)}",
+                       file=file, line=line, key="kind")
+    if expected_kind is not None and kind != expected_kind:
+        raise BadInput(f"this is a {kind} recipe; run it with `llmtune {kind}`, "
+                       f"not `llmtune {expected_kind}`", file=file, line=line, key="kind")
+    model = RECIPE_KINDS[kind]
+    try:
+        recipe = model.model_validate(raw.data)
+    except ValidationError as exc:
+        raise problems_from(exc, raw, model) from None
+    recipe.attach_source(Path(path))
+    return recipe

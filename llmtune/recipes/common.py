@@ -1,0 +1,240 @@
+"""Recipe pieces shared by several kinds: model references, data, training, output.
+
+Every field's docstring is its documentation: it becomes the description in `llmtune schema`
+and the comment in `llmtune init`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
+
+CANONICAL_FIELDS = ("id", "text", "label", "prompt", "completion", "messages", "chosen",
+                    "rejected", "responses", "ranking")
+
+
+class Section(BaseModel):
+    """Base of every recipe section: unknown keys are errors, docstrings document fields."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class ScratchModel(Section):
+    """A small model built from scratch, with a tokenizer that needs no download."""
+
+    architecture: Literal["llama", "gpt2", "bert"] = "llama"
+    """Model family of the randomly initialised network."""
+    hidden_size: int = Field(64, ge=8)
+    """Width of the hidden states."""
+    num_layers: int = Field(2, ge=1)
+    """Number of transformer blocks."""
+    num_heads: int = Field(4, ge=1)
+    """Attention heads per block; must divide hidden_size."""
+    intermediate_size: int | None = Field(None, ge=8)
+    """Width of the MLP; default 4 x hidden_size."""
+    max_position_embeddings: int = Field(512, ge=16)
+    """Longest sequence the model accepts."""
+    tokenizer: Literal["byte", "train"] = "byte"
+    """byte: byte-level, 256 symbols; train: a BPE tokenizer trained on the recipe's training text."""
+    vocab_size: int = Field(2000, ge=300)
+    """Vocabulary size of a trained tokenizer (tokenizer: train)."""
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ScratchModel:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must divide hidden_size "
+                             f"({self.hidden_size})")
+        return self
+
+
+class ModelRef(Section):
+    """Which model to load: a hub id, a local directory, or a small model built from scratch."""
+
+    path: str | None = None
+    """Hub id (resolved from the local Hugging Face cache when offline) or a local directory."""
+    revision: str = "main"
+    """Branch, tag or commit of a hub model."""
+    adapter: str | None = None
+    """A PEFT adapter directory applied on top of the model."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights' dtype; auto: bfloat16 on GPUs that support it, float32 on CPU."""
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N | mps."""
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    """Attention kernel; flash_attention_2 needs a CUDA GPU and the flash-attn package."""
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+    """Load the base weights quantized with bitsandbytes (CUDA only)."""
+    trust_remote_code: bool = False
+    """Run model code shipped with a hub repo. Off unless you trust the repo."""
+    scratch: ScratchModel | None = None
+    """Instead of path: build a small random model (tests, demos, students)."""
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+            raise ValueError("expected auto, cpu, cuda, cuda:N or mps")
+        return value
+
+    @model_validator(mode="after")
+    def _path_or_scratch(self) -> ModelRef:
+        if (self.path is None) == (self.scratch is None):
+            raise ValueError("give exactly one of path or scratch")
+        return self
+
+    def describe(self) -> str:
+        """A short human name for tables and logs."""
+        if self.scratch is not None:
+            s = self.scratch
+            return f"scratch-{s.architecture}-{s.hidden_size}x{s.num_layers}"
+        return self.path + (f" + {self.adapter}" if self.adapter else "")
+
+
+class Split(Section):
+    """Fractions carved from train when a split is not given as a file."""
+
+    validation: float = Field(0.0, ge=0.0, lt=1.0)
+    """Share of train rows held out for validation (early stopping, model selection)."""
+    test: float = Field(0.0, ge=0.0, lt=1.0)
+    """Share of train rows held out for the final test."""
+    seed: int = 42
+    """Seed of the shuffle; the split is stratified by label when rows have labels."""
+
+    @model_validator(mode="after")
+    def _fractions_below_one(self) -> Split:
+        if self.validation + self.test >= 1.0:
+            raise ValueError("validation + test must be below 1 so that rows are left to train on")
+        return self
+
+
+Files = str | list[str]
+
+
+class Data(Section):
+    """Where rows come from and how they become model inputs."""
+
+    train: Files | None = None
+    """File, glob or list: .jsonl .json .csv .tsv .parquet .txt, or a datasets save_to_disk dir."""
+    validation: Files | None = None
+    """Validation rows; when absent they are carved from train by `split`."""
+    test: Files | None = None
+    """Test rows; when absent they are carved from train by `split`."""
+    split: Split | None = None
+    """Carve validation/test from train when they are not given as files."""
+    columns: dict[str, str] = Field(default_factory=dict)
+    """Canonical field -> column in the files, e.g. {text: review, label: sentiment}."""
+    template: str | None = None
+    """Sandboxed Jinja2 template over the row's fields that builds the model input."""
+    max_length: int = Field(512, ge=8)
+    """Longest input in tokens; longer inputs are truncated."""
+    limit: int | None = Field(None, ge=1)
+    """Use only the first N rows of each split."""
+    skip_bad_rows: bool = False
+    """Skip (and count) rows that cannot be read instead of refusing the data."""
+
+    @field_validator("columns")
+    @classmethod
+    def _canonical_names(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = [k for k in value if k not in CANONICAL_FIELDS]
+        if unknown:
+            raise ValueError(f"unknown canonical field(s) {unknown}; expected some of "
+                             f"{', '.join(CANONICAL_FIELDS)}")
+        return value
+
+
+class EarlyStopping(Section):
+    """Stop when the validation metric stops improving."""
+
+    patience: int = Field(3, ge=1)
+    """Evaluations without improvement before stopping."""
+    metric: str = "eval_loss"
+    """Metric watched on the validation split (eval_loss, eval_accuracy, eval_f1, ...)."""
+
+
+class Training(Section):
+    """Optimisation settings (the HF Trainer's, under their usual names)."""
+
+    epochs: float = Field(3, gt=0)
+    """Passes over the training rows."""
+    max_steps: int | None = Field(None, ge=1)
+    """Stop after this many optimizer steps (overrides epochs)."""
+    batch_size: int = Field(16, ge=1)
+    """Rows per device per step."""
+    grad_accum: int = Field(1, ge=1)
+    """Gradient accumulation steps."""
+    learning_rate: float = Field(2e-4, gt=0)
+    """Peak learning rate."""
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    """Learning-rate schedule."""
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    """Share of steps spent warming up the learning rate."""
+    weight_decay: float = Field(0.0, ge=0.0)
+    """AdamW weight decay."""
+    max_grad_norm: float = Field(1.0, gt=0)
+    """Gradient clipping norm."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """auto: bf16 on GPUs that support it, fp32 on CPU."""
+    gradient_checkpointing: bool = False
+    """Trade compute for memory by recomputing activations."""
+    packing: bool = False
+    """causal_lm: pack several short examples into one sequence."""
+    eval_steps: int | None = Field(None, ge=1)
+    """Evaluate on validation every N steps (default: every epoch)."""
+    early_stopping: EarlyStopping | None = None
+    """Stop early on the validation metric (needs a validation split)."""
+    logging_steps: int = Field(10, ge=1)
+    """Log loss and learning rate every N steps."""
+    save_total_limit: int = Field(2, ge=1)
+    """Checkpoints kept for --resume."""
+
+
+class Output(Section):
+    """Where the run directory goes."""
+
+    dir: str = "runs/{name}"
+    """Run directory; {name} and {date} are replaced; relative to the recipe file."""
+    overwrite: bool = False
+    """Replace an existing finished run in dir (never done otherwise)."""
+
+
+class RecipeBase(Section):
+    """Keys every recipe has."""
+
+    kind: str
+    """Which job this recipe is for."""
+    name: str | None = None
+    """Run name; default: the recipe file's stem."""
+    seed: int = 42
+    """Seed for shuffling, initialisation and sampling."""
+    output: Output = Field(default_factory=Output)
+    """Where the run directory goes."""
+
+    _source: Path | None = PrivateAttr(None)
+
+    def attach_source(self, path: Path) -> None:
+        """Remember the recipe file: relative paths resolve against its folder."""
+        self._source = path
+        if self.name is None:
+            self.name = path.stem
+
+    @property
+    def source(self) -> Path | None:
+        """The recipe file this was loaded from (None when built in code)."""
+        return self._source
+
+    def resolve_path(self, value: str) -> Path:
+        """A path written in the recipe, relative to the recipe file's folder."""
+        path = Path(value).expanduser()
+        if path.is_absolute() or self._source is None:
+            return path
+        return self._source.parent / path

@@ -1,0 +1,196 @@
+"""The run directory every job writes (SPEC section 4): resolved recipe, manifest, metrics,
+eval, model, report; atomic writes; a lock; finished runs never clobbered."""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmtune.errors import BadInput, LockHeld
+from llmtune.recipes.common import RecipeBase
+
+LOCK_NAME = ".llmtune.lock"
+
+
+def run_dir_path(recipe: RecipeBase, output: str | None = None) -> Path:
+    """The run folder: --output if given, else output.dir with {name} and {date} filled in."""
+    if output is not None:
+        return Path(output)
+    name = (recipe.name or "run").replace("/", "-").replace("..", "-")
+    template = recipe.output.dir  # type: ignore[union-attr]
+    return recipe.resolve_path(template.format(name=name, date=dt.date.today().isoformat()))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file so that readers see the old content or the new, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+class OutputLock:
+    """An exclusive, non-blocking flock: a second holder gets LockHeld (exit 75) at once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = self.path.read_text().strip() or "another process"
+            raise LockHeld(f"{self.path} is held by {holder}; nothing was touched") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} since {dt.datetime.now().isoformat(timespec='seconds')}"
+                 .encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+            self.path.unlink(missing_ok=True)
+
+
+class RunDir:
+    """One job's output folder. Use `open()` only after all input has been validated."""
+
+    def __init__(self, path: Path, recipe: RecipeBase) -> None:
+        self.path = path
+        self.recipe = recipe
+        self.lock = OutputLock(path / LOCK_NAME)
+        self.manifest: dict[str, Any] = {}
+
+    def finished(self) -> bool:
+        manifest = self.path / "manifest.json"
+        if not manifest.exists():
+            return False
+        try:
+            return json.loads(manifest.read_text()).get("status") == "completed"
+        except json.JSONDecodeError:
+            return False
+
+    def check_writable(self, *, resume: bool = False) -> None:
+        """Refuse a finished run unless output.overwrite (checked before anything is written)."""
+        overwrite = getattr(self.recipe.output, "overwrite", False)
+        if self.finished() and not overwrite and not resume:
+            raise BadInput(f"{self.path} holds a finished run; set output.overwrite: true "
+                           "(or --set output.overwrite=true) or choose another --output",
+                           key="output.dir")
+
+    def open(self, *, resume: bool = False, data_files: list[Path] = ()) -> RunDir:
+        """Take the lock, clear a run being overwritten, write recipe.yaml and the manifest."""
+        self.check_writable(resume=resume)
+        self.lock.acquire()
+        if not resume:
+            for child in self.path.iterdir():
+                if child.name != LOCK_NAME:
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+        dump = self.recipe.model_dump(mode="json")
+        atomic_write_text(self.path / "recipe.yaml", yaml.safe_dump(dump, sort_keys=False))
+        self.manifest = {
+            "llmtune": _version("llmtune"), "kind": self.recipe.kind, "name": self.recipe.name,
+            "status": "running", "started": _now(), "ended": None, "seed": self.recipe.seed,
+            "recipe_file": str(self.recipe.source) if self.recipe.source else None,
+            "git_commit": _git_commit(self.recipe.source.parent if self.recipe.source else None),
+            "versions": library_versions(), "python": platform.python_version(),
+            "data_files": {str(p): fingerprint_file(p) for p in data_files},
+        }
+        atomic_write_json(self.path / "manifest.json", self.manifest)
+        return self
+
+    def update_manifest(self, **fields: Any) -> None:
+        self.manifest.update(fields)
+        atomic_write_json(self.path / "manifest.json", self.manifest)
+
+    def close(self, status: str, **fields: Any) -> None:
+        """Record how the run ended and release the lock."""
+        self.update_manifest(status=status, ended=_now(), **fields)
+        self.lock.release()
+
+    def write_json(self, name: str, data: Any) -> Path:
+        atomic_write_json(self.path / name, data)
+        return self.path / name
+
+    def write_text(self, name: str, text: str) -> Path:
+        atomic_write_text(self.path / name, text)
+        return self.path / name
+
+    def log_metrics(self, record: dict[str, Any]) -> None:
+        """Append one line to metrics.jsonl (flushed, so a crash keeps what was logged)."""
+        with (self.path / "metrics.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record, default=float) + "\n")
+            f.flush()
+
+    @property
+    def log_file(self) -> Path:
+        return self.path / "run.log"
+
+
+def _now() -> str:
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def library_versions() -> dict[str, str | None]:
+    """Versions of the libraries a run depends on."""
+    names = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "scikit-learn")
+    return {name: _version(name) for name in names}
+
+
+def _git_commit(folder: Path | None) -> str | None:
+    if folder is None:
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def fingerprint_file(path: Path) -> str:
+    """sha256 of a file (or of a folder's files), to tell later which data a run saw."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        with file.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return "sha256:" + digest.hexdigest()
