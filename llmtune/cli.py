@@ -22,8 +22,12 @@ import typer
 from llmtune import __version__
 from llmtune.errors import BadInput, Interrupted, JobNotBuilt, LockHeld
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Turn a pre-trained language model into a solution, one YAML recipe per job.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Turn a pre-trained language model into a solution, one YAML recipe per job.",
+)
 
 JOBS = {
     "finetune": "llmtune.finetune",
@@ -49,11 +53,17 @@ class JobOptions:
 
 
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)]
-SetOpt = Annotated[Optional[list[str]], typer.Option(
-    "--set", help="Override one key after extends, e.g. training.learning_rate=2e-5 (YAML value).")]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--set", help="Override one key after extends, e.g. training.learning_rate=2e-5 (YAML value)."
+    ),
+]
 OutputOpt = Annotated[Optional[Path], typer.Option("--output", help="Run directory (overrides output.dir).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")]
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Validate everything and print the plan; write nothing.")]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Validate everything and print the plan; write nothing.")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout at the end.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and library logs.")]
 
@@ -84,7 +94,7 @@ def run_job(verb: str, recipe_path: Path, sets: list[str] | None, options: JobOp
     except LockHeld as exc:
         _fail(str(exc), EXIT_LOCKED)
     except Interrupted as exc:
-        _fail(f"interrupted; resumable state was saved (rerun with --resume)", 128 + exc.signum)
+        _fail("interrupted; resumable state was saved (rerun with --resume)", 128 + exc.signum)
     except KeyboardInterrupt:
         _fail("interrupted (SIGINT); resumable state was saved (rerun with --resume)", 130)
     except JobNotBuilt as exc:
@@ -118,63 +128,128 @@ def _write_traceback(log_file: Path | None) -> Path:
     return log_file
 
 
-def _options(output: Path | None, resume: bool, dry_run: bool, as_json: bool, debug: bool,
-             **extra: Any) -> JobOptions:
-    return JobOptions(output=output, resume=resume, dry_run=dry_run, json=as_json,
-                      debug=_debug(debug), extra=extra)
+def _options(
+    output: Path | None, resume: bool, dry_run: bool, as_json: bool, debug: bool, **extra: Any
+) -> JobOptions:
+    return JobOptions(
+        output=output, resume=resume, dry_run=dry_run, json=as_json, debug=_debug(debug), extra=extra
+    )
 
 
 @app.command()
-def finetune(recipe: RecipeArg, set_: SetOpt = None, output: OutputOpt = None, resume: ResumeOpt = False,
-             dry_run: DryRunOpt = False, as_json: JsonOpt = False, debug: DebugOpt = False,
-             sweep: Annotated[Optional[Path], typer.Option(
-                 "--sweep", help="Sweep file: search hyperparameters on the validation metric.")] = None) -> None:
+def finetune(
+    recipe: RecipeArg,
+    set_: SetOpt = None,
+    output: OutputOpt = None,
+    resume: ResumeOpt = False,
+    dry_run: DryRunOpt = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+    sweep: Annotated[
+        Optional[Path],
+        typer.Option("--sweep", help="Sweep file: search hyperparameters on the validation metric."),
+    ] = None,
+) -> None:
     """Adapt a model on task examples (full, LoRA, QLoRA, DoRA, IA3, prefix, prompt, last layers)."""
     run_job("finetune", recipe, set_, _options(output, resume, dry_run, as_json, debug, sweep=sweep))
 
 
 @app.command()
-def distill(recipe: RecipeArg, set_: SetOpt = None, output: OutputOpt = None, resume: ResumeOpt = False,
-            dry_run: DryRunOpt = False, as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+def distill(
+    recipe: RecipeArg,
+    set_: SetOpt = None,
+    output: OutputOpt = None,
+    resume: ResumeOpt = False,
+    dry_run: DryRunOpt = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
     """Train a smaller student on a teacher's soft labels or logits."""
     run_job("distill", recipe, set_, _options(output, resume, dry_run, as_json, debug))
 
 
 @app.command()
-def rlhf(recipe: RecipeArg, set_: SetOpt = None, output: OutputOpt = None, resume: ResumeOpt = False,
-         dry_run: DryRunOpt = False, as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+def rlhf(
+    recipe: RecipeArg,
+    set_: SetOpt = None,
+    output: OutputOpt = None,
+    resume: ResumeOpt = False,
+    dry_run: DryRunOpt = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
     """Learn from human preferences: reward model, GRPO/RLOO, DPO/KTO, or collect responses."""
     run_job("rlhf", recipe, set_, _options(output, resume, dry_run, as_json, debug))
 
 
 @app.command("prompt-eval")
-def prompt_eval(recipe: RecipeArg, set_: SetOpt = None, output: OutputOpt = None,
-                resume: ResumeOpt = False, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
-                debug: DebugOpt = False,
-                fail_under: Annotated[Optional[list[str]], typer.Option(
-                    "--fail-under", help="METRIC=VALUE: exit 1 when the best pair is below.")] = None) -> None:
+def prompt_eval(
+    recipe: RecipeArg,
+    set_: SetOpt = None,
+    output: OutputOpt = None,
+    resume: ResumeOpt = False,
+    dry_run: DryRunOpt = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+    fail_under: Annotated[
+        Optional[list[str]],
+        typer.Option("--fail-under", help="METRIC=VALUE: exit 1 when the best pair is below."),
+    ] = None,
+) -> None:
     """Compare zero-, one- and few-shot prompts and models on a labelled set."""
-    run_job("prompt-eval", recipe, set_,
-            _options(output, resume, dry_run, as_json, debug, fail_under=fail_under or []))
+    run_job(
+        "prompt-eval",
+        recipe,
+        set_,
+        _options(output, resume, dry_run, as_json, debug, fail_under=fail_under or []),
+    )
 
 
 @app.command("bulk-infer")
-def bulk_infer(recipe: RecipeArg, set_: SetOpt = None, output: OutputOpt = None,
-               resume: ResumeOpt = False, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
-               debug: DebugOpt = False,
-               shard: Annotated[Optional[str], typer.Option("--shard", help="I/N: process a stable 1/N of the ids.")] = None,
-               limit: Annotated[Optional[int], typer.Option("--limit", help="Process at most N new rows.")] = None,
-               refresh: Annotated[Optional[str], typer.Option("--refresh", help="stale: recompute rows whose fingerprints changed.")] = None,
-               merge_shards: Annotated[bool, typer.Option("--merge-shards", help="Join the shards' part files.")] = False) -> None:
+def bulk_infer(
+    recipe: RecipeArg,
+    set_: SetOpt = None,
+    output: OutputOpt = None,
+    resume: ResumeOpt = False,
+    dry_run: DryRunOpt = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+    shard: Annotated[
+        Optional[str], typer.Option("--shard", help="I/N: process a stable 1/N of the ids.")
+    ] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Process at most N new rows.")] = None,
+    refresh: Annotated[
+        Optional[str], typer.Option("--refresh", help="stale: recompute rows whose fingerprints changed.")
+    ] = None,
+    merge_shards: Annotated[
+        bool, typer.Option("--merge-shards", help="Join the shards' part files.")
+    ] = False,
+) -> None:
     """Offline inference over large files: batched, resumable, cron-safe."""
-    run_job("bulk-infer", recipe, set_, _options(output, resume, dry_run, as_json, debug, shard=shard,
-                                                 limit=limit, refresh=refresh,
-                                                 merge_shards=merge_shards))
+    run_job(
+        "bulk-infer",
+        recipe,
+        set_,
+        _options(
+            output,
+            resume,
+            dry_run,
+            as_json,
+            debug,
+            shard=shard,
+            limit=limit,
+            refresh=refresh,
+            merge_shards=merge_shards,
+        ),
+    )
 
 
 @app.command()
-def validate(recipes: Annotated[list[Path], typer.Argument(help="Recipe files.", show_default=False)],
-             set_: SetOpt = None, as_json: JsonOpt = False) -> None:
+def validate(
+    recipes: Annotated[list[Path], typer.Argument(help="Recipe files.", show_default=False)],
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Check recipes without running them; print each resolved recipe."""
     import yaml
 
@@ -200,8 +275,10 @@ def validate(recipes: Annotated[list[Path], typer.Argument(help="Recipe files.",
 
 
 @app.command()
-def init(kind: Annotated[str, typer.Argument(help="finetune | distill | rlhf | prompt-eval | bulk-infer")],
-         path: Annotated[Optional[Path], typer.Argument(help="Write here (default: stdout).")] = None) -> None:
+def init(
+    kind: Annotated[str, typer.Argument(help="finetune | distill | rlhf | prompt-eval | bulk-infer")],
+    path: Annotated[Optional[Path], typer.Argument(help="Write here (default: stdout).")] = None,
+) -> None:
     """Write a commented starter recipe for KIND."""
     from llmtune.recipes import RECIPE_KINDS
     from llmtune.recipes.starter import starter_recipe
@@ -220,7 +297,9 @@ def init(kind: Annotated[str, typer.Argument(help="finetune | distill | rlhf | p
 
 
 @app.command()
-def schema(kind: Annotated[Optional[str], typer.Argument(help="Recipe kind (default: all kinds).")] = None) -> None:
+def schema(
+    kind: Annotated[Optional[str], typer.Argument(help="Recipe kind (default: all kinds).")] = None,
+) -> None:
     """Print the JSON Schema of a recipe kind (for editors' YAML support)."""
     from llmtune.recipes import RECIPE_KINDS
 
@@ -230,8 +309,16 @@ def schema(kind: Annotated[Optional[str], typer.Argument(help="Recipe kind (defa
         print(json.dumps(RECIPE_KINDS[kind].model_json_schema(), indent=2))
         return
     schemas = {k: m.model_json_schema() for k, m in RECIPE_KINDS.items()}
-    print(json.dumps({"$schema": "https://json-schema.org/draft/2020-12/schema",
-                      "title": "llmtune recipe", "oneOf": list(schemas.values())}, indent=2))
+    print(
+        json.dumps(
+            {
+                "$schema": "https://json-schema.org/draft/2020-12/schema",
+                "title": "llmtune recipe",
+                "oneOf": list(schemas.values()),
+            },
+            indent=2,
+        )
+    )
 
 
 @app.command()
@@ -248,10 +335,12 @@ def env(as_json: JsonOpt = False) -> None:
 
 
 @app.command()
-def export(run: Annotated[Path, typer.Argument(help="Run directory or adapter folder.")],
-           output: Annotated[Path, typer.Option("--output", help="Where to write the model.")],
-           merge: Annotated[bool, typer.Option("--merge", help="Merge a LoRA adapter into the base.")] = False,
-           debug: DebugOpt = False) -> None:
+def export(
+    run: Annotated[Path, typer.Argument(help="Run directory or adapter folder.")],
+    output: Annotated[Path, typer.Option("--output", help="Where to write the model.")],
+    merge: Annotated[bool, typer.Option("--merge", help="Merge a LoRA adapter into the base.")] = False,
+    debug: DebugOpt = False,
+) -> None:
     """Write a standalone Hugging Face model (optionally merging a LoRA adapter)."""
     try:
         from llmtune.export import export_model
@@ -270,8 +359,11 @@ def _version_callback(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: Annotated[bool, typer.Option("--version", callback=_version_callback,
-                                                is_eager=True, help="Print the version.")] = False) -> None:
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
     """Turn a pre-trained language model into a solution, one YAML recipe per job."""
 
 

@@ -68,9 +68,12 @@ def expand_files(recipe: RecipeBase, spec: str | list[str], key: str) -> list[Pa
             raise BadInput(f"data file not found: {resolved}", file=_src(recipe), key=key)
     for path in files:
         if not path.is_dir() and path.suffix.lower() not in FORMATS:
-            raise BadInput(f"unsupported file type {path.suffix!r} ({path}); expected one of "
-                           f"{' '.join(FORMATS)} or a save_to_disk folder", file=_src(recipe),
-                           key=key)
+            raise BadInput(
+                f"unsupported file type {path.suffix!r} ({path}); expected one of "
+                f"{' '.join(FORMATS)} or a save_to_disk folder",
+                file=_src(recipe),
+                key=key,
+            )
     return files
 
 
@@ -86,8 +89,7 @@ def read_file(path: Path, skip_bad_rows: bool) -> Rows:
             problem = f"expected a JSON object per row, got {type(row).__name__}"
         if problem is not None:
             if not skip_bad_rows:
-                raise BadInput(f"{problem} (set data.skip_bad_rows: true to skip such rows)",
-                               file=where)
+                raise BadInput(f"{problem} (set data.skip_bad_rows: true to skip such rows)", file=where)
             out.skipped += 1
             continue
         out.rows.append(row)
@@ -120,7 +122,7 @@ def _iter_file(path: Path):
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list):
-            yield f"{path}:1", None, "expected a JSON list of rows (or {\"data\": [...]})"
+            yield f"{path}:1", None, 'expected a JSON list of rows (or {"data": [...]})'
             return
         for i, row in enumerate(data):
             yield f"{path}[{i}]", row, None
@@ -145,8 +147,15 @@ def _iter_file(path: Path):
                     yield f"{path}:{n}", {"text": line.rstrip("\n")}, None
 
 
-def read_rows(recipe: RecipeBase, spec: str | list[str], key: str, *, columns: dict[str, str],
-              required: tuple[str, ...] = (), skip_bad_rows: bool = False) -> tuple[Rows, list[Path]]:
+def read_rows(
+    recipe: RecipeBase,
+    spec: str | list[str],
+    key: str,
+    *,
+    columns: dict[str, str],
+    required: tuple[str, ...] = (),
+    skip_bad_rows: bool = False,
+) -> tuple[Rows, list[Path]]:
     """Read a split's files, map columns to canonical fields and check required fields."""
     files = expand_files(recipe, spec, key)
     out = Rows()
@@ -158,15 +167,17 @@ def read_rows(recipe: RecipeBase, spec: str | list[str], key: str, *, columns: d
             missing = [f for f in required if mapped.get(f) in (None, "")]
             if missing:
                 if not skip_bad_rows:
-                    raise BadInput(f"row has no {_describe(missing, columns)} (set "
-                                   "data.skip_bad_rows: true to skip such rows)", file=where)
+                    raise BadInput(
+                        f"row has no {_describe(missing, columns)} (set "
+                        "data.skip_bad_rows: true to skip such rows)",
+                        file=where,
+                    )
                 out.skipped += 1
                 continue
             out.rows.append(mapped)
             out.where.append(where)
     if not out.rows:
-        raise BadInput(f"no usable rows in {', '.join(str(f) for f in files)}", file=_src(recipe),
-                       key=key)
+        raise BadInput(f"no usable rows in {', '.join(str(f) for f in files)}", file=_src(recipe), key=key)
     return out, files
 
 
@@ -183,8 +194,9 @@ def map_columns(row: Row, columns: dict[str, str]) -> Row:
     return mapped
 
 
-def load_splits(recipe: RecipeBase, data: Data, *, required: tuple[str, ...] = (),
-                label_field: str | None = None) -> Splits:
+def load_splits(
+    recipe: RecipeBase, data: Data, *, required: tuple[str, ...] = (), label_field: str | None = None
+) -> Splits:
     """train/validation/test rows: read, carve missing splits from train, apply `limit`."""
     read = {}
     files: list[Path] = []
@@ -193,8 +205,14 @@ def load_splits(recipe: RecipeBase, data: Data, *, required: tuple[str, ...] = (
         if spec is None:
             read[name] = Rows()
             continue
-        rows, used = read_rows(recipe, spec, f"data.{name}", columns=data.columns, required=required,
-                               skip_bad_rows=data.skip_bad_rows)
+        rows, used = read_rows(
+            recipe,
+            spec,
+            f"data.{name}",
+            columns=data.columns,
+            required=required,
+            skip_bad_rows=data.skip_bad_rows,
+        )
         read[name] = rows
         files.extend(used)
     train = read["train"]
@@ -202,8 +220,9 @@ def load_splits(recipe: RecipeBase, data: Data, *, required: tuple[str, ...] = (
         for name in ("validation", "test"):
             fraction = getattr(data.split, name)
             if fraction and not read[name].rows:
-                train, read[name] = carve(train, fraction, data.split.seed, label_field,
-                                          what=f"data.split.{name}")
+                train, read[name] = carve(
+                    train, fraction, data.split.seed, label_field, what=f"data.split.{name}"
+                )
     splits = Splits(train, read["validation"], read["test"], files)
     if data.limit is not None:
         for name in ("train", "validation", "test"):
@@ -212,8 +231,7 @@ def load_splits(recipe: RecipeBase, data: Data, *, required: tuple[str, ...] = (
     return splits
 
 
-def carve(rows: Rows, fraction: float, seed: int, label_field: str | None,
-          what: str) -> tuple[Rows, Rows]:
+def carve(rows: Rows, fraction: float, seed: int, label_field: str | None, what: str) -> tuple[Rows, Rows]:
     """Split `fraction` of rows off, stratified by label when every label has two rows."""
     from sklearn.model_selection import train_test_split
 
@@ -226,8 +244,9 @@ def carve(rows: Rows, fraction: float, seed: int, label_field: str | None,
         counts = {label: labels.count(label) for label in set(labels)}
         if min(counts.values()) >= 2 and n_held >= len(counts) and len(rows) - n_held >= len(counts):
             stratify = labels
-    keep, held = train_test_split(list(range(len(rows))), test_size=n_held, random_state=seed,
-                                  stratify=stratify)
+    keep, held = train_test_split(
+        list(range(len(rows))), test_size=n_held, random_state=seed, stratify=stratify
+    )
     return rows.subset(sorted(keep)), rows.subset(sorted(held))
 
 
@@ -239,8 +258,13 @@ def check_labels(splits: Splits, labels: list[str], label_field: str = "label") 
         bad = [(r, w) for r, w in zip(rows.rows, rows.where) if str(r[label_field]) not in allowed]
         if bad:
             row, where = bad[0]
-            problems = [Problem(f"label {str(row[label_field])!r} is not in labels "
-                                f"{labels} ({len(bad)} such row(s) in {name})", file=where)]
+            problems = [
+                Problem(
+                    f"label {str(row[label_field])!r} is not in labels "
+                    f"{labels} ({len(bad)} such row(s) in {name})",
+                    file=where,
+                )
+            ]
             raise BadInput(problems=problems)
 
 

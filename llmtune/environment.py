@@ -13,8 +13,11 @@ def describe_environment() -> dict[str, Any]:
     """Versions of python and the libraries, and the devices torch can see."""
     import torch
 
-    info: dict[str, Any] = {"llmtune": __version__, "python": platform.python_version(),
-                            "platform": platform.platform()}
+    info: dict[str, Any] = {
+        "llmtune": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
     info.update(library_versions())
     info["cuda_available"] = torch.cuda.is_available()
     if torch.cuda.is_available():

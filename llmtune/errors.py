@@ -30,9 +30,15 @@ class Problem:
 class BadInput(Exception):
     """Input the user can fix. Exit code 2; the message names file, line and key."""
 
-    def __init__(self, message: str | None = None, *, file: str | None = None,
-                 line: int | None = None, key: str | None = None,
-                 problems: list[Problem] | None = None) -> None:
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        key: str | None = None,
+        problems: list[Problem] | None = None,
+    ) -> None:
         self.problems = list(problems or [])
         if message is not None:
             self.problems.append(Problem(message, file=file, line=line, key=key))

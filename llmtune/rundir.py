@@ -68,8 +68,7 @@ class OutputLock:
             holder = self.path.read_text().strip() or "another process"
             raise LockHeld(f"{self.path} is held by {holder}; nothing was touched") from None
         os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} since {dt.datetime.now().isoformat(timespec='seconds')}"
-                 .encode())
+        os.write(fd, f"pid {os.getpid()} since {dt.datetime.now().isoformat(timespec='seconds')}".encode())
         self._fd = fd
 
     def release(self) -> None:
@@ -102,9 +101,11 @@ class RunDir:
         """Refuse a finished run unless output.overwrite (checked before anything is written)."""
         overwrite = getattr(self.recipe.output, "overwrite", False)
         if self.finished() and not overwrite and not resume:
-            raise BadInput(f"{self.path} holds a finished run; set output.overwrite: true "
-                           "(or --set output.overwrite=true) or choose another --output",
-                           key="output.dir")
+            raise BadInput(
+                f"{self.path} holds a finished run; set output.overwrite: true "
+                "(or --set output.overwrite=true) or choose another --output",
+                key="output.dir",
+            )
 
     def open(self, *, resume: bool = False, data_files: list[Path] = ()) -> RunDir:
         """Take the lock, clear a run being overwritten, write recipe.yaml and the manifest."""
@@ -117,11 +118,17 @@ class RunDir:
         dump = self.recipe.model_dump(mode="json")
         atomic_write_text(self.path / "recipe.yaml", yaml.safe_dump(dump, sort_keys=False))
         self.manifest = {
-            "llmtune": _version("llmtune"), "kind": self.recipe.kind, "name": self.recipe.name,
-            "status": "running", "started": _now(), "ended": None, "seed": self.recipe.seed,
+            "llmtune": _version("llmtune"),
+            "kind": self.recipe.kind,
+            "name": self.recipe.name,
+            "status": "running",
+            "started": _now(),
+            "ended": None,
+            "seed": self.recipe.seed,
             "recipe_file": str(self.recipe.source) if self.recipe.source else None,
             "git_commit": _git_commit(self.recipe.source.parent if self.recipe.source else None),
-            "versions": library_versions(), "python": platform.python_version(),
+            "versions": library_versions(),
+            "python": platform.python_version(),
             "data_files": {str(p): fingerprint_file(p) for p in data_files},
         }
         atomic_write_json(self.path / "manifest.json", self.manifest)
@@ -178,8 +185,9 @@ def _git_commit(folder: Path | None) -> str | None:
     if folder is None:
         return None
     try:
-        out = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None

@@ -15,8 +15,9 @@ from llmtune.errors import BadInput
 @lru_cache(maxsize=1)
 def _environment() -> ImmutableSandboxedEnvironment:
     # StrictUndefined: a field the row lacks is an error, never a silent empty string.
-    return ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                                         autoescape=False)
+    return ImmutableSandboxedEnvironment(
+        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False
+    )
 
 
 class Template:
@@ -30,18 +31,23 @@ class Template:
             parsed = env.parse(source)
             self._template = env.from_string(source)
         except jinja2.TemplateSyntaxError as exc:
-            raise BadInput(f"template syntax error on template line {exc.lineno}: {exc.message}",
-                           key=where) from None
+            raise BadInput(
+                f"template syntax error on template line {exc.lineno}: {exc.message}", key=where
+            ) from None
         self.fields = sorted(meta.find_undeclared_variables(parsed))
 
-    def check_fields(self, available: set[str], *, file: str | None = None,
-                     extra: set[str] = frozenset()) -> None:
+    def check_fields(
+        self, available: set[str], *, file: str | None = None, extra: set[str] = frozenset()
+    ) -> None:
         """Refuse a template that names a field the rows do not have."""
         missing = [f for f in self.fields if f not in available and f not in extra]
         if missing:
-            raise BadInput(f"template uses {', '.join(missing)} but the rows only have "
-                           f"{', '.join(sorted(available)) or 'no fields'}", file=file,
-                           key=self.where)
+            raise BadInput(
+                f"template uses {', '.join(missing)} but the rows only have "
+                f"{', '.join(sorted(available)) or 'no fields'}",
+                file=file,
+                key=self.where,
+            )
 
     def render(self, row: dict[str, Any]) -> str:
         """Fill the template from one row."""

@@ -28,25 +28,43 @@ RECIPE_KINDS: dict[str, type[RecipeBase]] = {
     "bulk-infer": BulkInferRecipe,
 }
 
-__all__ = ["RECIPE_KINDS", "RecipeBase", "load_recipe", "BulkInferRecipe", "DistillRecipe",
-           "FinetuneRecipe", "PromptEvalRecipe", "RlhfRecipe"]
+__all__ = [
+    "RECIPE_KINDS",
+    "RecipeBase",
+    "load_recipe",
+    "BulkInferRecipe",
+    "DistillRecipe",
+    "FinetuneRecipe",
+    "PromptEvalRecipe",
+    "RlhfRecipe",
+]
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None,
-                expected_kind: str | None = None) -> RecipeBase:
+def load_recipe(
+    path: str | Path, overrides: list[str] | None = None, expected_kind: str | None = None
+) -> RecipeBase:
     """Read, merge and validate a recipe. Raises BadInput naming file, line and key."""
     raw = read_recipe(path, overrides)
     kind = raw.data.get("kind")
     file, line = raw.where(("kind",))
     if kind is None:
-        raise BadInput(f"required key is missing; expected one of: {', '.join(RECIPE_KINDS)}",
-                       file=file, key="kind")
+        raise BadInput(
+            f"required key is missing; expected one of: {', '.join(RECIPE_KINDS)}", file=file, key="kind"
+        )
     if kind not in RECIPE_KINDS:
-        raise BadInput(f"unknown kind {kind!r}; expected one of: {', '.join(RECIPE_KINDS)}",
-                       file=file, line=line, key="kind")
+        raise BadInput(
+            f"unknown kind {kind!r}; expected one of: {', '.join(RECIPE_KINDS)}",
+            file=file,
+            line=line,
+            key="kind",
+        )
     if expected_kind is not None and kind != expected_kind:
-        raise BadInput(f"this is a {kind} recipe; run it with `llmtune {kind}`, "
-                       f"not `llmtune {expected_kind}`", file=file, line=line, key="kind")
+        raise BadInput(
+            f"this is a {kind} recipe; run it with `llmtune {kind}`, not `llmtune {expected_kind}`",
+            file=file,
+            line=line,
+            key="kind",
+        )
     model = RECIPE_KINDS[kind]
     try:
         recipe = model.model_validate(raw.data)

@@ -19,8 +19,18 @@ from pydantic import (
     model_validator,
 )
 
-CANONICAL_FIELDS = ("id", "text", "label", "prompt", "completion", "messages", "chosen",
-                    "rejected", "responses", "ranking")
+CANONICAL_FIELDS = (
+    "id",
+    "text",
+    "label",
+    "prompt",
+    "completion",
+    "messages",
+    "chosen",
+    "rejected",
+    "responses",
+    "ranking",
+)
 
 
 class Section(BaseModel):
@@ -52,8 +62,7 @@ class ScratchModel(Section):
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ScratchModel:
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"num_heads ({self.num_heads}) must divide hidden_size "
-                             f"({self.hidden_size})")
+            raise ValueError(f"num_heads ({self.num_heads}) must divide hidden_size ({self.hidden_size})")
         return self
 
 
@@ -147,8 +156,9 @@ class Data(Section):
     def _canonical_names(cls, value: dict[str, str]) -> dict[str, str]:
         unknown = [k for k in value if k not in CANONICAL_FIELDS]
         if unknown:
-            raise ValueError(f"unknown canonical field(s) {unknown}; expected some of "
-                             f"{', '.join(CANONICAL_FIELDS)}")
+            raise ValueError(
+                f"unknown canonical field(s) {unknown}; expected some of {', '.join(CANONICAL_FIELDS)}"
+            )
         return value
 
 

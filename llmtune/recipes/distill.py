@@ -62,6 +62,8 @@ class DistillRecipe(RecipeBase):
     def _strategy_fits_task(self) -> DistillRecipe:
         fits = {"classification": ("soft_labels", "hard_labels"), "causal_lm": ("logits", "sequences")}
         if self.strategy not in fits[self.task]:
-            raise ValueError(f"strategy {self.strategy} does not apply to task {self.task}; "
-                             f"expected one of {', '.join(fits[self.task])}")
+            raise ValueError(
+                f"strategy {self.strategy} does not apply to task {self.task}; "
+                f"expected one of {', '.join(fits[self.task])}"
+            )
         return self

@@ -85,8 +85,10 @@ class FinetuneRecipe(RecipeBase):
         allowed = CLASSIFICATION_METRICS if self.task == "classification" else CAUSAL_LM_METRICS
         bad = [m for m in self.evaluation.metrics or [] if m not in allowed]
         if bad:
-            raise ValueError(f"evaluation.metrics {bad} do not apply to task {self.task}; "
-                             f"expected some of {', '.join(allowed)}")
+            raise ValueError(
+                f"evaluation.metrics {bad} do not apply to task {self.task}; "
+                f"expected some of {', '.join(allowed)}"
+            )
         if self.method.type == "qlora" and self.model.quantization == "8bit":
             raise ValueError("qlora loads the base in 4bit; remove model.quantization: 8bit")
         if self.method.init_text and self.method.type != "prompt":

@@ -99,8 +99,7 @@ def _read_with_extends(path: Path, chain: tuple[Path, ...]) -> RawRecipe:
     parent_path = path.parent / parent_ref
     if not parent_path.is_file():
         line = positions.get(("extends",), (str(path), None))[1]
-        raise BadInput(f"extended recipe not found: {parent_path}", file=str(path), line=line,
-                       key="extends")
+        raise BadInput(f"extended recipe not found: {parent_path}", file=str(path), line=line, key="extends")
     parent = _read_with_extends(parent_path, (*chain, resolved))
     merged_positions = {k: v for k, v in parent.positions.items()}
     for key in positions:  # a list in the child replaces the parent's list, positions included
@@ -167,7 +166,11 @@ def _interpolate(value: Any, key: Key, raw: RawRecipe) -> Any:
         if default is not None:
             return default
         file, line = raw.where(key)
-        raise BadInput(f"environment variable {name} is not set (write ${{{name}:-default}} "
-                       "for a fallback)", file=file, line=line, key=".".join(key))
+        raise BadInput(
+            f"environment variable {name} is not set (write ${{{name}:-default}} for a fallback)",
+            file=file,
+            line=line,
+            key=".".join(key),
+        )
 
     return _ENV.sub(replace, value)

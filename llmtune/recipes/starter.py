@@ -20,11 +20,19 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "model": {"path": "sentence-transformers/all-MiniLM-L6-v2"},
         "labels": ["negative", "positive"],
         "method": {"type": "lora", "r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear"},
-        "data": {"train": "data/train.jsonl", "test": "data/test.jsonl",
-                 "split": {"validation": 0.1, "seed": 42},
-                 "columns": {"text": "review", "label": "sentiment"}, "max_length": 128},
-        "training": {"epochs": 3, "batch_size": 16, "learning_rate": 5.0e-4,
-                     "early_stopping": {"patience": 3, "metric": "eval_loss"}},
+        "data": {
+            "train": "data/train.jsonl",
+            "test": "data/test.jsonl",
+            "split": {"validation": 0.1, "seed": 42},
+            "columns": {"text": "review", "label": "sentiment"},
+            "max_length": 128,
+        },
+        "training": {
+            "epochs": 3,
+            "batch_size": 16,
+            "learning_rate": 5.0e-4,
+            "early_stopping": {"patience": 3, "metric": "eval_loss"},
+        },
     },
     "bulk-infer": {
         "name": "nightly-labels",
@@ -38,22 +46,31 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "prompt-eval": {
         "name": "sentiment-prompts",
         "models": {"base": {"path": "Qwen/Qwen2.5-0.5B-Instruct"}},
-        "data": {"test": "data/test.jsonl", "train": "data/train.jsonl",
-                 "columns": {"text": "review", "label": "sentiment"}},
+        "data": {
+            "test": "data/test.jsonl",
+            "train": "data/train.jsonl",
+            "columns": {"text": "review", "label": "sentiment"},
+        },
         "labels": ["negative", "positive"],
         "prompts": {
             "zero_shot": {"template": "Review: {{ text }}\nSentiment:"},
-            "few_shot": {"template": "{{ examples }}Review: {{ text }}\nSentiment:", "shots": 4,
-                         "example_template": "Review: {{ text }}\nSentiment: {{ label }}\n\n",
-                         "selection": "balanced"},
+            "few_shot": {
+                "template": "{{ examples }}Review: {{ text }}\nSentiment:",
+                "shots": 4,
+                "example_template": "Review: {{ text }}\nSentiment: {{ label }}\n\n",
+                "selection": "balanced",
+            },
         },
     },
     "distill": {
         "name": "sentiment-distilled",
         "teacher": {"path": "runs/sentiment-full/model"},
         "student": {"from_teacher": {"layers": [0, 2, 4]}},
-        "data": {"train": "data/unlabelled.jsonl", "test": "data/test.jsonl",
-                 "columns": {"text": "review", "label": "sentiment"}},
+        "data": {
+            "train": "data/unlabelled.jsonl",
+            "test": "data/test.jsonl",
+            "columns": {"text": "review", "label": "sentiment"},
+        },
     },
     "rlhf": {
         "name": "reward-model",
@@ -67,10 +84,12 @@ EXAMPLES: dict[str, dict[str, Any]] = {
 def starter_recipe(kind: str, model: type[BaseModel]) -> str:
     """The commented YAML starter for `kind`."""
     values = {"kind": kind, **EXAMPLES.get(kind, {})}
-    lines = [f"# llmtune {kind} recipe: {_doc(model)}",
-             "# Validate with `llmtune validate FILE`; every key is documented by `llmtune schema "
-             f"{kind}`.",
-             "# extends: base.yaml   # optional: deep-merge another recipe under this one", ""]
+    lines = [
+        f"# llmtune {kind} recipe: {_doc(model)}",
+        f"# Validate with `llmtune validate FILE`; every key is documented by `llmtune schema {kind}`.",
+        "# extends: base.yaml   # optional: deep-merge another recipe under this one",
+        "",
+    ]
     lines += _render(model, values, indent=0)
     return "\n".join(lines) + "\n"
 

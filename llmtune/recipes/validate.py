@@ -27,8 +27,9 @@ def problems_from(exc: ValidationError, raw: RawRecipe, model: type[BaseModel]) 
 
 def _is_union_tag(part: Any) -> bool:
     # pydantic puts the union member's type name in the loc ("str", "list[str]", "function-after")
-    return isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "bool"}
-                                      or part.startswith("function-"))
+    return isinstance(part, str) and (
+        "[" in part or part in {"str", "int", "float", "bool"} or part.startswith("function-")
+    )
 
 
 def _message(err: dict[str, Any], loc: tuple[str, ...], model: type[BaseModel]) -> str:

@@ -1,0 +1,158 @@
+"""What every training job shares: HF TrainingArguments from the recipe, logging to
+metrics.jsonl and the console, graceful stop on SIGTERM/SIGINT, and checkpoints for --resume."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from llmtune.console import say, stderr_is_terminal
+from llmtune.errors import BadInput
+from llmtune.recipes.common import Training
+from llmtune.rundir import RunDir
+
+
+def resolve_precision(training: Training, device: str) -> str:
+    """auto -> bf16 on GPUs that support it, fp32 elsewhere; bf16/fp16 refused on CPU."""
+    import torch
+
+    on_cuda = device.startswith("cuda")
+    if training.precision == "auto":
+        return "bf16" if on_cuda and torch.cuda.is_bf16_supported() else "fp32"
+    if training.precision == "fp16" and not on_cuda:
+        raise BadInput("precision fp16 needs a CUDA GPU; use fp32 or auto", key="training.precision")
+    if training.precision == "bf16" and on_cuda and not torch.cuda.is_bf16_supported():
+        raise BadInput("this GPU does not support bf16; use fp16 or auto", key="training.precision")
+    return training.precision
+
+
+def training_arguments(
+    training: Training,
+    run_dir: Path,
+    *,
+    device: str,
+    seed: int,
+    has_validation: bool,
+    extra: dict[str, Any] | None = None,
+    args_class: Any = None,
+) -> Any:
+    """TrainingArguments (or a TRL config class) built from the recipe's `training` section."""
+    from transformers import TrainingArguments
+
+    precision = resolve_precision(training, device)
+    evaluate = "no"
+    if has_validation:
+        evaluate = "steps" if training.eval_steps else "epoch"
+    watched = training.early_stopping.metric if training.early_stopping else "eval_loss"
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(run_dir / "checkpoints"),
+        num_train_epochs=training.epochs,
+        max_steps=training.max_steps or -1,
+        per_device_train_batch_size=training.batch_size,
+        per_device_eval_batch_size=training.batch_size,
+        gradient_accumulation_steps=training.grad_accum,
+        learning_rate=training.learning_rate,
+        lr_scheduler_type=training.lr_scheduler,
+        warmup_steps=training.warmup_ratio,
+        weight_decay=training.weight_decay,
+        max_grad_norm=training.max_grad_norm,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        gradient_checkpointing=training.gradient_checkpointing,
+        eval_strategy=evaluate,
+        eval_steps=training.eval_steps,
+        save_strategy=evaluate if has_validation else ("steps" if training.eval_steps else "epoch"),
+        save_steps=training.eval_steps,
+        save_total_limit=training.save_total_limit,
+        load_best_model_at_end=has_validation,
+        metric_for_best_model=watched if has_validation else None,
+        greater_is_better=None if not has_validation else not watched.endswith("loss"),
+        logging_steps=training.logging_steps,
+        report_to=[],
+        disable_tqdm=not stderr_is_terminal(),
+        seed=seed,
+        data_seed=seed,
+        use_cpu=device == "cpu",
+        dataloader_num_workers=0,
+    )
+    kwargs.update(extra or {})
+    return (args_class or TrainingArguments)(**kwargs)
+
+
+def callbacks(training: Training, run_dir: RunDir, has_validation: bool) -> list[Any]:
+    """Logging, graceful stop, and early stopping when asked for."""
+    from transformers import EarlyStoppingCallback
+
+    out: list[Any] = [MetricsLog(run_dir), GracefulStop()]
+    if training.early_stopping and has_validation:
+        out.append(EarlyStoppingCallback(early_stopping_patience=training.early_stopping.patience))
+    return out
+
+
+def _callback_base() -> type:
+    from transformers import TrainerCallback
+
+    return TrainerCallback
+
+
+_NOISE = (
+    "total_flos",
+    "eval_model_preparation_time",
+    "eval_runtime",
+    "eval_steps_per_second",
+    "train_steps_per_second",
+)
+
+
+class MetricsLog(_callback_base()):
+    """Each Trainer log line goes to metrics.jsonl and, as a plain line, to the console."""
+
+    def __init__(self, run_dir: RunDir) -> None:
+        self.run_dir = run_dir
+        self.started = time.monotonic()
+
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        if not logs:
+            return
+        record = {
+            "step": state.global_step,
+            "epoch": state.epoch,
+            "elapsed_s": round(time.monotonic() - self.started, 2),
+            **logs,
+        }
+        self.run_dir.log_metrics(record)
+        shown = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in logs.items() if k not in _NOISE
+        )
+        say(f"step {state.global_step}/{state.max_steps}: {shown}")
+
+
+class GracefulStop(_callback_base()):
+    """On SIGTERM/SIGINT: finish the current step, save a checkpoint, then stop."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._note)
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.signum is not None:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+def last_checkpoint(run_dir: Path) -> str | None:
+    """The newest checkpoint folder, for --resume."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = run_dir / "checkpoints"
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None

