@@ -7,6 +7,7 @@ Heavy libraries (torch, transformers) are imported inside the jobs, so `--help` 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import signal
@@ -85,6 +86,11 @@ def run_job(verb: str, recipe_path: Path, sets: list[str] | None, options: JobOp
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         recipe = load_recipe(recipe_path, sets, expected_kind=verb)
+        if importlib.util.find_spec(JOBS[verb]) is None:
+            raise JobNotBuilt(
+                f"`llmtune {verb}` is not built yet in llmtune {__version__}; "
+                "the recipe is valid (`llmtune validate` checks it)"
+            )
         module = importlib.import_module(JOBS[verb])
         summary = module.run(recipe, options)
     except BadInput as exc:

@@ -81,12 +81,20 @@ def _src(recipe: RecipeBase) -> str | None:
     return str(recipe.source) if recipe.source else None
 
 
-def read_file(path: Path, skip_bad_rows: bool) -> Rows:
-    """All rows of one file; a bad row raises BadInput with file:line unless skipped."""
+def read_file(
+    path: Path, skip_bad_rows: bool, columns: dict[str, str] | None = None, required: tuple[str, ...] = ()
+) -> Rows:
+    """Rows of one file, columns mapped; the first bad row (in file order) raises BadInput with
+    file:line unless `skip_bad_rows`, which skips and counts it."""
     out = Rows()
     for where, row, problem in _iter_file(path):
         if problem is None and not isinstance(row, dict):
             problem = f"expected a JSON object per row, got {type(row).__name__}"
+        if problem is None:
+            row = map_columns(row, columns or {})
+            missing = [f for f in required if row.get(f) in (None, "")]
+            if missing:
+                problem = f"row has no {_describe(missing, columns or {})}"
         if problem is not None:
             if not skip_bad_rows:
                 raise BadInput(f"{problem} (set data.skip_bad_rows: true to skip such rows)", file=where)
@@ -160,22 +168,10 @@ def read_rows(
     files = expand_files(recipe, spec, key)
     out = Rows()
     for path in files:
-        part = read_file(path, skip_bad_rows)
+        part = read_file(path, skip_bad_rows, columns, required)
         out.skipped += part.skipped
-        for row, where in zip(part.rows, part.where):
-            mapped = map_columns(row, columns)
-            missing = [f for f in required if mapped.get(f) in (None, "")]
-            if missing:
-                if not skip_bad_rows:
-                    raise BadInput(
-                        f"row has no {_describe(missing, columns)} (set "
-                        "data.skip_bad_rows: true to skip such rows)",
-                        file=where,
-                    )
-                out.skipped += 1
-                continue
-            out.rows.append(mapped)
-            out.where.append(where)
+        out.rows.extend(part.rows)
+        out.where.extend(part.where)
     if not out.rows:
         raise BadInput(f"no usable rows in {', '.join(str(f) for f in files)}", file=_src(recipe), key=key)
     return out, files
@@ -216,13 +212,13 @@ def load_splits(
         read[name] = rows
         files.extend(used)
     train = read["train"]
+    total = len(train)
     if data.split is not None:
         for name in ("validation", "test"):
             fraction = getattr(data.split, name)
-            if fraction and not read[name].rows:
-                train, read[name] = carve(
-                    train, fraction, data.split.seed, label_field, what=f"data.split.{name}"
-                )
+            if fraction and not read[name].rows:  # fractions are of all train rows
+                held = round(total * fraction)
+                train, read[name] = carve(train, held, data.split.seed, label_field, f"data.split.{name}")
     splits = Splits(train, read["validation"], read["test"], files)
     if data.limit is not None:
         for name in ("train", "validation", "test"):
@@ -231,13 +227,12 @@ def load_splits(
     return splits
 
 
-def carve(rows: Rows, fraction: float, seed: int, label_field: str | None, what: str) -> tuple[Rows, Rows]:
-    """Split `fraction` of rows off, stratified by label when every label has two rows."""
+def carve(rows: Rows, n_held: int, seed: int, label_field: str | None, what: str) -> tuple[Rows, Rows]:
+    """Split `n_held` rows off, stratified by label when every label has two rows."""
     from sklearn.model_selection import train_test_split
 
-    n_held = round(len(rows) * fraction)
     if n_held < 1 or n_held >= len(rows):
-        raise BadInput(f"{fraction} of {len(rows)} rows leaves an empty split", key=what)
+        raise BadInput(f"holding out {n_held} of {len(rows)} rows leaves an empty split", key=what)
     labels = [str(r.get(label_field)) for r in rows.rows] if label_field else None
     stratify = None
     if labels is not None:

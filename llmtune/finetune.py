@@ -9,6 +9,7 @@ causal_lm SFT lives in `llmtune.sft`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from llmtune.cli import JobOptions
@@ -21,12 +22,24 @@ from llmtune.models import LoadedModel, count_parameters, load_model, quiet_libr
 from llmtune.recipes.finetune import FinetuneRecipe
 from llmtune.rundir import RunDir, run_dir_path
 from llmtune.templates import Template
-from llmtune.training import callbacks, last_checkpoint, training_arguments
+from llmtune.training import (
+    GracefulStop,
+    callbacks,
+    last_checkpoint,
+    measured_once,
+    resolve_precision,
+    training_arguments,
+    validation_metrics,
+)
 
 
 def run(recipe: FinetuneRecipe, options: JobOptions) -> dict[str, Any]:
-    """Run one fine-tune from a validated recipe; returns the summary (for --json)."""
+    """Run one fine-tune (or a sweep of them) from a validated recipe; returns the summary."""
     quiet_libraries(options.debug)
+    if options.extra.get("sweep") is not None or recipe.sweep is not None:
+        from llmtune import sweep
+
+        return sweep.run(recipe, options)
     if recipe.task == "causal_lm":
         from llmtune import sft
 
@@ -43,45 +56,83 @@ def run(recipe: FinetuneRecipe, options: JobOptions) -> dict[str, Any]:
         corpus=(r["text"] for r in splits.train.rows),
         for_training=True,
     )
-    model = apply_method(loaded.model, recipe.method, "classification", _tokenizer_path(recipe))
-    trainable, total = count_parameters(model)
+    if recipe.method.type == "prompt":
+        # the soft prompt is prepended as embeddings, so the head cannot find the last real token
+        # past right padding: pad on the left instead
+        loaded.tokenizer.padding_side = "left"
+    from llmtune.export import snapshot_base
+
+    base = snapshot_base(loaded.model, recipe)
+    model = apply_method(loaded.model, recipe.method, "classification", loaded.tokenizer)
     encoded = {
         name: encode_classification(recipe, loaded, getattr(splits, name), labels)
         for name in ("train", "validation", "test")
     }
-    plan = {
-        "run_dir": str(run_dir.path),
+    plan = describe_plan(recipe, loaded, model, splits, extra={"labels": labels})
+    if options.dry_run:
+        table("plan (dry run: nothing written)", ["item", "value"], [[k, v] for k, v in plan.items()])
+        return {"dry_run": True, **plan}
+    return open_and_run(
+        run_dir,
+        options,
+        splits.files,
+        lambda: _train_and_evaluate(recipe, options, run_dir, loaded, model, base, encoded, labels, plan),
+    )
+
+
+def describe_plan(
+    recipe: FinetuneRecipe, loaded: LoadedModel, model: Any, splits: Splits, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """What the run will do (the --dry-run table and the start of the summary); prints the
+    trainable vs total parameter line."""
+    trainable, total = count_parameters(model)
+    say(
+        f"{recipe.method.type}: training {trainable:,} of {total:,} parameters "
+        f"({100 * trainable / total:.2f}%) on {loaded.device}"
+    )
+    return {
+        "run_dir": str(run_dir_path(recipe)),
         "task": recipe.task,
         "method": recipe.method.type,
         "model": recipe.model.describe(),
-        "labels": labels,
+        **extra,
         "rows": splits.counts(),
         "skipped_rows": splits.train.skipped + splits.validation.skipped + splits.test.skipped,
         "trainable_params": trainable,
         "total_params": total,
         "trainable_share": round(trainable / total, 6),
         "device": loaded.device,
+        "precision": resolve_precision(recipe.training, loaded.device),
     }
-    say(
-        f"{recipe.method.type}: training {trainable:,} of {total:,} parameters "
-        f"({100 * trainable / total:.2f}%) on {loaded.device}"
-    )
-    if options.dry_run:
-        table("plan (dry run: nothing written)", ["item", "value"], [[k, v] for k, v in plan.items()])
-        return {"dry_run": True, **plan}
 
-    run_dir.open(resume=options.resume, data_files=splits.files)
+
+def open_and_run(
+    run_dir: RunDir, options: JobOptions, files: list[Any], train: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """Open the run directory, run `train`, and record how it ended in the manifest."""
+    run_dir.open(resume=options.resume, data_files=files)
     options.log_file = run_dir.log_file
     try:
-        summary = _train_and_evaluate(recipe, options, run_dir, loaded, model, encoded, labels, plan)
+        summary = train()
     except Interrupted:
+        run_dir.close("interrupted")
+        raise
+    except KeyboardInterrupt:
         run_dir.close("interrupted")
         raise
     except BaseException:
         run_dir.close("failed")
         raise
+    summary["run_dir"] = str(run_dir.path)
     run_dir.close("completed", summary=summary)
     return summary
+
+
+def interrupted_by(trainer: Any) -> None:
+    """Raise Interrupted when training stopped on SIGTERM/SIGINT (the checkpoint is saved)."""
+    stop = next(h for h in trainer.callback_handler.callbacks if isinstance(h, GracefulStop))
+    if stop.signum is not None:
+        raise Interrupted(stop.signum)
 
 
 def preflight(recipe: FinetuneRecipe) -> None:
@@ -95,10 +146,7 @@ def preflight(recipe: FinetuneRecipe) -> None:
             "Use method.type: lora on CPU",
             key="method.type",
         )
-
-
-def _tokenizer_path(recipe: FinetuneRecipe) -> str | None:
-    return recipe.model.path if recipe.model.scratch is None else None
+    resolve_precision(recipe.training, device)
 
 
 def setup_classification_data(recipe: FinetuneRecipe) -> tuple[Splits, list[str]]:
@@ -144,6 +192,7 @@ def _train_and_evaluate(
     run_dir: RunDir,
     loaded: LoadedModel,
     model: Any,
+    base: Any,
     encoded: dict[str, Any],
     labels: list[str],
     plan: dict[str, Any],
@@ -165,20 +214,30 @@ def _train_and_evaluate(
         callbacks=hooks,
     )
     trainer.remove_callback(PrinterCallback)  # it prints log dicts on stdout, which --json owns
-    before = predict(trainer, encoded["test"], labels) if encoded["test"] is not None else None
-    if before:
-        say(f"test before training: accuracy {before['accuracy']:.4f}, f1 {before['f1']:.4f}")
     resume_from = last_checkpoint(run_dir.path) if options.resume else None
+    before = None
+    if encoded["test"] is not None:
+        before = measured_once(run_dir.path, "test_before", lambda: predict(trainer, encoded["test"], labels))
+        say(f"test before training: accuracy {before['accuracy']:.4f}, f1 {before['f1']:.4f}")
     started = time.monotonic()
     result = trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.monotonic() - started
-    stop = next(h for h in hooks if type(h).__name__ == "GracefulStop")
-    if stop.signum is not None:
-        raise Interrupted(stop.signum)
+    interrupted_by(trainer)
+    validation = None
+    if has_validation:
+        validation = validation_metrics(trainer)
     after = predict(trainer, encoded["test"], labels) if encoded["test"] is not None else None
     from llmtune.export import save_trained_model
 
-    save_trained_model(trainer.model, loaded, run_dir.path / "model", recipe, labels=labels)
+    save_trained_model(
+        trainer.model,
+        loaded,
+        run_dir.path / "model",
+        recipe,
+        labels=labels,
+        merge=recipe.export.merge_adapter,
+        base=base,
+    )
     summary = {
         **plan,
         "status": "completed",
@@ -186,6 +245,7 @@ def _train_and_evaluate(
         "train_loss": result.training_loss,
         "steps": result.global_step,
         "test_before": _headline(before),
+        "validation": validation,
         "test": _headline(after),
     }
     if after is not None:

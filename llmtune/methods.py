@@ -47,8 +47,12 @@ def peft_config(method: MethodSpec, head: Head, tokenizer_path: str | None = Non
     return None
 
 
-def apply_method(model: Any, method: MethodSpec, head: Head, tokenizer_path: str | None = None) -> Any:
-    """Wrap or freeze `model` so that only the weights `method` names will train."""
+def apply_method(model: Any, method: MethodSpec, head: Head, tokenizer: Any = None) -> Any:
+    """Wrap or freeze `model` so that only the weights `method` names will train.
+
+    `tokenizer` (an object or a folder) is needed only to initialise a soft prompt from
+    `method.init_text`.
+    """
     if method.type == "full":
         for p in model.parameters():
             p.requires_grad = True
@@ -59,7 +63,14 @@ def apply_method(model: Any, method: MethodSpec, head: Head, tokenizer_path: str
 
     if method.type == "qlora":
         model = prepare_model_for_kbit_training(model)
-    return get_peft_model(model, peft_config(method, head, tokenizer_path))
+    if method.init_text and tokenizer is not None and not isinstance(tokenizer, str):
+        import tempfile
+
+        # peft reads the init_text tokenizer from a folder; scratch tokenizers have none
+        with tempfile.TemporaryDirectory() as folder:
+            tokenizer.save_pretrained(folder)
+            return get_peft_model(model, peft_config(method, head, folder))
+    return get_peft_model(model, peft_config(method, head, tokenizer))
 
 
 def transformer_blocks(model: Any) -> Any:

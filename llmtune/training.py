@@ -3,8 +3,10 @@ metrics.jsonl and the console, graceful stop on SIGTERM/SIGINT, and checkpoints 
 
 from __future__ import annotations
 
+import json
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,10 +138,15 @@ class GracefulStop(_callback_base()):
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._note)
+            self._previous[sig] = signal.signal(sig, self._note)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
     def _note(self, signum: int, frame: Any) -> None:
         self.signum = signum
@@ -156,3 +163,21 @@ def last_checkpoint(run_dir: Path) -> str | None:
 
     folder = run_dir / "checkpoints"
     return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def measured_once(run_dir: Path, name: str, measure: Callable[[], Any]) -> Any:
+    """`measure()` on the first attempt of a run, the stored value on --resume (so that a resumed
+    run reports what an uninterrupted one would, e.g. test metrics before training)."""
+    path = run_dir / "checkpoints" / f"{name}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    value = measure()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, default=float))
+    return value
+
+
+def validation_metrics(trainer: Any) -> dict[str, float]:
+    """The trainer's current model on the validation split (the best one when it was kept)."""
+    kept = ("_runtime", "_per_second", "_preparation_time", "epoch")
+    return {k: v for k, v in trainer.evaluate().items() if not k.endswith(kept)}

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from llmtune.recipes.common import ModelRef, RecipeBase, Section
 
@@ -44,17 +45,36 @@ class Batching(Section):
     """Rows per batch; auto finds the largest that fits and backs off on out-of-memory."""
     max_batch_tokens: int = Field(16384, ge=16)
     """Token budget of one batch (prompt + generated tokens, padding included)."""
+    chunk_rows: int = Field(256, ge=1)
+    """Rows handed to the engine at a time; each chunk's results are appended and flushed before
+    the next starts, so a crash loses at most one chunk. Larger chunks sort by length better."""
 
 
 class OutputFiles(Section):
     """Where results and failed rows go."""
 
     path: str
-    """Results file; jsonl, csv or parquet by extension."""
+    """Results file; jsonl, csv or parquet by extension. Rows are appended to a JSONL journal
+    (the file itself for .jsonl, else <stem>.journal.jsonl beside it) that resume reads; a csv
+    or parquet file is written from the journal at the end of each run."""
     errors: str | None = None
     """Failed rows with their id and reason; default: <path stem>.errors.jsonl."""
     include_input: bool = False
     """Copy the input columns into each output row."""
+
+    @field_validator("path")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if Path(value).suffix.lower() not in (".jsonl", ".csv", ".parquet"):
+            raise ValueError(f"expected a .jsonl, .csv or .parquet file, got {value!r}")
+        return value
+
+    @field_validator("errors")
+    @classmethod
+    def _errors_jsonl(cls, value: str | None) -> str | None:
+        if value is not None and Path(value).suffix.lower() != ".jsonl":
+            raise ValueError(f"the errors file is JSON lines: expected a .jsonl file, got {value!r}")
+        return value
 
 
 class BulkInferRecipe(RecipeBase):
@@ -93,4 +113,11 @@ class BulkInferRecipe(RecipeBase):
             raise ValueError("task: classify needs labels")
         if self.system and not self.chat:
             raise ValueError("system is only used with chat: true")
+        if self.generation.num_return_sequences > 1 and self.generation.temperature == 0:
+            raise ValueError(
+                "generation.num_return_sequences > 1 needs sampling (temperature > 0); "
+                "greedy decoding returns the same text every time"
+            )
+        if self.labels and len(set(self.labels)) != len(self.labels):
+            raise ValueError("labels must be distinct")
         return self

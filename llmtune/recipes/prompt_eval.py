@@ -2,33 +2,67 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from llmtune.recipes.common import Data, ModelRef, RecipeBase, Section
+
+Metric = Literal["accuracy", "precision", "recall", "f1", "invalid_rate", "exact_match", "contains"]
+CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "invalid_rate")
+FREE_TEXT_METRICS = ("exact_match", "contains")
+# metrics where higher is better: the only ones a --fail-under gate makes sense for
+GATE_METRICS = ("accuracy", "precision", "recall", "f1", "exact_match", "contains")
+
+
+def template_variables(source: str) -> set[str] | None:
+    """Variables a Jinja2 template reads, or None when it does not parse (the job reports that)."""
+    import jinja2
+    from jinja2 import meta
+
+    try:
+        return set(meta.find_undeclared_variables(jinja2.Environment().parse(source)))
+    except jinja2.TemplateSyntaxError:
+        return None
+
+
+class Batching(Section):
+    """How the shared inference engine groups rows into batches."""
+
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
+    """Rows per batch; auto fills the token budget and halves the batch on out-of-memory."""
+    max_batch_tokens: int = Field(16384, ge=16)
+    """Token budget of one batch (prompt + label or generated tokens, padding included)."""
 
 
 class PromptSpec(Section):
     """One way of asking the model."""
 
     template: str
-    """Sandboxed Jinja2 template; {{ examples }} receives the rendered shots."""
+    """Sandboxed Jinja2 template over the row's fields; {{ examples }} receives the rendered shots and
+    {{ labels }} the label names."""
     shots: int = Field(0, ge=0)
     """Examples put in front of each row (0: zero-shot)."""
-    examples_from: str | None = None
-    """File of example rows; default: the train split."""
+    examples_from: str | list[str] | None = None
+    """File(s) of example rows (same columns as the data); default: the train split."""
     example_template: str = "{{ text }} {{ label }}\n\n"
-    """How one example is rendered."""
+    """How one example is rendered into {{ examples }} (chat: false)."""
     selection: Literal["first", "random", "balanced"] = "balanced"
-    """How examples are chosen (seeded; never the row being scored)."""
+    """How examples are chosen: the pool's first rows, a seeded random draw per row, or a seeded draw
+    with labels as even as possible. Never the row being scored."""
     chat: bool = False
-    """Give chat models the examples as user/assistant turns."""
+    """Apply the model's chat template; the examples become user/assistant turns."""
+    system: str | None = None
+    """System message (chat: true)."""
 
     @model_validator(mode="after")
     def _examples_slot(self) -> PromptSpec:
-        if self.shots > 0 and not self.chat and "examples" not in self.template:
-            raise ValueError("shots > 0 but the template has no {{ examples }} slot")
+        used = template_variables(self.template)
+        if self.shots > 0 and not self.chat and used is not None and "examples" not in used:
+            raise ValueError(
+                f"shots is {self.shots} but the template has no {{{{ examples }}}} slot to put them in"
+            )
         return self
 
 
@@ -38,26 +72,94 @@ class PromptEvalRecipe(RecipeBase):
     kind: Literal["prompt-eval"] = "prompt-eval"
     """Which job this recipe is for."""
     models: dict[str, ModelRef]
-    """Models to compare, by name (base, base + adapter, another model)."""
+    """Models to compare, by name (base, base + adapter, another model); each is loaded once."""
     data: Data
-    """The labelled test rows (data.test, or carved from data.train by split)."""
+    """The labelled rows scored (data.test, or carved from data.train by split); train is the default
+    example pool."""
+    task: Literal["classification", "free_text"] = "classification"
+    """classification: the answer is one of `labels`; free_text: any text, compared to the gold answer
+    (in the label field) by exact_match and contains (needs scoring: generate)."""
     labels: list[str] | None = None
-    """Label names; inferred from the data when omitted."""
+    """Label names; inferred from the scored rows when omitted."""
     prompts: dict[str, PromptSpec]
     """Prompts to compare, by name."""
     scoring: Literal["choices", "generate"] = "choices"
-    """choices: log-likelihood of each label; generate: greedy text matched to a label."""
+    """Causal LMs. choices: log-likelihood of each label as the continuation; generate: greedy text,
+    normalised (first line, stripped, lower case) and matched to a label. Sequence-classification
+    models always use their head's probabilities."""
+    choice_normalization: Literal["sum", "mean"] = "sum"
+    """choices: predict by the summed log-likelihood of the label's tokens, or by the mean per token
+    (both are recorded, as lm-evaluation-harness does)."""
+    choice_prefix: str | None = None
+    """choices: text put between prompt and label (lm-evaluation-harness's target_delimiter); default
+    a space, or nothing for chat prompts."""
     answer_pattern: str | None = None
-    """generate: regex whose first group (or whole match) is the answer."""
+    """generate: regex searched in the output; its first group (or the whole match) is the answer."""
     max_new_tokens: int = Field(16, ge=1)
     """generate: tokens generated per row."""
-    metrics: list[str] = Field(default_factory=lambda: ["accuracy", "precision", "recall", "f1"])
-    """Metrics to report."""
+    metrics: list[Metric] = Field(default_factory=lambda: ["accuracy", "precision", "recall", "f1"])
+    """Metrics shown in the table and chart; the first ranks the pairs. free_text default:
+    [exact_match, contains]."""
+    model_heads: dict[str, Literal["causal_lm", "classification"]] = Field(default_factory=dict)
+    """Force a model's head by name; default: from its config (a sequence classifier or a bare encoder
+    is scored by its classification head, anything else as a causal LM)."""
+    batching: Batching = Field(default_factory=Batching)
+    """How rows are grouped into batches by the shared inference engine."""
+    fail_under: dict[str, float] = Field(default_factory=dict)
+    """Quality gate, e.g. {accuracy: 0.8}; merged with --fail-under METRIC=VALUE. Exit code 1 when
+    it is not met."""
+    fail_when: Literal["best", "any"] = "best"
+    """best: the gate fails when even the best pair is below; any: when any pair is below."""
+
+    @field_validator("answer_pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+    @field_validator("data")
+    @classmethod
+    def _no_data_template(cls, value: Data) -> Data:
+        if value.template is not None:
+            raise ValueError("prompt-eval reads its templates from prompts.NAME.template, not data.template")
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _distinct_labels(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (len(value) < 2 or len(set(value)) != len(value)):
+            raise ValueError("expected at least two distinct labels")
+        return value
 
     @model_validator(mode="after")
-    def _non_empty(self) -> PromptEvalRecipe:
+    def _consistent(self) -> PromptEvalRecipe:
         if not self.models:
             raise ValueError("models needs at least one entry")
         if not self.prompts:
             raise ValueError("prompts needs at least one entry")
+        unknown = sorted(set(self.model_heads) - set(self.models))
+        if unknown:
+            raise ValueError(f"model_heads names {unknown}, which are not in models")
+        if self.task == "free_text":
+            if self.scoring != "generate":
+                raise ValueError("task free_text needs scoring: generate (there are no labels to score)")
+            if "metrics" not in self.model_fields_set:
+                self.metrics = list(FREE_TEXT_METRICS)
+        allowed = CLASSIFICATION_METRICS if self.task == "classification" else FREE_TEXT_METRICS
+        wrong = [m for m in self.metrics if m not in allowed]
+        if wrong:
+            raise ValueError(f"metrics {wrong} do not apply to task {self.task}; use some of {list(allowed)}")
+        check_gate(self.fail_under, self.task)
         return self
+
+
+def check_gate(gate: dict[str, float], task: str) -> None:
+    """Refuse a quality gate on a metric the task does not compute (or where lower is better)."""
+    allowed = [m for m in GATE_METRICS if (m in FREE_TEXT_METRICS) == (task == "free_text")]
+    for metric in gate:
+        if metric not in allowed:
+            raise ValueError(f"cannot gate on {metric!r}; expected one of {', '.join(allowed)}")

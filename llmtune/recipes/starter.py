@@ -102,8 +102,8 @@ def _render(model: type[BaseModel], values: dict[str, Any], indent: int) -> list
     pad = "  " * indent
     lines: list[str] = []
     for name, field in model.model_fields.items():
-        if field.description:
-            lines.append(f"{pad}# {field.description}")
+        for line in (field.description or "").splitlines():
+            lines.append(f"{pad}# {line.strip()}")
         if name in values:
             value = values[name]
         elif field.is_required():

@@ -1,0 +1,182 @@
+"""What `llmtune finetune` costs over the library call it wraps.
+
+Side by side, on this machine, with the same tiny model, rows, steps and batch:
+  - causal_lm LoRA SFT: `llmtune finetune` vs the `trl sft` CLI, unpacked and packed;
+  - classification LoRA: `llmtune finetune` vs a plain HF Trainer script.
+Each command runs in its own process; we record its wall time and peak RSS (from wait4) and print
+a Markdown table of llmtune / library ratios. Run:
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_finetune.py [--steps 40] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+DATA = ROOT / "data" / "sentiment" / "train.jsonl"
+
+PLAIN_TRAINER = """
+import json, sys
+import datasets
+from peft import LoraConfig, TaskType, get_peft_model
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
+model_dir, data, out, steps, batch = sys.argv[1:6]
+tok = AutoTokenizer.from_pretrained(model_dir)
+rows = [json.loads(line) for line in open(data)]
+labels = sorted({r["sentiment"] for r in rows})
+enc = tok([r["review"] for r in rows], truncation=True, max_length=128)
+ds = datasets.Dataset.from_dict({**enc, "labels": [labels.index(r["sentiment"]) for r in rows]})
+model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=len(labels))
+model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, target_modules="all-linear"))
+args = TrainingArguments(out, max_steps=int(steps), per_device_train_batch_size=int(batch), learning_rate=1e-3,
+                         report_to=[], use_cpu=True, save_strategy="no", logging_steps=10, disable_tqdm=True)
+Trainer(model=model, args=args, train_dataset=ds, data_collator=DataCollatorWithPadding(tok)).train()
+model.save_pretrained(out + "/model")
+"""
+
+
+def build_models(folder: Path) -> Path:
+    """A tiny llama (hidden 64, 2 layers) saved as a plain HF folder that every tool can load."""
+    from llmtune.models import build_scratch_model, build_tokenizer
+    from llmtune.recipes.common import ScratchModel
+
+    spec = ScratchModel(architecture="llama", hidden_size=64, num_layers=2, num_heads=4)
+    tokenizer = build_tokenizer(spec, [])
+    model_dir = folder / "tiny-llama"
+    build_scratch_model(spec, tokenizer, head="causal_lm", labels=None).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    return model_dir
+
+
+def write_sft_rows(folder: Path) -> Path:
+    """prompt/completion rows from the sentiment reviews, in a folder `trl sft` can load."""
+    out = folder / "sft"
+    out.mkdir()
+    with (out / "train.jsonl").open("w") as f:
+        for line in DATA.read_text().splitlines():
+            row = json.loads(line)
+            f.write(
+                json.dumps(
+                    {"prompt": f"Review: {row['review']}\nSentiment: ", "completion": row["sentiment"]}
+                )
+                + "\n"
+            )
+    return out
+
+
+def recipe(
+    folder: Path, name: str, model_dir: Path, task: str, steps: int, batch: int, packing: bool
+) -> Path:
+    data = (
+        f"{{train: {folder / 'sft' / 'train.jsonl'}, max_length: 256}}"
+        if task == "causal_lm"
+        else f"{{train: {DATA}, columns: {{text: review, label: sentiment}}, max_length: 128}}"
+    )
+    path = folder / f"{name}.yaml"
+    path.write_text(
+        f"kind: finetune\ntask: {task}\nmodel: {{path: {model_dir}}}\n"
+        "method: {type: lora, r: 8, alpha: 16, dropout: 0.0}\n"
+        f"data: {data}\n"
+        f"training: {{max_steps: {steps}, batch_size: {batch}, learning_rate: 1.0e-3, packing: {str(packing).lower()}}}\n"
+        f"output: {{dir: {folder / 'runs' / name}, overwrite: true}}\n"
+    )
+    return path
+
+
+def measure(command: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MiB) of one command in its own process."""
+    started = time.monotonic()
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"failed: {' '.join(command)}\n{proc.stderr.read()[-3000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def trl_sft(model_dir: Path, data: Path, out: Path, steps: int, batch: int, packing: bool) -> list[str]:
+    return [
+        str(BIN / "trl"), "sft", "--model_name_or_path", str(model_dir), "--dataset_name", str(data),
+        "--output_dir", str(out), "--max_steps", str(steps), "--per_device_train_batch_size", str(batch),
+        "--learning_rate", "1e-3", "--max_length", "256", "--use_peft", "--lora_r", "8", "--lora_alpha", "16",
+        "--lora_dropout", "0.0", "--lora_target_modules", "all-linear", "--report_to", "none", "--use_cpu",
+        "--save_strategy", "no", "--logging_steps", "10", "--disable_tqdm", "true",
+        *(["--packing"] if packing else []),
+    ]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2, help="best of N per command")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        model_dir = build_models(folder)
+        sft = write_sft_rows(folder)
+        llmtune = [str(BIN / "llmtune"), "finetune"]
+        s, b = args.steps, args.batch
+        cases = {
+            "SFT LoRA, unpacked (vs trl sft)": (
+                llmtune + [str(recipe(folder, "sft", model_dir, "causal_lm", s, b, False))],
+                trl_sft(model_dir, sft, folder / "trl", s, b, False),
+            ),
+            "SFT LoRA, packed (vs trl sft --packing)": (
+                llmtune + [str(recipe(folder, "sft-packed", model_dir, "causal_lm", s, b, True))],
+                trl_sft(model_dir, sft, folder / "trl-packed", s, b, True),
+            ),
+            "SFT LoRA, llmtune packed vs trl sft unpacked": (
+                llmtune + [str(recipe(folder, "sft-packed2", model_dir, "causal_lm", s, b, True))],
+                trl_sft(model_dir, sft, folder / "trl2", s, b, False),
+            ),
+            "classification LoRA (vs HF Trainer script)": (
+                llmtune + [str(recipe(folder, "cls", model_dir, "classification", s, b, False))],
+                [
+                    sys.executable,
+                    "-c",
+                    PLAIN_TRAINER,
+                    str(model_dir),
+                    str(DATA),
+                    str(folder / "plain"),
+                    str(s),
+                    str(b),
+                ],
+            ),
+        }
+        rows = []
+        for name, (ours, theirs) in cases.items():
+            best_ours = best_theirs = (float("inf"), float("inf"))
+            for _ in range(args.repeats):  # alternate, so that load on the machine hits both alike
+                t = measure(ours)
+                best_ours = (min(best_ours[0], t[0]), min(best_ours[1], t[1]))
+                t = measure(theirs)
+                best_theirs = (min(best_theirs[0], t[0]), min(best_theirs[1], t[1]))
+            rows.append((name, best_ours, best_theirs))
+            print(f"done: {name}", file=sys.stderr)
+    print(f"{args.steps} steps, batch {args.batch}, tiny llama (hidden 64, 2 layers), LoRA r=8, "
+          f"{os.cpu_count()} CPU cores; best of {args.repeats}\n")  # fmt: skip
+    print("| case | llmtune s | library s | time ratio | llmtune MiB | library MiB | memory ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for name, ours, theirs in rows:
+        print(
+            f"| {name} | {ours[0]:.1f} | {theirs[0]:.1f} | {ours[0] / theirs[0]:.2f} | "
+            f"{ours[1]:.0f} | {theirs[1]:.0f} | {ours[1] / theirs[1]:.2f} |"
+        )
+    print(f"\nReproduce: HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_finetune.py --steps {args.steps} "
+          f"--batch {args.batch} --repeats {args.repeats}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

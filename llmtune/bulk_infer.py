@@ -1,0 +1,415 @@
+"""`llmtune bulk-infer`: run a model over large files, resumable and safe to run from cron.
+
+Steps: read and check the input rows and the template (bad input -> exit 2, nothing written);
+work out which ids are already in the output; print the plan on --dry-run; take the lock beside
+the output (held -> exit 75); load the model; then, chunk by chunk, render prompts, run the
+shared batched engine and append the results (flushed) to the journal. Rows that fail go to the
+errors file and make the exit code 3. See `llmtune.bulk_io` for the files' design.
+
+    llmtune bulk-infer recipes/bulk-infer-sentiment.yaml
+    llmtune bulk-infer recipe.yaml --shard 0/4      # one of 4 processes; then --merge-shards
+    llmtune bulk-infer recipe.yaml --refresh stale  # recompute rows of an older model/prompt
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmtune import bulk_io
+from llmtune.cli import JobOptions
+from llmtune.console import say, table
+from llmtune.data import expand_files, map_columns, read_file
+from llmtune.engine import Engine
+from llmtune.errors import BadInput
+from llmtune.models import Head, LoadedModel, load_model, quiet_libraries, resolve_model_path
+from llmtune.recipes.bulk_infer import BulkInferRecipe
+from llmtune.rundir import OutputLock
+from llmtune.templates import Template
+
+
+@dataclass
+class InputRow:
+    """One input row with its id and where it came from."""
+
+    id: str
+    row: dict[str, Any]
+    where: str
+
+
+@dataclass
+class Tally:
+    """What happened to the rows of this run."""
+
+    done: int = 0
+    failed: int = 0
+    too_long_skipped: int = 0
+    new_tokens: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
+    """Run bulk inference from a validated recipe; returns the summary (for --json)."""
+    quiet_libraries(options.debug)
+    shard = bulk_io.parse_shard(options.extra.get("shard"))
+    paths = bulk_io.output_paths(recipe, options.output, shard)
+    if options.extra.get("merge_shards"):
+        return _merge(paths, shard, options)
+    refresh = options.extra.get("refresh")
+    if refresh not in (None, "stale"):
+        raise BadInput(f"expected --refresh stale, got {refresh!r}", key="--refresh")
+    limit = options.extra.get("limit")
+    if limit is not None and limit < 1:
+        raise BadInput(f"expected a positive number of rows, got {limit}", key="--limit")
+
+    rows, files = read_input(recipe, shard)
+    template = Template(recipe.template, where="template")
+    template.check_fields(set().union(*(r.row for r in rows)), file=str(files[0]))
+    head = model_head(recipe)
+    fingerprints = {
+        "model_fingerprint": bulk_io.model_fingerprint(recipe),
+        "prompt_fingerprint": bulk_io.prompt_fingerprint(recipe),
+    }
+    plan = _plan(recipe, paths, rows, fingerprints, refresh, limit)
+    if options.dry_run:
+        table("plan (dry run: nothing written)", ["item", "value"], [[k, v] for k, v in plan.items()])
+        return {"dry_run": True, **plan}
+
+    lock = OutputLock(paths.lock)
+    created = [p for p in paths.lock.parents if not p.exists()]
+    lock.acquire()
+    try:
+        loaded, engine = setup_model(recipe, head)
+    except BaseException:  # bad model input found only on loading: leave no trace
+        lock.release()
+        for folder in created:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
+    try:
+        repaired = bulk_io.repair_journal(paths.journal)
+        if repaired:
+            say(f"repaired {paths.journal}: removed {repaired} torn or garbled line(s) left by a crash")
+        if refresh == "stale":
+            dropped = bulk_io.rewrite_journal(paths.journal, lambda r: _current(r, fingerprints))
+            say(f"--refresh stale: {dropped} row(s) with other fingerprints will be recomputed")
+        done = bulk_io.done_fingerprints(*_journals(paths))
+        todo = [r for r in rows if r.id not in done][:limit]
+        say(f"{len(todo)} row(s) to do, {len(rows) - len(todo)} already done or over --limit")
+        tally = infer(recipe, engine, todo, paths, fingerprints)
+        if shard is None:
+            bulk_io.materialise(paths.journal, paths.results)
+    finally:
+        lock.release()
+    return _summary(paths, plan, tally, len(rows) - len(todo))
+
+
+def read_input(recipe: BulkInferRecipe, shard: tuple[int, int] | None) -> tuple[list[InputRow], list[Path]]:
+    """Input rows (columns mapped), each id once, in file order; only this shard's ids."""
+    files = expand_files(recipe, recipe.input.path, "input.path")
+    rows: list[InputRow] = []
+    seen: set[str] = set()
+    for path in files:
+        part = read_file(path, skip_bad_rows=False)
+        for raw, where in zip(part.rows, part.where):
+            row_id = bulk_io.row_id(raw, recipe.input.id_column)
+            if row_id is None:
+                raise BadInput(f"row has no id in column {recipe.input.id_column!r}", file=where, key="input")
+            if row_id in seen or not bulk_io.in_shard(row_id, shard):
+                continue  # a repeated id is the same row: computed once
+            seen.add(row_id)
+            rows.append(InputRow(row_id, map_columns(raw, recipe.input.columns), where))
+    if not rows and shard is None:
+        raise BadInput(f"no rows in {', '.join(map(str, files))}", key="input.path")
+    return rows, files
+
+
+def model_head(recipe: BulkInferRecipe) -> Head:
+    """causal_lm or classification, from the model's config (refusing models that are neither)."""
+    ref = recipe.model
+    if ref.scratch is not None:
+        return "classification" if ref.scratch.architecture == "bert" else "causal_lm"
+    folder = Path(resolve_model_path(ref, recipe, "model"))
+    adapter = recipe.resolve_path(ref.adapter) if ref.adapter else folder
+    adapter_config = _read_json(adapter / "adapter_config.json")
+    if adapter_config.get("task_type") == "SEQ_CLS":
+        return "classification"
+    if adapter_config.get("task_type") == "CAUSAL_LM":
+        return "causal_lm"
+    architectures = _read_json(folder / "config.json").get("architectures") or []
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        return "classification"
+    if any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in architectures):
+        return "causal_lm"
+    raise BadInput(
+        f"{ref.path} is neither a causal LM nor a classifier (architectures: {architectures or 'unknown'}); "
+        "fine-tune a classification head first (llmtune finetune) or use a causal LM",
+        key="model.path",
+    )
+
+
+def setup_model(recipe: BulkInferRecipe, head: Head) -> tuple[LoadedModel, Engine]:
+    """Load the model with the right head, fold adapters in, and check it can serve the recipe."""
+    labels = recipe.labels if recipe.task == "classify" else None
+    loaded = load_model(recipe.model, recipe, head=head, labels=_head_labels(recipe, head, labels))
+    loaded.model = _merged_for_inference(loaded.model)
+    engine = Engine(
+        loaded,
+        batch_size=recipe.batching.batch_size,
+        max_batch_tokens=recipe.batching.max_batch_tokens,
+        max_length=recipe.max_length,
+    )
+    check_model(recipe, engine)
+    return loaded, engine
+
+
+def _merged_for_inference(model: Any) -> Any:
+    """A LoRA-style adapter folded into the weights: same outputs, no per-layer adapter cost.
+    Safe here because this job owns the model; methods that cannot merge run unmerged."""
+    if not hasattr(model, "merge_and_unload"):
+        return model
+    try:
+        return model.merge_and_unload()
+    except (AttributeError, ValueError, NotImplementedError, TypeError):
+        return model
+
+
+def check_model(recipe: BulkInferRecipe, engine: Engine) -> None:
+    """Refuse, before anything is written, a model that cannot serve this recipe."""
+    if recipe.chat:
+        engine.apply_chat_template("")  # raises BadInput when there is no chat template
+    if engine.classifier and recipe.labels:
+        names = engine.head_labels()
+        generic = all(n.startswith("LABEL_") for n in names) and len(names) == len(recipe.labels)
+        if not generic and not set(recipe.labels) <= set(names):
+            raise BadInput(f"labels {recipe.labels} are not the model's labels {names}", key="labels")
+
+
+def _head_labels(recipe: BulkInferRecipe, head: Head, labels: list[str] | None) -> list[str] | None:
+    if head != "classification":
+        return None
+    if recipe.task != "classify":
+        raise BadInput("this model has a classification head: use task: classify", key="task")
+    if recipe.model.scratch is not None:
+        return labels
+    # load with the head's own label names (a fine-tuned adapter folder records them)
+    folder = recipe.resolve_path(recipe.model.adapter) if recipe.model.adapter else None
+    folder = folder or Path(resolve_model_path(recipe.model, recipe, "model"))
+    id2label = _read_json(folder / "config.json").get("id2label") or {}
+    return [id2label[k] for k in sorted(id2label, key=int)] or labels
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _journals(paths: bulk_io.OutputPaths) -> list[Path]:
+    # a shard also skips ids that an earlier merge put in the main journal
+    return [paths.journal] if paths.shard is None else [paths.main_journal(), paths.journal]
+
+
+def _current(record: dict[str, Any], fingerprints: dict[str, str]) -> bool:
+    return all(record.get(k) == v for k, v in fingerprints.items())
+
+
+def _plan(
+    recipe: BulkInferRecipe,
+    paths: bulk_io.OutputPaths,
+    rows: list[InputRow],
+    fingerprints: dict[str, str],
+    refresh: str | None,
+    limit: int | None,
+) -> dict[str, Any]:
+    done = bulk_io.done_fingerprints(*_journals(paths))
+    stale = sum(1 for r in rows if r.id in done and done[r.id] != tuple(fingerprints.values()))
+    pending = sum(1 for r in rows if r.id not in done) + (stale if refresh == "stale" else 0)
+    plan = {
+        "input_rows": len(rows),
+        "already_done": len(rows) - pending,
+        "to_do": min(pending, limit) if limit else pending,
+        "stale": stale,
+        "model": recipe.model.describe(),
+        "task": recipe.task,
+        "output": str(paths.results),
+        "journal": str(paths.journal),
+        "errors_file": str(paths.errors),
+        "shard": f"{paths.shard[0]}/{paths.shard[1]}" if paths.shard else None,
+        **fingerprints,
+    }
+    if stale and refresh != "stale":
+        say(f"{stale} row(s) were made with another model or prompt; --refresh stale recomputes them")
+    return plan
+
+
+def infer(
+    recipe: BulkInferRecipe,
+    engine: Engine,
+    todo: list[InputRow],
+    paths: bulk_io.OutputPaths,
+    fingerprints: dict[str, str],
+) -> Tally:
+    """Run the rows chunk by chunk; each chunk's results and errors are appended and flushed."""
+    from llmtune.bulk_progress import Progress
+
+    tally = Tally()
+    journal = bulk_io.AppendFile(paths.journal)
+    errors = bulk_io.AppendFile(paths.errors, truncate=True)  # this run's failures only
+    progress = Progress(len(todo))
+    template = Template(recipe.template, where="template")
+    try:
+        size = recipe.batching.chunk_rows
+        for start in range(0, len(todo), size):
+            chunk = todo[start : start + size]
+            ready, prompts, failures = _prompts(recipe, engine, template, chunk, tally)
+            results, run_failures = _run_chunk(recipe, engine, ready, prompts)
+            failures += run_failures
+            journal.append([_record(recipe, r, res, fingerprints) for r, res in results])
+            errors.append(failures)
+            tally.done += len(results)
+            tally.failed += len(failures)
+            tally.new_tokens += sum(res.get("_new_tokens", 0) for _, res in results)
+            progress.advance(len(chunk), tally.new_tokens)
+    finally:
+        progress.close()
+        journal.close()
+        errors.close()
+    return tally
+
+
+def _prompts(
+    recipe: BulkInferRecipe, engine: Engine, template: Template, chunk: list[InputRow], tally: Tally
+) -> tuple[list[InputRow], list[str], list[dict[str, Any]]]:
+    """Render each row's prompt; rows whose template fails or that are too long are set aside."""
+    ready, prompts, failures = [], [], []
+    for item in chunk:
+        try:
+            prompt = template.render(item.row)
+            if recipe.chat:
+                prompt = engine.apply_chat_template(prompt, recipe.system)
+        except Exception as exc:  # noqa: BLE001 - any template failure is this row's failure
+            failures.append(_failure(item, f"template: {exc}"))
+            continue
+        ready.append(item)
+        prompts.append(prompt)
+    if recipe.on_too_long == "truncate" or not prompts:
+        return ready, prompts, failures
+    kept_rows, kept_prompts = [], []
+    for item, prompt, length in zip(ready, prompts, engine.count_tokens(prompts)):
+        if length <= recipe.max_length:
+            kept_rows.append(item)
+            kept_prompts.append(prompt)
+        elif recipe.on_too_long == "skip":
+            tally.too_long_skipped += 1
+        else:
+            failures.append(_failure(item, f"prompt is {length} tokens, over max_length {recipe.max_length}"))
+    return kept_rows, kept_prompts, failures
+
+
+def _run_chunk(
+    recipe: BulkInferRecipe, engine: Engine, rows: list[InputRow], prompts: list[str]
+) -> tuple[list[tuple[InputRow, dict[str, Any]]], list[dict[str, Any]]]:
+    """Results for a chunk; when the chunk fails as a whole, rows run one by one so that only
+    the rows that fail by themselves go to the errors file."""
+    try:
+        return list(zip(rows, _results(recipe, engine, prompts))), []
+    except BadInput:
+        raise
+    except Exception as exc:  # noqa: BLE001 - narrowed down to the failing rows below
+        if len(rows) == 1:
+            return [], [_failure(rows[0], f"{type(exc).__name__}: {exc}")]
+    done, failures = [], []
+    for item, prompt in zip(rows, prompts):
+        try:
+            done.append((item, _results(recipe, engine, [prompt])[0]))
+        except Exception as exc:  # noqa: BLE001 - this row's failure, recorded with its reason
+            failures.append(_failure(item, f"{type(exc).__name__}: {exc}"))
+    return done, failures
+
+
+def _results(recipe: BulkInferRecipe, engine: Engine, prompts: list[str]) -> list[dict[str, Any]]:
+    if recipe.task == "classify":
+        assert recipe.labels is not None
+        out = []
+        for scores in engine.classify(prompts, recipe.labels):
+            out.append({"label": max(scores, key=scores.__getitem__), "scores": scores})
+        return out
+    g = recipe.generation
+    generations = engine.generate(
+        prompts,
+        max_new_tokens=g.max_new_tokens,
+        temperature=g.temperature,
+        top_p=g.top_p,
+        top_k=g.top_k,
+        stop=g.stop,
+        num_return_sequences=g.num_return_sequences,
+        seed=recipe.seed,
+    )
+    return [
+        {"output": gen.texts if g.num_return_sequences > 1 else gen.texts[0], "_new_tokens": gen.new_tokens}
+        for gen in generations
+    ]
+
+
+def _record(
+    recipe: BulkInferRecipe, item: InputRow, result: dict[str, Any], fingerprints: dict[str, str]
+) -> dict[str, Any]:
+    record: dict[str, Any] = {}
+    if recipe.output.include_input:
+        record.update(item.row)
+    record["id"] = item.id
+    record.update({k: v for k, v in result.items() if not k.startswith("_")})
+    record.update(fingerprints)
+    return record
+
+
+def _failure(item: InputRow, reason: str) -> dict[str, Any]:
+    return {"id": item.id, "where": item.where, "reason": reason}
+
+
+def _merge(paths: bulk_io.OutputPaths, shard: tuple[int, int] | None, options: JobOptions) -> dict[str, Any]:
+    if shard is not None:
+        raise BadInput("--merge-shards joins every shard: leave out --shard", key="--merge-shards")
+    if options.dry_run:
+        parts = bulk_io.shard_parts(paths)
+        say(f"would merge {len(parts)} part file(s) into {paths.results}")
+        return {"dry_run": True, "parts": [str(p) for p in parts]}
+    lock = OutputLock(paths.lock)
+    lock.acquire()
+    try:
+        summary = bulk_io.merge_shards(paths)
+    finally:
+        lock.release()
+    say(f"merged {len(summary['merged_parts'])} part file(s): {summary['rows']} rows in {paths.results}")
+    if summary["missing_shards"]:
+        say(f"warning: no part file yet for shard(s) {', '.join(summary['missing_shards'])}")
+    return summary
+
+
+def _summary(paths: bulk_io.OutputPaths, plan: dict[str, Any], tally: Tally, skipped: int) -> dict[str, Any]:
+    seconds = max(time.monotonic() - tally.started, 1e-9)
+    summary = {
+        "output": str(paths.results if paths.shard is None else paths.journal),
+        "errors_file": str(paths.errors),
+        "rows_done": tally.done,
+        "rows_skipped": skipped,
+        "rows_too_long_skipped": tally.too_long_skipped,
+        "rows_failed": tally.failed,
+        "seconds": round(seconds, 2),
+        "rows_per_s": round(tally.done / seconds, 2),
+        "generated_tokens": tally.new_tokens,
+        "generated_tokens_per_s": round(tally.new_tokens / seconds, 1),
+        "model_fingerprint": plan["model_fingerprint"],
+        "prompt_fingerprint": plan["prompt_fingerprint"],
+        "exit_code": 3 if tally.failed else 0,
+    }
+    rows = [[k, v] for k, v in summary.items() if k != "exit_code"]
+    table("bulk-infer summary", ["item", "value"], rows)
+    if tally.failed:
+        say(f"{tally.failed} row(s) failed; see {paths.errors} (exit code 3)")
+    return summary

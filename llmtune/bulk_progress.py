@@ -1,0 +1,68 @@
+"""bulk-infer's progress: a rich bar with rows/s and ETA on a terminal, plain periodic log lines
+(cron, CI) elsewhere. Always on stderr, so stdout stays free for --json."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from llmtune.console import say, stderr_is_terminal
+
+LOG_EVERY_S = 10.0
+
+
+class Progress:
+    """Rows done out of `total`, with rows/s, generated tokens/s and the time left."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self.started = time.monotonic()
+        self._last_log = self.started
+        self._bar: Any = None
+        if stderr_is_terminal() and total:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import Progress as RichProgress
+
+            self._bar = RichProgress(
+                TextColumn("bulk-infer"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                transient=False,
+            )
+            self._task = self._bar.add_task("rows", total=total, rate="")
+            self._bar.start()
+
+    def advance(self, rows: int, new_tokens: int) -> None:
+        """Count `rows` more rows done; `new_tokens` is the run's generated-token total."""
+        self.done += rows
+        now = time.monotonic()
+        elapsed = max(now - self.started, 1e-9)
+        rate = f"{self.done / elapsed:.1f} rows/s, {new_tokens / elapsed:.0f} tok/s"
+        if self._bar is not None:
+            self._bar.update(self._task, advance=rows, rate=rate)
+        elif now - self._last_log >= LOG_EVERY_S or self.done == self.total:
+            self._last_log = now
+            left = (self.total - self.done) / max(self.done / elapsed, 1e-9)
+            say(f"{self.done}/{self.total} rows, {rate}, ETA {_duration(left)}")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"

@@ -1,0 +1,413 @@
+"""The one batched inference engine every job shares (bulk-infer, prompt-eval, distill).
+
+What it does for speed, and why each is safe:
+- identical prompts are computed once and the result is handed to every copy;
+- prompts are sorted by length and grouped under a token budget (`max_batch_tokens`, padding
+  included), so a batch holds rows of similar length and padding stays small;
+- decoder batches are left-padded with an attention mask, so greedy results do not depend on
+  the batch a row lands in (tests compare them with row-by-row `model.generate`);
+- `batch_size="auto"` starts from the token budget and halves the batch on out-of-memory
+  instead of crashing, remembering the size that fits;
+- generation goes through HF `generate` (KV cache, sampling, stop strings);
+- `classify` runs each prompt once and scores every label's tokens from that prompt's KV cache.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from llmtune.errors import BadInput
+from llmtune.models import LoadedModel
+
+
+@dataclass
+class Generation:
+    """What one prompt produced: `num_return_sequences` texts and the tokens generated for them."""
+
+    texts: list[str]
+    new_tokens: int
+
+
+@dataclass
+class ChoiceScores:
+    """Log-likelihood of each choice given one prompt, in the order the choices were given."""
+
+    logprob_sum: list[float]
+    logprob_mean: list[float]
+    num_tokens: list[int]
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for the errors a smaller batch can avoid (CUDA, MPS or host allocator)."""
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def is_sequence_classifier(model: Any) -> bool:
+    """A model with a sequence-classification head (PEFT wrappers looked through)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return type(base).__name__.endswith("ForSequenceClassification")
+
+
+class Engine:
+    """Batched generation and scoring over one loaded model."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        batch_size: int | Literal["auto"] = "auto",
+        max_batch_tokens: int = 16384,
+        max_length: int = 2048,
+    ) -> None:
+        """`max_length`: longest prompt in tokens; longer prompts keep their last tokens."""
+        self.model = loaded.model.eval()
+        self.tokenizer = loaded.tokenizer
+        self.device = loaded.device
+        self.max_batch_tokens = max_batch_tokens
+        self.max_length = max_length
+        self.classifier = is_sequence_classifier(self.model)
+        # a fixed batch_size caps rows per batch; auto starts uncapped and halves on OOM
+        self._row_cap: float = math.inf if batch_size == "auto" else batch_size
+        self._auto = batch_size == "auto"
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
+        eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        eos = eos if eos is not None else self.tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+
+    # ------------------------------------------------------------------ tokens
+    def encode(self, prompt: str) -> list[int]:
+        """Token ids of a prompt, special tokens as the model expects them (untruncated).
+
+        A prompt that already starts with the BOS text (a rendered chat template) gets no
+        second BOS.
+        """
+        bos = self.tokenizer.bos_token
+        add_special = not (bos and prompt.startswith(bos))
+        return self.tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
+
+    def count_tokens(self, prompts: Sequence[str]) -> list[int]:
+        """Prompt lengths in tokens, before truncation (to apply `on_too_long`)."""
+        return [len(self.encode(p)) for p in prompts]
+
+    def apply_chat_template(self, prompt: str, system: str | None = None) -> str:
+        """The prompt as the user turn of the tokenizer's chat template, ready for the reply."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise BadInput(
+                f"chat: true but the tokenizer of {self.model.name_or_path or 'this model'} has no chat "
+                "template; use a chat/instruct model or chat: false",
+                key="chat",
+            )
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}
+        ]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    # -------------------------------------------------------------- batching
+    def _batched(self, lengths: list[int], extra: int, copies: int, run: Callable[[list[int]], None]) -> None:
+        """Call `run(indices)` on length-sorted batches under the token budget, backing off on OOM.
+
+        A batch costs rows x (longest prompt + `extra` new tokens) x `copies` tokens.
+        """
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        start = 0
+        while start < len(order):
+            longest = lengths[order[start]] + extra
+            fit = max(1, self.max_batch_tokens // max(1, longest * copies))
+            size = int(min(fit, self._row_cap, len(order) - start))
+            batch = order[start : start + size]
+            try:
+                run(batch)
+            except Exception as exc:
+                if not (self._auto and is_out_of_memory(exc)) or size == 1:
+                    raise
+                self._row_cap = max(1, size // 2)
+                self._free_memory()
+                continue
+            start += size
+
+    def _free_memory(self) -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _left_padded(self, seqs: list[list[int]]) -> tuple[Any, Any]:
+        import torch
+
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            if seq:
+                ids[row, width - len(seq) :] = torch.tensor(seq)
+                mask[row, width - len(seq) :] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    # ------------------------------------------------------------- generate
+    def generate(
+        self,
+        prompts: list[str],
+        *,
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int | None = None,
+        stop: Sequence[str] = (),
+        num_return_sequences: int = 1,
+        seed: int = 0,
+    ) -> list[Generation]:
+        """Generate for every prompt; one Generation per prompt, in input order.
+
+        temperature 0 is greedy (then results do not depend on batching); above 0 samples with
+        top_p / top_k from `seed`. Texts are cut before the first `stop` string. These settings
+        are the whole decoding config: a model's own generation_config defaults (e.g. a
+        repetition penalty) are not applied, except its end-of-sequence tokens.
+        """
+        import torch
+        from transformers import GenerationConfig, StoppingCriteriaList
+
+        if self.classifier:
+            raise ValueError("generate needs a causal LM; this model has a classification head")
+        unique, where = _dedupe(prompts)
+        encoded = [self.encode(p)[-self.max_length :] for p in unique]
+        sampling = temperature > 0
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=sampling,
+            temperature=temperature if sampling else None,
+            top_p=top_p if sampling else None,
+            top_k=(top_k or 0) if sampling else None,
+            num_return_sequences=num_return_sequences,
+            pad_token_id=self.pad_id,
+            eos_token_id=sorted(self.eos_ids) or None,
+            bos_token_id=self.tokenizer.bos_token_id,
+        )
+        results: list[Generation | None] = [None] * len(unique)
+        torch.manual_seed(seed)
+
+        def run(batch: list[int]) -> None:
+            ids, mask = self._left_padded([encoded[i] for i in batch])
+            criteria = StoppingCriteriaList()
+            if stop:
+                criteria.append(_StopInNewText(self.tokenizer, stop, ids.shape[1]))
+            with torch.inference_mode():
+                out = self.model.generate(
+                    input_ids=ids, attention_mask=mask, generation_config=config, stopping_criteria=criteria
+                )
+            new = out[:, ids.shape[1] :].tolist()
+            for k, i in enumerate(batch):
+                rows = new[k * num_return_sequences : (k + 1) * num_return_sequences]
+                texts, count = [], 0
+                for tokens in rows:
+                    text, used = self._decode(tokens, stop)
+                    texts.append(text)
+                    count += used
+                results[i] = Generation(texts, count)
+
+        self._batched([len(e) for e in encoded], max_new_tokens, num_return_sequences, run)
+        return [_copy_generation(results[j]) for j in where]
+
+    def _decode(self, tokens: list[int], stop: Sequence[str]) -> tuple[str, int]:
+        """Text of the new tokens up to end-of-sequence, cut before the first stop string."""
+        used = len(tokens)
+        for n, token in enumerate(tokens):
+            if token in self.eos_ids or token == self.pad_id:
+                used = n
+                break
+        text = self.tokenizer.decode(tokens[:used], skip_special_tokens=True)
+        cuts = [text.find(s) for s in stop if s and s in text]
+        return (text[: min(cuts)] if cuts else text), used
+
+    # ---------------------------------------------------------------- score
+    def score_choices(self, prompts: list[str], choices: list[str]) -> list[ChoiceScores]:
+        """Log-likelihood of each choice as the continuation of each prompt (causal LMs).
+
+        Tokenized as lm-evaluation-harness does: trailing whitespace of the prompt moves to the
+        choice, `prompt + choice` is tokenized whole and the choice's tokens are the ones after
+        the prompt's. Each prompt runs once; every choice is scored from its KV cache.
+        """
+        import torch
+
+        if self.classifier:
+            raise ValueError("score_choices needs a causal LM; this model has a classification head")
+        unique, where = _dedupe(prompts)
+        contexts, continuations = [], []
+        for prompt in unique:
+            ctx, conts = self._split_continuations(prompt, choices)
+            contexts.append(ctx)
+            continuations.append(conts)
+        results: list[ChoiceScores | None] = [None] * len(unique)
+        longest_choice = max((len(c) for conts in continuations for c in conts), default=0)
+
+        def run(batch: list[int]) -> None:
+            with torch.inference_mode():
+                scored = self._score_batch([contexts[i] for i in batch], [continuations[i] for i in batch])
+            for i, scores in zip(batch, scored):
+                results[i] = scores
+
+        self._batched([len(c) for c in contexts], longest_choice, len(choices), run)
+        return [results[j] for j in where]  # type: ignore[misc]
+
+    def _split_continuations(self, prompt: str, choices: list[str]) -> tuple[list[int], list[list[int]]]:
+        n_spaces = len(prompt) - len(prompt.rstrip())
+        context = prompt[: len(prompt) - n_spaces]
+        moved = prompt[len(context) :]
+        context_enc = self.encode(context)
+        conts = []
+        for choice in choices:
+            whole = self.encode(context + moved + choice)
+            cont = whole[len(context_enc) :] or whole[-1:]
+            conts.append(cont)
+        # the prompt keeps its last tokens so that prompt + longest choice fits max_length
+        room = max(1, self.max_length - max(len(c) for c in conts))
+        return context_enc[-room:], conts
+
+    def _score_batch(self, contexts: list[list[int]], conts: list[list[list[int]]]) -> list[ChoiceScores]:
+        """One forward pass over the left-padded prompts, then one over every (prompt, choice)
+        continuation reusing the prompts' KV cache."""
+        import torch
+
+        n_choices = len(conts[0])
+        ids, mask = self._left_padded(contexts)
+        # positions from the mask, as generate does, so that left padding changes nothing
+        prompt_positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=prompt_positions, use_cache=True)
+        last_logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(n_choices)
+        flat = [c for row in conts for c in row]
+        width = max(len(c) for c in flat)
+        cont_ids = torch.full((len(flat), width), self.pad_id, dtype=torch.long)
+        cont_mask = torch.zeros((len(flat), width), dtype=torch.long)
+        for r, c in enumerate(flat):
+            cont_ids[r, : len(c)] = torch.tensor(c)
+            cont_mask[r, : len(c)] = 1
+        cont_ids, cont_mask = cont_ids.to(self.device), cont_mask.to(self.device)
+        prompt_mask = mask.repeat_interleave(n_choices, dim=0)
+        positions = prompt_mask.sum(dim=1, keepdim=True) + torch.arange(width, device=self.device)
+        follow = None
+        if width > 1:  # logits after each continuation token predict the next one
+            follow = self.model(
+                input_ids=cont_ids[:, :-1],
+                attention_mask=torch.cat([prompt_mask, cont_mask[:, :-1]], dim=1),
+                position_ids=positions[:, :-1],
+                past_key_values=cache,
+                use_cache=False,
+            ).logits.float()
+        first = last_logprobs.repeat_interleave(n_choices, dim=0)
+        results = []
+        for p in range(len(contexts)):
+            sums, means, counts = [], [], []
+            for j in range(n_choices):
+                r = p * n_choices + j
+                c = flat[r]
+                total = float(first[r, c[0]])
+                if len(c) > 1:
+                    logprobs = torch.log_softmax(follow[r, : len(c) - 1], dim=-1)
+                    total += float(logprobs.gather(1, cont_ids[r, 1 : len(c)].unsqueeze(1)).sum())
+                sums.append(total)
+                means.append(total / len(c))
+                counts.append(len(c))
+            results.append(ChoiceScores(sums, means, counts))
+        return results
+
+    # -------------------------------------------------------------- classify
+    def classify(self, prompts: list[str], labels: list[str]) -> list[dict[str, float]]:
+        """A probability per label for each prompt, in input order.
+
+        Causal LMs: softmax over the labels' log-likelihood sums (each label scored as
+        `" " + label` unless the prompt ends with whitespace). Sequence-classification models:
+        softmax of the head, its `id2label` names mapped to `labels` (generic LABEL_i names map
+        by position).
+        """
+        import torch
+
+        if not self.classifier:
+            out = []
+            for scores in self._score_with_separator(prompts, labels):
+                probs = torch.softmax(torch.tensor(scores.logprob_sum), dim=0).tolist()
+                out.append(dict(zip(labels, probs)))
+            return out
+        return self._classify_with_head(prompts, labels)
+
+    def _score_with_separator(self, prompts: list[str], labels: list[str]) -> list[ChoiceScores]:
+        # prompts ending in whitespace already separate the label; the rest get " label"
+        bare = [i for i, p in enumerate(prompts) if p[-1:].isspace()]
+        spaced = [i for i, p in enumerate(prompts) if not p[-1:].isspace()]
+        results: list[ChoiceScores | None] = [None] * len(prompts)
+        for indices, choices in ((bare, labels), (spaced, [" " + label for label in labels])):
+            if indices:
+                for i, s in zip(indices, self.score_choices([prompts[i] for i in indices], choices)):
+                    results[i] = s
+        return results  # type: ignore[return-value]
+
+    def head_labels(self) -> list[str]:
+        """The classification head's label names, in output order."""
+        id2label = self.model.config.id2label
+        return [str(id2label[i]) for i in range(len(id2label))]
+
+    def _classify_with_head(self, prompts: list[str], labels: list[str]) -> list[dict[str, float]]:
+        import torch
+
+        names = self.head_labels()
+        if set(labels) <= set(names):
+            columns = [names.index(label) for label in labels]
+        elif all(n.startswith("LABEL_") for n in names) and len(names) == len(labels):
+            columns = list(range(len(labels)))
+        else:
+            raise BadInput(
+                f"labels {labels} do not match the model's classification head {names}", key="labels"
+            )
+        unique, where = _dedupe(prompts)
+        encoded = [
+            self.tokenizer(p, truncation=True, max_length=self.max_length)["input_ids"] for p in unique
+        ]
+        results: list[dict[str, float] | None] = [None] * len(unique)
+
+        def run(batch: list[int]) -> None:
+            padded = self.tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt")
+            with torch.inference_mode():
+                logits = self.model(**{k: v.to(self.device) for k, v in padded.items()}).logits
+            probs = torch.softmax(logits.float()[:, columns], dim=-1).tolist()
+            for i, row in zip(batch, probs):
+                results[i] = dict(zip(labels, row))
+
+        self._batched([len(e) for e in encoded], 0, 1, run)
+        return [dict(results[j]) for j in where]  # type: ignore[arg-type]
+
+
+class _StopInNewText:
+    """Stops a row once a stop string appears in its *generated* text. (HF's StopStringCriteria
+    also matches across the end of the prompt, which would end some rows before they start.)"""
+
+    def __init__(self, tokenizer: Any, stop: Sequence[str], prompt_width: int) -> None:
+        self.tokenizer = tokenizer
+        self.stop = [s for s in stop if s]
+        self.width = prompt_width
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        texts = self.tokenizer.batch_decode(input_ids[:, self.width :], skip_special_tokens=True)
+        done = [any(s in text for s in self.stop) for text in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def _dedupe(prompts: Sequence[str]) -> tuple[list[str], list[int]]:
+    """Unique prompts in first-seen order, and for each input its unique prompt's index."""
+    index: dict[str, int] = {}
+    where = [index.setdefault(p, len(index)) for p in prompts]
+    return list(index), where
+
+
+def _copy_generation(g: Generation | None) -> Generation:
+    assert g is not None
+    return Generation(list(g.texts), g.new_tokens)

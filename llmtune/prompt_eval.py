@@ -1,0 +1,336 @@
+"""`llmtune prompt-eval`: zero-, one- and few-shot prompts and several models, scored side by side.
+
+Steps: read the scored rows and the example pools, check labels and templates, build every prompt
+and find each model's head (all before anything is written), then open the run directory and load
+each model once, score every prompt on the same rows through the shared engine, and write
+results.json, predictions.jsonl, report.md and a chart. A quality gate (`--fail-under METRIC=VALUE`
+or `fail_under:`) makes the run exit 1 when it is not met, naming the pair and metric.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmtune.cli import JobOptions
+from llmtune.console import say, table
+from llmtune.data import Rows, check_labels, infer_labels, load_splits, read_rows
+from llmtune.errors import BadInput, Problem
+from llmtune.models import adapter_base, load_model, quiet_libraries, resolve_model_path
+from llmtune.prompt_report import evaluate_gate, print_table, write_outputs
+from llmtune.prompt_scoring import normalise, pair_metrics, score_prompts, scoring_method
+from llmtune.prompts import PromptBuilder, chat_prompt
+from llmtune.recipes.common import ModelRef
+from llmtune.recipes.prompt_eval import PromptEvalRecipe, PromptSpec, check_gate
+from llmtune.rundir import RunDir, run_dir_path
+
+
+def run(recipe: PromptEvalRecipe, options: JobOptions) -> dict[str, Any]:
+    """Score every model x prompt pair on the same rows; returns the summary (for --json)."""
+    quiet_libraries(options.debug)
+    gate = parse_gate(options.extra.get("fail_under") or [], recipe)
+    run_dir = RunDir(run_dir_path(recipe, str(options.output) if options.output else None), recipe)
+    run_dir.check_writable()
+    rows, labels, pools, files = read_data(recipe)
+    builders = {
+        name: PromptBuilder(
+            name,
+            spec,
+            pool=pools[name][0],
+            pool_source=pools[name][1],
+            labels=labels,
+            seed=recipe.seed,
+            recipe_file=_src(recipe),
+        )
+        for name, spec in recipe.prompts.items()
+    }
+    for builder in builders.values():
+        builder.check(rows)
+    plans = {name: plan_model(ref, recipe, name, labels) for name, ref in recipe.models.items()}
+    # plain prompts are the same for every model; chat prompts wait for each model's chat template
+    built = {
+        name: [b.messages(r, i) if b.spec.chat else b.render(r, i) for i, r in enumerate(rows.rows)]
+        for name, b in builders.items()
+    }
+    _check_chat_templates(recipe, builders, plans)
+    plan = {
+        "run_dir": str(run_dir.path),
+        "rows": len(rows),
+        "labels": labels if labels is not None else "free text",
+        "models": {
+            name: f"{ref.describe()} ({scoring_method(recipe, plans[name].head)})"
+            for name, ref in recipe.models.items()
+        },
+        "prompts": {name: _describe_prompt(spec) for name, spec in recipe.prompts.items()},
+        "pairs": len(recipe.models) * len(recipe.prompts),
+    }
+    if options.dry_run:
+        table("plan (dry run: nothing written)", ["item", "value"], [[k, v] for k, v in plan.items()])
+        for name, prompts in built.items():
+            shown = prompts[0] if isinstance(prompts[0], str) else json.dumps(prompts[0], indent=1)
+            say(f"prompt {name}, first row:\n{shown}")
+        return {"dry_run": True, **plan}
+
+    run_dir.open(data_files=files)
+    options.log_file = run_dir.log_file
+    try:
+        pairs, predictions = score_all(recipe, rows, labels, plans, built, builders)
+        result = write_outputs(
+            run_dir, recipe, pairs, predictions, {n: p.head for n, p in plans.items()}, labels, len(rows)
+        )
+        verdict = evaluate_gate(pairs, gate, recipe.fail_when)
+    except BaseException:
+        run_dir.close("failed")
+        raise
+    print_table(recipe, pairs)
+    summary = {"run_dir": str(run_dir.path), **result["summary"], "gate": verdict}
+    run_dir.close("completed", summary=summary)
+    if verdict["failures"]:
+        for line in verdict["failures"]:
+            say(f"fail-under: {line}")
+        summary["exit_code"] = 1
+    return summary
+
+
+def _describe_prompt(spec: PromptSpec) -> str:
+    chat = ", chat" if spec.chat else ""
+    return f"{spec.shots}-shot, {spec.selection}{chat}" if spec.shots else f"zero-shot{chat}"
+
+
+def parse_gate(flags: list[str], recipe: PromptEvalRecipe) -> dict[str, float]:
+    """The recipe's fail_under, overridden by each --fail-under METRIC=VALUE."""
+    gate = dict(recipe.fail_under)
+    for flag in flags:
+        metric, _, value = flag.partition("=")
+        try:
+            gate[metric.strip()] = float(value)
+        except ValueError:
+            raise BadInput(
+                f"expected METRIC=VALUE such as accuracy=0.8, got {flag!r}", key="--fail-under"
+            ) from None
+    try:
+        check_gate(gate, recipe.task)
+    except ValueError as exc:
+        raise BadInput(str(exc), key="--fail-under") from None
+    return gate
+
+
+def read_data(
+    recipe: PromptEvalRecipe,
+) -> tuple[Rows, list[str] | None, dict[str, tuple[Rows | None, str]], list[Path]]:
+    """Scored rows, labels (None for free text), each prompt's example pool, and the files read."""
+    splits = load_splits(recipe, recipe.data, required=("label",), label_field="label")
+    rows = splits.test
+    if not rows.rows:
+        raise BadInput(
+            "no rows to score: give data.test, or data.train with data.split.test",
+            file=_src(recipe),
+            key="data",
+        )
+    labels = None
+    if recipe.task == "classification":
+        labels = recipe.labels or infer_labels(rows)
+        if len(labels) < 2:
+            raise BadInput(f"the scored rows have only one label ({labels[0]}); give labels", key="labels")
+        check_labels(splits, labels)
+    files = list(splits.files)
+    pools: dict[str, tuple[Rows | None, str]] = {}
+    for name, spec in recipe.prompts.items():
+        if spec.shots == 0:
+            pools[name] = (None, "")
+        elif spec.examples_from is None:
+            pools[name] = (splits.train if splits.train.rows else None, "the train split")
+        else:
+            key = f"prompts.{name}.examples_from"
+            pool, used = read_rows(
+                recipe, spec.examples_from, key, columns=recipe.data.columns, required=("label",)
+            )
+            if labels is not None:
+                _check_pool_labels(pool, labels, key)
+            files += [f for f in used if f not in files]
+            pools[name] = (pool, ", ".join(str(f) for f in used))
+    return rows, labels, pools, files
+
+
+def _check_pool_labels(pool: Rows, labels: list[str], key: str) -> None:
+    bad = [(r, w) for r, w in zip(pool.rows, pool.where) if str(r["label"]) not in labels]
+    if bad:
+        row, where = bad[0]
+        raise BadInput(
+            problems=[
+                Problem(
+                    f"{key}: example label {str(row['label'])!r} is not in labels {labels} "
+                    f"({len(bad)} such row(s))",
+                    file=where,
+                )
+            ]
+        )
+
+
+def _src(recipe: PromptEvalRecipe) -> str | None:
+    return str(recipe.source) if recipe.source else None
+
+
+@dataclass
+class ModelPlan:
+    """How one model is loaded and scored, decided before anything is written."""
+
+    head: str  # causal_lm | classification
+    head_labels: list[str] | None = None  # a trained classification head's labels, in its order
+    tokenizer_dir: Path | None = None  # where its tokenizer is (None: a scratch model)
+
+
+def plan_model(ref: ModelRef, recipe: PromptEvalRecipe, name: str, labels: list[str] | None) -> ModelPlan:
+    """The model's head (forced by model_heads, else read from its adapter or config) and, for a
+    trained classification head, its label order, so labels are matched by name, never by position.
+
+    A sequence classifier, or a bare encoder (e.g. BertModel, which gets a new head), is scored by
+    its classification head; anything else as a causal LM. Also checks that the model exists.
+    """
+    key = f"models.{name}"
+    if ref.scratch is not None:
+        head = "classification" if ref.scratch.architecture == "bert" else "causal_lm"
+        head = recipe.model_heads.get(name, head)
+        return ModelPlan(head, labels if head == "classification" else None)
+    path = Path(resolve_model_path(ref, recipe, key))
+    adapter = recipe.resolve_path(ref.adapter) if ref.adapter else None
+    if adapter is None and (path / "adapter_config.json").exists():
+        adapter, path = path, Path(adapter_base(path, recipe, key))
+    if adapter is not None and not (adapter / "adapter_config.json").exists():
+        raise BadInput(f"no PEFT adapter in {adapter} (adapter_config.json missing)", key=f"{key}.adapter")
+    config = _read_json(adapter / "config.json") if adapter else {}
+    config = config or _read_json(path / "config.json")
+    tokenizer_dir = adapter if adapter and (adapter / "tokenizer_config.json").exists() else path
+    head = recipe.model_heads.get(name) or _detect_head(adapter, config)
+    if head == "causal_lm" or labels is None:
+        return ModelPlan(head, None, tokenizer_dir)
+    names = [str(v) for _, v in sorted((int(k), v) for k, v in (config.get("id2label") or {}).items())]
+    if not names or all(n.startswith("LABEL_") for n in names):
+        return ModelPlan(head, labels, tokenizer_dir)  # a new or unnamed head: the recipe's labels
+    if not set(labels) <= set(names):
+        raise BadInput(
+            f"labels {labels} do not match the classification head of {ref.describe()} ({names})",
+            file=_src(recipe),
+            key="labels",
+        )
+    return ModelPlan(head, names, tokenizer_dir)
+
+
+def _detect_head(adapter: Path | None, config: dict[str, Any]) -> str:
+    if adapter is not None:
+        task = _read_json(adapter / "adapter_config.json").get("task_type")
+        if task in ("SEQ_CLS", "CAUSAL_LM"):
+            return "classification" if task == "SEQ_CLS" else "causal_lm"
+    architectures = config.get("architectures") or []
+    if any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in architectures):
+        return "causal_lm"
+    return "classification" if architectures else "causal_lm"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _check_chat_templates(
+    recipe: PromptEvalRecipe, builders: dict[str, PromptBuilder], plans: dict[str, ModelPlan]
+) -> None:
+    """Refuse chat prompts for a model without a chat template (before the run directory opens)."""
+    chat = [name for name, b in builders.items() if b.spec.chat]
+    if not chat:
+        return
+    from transformers import AutoTokenizer
+
+    for name, ref in recipe.models.items():
+        tokenizer = None  # scratch models' tokenizers have no chat template
+        if plans[name].tokenizer_dir is not None:
+            tokenizer = AutoTokenizer.from_pretrained(
+                str(plans[name].tokenizer_dir), trust_remote_code=ref.trust_remote_code
+            )
+        chat_prompt(tokenizer, [{"role": "user", "content": "x"}], name, chat[0])
+
+
+def score_all(
+    recipe: PromptEvalRecipe,
+    rows: Rows,
+    labels: list[str] | None,
+    plans: dict[str, ModelPlan],
+    built: dict[str, list[Any]],
+    builders: dict[str, PromptBuilder],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Load each model once and score every prompt with it; the pairs' metrics and every prediction."""
+    from llmtune.engine import Engine
+
+    gold = [str(r["label"]) for r in rows.rows]
+    ids = [str(r["id"]) if r.get("id") is not None else str(i) for i, r in enumerate(rows.rows)]
+    pairs, predictions = [], []
+    for model_name, ref in recipe.models.items():
+        plan = plans[model_name]
+        method = scoring_method(recipe, plan.head)
+        say(f"loading {model_name}: {ref.describe()} ({plan.head}, scored by {method})")
+        loaded = load_model(ref, recipe, head=plan.head, key=f"models.{model_name}", labels=plan.head_labels)
+        engine = Engine(
+            loaded,
+            batch_size=recipe.batching.batch_size,
+            max_batch_tokens=recipe.batching.max_batch_tokens,
+            max_length=recipe.data.max_length,
+        )
+        for prompt_name, builder in builders.items():
+            texts = built[prompt_name]
+            if builder.spec.chat:
+                texts = [chat_prompt(loaded.tokenizer, m, model_name, prompt_name) for m in texts]
+            truncated = sum(n > recipe.data.max_length for n in engine.count_tokens(texts))
+            started = time.monotonic()
+            scored = score_prompts(engine, method, recipe, texts, labels, chat=builder.spec.chat)
+            seconds = time.monotonic() - started
+            metrics = pair_metrics(gold, [s.prediction for s in scored], labels, method)
+            pairs.append(
+                {
+                    "model": model_name,
+                    "prompt": prompt_name,
+                    "scoring": method,
+                    "n": len(texts),
+                    "metrics": metrics,
+                    "truncated_prompts": truncated,
+                    "seconds": round(seconds, 3),
+                    "rows_per_second": round(len(texts) / seconds, 2) if seconds > 0 else None,
+                }
+            )
+            headline = recipe.metrics[0]
+            say(
+                f"{model_name} x {prompt_name}: {headline} {metrics[headline]:.4f} ({len(texts)} rows, {seconds:.1f} s)"
+            )
+            if truncated:
+                say(
+                    f"  {truncated} prompt(s) longer than data.max_length={recipe.data.max_length} tokens were cut"
+                )
+            for i, (text, s) in enumerate(zip(texts, scored)):
+                predictions.append(
+                    {
+                        "id": ids[i],
+                        "model": model_name,
+                        "prompt": prompt_name,
+                        "prompt_text": text,
+                        "prediction": s.prediction,
+                        "gold": gold[i],
+                        "correct": s.prediction == gold[i]
+                        if labels is not None
+                        else normalise(s.prediction or "") == normalise(gold[i]),
+                        "scores": s.scores,
+                        **s.extra,
+                    }
+                )
+        del engine, loaded
+        _free_memory()
+    return pairs, predictions
+
+
+def _free_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,205 @@
+"""What prompt-eval shows and writes: the terminal table, results.json, predictions.jsonl,
+report.md with confusion matrices, a bar chart, and the verdict of the quality gate."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from llmtune.console import markdown_table, say, table
+from llmtune.metrics import confusion_markdown
+from llmtune.recipes.prompt_eval import PromptEvalRecipe
+from llmtune.rundir import RunDir, atomic_write_text
+
+CHART = "chart.png"
+
+
+def best_pair(pairs: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """The pair with the highest `metric` (the first such pair in recipe order on a tie)."""
+    return max(pairs, key=lambda p: p["metrics"][metric])
+
+
+def grid(recipe: PromptEvalRecipe, pairs: list[dict[str, Any]], metric: str) -> list[list[Any]]:
+    """Rows = prompts, columns = models, the best cell marked with '*'."""
+    best = best_pair(pairs, metric)
+    cells = {(p["prompt"], p["model"]): p for p in pairs}
+    rows = []
+    for prompt, spec in recipe.prompts.items():
+        row: list[Any] = [f"{prompt} ({spec.shots}-shot)"]
+        for model in recipe.models:
+            pair = cells[(prompt, model)]
+            value = f"{pair['metrics'][metric]:.4f}"
+            if "invalid_rate" in pair["metrics"] and pair["metrics"]["invalid_rate"]:
+                value += f" ({100 * pair['metrics']['invalid_rate']:.0f}% invalid)"
+            row.append(value + (" *" if pair is best else ""))
+        rows.append(row)
+    return rows
+
+
+def print_table(recipe: PromptEvalRecipe, pairs: list[dict[str, Any]]) -> None:
+    """The comparison on stderr: rich on a terminal, plain text elsewhere."""
+    metric = recipe.metrics[0]
+    table(
+        f"{metric} by prompt (rows) and model (columns); * = best",
+        ["prompt", *recipe.models],
+        grid(recipe, pairs, metric),
+    )
+    best = best_pair(pairs, metric)
+    say(f"best: {best['model']} x {best['prompt']} ({metric} {best['metrics'][metric]:.4f})")
+
+
+def evaluate_gate(pairs: list[dict[str, Any]], gate: dict[str, float], when: str) -> dict[str, Any]:
+    """Which pairs fall below the thresholds: the best pair per metric (best) or every pair (any)."""
+    failures = []
+    for metric, threshold in gate.items():
+        if when == "best":
+            best = best_pair(pairs, metric)
+            candidates = [best]
+        else:
+            candidates = pairs
+        for pair in candidates:
+            value = pair["metrics"][metric]
+            if value < threshold:
+                who = "best pair" if when == "best" else "pair"
+                failures.append(
+                    f"{metric} of {who} {pair['model']} x {pair['prompt']} is {value:.4f}, below {threshold}"
+                )
+    return {"thresholds": gate, "when": when, "passed": not failures, "failures": failures}
+
+
+def write_outputs(
+    run_dir: RunDir,
+    recipe: PromptEvalRecipe,
+    pairs: list[dict[str, Any]],
+    predictions: list[dict[str, Any]],
+    heads: dict[str, str],
+    labels: list[str] | None,
+    n_rows: int,
+) -> dict[str, Any]:
+    """results.json, predictions.jsonl, chart.png and report.md; returns results.json's content."""
+    metric = recipe.metrics[0]
+    best = best_pair(pairs, metric)
+    results = {
+        "task": recipe.task,
+        "labels": labels,
+        "rows": n_rows,
+        "metric": metric,
+        "models": {
+            name: {"source": ref.describe(), "head": heads[name]} for name, ref in recipe.models.items()
+        },
+        "prompts": {
+            name: {"shots": s.shots, "selection": s.selection if s.shots else None, "chat": s.chat}
+            for name, s in recipe.prompts.items()
+        },
+        "pairs": pairs,
+        "best": {"model": best["model"], "prompt": best["prompt"], metric: best["metrics"][metric]},
+    }
+    run_dir.write_json("results.json", results)
+    lines = "".join(json.dumps(p, ensure_ascii=False, default=float) + "\n" for p in predictions)
+    atomic_write_text(run_dir.path / "predictions.jsonl", lines)
+    chart = write_chart(run_dir, recipe, pairs, metric)
+    examples: dict[str, str] = {}
+    for p in predictions:  # the first row's prompt, per prompt (chat prompts: per model)
+        chat = recipe.prompts[p["prompt"]].chat
+        examples.setdefault(f"{p['prompt']} ({p['model']})" if chat else p["prompt"], p["prompt_text"])
+    run_dir.write_text("report.md", report(recipe, results, chart, examples))
+    headline = [
+        {"model": p["model"], "prompt": p["prompt"], **{m: round(p["metrics"][m], 4) for m in recipe.metrics}}
+        for p in pairs
+    ]
+    return {
+        **results,
+        "summary": {"rows": n_rows, "metric": metric, "best": results["best"], "pairs": headline},
+    }
+
+
+def write_chart(
+    run_dir: RunDir, recipe: PromptEvalRecipe, pairs: list[dict[str, Any]], metric: str
+) -> str | None:
+    """A grouped bar chart of `metric`: one group per prompt, one bar per model."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # the report still has every number; the chart is a convenience
+        return None
+    cells = {(p["prompt"], p["model"]): p["metrics"][metric] for p in pairs}
+    prompts, models = list(recipe.prompts), list(recipe.models)
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(prompts) * max(1, len(models) / 2)), 3.6))
+    for j, model in enumerate(models):
+        xs = [i + (j - (len(models) - 1) / 2) * width for i in range(len(prompts))]
+        values = [cells[(p, model)] for p in prompts]
+        bars = ax.bar(xs, values, width, label=model)
+        ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=8)
+    ax.set_xticks(range(len(prompts)), prompts)
+    ax.set_ylim(0, 1.18)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{recipe.name}: {metric} per prompt and model", fontsize=10)
+    ax.legend(fontsize=8, loc="upper center", ncols=len(models), frameon=False)
+    fig.tight_layout()
+    fig.savefig(run_dir.path / CHART, dpi=110)
+    plt.close(fig)
+    return CHART
+
+
+def report(
+    recipe: PromptEvalRecipe, results: dict[str, Any], chart: str | None, examples: dict[str, str]
+) -> str:
+    """report.md: the table, every pair's metrics, confusion matrices and one prompt per prompt."""
+    metric = results["metric"]
+    pairs = results["pairs"]
+    lines = [
+        f"# {recipe.name}: prompt-eval",
+        "",
+        f"- rows scored: {results['rows']} (the same rows for every pair)",
+        f"- labels: {', '.join(results['labels']) if results['labels'] else 'free text'}",
+        "- models: "
+        + "; ".join(f"`{n}` = {m['source']} ({m['head']})" for n, m in results["models"].items()),
+        f"- best: **{results['best']['model']} x {results['best']['prompt']}** "
+        f"({metric} {results['best'][metric]:.4f})",
+        "",
+        f"## {metric} (rows: prompts, columns: models; * = best)",
+        "",
+        markdown_table(["prompt", *recipe.models], grid(recipe, pairs, metric)),
+    ]
+    if chart:
+        lines += [f"![{metric} per prompt and model]({chart})", ""]
+    shown = [
+        m
+        for m in ("accuracy", "precision", "recall", "f1", "invalid_rate", "exact_match", "contains")
+        if m in pairs[0]["metrics"]
+    ]
+    lines += [
+        "## All pairs",
+        "",
+        markdown_table(
+            ["model", "prompt", "scoring", *shown, "rows/s"],
+            [
+                [
+                    p["model"],
+                    p["prompt"],
+                    p["scoring"],
+                    *[p["metrics"][m] for m in shown],
+                    f"{p['rows_per_second'] or 0:.1f}",
+                ]
+                for p in pairs
+            ],
+        ),
+    ]
+    lines += [
+        "Precision, recall and F1 are macro averages. Sequence-classification models are scored by their "
+        "head's probabilities (the prompt only shapes the text they read); causal LMs by "
+        f"`{recipe.scoring}`. A bare encoder (no trained head) gets a new, untrained head: chance level.",
+        "",
+    ]
+    if examples:
+        lines += ["## What the model reads (first row)", ""]
+        for name, text in examples.items():
+            lines += [f"### {name}", "", "````text", text, "````", ""]
+    if results["labels"]:
+        lines += ["## Confusion matrices", ""]
+        for p in pairs:
+            lines += [f"### {p['model']} x {p['prompt']}", "", confusion_markdown(p["metrics"])]
+    return "\n".join(lines) + "\n"

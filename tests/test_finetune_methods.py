@@ -1,0 +1,169 @@
+"""Every tuning method on both tasks, end to end on a tiny scratch llama: the run prints trainable
+vs total parameters and writes a model/ that plain transformers + peft load.
+
+The matrix runs the CLI in this process (typer's runner): same code path as `llmtune finetune`,
+without paying torch's import once per run. Exit codes and signals are tested by subprocess in
+test_finetune_training.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import Result, assert_bad_input, write, write_jsonl
+
+METHODS = ["full", "lora", "dora", "ia3", "prefix", "prompt", "last_layers"]
+WORDS = ["cat", "dog", "sun", "red", "blue", "tree", "fish", "bird"]
+
+
+def invoke(*args: str | Path) -> Result:
+    """`llmtune ARGS` in this process (exit code, stdout, stderr)."""
+    from typer.testing import CliRunner
+
+    from llmtune.cli import app
+
+    out = CliRunner().invoke(app, [str(a) for a in args])
+    if out.exception is not None and not isinstance(out.exception, SystemExit):
+        raise out.exception
+    return Result(out.exit_code, out.stdout, out.stderr)
+
+
+def classification_data(folder: Path) -> None:
+    rows = [
+        {"text": f"the {w} is {'good' if i % 2 else 'bad'}", "label": "pos" if i % 2 else "neg"}
+        for i, w in enumerate(WORDS * 3)
+    ]
+    write_jsonl(folder / "cls_train.jsonl", rows[:16])
+    write_jsonl(folder / "cls_test.jsonl", rows[16:])
+
+
+def sft_data(folder: Path) -> None:
+    rows = [{"prompt": f"Echo: {w}\nAnswer:", "completion": f" {w}"} for w in WORDS * 3]
+    write_jsonl(folder / "sft_train.jsonl", rows[:16])
+    write_jsonl(folder / "sft_test.jsonl", rows[16:])
+
+
+TRAINING = "max_steps: 2, batch_size: 8, learning_rate: 1.0e-2, logging_steps: 1"
+
+
+def recipe(
+    folder: Path, task: str, method: str, extra: str = "", training: str = TRAINING, method_extra: str = ""
+) -> Path:
+    prefix = "cls" if task == "classification" else "sft"
+    classification_data(folder) if task == "classification" else sft_data(folder)
+    return write(
+        folder / f"{task}-{method}.yaml",
+        f"""kind: finetune
+task: {task}
+model: {{scratch: {{architecture: llama, hidden_size: 32, num_layers: 2, num_heads: 2}}}}
+method: {{type: {method}, r: 4, num_virtual_tokens: 4, layers: 1{method_extra}}}
+data: {{train: {prefix}_train.jsonl, test: {prefix}_test.jsonl, max_length: 32}}
+evaluation: {{max_new_tokens: 4}}
+training: {{{training}}}
+output: {{dir: run}}
+{extra}""",
+    )
+
+
+def load_saved(model_dir: Path, task: str):
+    """Load model/ the way a user without llmtune would."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    cls = AutoModelForSequenceClassification if task == "classification" else AutoModelForCausalLM
+    if not (model_dir / "adapter_config.json").exists():
+        return cls.from_pretrained(model_dir)
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(cls.from_pretrained(model_dir / "base"), model_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["classification", "causal_lm"])
+@pytest.mark.parametrize("method", METHODS)
+def test_method_trains_and_saves_a_loadable_model(tmp_path: Path, task: str, method: str) -> None:
+    training = TRAINING
+    if method == "lora" and task == "causal_lm":
+        training += ", gradient_checkpointing: true"
+    init = ", init_text: the cat" if method == "prompt" else ""
+    result = invoke("finetune", recipe(tmp_path, task, method, "seed: 7", training, init), "--json")
+    assert result.code == 0, result.stderr[-3000:]
+    summary = result.json()
+    assert (
+        f"{method}: training {summary['trainable_params']:,} of {summary['total_params']:,}" in result.stderr
+    )
+    if method == "full":
+        assert summary["trainable_params"] == summary["total_params"]
+    else:
+        assert 0 < summary["trainable_params"] < summary["total_params"]
+    run = tmp_path / "run"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "completed"
+    assert summary["steps"] == 2
+    metrics = json.loads((run / "eval.json").read_text())["metrics"]
+    assert ("f1" if task == "classification" else "perplexity") in metrics
+    model = load_saved(run / "model", task)
+    if task == "classification":
+        assert model.config.id2label == {0: "neg", 1: "pos"}
+    if method in ("prefix", "prompt"):
+        check_only_virtual_tokens_trained(run / "model", task, method, seed=7)
+
+
+def check_only_virtual_tokens_trained(model_dir: Path, task: str, method: str, seed: int) -> None:
+    """The saved base is the untouched random init (rebuilt here from the same seed), and the
+    adapter holds the virtual tokens (plus, for classification, the new head) and nothing else."""
+    import torch
+    from safetensors.torch import load_file
+
+    from llmtune.models import build_scratch_model, build_tokenizer
+    from llmtune.recipes.common import ScratchModel
+
+    torch.manual_seed(seed)
+    spec = ScratchModel(architecture="llama", hidden_size=32, num_layers=2, num_heads=2)
+    head = "classification" if task == "classification" else "causal_lm"
+    labels = ["neg", "pos"] if task == "classification" else None
+    fresh = build_scratch_model(spec, build_tokenizer(spec, []), head=head, labels=labels).state_dict()
+    saved = load_file(model_dir / "base" / "model.safetensors")
+    assert set(saved) <= set(fresh)
+    assert all(torch.equal(saved[k], fresh[k]) for k in saved)
+    adapter = load_file(model_dir / "adapter_model.safetensors")
+    virtual = [k for k in adapter if "prompt_embeddings" in k or "prefix" in k]
+    assert virtual, list(adapter)
+    others = [k for k in adapter if k not in virtual]
+    assert all("score" in k for k in others), others
+    assert (task == "classification") == bool(others)
+    if method == "prompt":
+        # trained (moved) from the embeddings of init_text's tokens, not from a random init
+        trained = adapter[virtual[0]]
+        vocab = saved["model.embed_tokens.weight"]
+        nearest = torch.cdist(trained, vocab).min(dim=1).values
+        assert 0 < nearest.max() < 0.1, nearest
+
+
+def test_qlora_on_cpu_is_a_clear_bad_input(tmp_path: Path) -> None:
+    result = invoke("finetune", recipe(tmp_path, "causal_lm", "qlora"), "--set", "model.device=cpu")
+    assert_bad_input(result, "method.type", "qlora needs a CUDA GPU")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("method", "training", "fragments"),
+    [
+        ("lora", "packing: true", ["packing is for task: causal_lm"]),
+        ("prefix", "max_steps: 2", ["no adapter to merge"]),
+        ("lora", "early_stopping: {patience: 1}", ["early_stopping needs validation rows"]),
+        ("lora", "early_stopping: {metric: bleu}", ["validation metric 'eval_bleu' is not computed"]),
+    ],
+)
+def test_inconsistent_recipes_are_refused(
+    tmp_path: Path, method: str, training: str, fragments: list[str]
+) -> None:
+    extra = "export: {merge_adapter: true}" if method == "prefix" else ""
+    path = recipe(tmp_path, "classification", method, extra, training=training)
+    if "metric" in training:
+        path.write_text(
+            path.read_text().replace("max_length: 32}", "max_length: 32, split: {validation: 0.25}}")
+        )
+    result = invoke("finetune", path)
+    assert_bad_input(result, *fragments)

@@ -1,0 +1,133 @@
+"""Training behaviour: SIGTERM + --resume ends where an uninterrupted run ends, early stopping
+keeps the best checkpoint, and merged exports predict exactly what the adapter predicts."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import assert_bad_input, run_cli, write
+from test_finetune_methods import classification_data, invoke, recipe, sft_data
+
+
+def resumable_recipe(folder: Path) -> Path:
+    classification_data(folder)
+    return write(
+        folder / "resume.yaml",
+        """kind: finetune
+model: {scratch: {architecture: llama, hidden_size: 32, num_layers: 2, num_heads: 2}}
+method: {type: lora, r: 4}
+data: {train: cls_train.jsonl, test: cls_test.jsonl, split: {validation: 0.25}, max_length: 32}
+training: {max_steps: 12, batch_size: 4, eval_steps: 4, logging_steps: 1, learning_rate: 5.0e-3}
+output: {dir: run}
+""",
+    )
+
+
+def _steps_logged(run: Path) -> int:
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    return max((json.loads(line)["step"] for line in path.read_text().splitlines() if line), default=0)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_resume_ends_like_an_uninterrupted_run(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    path = resumable_recipe(tmp_path)
+    assert invoke("finetune", path, "--output", tmp_path / "straight").code == 0
+
+    run = tmp_path / "interrupted"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmtune", "finetune", str(path), "--output", str(run)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while _steps_logged(run) < 5 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "rerun with --resume" in stderr
+    assert json.loads((run / "manifest.json").read_text())["status"] == "interrupted"
+    assert list((run / "checkpoints").glob("checkpoint-*")), "no checkpoint saved on SIGTERM"
+    assert not (run / "eval.json").exists()
+
+    resumed = run_cli("finetune", path, "--output", run, "--resume")
+    assert resumed.code == 0, resumed.stderr[-3000:]
+    assert json.loads((run / "manifest.json").read_text())["status"] == "completed"
+    straight = tmp_path / "straight"
+    assert json.loads((run / "eval.json").read_text()) == json.loads((straight / "eval.json").read_text())
+    a = load_file(run / "model" / "adapter_model.safetensors")
+    b = load_file(straight / "model" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+@pytest.mark.slow
+def test_early_stopping_stops_and_keeps_the_best_checkpoint(tmp_path: Path) -> None:
+    path = resumable_recipe(tmp_path)
+    training = "training: {max_steps: 40, batch_size: 4, eval_steps: 1, logging_steps: 1, learning_rate: 0.5, early_stopping: {patience: 1, metric: loss}}"
+    path.write_text(path.read_text().split("training:")[0] + training + "\noutput: {dir: run}\n")
+    result = invoke("finetune", path, "--json")
+    assert result.code == 0, result.stderr[-3000:]
+    summary = result.json()
+    assert summary["steps"] < 40
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    during = [r["eval_loss"] for r in logged if "eval_loss" in r and r["step"] <= summary["steps"]]
+    assert summary["validation"]["eval_loss"] == pytest.approx(min(during))
+
+
+@pytest.mark.slow
+def test_merged_export_predicts_what_the_adapter_predicts(tmp_path: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    assert invoke("finetune", recipe(tmp_path, "classification", "lora")).code == 0
+    merged_dir = tmp_path / "merged"
+    assert invoke("export", tmp_path / "run", "--merge", "--output", merged_dir).code == 0
+    assert not (merged_dir / "adapter_config.json").exists()
+    model_dir = tmp_path / "run" / "model"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    batch = tokenizer(["the cat is good", "the dog is bad"], return_tensors="pt", padding=True)
+    base = AutoModelForSequenceClassification.from_pretrained(model_dir / "base")
+    adapter = PeftModel.from_pretrained(base, model_dir).eval()
+    merged = AutoModelForSequenceClassification.from_pretrained(merged_dir).eval()
+    with torch.no_grad():
+        expected, got = adapter(**batch).logits, merged(**batch).logits
+    torch.testing.assert_close(got, expected)
+    assert merged.config.id2label == {0: "neg", 1: "pos"}
+
+    copied = tmp_path / "copied"
+    assert invoke("export", tmp_path / "run", "--output", copied).code == 0
+    assert (copied / "adapter_config.json").exists() and (copied / "base" / "config.json").exists()
+    assert_bad_input(invoke("export", tmp_path / "run", "--output", copied), "not empty")
+
+
+@pytest.mark.slow
+def test_merge_adapter_in_the_recipe_writes_a_standalone_causal_lm(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    sft_data(tmp_path)
+    path = recipe(tmp_path, "causal_lm", "lora", "export: {merge_adapter: true}")
+    assert invoke("finetune", path).code == 0
+    model_dir = tmp_path / "run" / "model"
+    assert not (model_dir / "adapter_config.json").exists()
+    assert AutoModelForCausalLM.from_pretrained(model_dir).num_parameters() > 0
+
+
+def test_export_refuses_what_cannot_be_merged(tmp_path: Path) -> None:
+    folder = write(
+        tmp_path / "adapter" / "adapter_config.json", json.dumps({"peft_type": "PREFIX_TUNING"})
+    ).parent
+    assert_bad_input(invoke("export", folder, "--merge", "--output", tmp_path / "out"), "cannot be merged")
+    assert_bad_input(invoke("export", tmp_path / "nothing", "--output", tmp_path / "out"), "neither a run")
+    assert not (tmp_path / "out").exists()
