@@ -6,7 +6,10 @@ Side by side, on this machine, with the same tiny model, rows, steps and batch:
 Each command runs in its own process; we record its wall time and peak RSS (from wait4) and print
 a Markdown table of llmtune / library ratios. Run:
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_finetune.py [--steps 40] [--repeats 2]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_finetune.py [--steps 40] [--repeats 2] [--threads 1]
+
+One torch thread by default: on a small shared machine a second thread mostly adds contention for
+a model this size, and it makes both sides' numbers far less noisy.
 """
 
 from __future__ import annotations
@@ -119,7 +122,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2, help="best of N per command")
+    parser.add_argument("--threads", default="1", help="OMP_NUM_THREADS for every command (same for both)")
     args = parser.parse_args()
+    os.environ["OMP_NUM_THREADS"] = args.threads
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with tempfile.TemporaryDirectory() as tmp:
@@ -166,7 +171,7 @@ def main() -> None:
             rows.append((name, best_ours, best_theirs))
             print(f"done: {name}", file=sys.stderr)
     print(f"{args.steps} steps, batch {args.batch}, tiny llama (hidden 64, 2 layers), LoRA r=8, "
-          f"{os.cpu_count()} CPU cores; best of {args.repeats}\n")  # fmt: skip
+          f"{os.cpu_count()} CPU cores, {args.threads} torch thread(s); best of {args.repeats}\n")  # fmt: skip
     print("| case | llmtune s | library s | time ratio | llmtune MiB | library MiB | memory ratio |")
     print("|---|---|---|---|---|---|---|")
     for name, ours, theirs in rows:
@@ -175,7 +180,7 @@ def main() -> None:
             f"{ours[1]:.0f} | {theirs[1]:.0f} | {ours[1] / theirs[1]:.2f} |"
         )
     print(f"\nReproduce: HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_finetune.py --steps {args.steps} "
-          f"--batch {args.batch} --repeats {args.repeats}")  # fmt: skip
+          f"--batch {args.batch} --repeats {args.repeats} --threads {args.threads}")  # fmt: skip
 
 
 if __name__ == "__main__":

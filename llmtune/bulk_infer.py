@@ -25,7 +25,7 @@ from llmtune.console import say, table
 from llmtune.data import expand_files, map_columns, read_file
 from llmtune.engine import Engine
 from llmtune.errors import BadInput
-from llmtune.models import Head, LoadedModel, load_model, quiet_libraries, resolve_model_path
+from llmtune.models import Head, load_model, quiet_libraries, resolve_model_path
 from llmtune.recipes.bulk_infer import BulkInferRecipe
 from llmtune.rundir import OutputLock
 from llmtune.templates import Template
@@ -65,29 +65,26 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
     if limit is not None and limit < 1:
         raise BadInput(f"expected a positive number of rows, got {limit}", key="--limit")
 
-    rows, files = read_input(recipe, shard)
-    template = Template(recipe.template, where="template")
-    template.check_fields(set().union(*(r.row for r in rows)), file=str(files[0]))
-    head = model_head(recipe)
-    fingerprints = {
-        "model_fingerprint": bulk_io.model_fingerprint(recipe),
-        "prompt_fingerprint": bulk_io.prompt_fingerprint(recipe),
-    }
-    plan = _plan(recipe, paths, rows, fingerprints, refresh, limit)
-    if options.dry_run:
-        table("plan (dry run: nothing written)", ["item", "value"], [[k, v] for k, v in plan.items()])
-        return {"dry_run": True, **plan}
-
-    lock = OutputLock(paths.lock)
-    created = [p for p in paths.lock.parents if not p.exists()]
-    lock.acquire()
+    # the lock comes first, so that an overlapping cron run exits 75 before reading anything
+    lock = None if options.dry_run else _take_lock(paths.lock)
     try:
-        loaded, engine = setup_model(recipe, head)
-    except BaseException:  # bad model input found only on loading: leave no trace
-        lock.release()
-        for folder in created:
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
+        rows, files = read_input(recipe, shard)
+        template = Template(recipe.template, where="template")
+        if rows:
+            template.check_fields(set().union(*(r.row for r in rows)), file=str(files[0]))
+        head = model_head(recipe)
+        fingerprints = {
+            "model_fingerprint": bulk_io.model_fingerprint(recipe),
+            "prompt_fingerprint": bulk_io.prompt_fingerprint(recipe),
+        }
+        plan = _plan(recipe, paths, rows, fingerprints, refresh, limit)
+        if lock is None:
+            table("plan (dry run: nothing written)", ["item", "value"], [[k, v] for k, v in plan.items()])
+            return {"dry_run": True, **plan}
+        engine = setup_model(recipe, head)
+    except BaseException:  # bad input: leave no trace, not even the lock's folder
+        if lock is not None:
+            _drop_lock(*lock)
         raise
     try:
         repaired = bulk_io.repair_journal(paths.journal)
@@ -97,14 +94,29 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
             dropped = bulk_io.rewrite_journal(paths.journal, lambda r: _current(r, fingerprints))
             say(f"--refresh stale: {dropped} row(s) with other fingerprints will be recomputed")
         done = bulk_io.done_fingerprints(*_journals(paths))
-        todo = [r for r in rows if r.id not in done][:limit]
-        say(f"{len(todo)} row(s) to do, {len(rows) - len(todo)} already done or over --limit")
+        pending = [r for r in rows if r.id not in done]
+        todo = pending[:limit]
+        say(f"{len(todo)} row(s) to do, {len(rows) - len(pending)} already done")
         tally = infer(recipe, engine, todo, paths, fingerprints)
         if shard is None:
             bulk_io.materialise(paths.journal, paths.results)
     finally:
-        lock.release()
-    return _summary(paths, plan, tally, len(rows) - len(todo))
+        lock[0].release()
+    return _summary(paths, plan, tally, len(rows) - len(pending), len(pending) - len(todo))
+
+
+def _take_lock(path: Path) -> tuple[OutputLock, list[Path]]:
+    created = [p for p in path.parents if not p.exists()]
+    lock = OutputLock(path)
+    lock.acquire()
+    return lock, created
+
+
+def _drop_lock(lock: OutputLock, created: list[Path]) -> None:
+    lock.release()
+    for folder in created:  # deepest first
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def read_input(recipe: BulkInferRecipe, shard: tuple[int, int] | None) -> tuple[list[InputRow], list[Path]]:
@@ -151,7 +163,7 @@ def model_head(recipe: BulkInferRecipe) -> Head:
     )
 
 
-def setup_model(recipe: BulkInferRecipe, head: Head) -> tuple[LoadedModel, Engine]:
+def setup_model(recipe: BulkInferRecipe, head: Head) -> Engine:
     """Load the model with the right head, fold adapters in, and check it can serve the recipe."""
     labels = recipe.labels if recipe.task == "classify" else None
     loaded = load_model(recipe.model, recipe, head=head, labels=_head_labels(recipe, head, labels))
@@ -163,7 +175,7 @@ def setup_model(recipe: BulkInferRecipe, head: Head) -> tuple[LoadedModel, Engin
         max_length=recipe.max_length,
     )
     check_model(recipe, engine)
-    return loaded, engine
+    return engine
 
 
 def _merged_for_inference(model: Any) -> Any:
@@ -292,8 +304,11 @@ def _prompts(
             prompt = template.render(item.row)
             if recipe.chat:
                 prompt = engine.apply_chat_template(prompt, recipe.system)
+        except BadInput as exc:  # a field this row lacks
+            failures.append(_failure(item, str(exc)))
+            continue
         except Exception as exc:  # noqa: BLE001 - any template failure is this row's failure
-            failures.append(_failure(item, f"template: {exc}"))
+            failures.append(_failure(item, f"template: {type(exc).__name__}: {exc}"))
             continue
         ready.append(item)
         prompts.append(prompt)
@@ -391,13 +406,16 @@ def _merge(paths: bulk_io.OutputPaths, shard: tuple[int, int] | None, options: J
     return summary
 
 
-def _summary(paths: bulk_io.OutputPaths, plan: dict[str, Any], tally: Tally, skipped: int) -> dict[str, Any]:
+def _summary(
+    paths: bulk_io.OutputPaths, plan: dict[str, Any], tally: Tally, skipped: int, left: int
+) -> dict[str, Any]:
     seconds = max(time.monotonic() - tally.started, 1e-9)
     summary = {
         "output": str(paths.results if paths.shard is None else paths.journal),
         "errors_file": str(paths.errors),
         "rows_done": tally.done,
         "rows_skipped": skipped,
+        "rows_left_for_next_run": left,
         "rows_too_long_skipped": tally.too_long_skipped,
         "rows_failed": tally.failed,
         "seconds": round(seconds, 2),

@@ -22,6 +22,11 @@ from typing import Any, Literal
 from llmtune.errors import BadInput
 from llmtune.models import LoadedModel
 
+# A batch stops growing when padding would pass this share of its tokens (prompt + new tokens).
+# Padding is computed like any token; counting new tokens as work keeps batches large when
+# decoding dominates (long generations, GPUs) and tight when the prompts dominate (CPU, scoring).
+PADDING_SHARE = 0.2
+
 
 @dataclass
 class Generation:
@@ -114,14 +119,22 @@ class Engine:
     def _batched(self, lengths: list[int], extra: int, copies: int, run: Callable[[list[int]], None]) -> None:
         """Call `run(indices)` on length-sorted batches under the token budget, backing off on OOM.
 
-        A batch costs rows x (longest prompt + `extra` new tokens) x `copies` tokens.
+        A batch costs rows x (longest prompt + `extra` new tokens) x `copies` tokens, and stops
+        growing when its padding would pass PADDING_SHARE of that.
         """
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         start = 0
         while start < len(order):
             longest = lengths[order[start]] + extra
             fit = max(1, self.max_batch_tokens // max(1, longest * copies))
-            size = int(min(fit, self._row_cap, len(order) - start))
+            limit = int(min(fit, self._row_cap, len(order) - start))
+            size, real = 1, longest
+            while size < limit:  # rows are sorted longest first: padding only grows
+                candidate = lengths[order[start + size]] + extra
+                if (size + 1) * longest - (real + candidate) > PADDING_SHARE * (size + 1) * longest:
+                    break
+                real += candidate
+                size += 1
             batch = order[start : start + size]
             try:
                 run(batch)

@@ -1,13 +1,17 @@
 """`llmtune finetune`: adapt a model on task examples.
 
-Steps: read and check the data, load the model with its head, apply the tuning method, tokenize,
-then (unless --dry-run) open the run directory, measure the test split before training, train with
-the HF Trainer, measure again, and save a model that loads with plain transformers + peft.
-causal_lm SFT lives in `llmtune.sft`.
+Steps (classification): read and check the data, load the model with its head, apply the tuning
+method, tokenize, then (unless --dry-run) open the run directory, measure the test split before
+training, train with the HF Trainer (validation, early stopping, best checkpoint kept), measure
+again, and save a model that loads with plain transformers + peft.
+
+causal_lm SFT lives in `llmtune.sft`, hyperparameter sweeps in `llmtune.sweep`; both reuse the
+run frame here (`describe_plan`, `open_and_run`, `interrupted_by`).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,9 +29,9 @@ from llmtune.templates import Template
 from llmtune.training import (
     GracefulStop,
     callbacks,
-    last_checkpoint,
     measured_once,
     resolve_precision,
+    resume_point,
     training_arguments,
     validation_metrics,
 )
@@ -68,7 +72,7 @@ def run(recipe: FinetuneRecipe, options: JobOptions) -> dict[str, Any]:
         name: encode_classification(recipe, loaded, getattr(splits, name), labels)
         for name in ("train", "validation", "test")
     }
-    plan = describe_plan(recipe, loaded, model, splits, extra={"labels": labels})
+    plan = describe_plan(recipe, run_dir, loaded, model, splits, extra={"labels": labels})
     if options.dry_run:
         table("plan (dry run: nothing written)", ["item", "value"], [[k, v] for k, v in plan.items()])
         return {"dry_run": True, **plan}
@@ -81,7 +85,12 @@ def run(recipe: FinetuneRecipe, options: JobOptions) -> dict[str, Any]:
 
 
 def describe_plan(
-    recipe: FinetuneRecipe, loaded: LoadedModel, model: Any, splits: Splits, extra: dict[str, Any]
+    recipe: FinetuneRecipe,
+    run_dir: RunDir,
+    loaded: LoadedModel,
+    model: Any,
+    splits: Splits,
+    extra: dict[str, Any],
 ) -> dict[str, Any]:
     """What the run will do (the --dry-run table and the start of the summary); prints the
     trainable vs total parameter line."""
@@ -91,7 +100,7 @@ def describe_plan(
         f"({100 * trainable / total:.2f}%) on {loaded.device}"
     )
     return {
-        "run_dir": str(run_dir_path(recipe)),
+        "run_dir": str(run_dir.path),
         "task": recipe.task,
         "method": recipe.method.type,
         "model": recipe.model.describe(),
@@ -101,9 +110,19 @@ def describe_plan(
         "trainable_params": trainable,
         "total_params": total,
         "trainable_share": round(trainable / total, 6),
+        "planned_steps": planned_steps(recipe, len(splits.train)),
         "device": loaded.device,
         "precision": resolve_precision(recipe.training, loaded.device),
     }
+
+
+def planned_steps(recipe: FinetuneRecipe, train_rows: int) -> int:
+    """Optimizer steps the run will take (max_steps, else epochs; fewer when packing or stopping early)."""
+    t = recipe.training
+    if t.max_steps:
+        return t.max_steps
+    per_epoch = max(1, math.ceil(train_rows / t.batch_size) // t.grad_accum)
+    return math.ceil(t.epochs * per_epoch)
 
 
 def open_and_run(
@@ -214,7 +233,7 @@ def _train_and_evaluate(
         callbacks=hooks,
     )
     trainer.remove_callback(PrinterCallback)  # it prints log dicts on stdout, which --json owns
-    resume_from = last_checkpoint(run_dir.path) if options.resume else None
+    resume_from = resume_point(run_dir.path, options.resume)
     before = None
     if encoded["test"] is not None:
         before = measured_once(run_dir.path, "test_before", lambda: predict(trainer, encoded["test"], labels))

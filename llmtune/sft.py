@@ -25,7 +25,7 @@ from llmtune.models import LoadedModel, load_model
 from llmtune.recipes.finetune import PROMPT_LEARNING, FinetuneRecipe
 from llmtune.rundir import RunDir, run_dir_path
 from llmtune.templates import Template
-from llmtune.training import callbacks, last_checkpoint, measured_once, training_arguments, validation_metrics
+from llmtune.training import callbacks, measured_once, resume_point, training_arguments, validation_metrics
 
 FORMATS = {"messages": ("messages",), "prompt_completion": ("prompt", "completion"), "text": ("text",)}
 
@@ -57,7 +57,7 @@ def run(recipe: FinetuneRecipe, options: JobOptions) -> dict[str, Any]:
         name: encode_sft(getattr(data.splits, name), data, loaded.tokenizer, recipe.data.max_length, name)
         for name in ("train", "validation", "test")
     }
-    plan = describe_plan(recipe, loaded, model, data.splits, extra={"data_format": data.format})
+    plan = describe_plan(recipe, run_dir, loaded, model, data.splits, extra={"data_format": data.format})
     if options.dry_run:
         table("plan (dry run: nothing written)", ["item", "value"], [[k, v] for k, v in plan.items()])
         return {"dry_run": True, **plan}
@@ -243,7 +243,7 @@ def _train_and_evaluate(
     import time
 
     trainer = _trainer(recipe, run_dir, loaded, model, encoded)
-    resume_from = last_checkpoint(run_dir.path) if options.resume else None
+    resume_from = resume_point(run_dir.path, options.resume)
     before = None
     if encoded["test"] is not None:
         test = encoded["test"]

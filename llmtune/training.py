@@ -165,6 +165,15 @@ def last_checkpoint(run_dir: Path) -> str | None:
     return get_last_checkpoint(str(folder)) if folder.is_dir() else None
 
 
+def resume_point(run_dir: Path, resume: bool) -> str | None:
+    """The checkpoint --resume continues from (said on the console), or None."""
+    if not resume:
+        return None
+    checkpoint = last_checkpoint(run_dir)
+    say(f"resuming from {checkpoint}" if checkpoint else "--resume: no checkpoint yet; starting from step 0")
+    return checkpoint
+
+
 def measured_once(run_dir: Path, name: str, measure: Callable[[], Any]) -> Any:
     """`measure()` on the first attempt of a run, the stored value on --resume (so that a resumed
     run reports what an uninterrupted one would, e.g. test metrics before training)."""

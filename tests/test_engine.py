@@ -127,7 +127,8 @@ def test_classify_with_a_classification_head_maps_label_names() -> None:
 
 def test_out_of_memory_halves_the_batch_and_keeps_results() -> None:
     loaded = scratch()
-    expected = [g.texts for g in Engine(loaded).generate(PROMPTS, max_new_tokens=6)]
+    prompts = ["abcd", "efgh", "ijkl", "mnop", "qrst", "abcd"]  # one length: one batch of 5
+    expected = [g.texts for g in Engine(loaded).generate(prompts, max_new_tokens=6)]
     real_generate = loaded.model.generate
     sizes: list[int] = []
 
@@ -139,11 +140,11 @@ def test_out_of_memory_halves_the_batch_and_keeps_results() -> None:
 
     loaded.model.generate = small_memory
     engine = Engine(loaded, batch_size="auto")
-    assert [g.texts for g in engine.generate(PROMPTS, max_new_tokens=6)] == expected
+    assert [g.texts for g in engine.generate(prompts, max_new_tokens=6)] == expected
     assert sizes[0] == 5 and max(sizes[1:]) <= 2  # 5 unique prompts, then at most 2
     fixed = Engine(loaded, batch_size=4)
     with pytest.raises(torch.OutOfMemoryError):  # a fixed batch_size is what the user asked for
-        fixed.generate(PROMPTS, max_new_tokens=6)
+        fixed.generate(prompts, max_new_tokens=6)
 
 
 def test_chat_template() -> None:

@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_bad_input, write, write_jsonl
-from test_finetune_methods import WORDS, invoke, recipe
+from test_finetune_methods import (
+    WORDS,
+    invoke,
+    one_thread,  # noqa: F401 - autouse fixture
+    recipe,
+)
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"

@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import assert_bad_input, write
-from test_finetune_methods import invoke, recipe
+from test_finetune_methods import (
+    invoke,
+    one_thread,  # noqa: F401 - autouse fixture
+    recipe,
+)
 
 
 def sweep_recipe(folder: Path) -> Path:

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_bad_input, run_cli, write
-from test_finetune_methods import classification_data, invoke, recipe, sft_data
+from test_finetune_methods import (
+    classification_data,
+    invoke,
+    one_thread,  # noqa: F401 - autouse fixture
+    recipe,
+    sft_data,
+)
 
 
 def resumable_recipe(folder: Path) -> Path:
@@ -69,6 +75,23 @@ def test_sigterm_saves_a_checkpoint_and_resume_ends_like_an_uninterrupted_run(tm
     a = load_file(run / "model" / "adapter_model.safetensors")
     b = load_file(straight / "model" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+@pytest.mark.slow
+def test_sigint_stops_with_130_and_a_resumable_run(tmp_path: Path) -> None:
+    path = resumable_recipe(tmp_path)
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmtune", "finetune", str(path)], stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 300
+    while _steps_logged(run) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert json.loads((run / "manifest.json").read_text())["status"] == "interrupted"
+    assert list((run / "checkpoints").glob("checkpoint-*"))
 
 
 @pytest.mark.slow
@@ -131,3 +154,19 @@ def test_export_refuses_what_cannot_be_merged(tmp_path: Path) -> None:
     assert_bad_input(invoke("export", folder, "--merge", "--output", tmp_path / "out"), "cannot be merged")
     assert_bad_input(invoke("export", tmp_path / "nothing", "--output", tmp_path / "out"), "neither a run")
     assert not (tmp_path / "out").exists()
+
+
+def test_precision_auto_is_bf16_on_capable_gpus_and_fp32_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from llmtune.errors import BadInput
+    from llmtune.recipes.common import Training
+    from llmtune.training import resolve_precision
+
+    assert resolve_precision(Training(precision="auto"), "cpu") == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision(Training(precision="auto"), "cuda") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_precision(Training(precision="auto"), "cuda") == "fp32"
+    with pytest.raises(BadInput, match="fp16 needs a CUDA GPU"):
+        resolve_precision(Training(precision="fp16"), "cpu")
