@@ -31,7 +31,14 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 REVIEWS = [ROOT / "data" / "sentiment" / f for f in ("train.jsonl", "test.jsonl", "inbox.jsonl")]
-GEN_MODEL = {"scratch": {"architecture": "llama", "hidden_size": 448, "num_layers": 6, "num_heads": 7}}
+# ~20M parameters; a BPE tokenizer trained on the reviews gives realistic prompt lengths
+GEN_MODEL = {
+    "architecture": "llama",
+    "hidden_size": 448,
+    "num_layers": 6,
+    "num_heads": 7,
+    "tokenizer": "train",
+}
 MAX_NEW_TOKENS = 32
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -78,30 +85,32 @@ def run_bulk_infer(work: Path, name: str, recipe: dict[str, Any]) -> dict[str, A
 def bench_generation(work: Path, n: int) -> list[list[Any]]:
     from transformers import pipeline
 
-    from llmtune.models import count_parameters, load_model
-    from llmtune.recipes.bulk_infer import BulkInferRecipe
+    from llmtune.models import build_scratch_model, build_tokenizer, count_parameters
+    from llmtune.recipes.common import ScratchModel
 
+    spec = ScratchModel(**GEN_MODEL)
+    all_reviews = [r["review"] for r in reviews(10**6)]
+    tok = build_tokenizer(spec, all_reviews)
+    torch.manual_seed(0)
+    model = build_scratch_model(spec, tok, head="causal_lm", labels=None).eval()
+    model.save_pretrained(work / "gen-model")  # bulk-infer loads this folder: the same weights
+    tok.save_pretrained(work / "gen-model")
     rows = reviews(n)
     (work / "gen.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     recipe = {
         "kind": "bulk-infer",
-        "model": GEN_MODEL,
+        "model": {"path": "gen-model"},
         "input": {"path": "gen.jsonl", "id_column": "id"},
         "template": "Review: {{ review }}\nSummary:",
         "generation": {"max_new_tokens": MAX_NEW_TOKENS},
         "output": {"path": "out/gen.jsonl"},
     }
     prompts = [f"Review: {r['review']}\nSummary:" for r in rows]
-    summary = run_bulk_infer(work, "gen", recipe)
-    bulk = {
-        json.loads(x)["id"]: json.loads(x)["output"]
-        for x in (work / "out/gen.jsonl").read_text().splitlines()
-    }
+    summary = bulk_best(work, "gen", recipe)
+    lines = (work / "out/gen-0.jsonl").read_text().splitlines()
+    bulk = {json.loads(x)["id"]: json.loads(x)["output"] for x in lines}
     bulk_texts = [bulk[r["id"]] for r in rows]
 
-    model_recipe = BulkInferRecipe.model_validate({**recipe, "output": {"path": "x.jsonl"}})
-    loaded = load_model(model_recipe.model, model_recipe, head="causal_lm")  # the same weights (seed)
-    model, tok = loaded.model.eval(), loaded.tokenizer
     params = count_parameters(model)[1]
 
     def per_row() -> list[str]:
@@ -130,7 +139,11 @@ def bench_generation(work: Path, n: int) -> list[list[Any]]:
     )
     same = sum(a == b for a, b in zip(bulk_texts, loop_texts))
     same16 = sum(a[0]["generated_text"] == b for a, b in zip(pipe16, loop_texts))
-    label = f"generate, scratch llama {params / 1e6:.1f}M, {n} rows, {MAX_NEW_TOKENS} new tokens"
+    prompt_tokens = sum(len(tok(p)["input_ids"]) for p in prompts) / n
+    label = (
+        f"generate, scratch llama {params / 1e6:.1f}M, {n} rows of {prompt_tokens:.0f} tokens on average, "
+        f"{MAX_NEW_TOKENS} new tokens"
+    )
     return _rows(
         label,
         tokens,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -77,8 +78,9 @@ def write_sft_rows(folder: Path) -> Path:
 
 
 def recipe(
-    folder: Path, name: str, model_dir: Path, task: str, steps: int, batch: int, packing: bool
+    folder: Path, name: str, model_dir: Path, task: str, steps: int | None, batch: int, packing: bool
 ) -> Path:
+    """A recipe for the same run as the library command; steps None: one epoch over the rows."""
     data = (
         f"{{train: {folder / 'sft' / 'train.jsonl'}, max_length: 256}}"
         if task == "causal_lm"
@@ -89,37 +91,51 @@ def recipe(
         f"kind: finetune\ntask: {task}\nmodel: {{path: {model_dir}}}\n"
         "method: {type: lora, r: 8, alpha: 16, dropout: 0.0}\n"
         f"data: {data}\n"
-        f"training: {{max_steps: {steps}, batch_size: {batch}, learning_rate: 1.0e-3, packing: {str(packing).lower()}}}\n"
+        f"training: {{{f'max_steps: {steps}' if steps else 'epochs: 1'}, batch_size: {batch}, learning_rate: 1.0e-3, packing: {str(packing).lower()}}}\n"
         f"output: {{dir: {folder / 'runs' / name}, overwrite: true}}\n"
     )
     return path
 
 
-def measure(command: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MiB) of one command in its own process."""
-    started = time.monotonic()
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.monotonic() - started
+TRAIN_RUNTIME = re.compile(r"train_runtime['\"]?\s*[:=]\s*'?([0-9.]+)")
+
+
+def measure(command: list[str]) -> tuple[float, float, float]:
+    """(wall seconds, training-loop seconds as the Trainer logs them, peak RSS in MiB) of one
+    command in its own process."""
+    with tempfile.TemporaryFile("w+") as log:
+        started = time.monotonic()
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.monotonic() - started
+        log.seek(0)
+        text = log.read()
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {' '.join(command)}\n{proc.stderr.read()[-3000:]}")
-    return wall, usage.ru_maxrss / 1024
+        raise SystemExit(f"failed: {' '.join(command)}\n{text[-3000:]}")
+    found = TRAIN_RUNTIME.findall(text)
+    return wall, float(found[-1]) if found else float("nan"), usage.ru_maxrss / 1024
 
 
-def trl_sft(model_dir: Path, data: Path, out: Path, steps: int, batch: int, packing: bool) -> list[str]:
+def trl_sft(
+    model_dir: Path, data: Path, out: Path, steps: int | None, batch: int, packing: bool
+) -> list[str]:
+    """The `trl sft` command for the same run; steps None: one epoch over the rows."""
+    length = ["--max_steps", str(steps)] if steps else ["--num_train_epochs", "1"]
     return [
         str(BIN / "trl"), "sft", "--model_name_or_path", str(model_dir), "--dataset_name", str(data),
-        "--output_dir", str(out), "--max_steps", str(steps), "--per_device_train_batch_size", str(batch),
+        "--output_dir", str(out), *length, "--per_device_train_batch_size", str(batch),
         "--learning_rate", "1e-3", "--max_length", "256", "--use_peft", "--lora_r", "8", "--lora_alpha", "16",
         "--lora_dropout", "0.0", "--lora_target_modules", "all-linear", "--report_to", "none", "--use_cpu",
         "--save_strategy", "no", "--logging_steps", "10", "--disable_tqdm", "true",
+        # trl sft defaults to bf16 + gradient checkpointing; llmtune's recipe says fp32 without
+        "--bf16", "false", "--gradient_checkpointing", "false",
         *(["--packing"] if packing else []),
     ]  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2, help="best of N per command")
     parser.add_argument("--threads", default="1", help="OMP_NUM_THREADS for every command (same for both)")
@@ -142,9 +158,10 @@ def main() -> None:
                 llmtune + [str(recipe(folder, "sft-packed", model_dir, "causal_lm", s, b, True))],
                 trl_sft(model_dir, sft, folder / "trl-packed", s, b, True),
             ),
-            "SFT LoRA, llmtune packed vs trl sft unpacked": (
-                llmtune + [str(recipe(folder, "sft-packed2", model_dir, "causal_lm", s, b, True))],
-                trl_sft(model_dir, sft, folder / "trl2", s, b, False),
+            # packing's gain is fewer steps for the same rows: one epoch each, not equal steps
+            "SFT LoRA, 1 epoch: llmtune packed vs trl sft unpacked": (
+                llmtune + [str(recipe(folder, "sft-epoch", model_dir, "causal_lm", None, b, True))],
+                trl_sft(model_dir, sft, folder / "trl-epoch", None, b, False),
             ),
             "classification LoRA (vs HF Trainer script)": (
                 llmtune + [str(recipe(folder, "cls", model_dir, "classification", s, b, False))],
@@ -162,22 +179,22 @@ def main() -> None:
         }
         rows = []
         for name, (ours, theirs) in cases.items():
-            best_ours = best_theirs = (float("inf"), float("inf"))
+            best = {"ours": [float("inf")] * 3, "theirs": [float("inf")] * 3}
             for _ in range(args.repeats):  # alternate, so that load on the machine hits both alike
-                t = measure(ours)
-                best_ours = (min(best_ours[0], t[0]), min(best_ours[1], t[1]))
-                t = measure(theirs)
-                best_theirs = (min(best_theirs[0], t[0]), min(best_theirs[1], t[1]))
-            rows.append((name, best_ours, best_theirs))
+                for side, command in (("ours", ours), ("theirs", theirs)):
+                    best[side] = [min(a, b) for a, b in zip(best[side], measure(command))]
+            rows.append((name, best["ours"], best["theirs"]))
             print(f"done: {name}", file=sys.stderr)
     print(f"{args.steps} steps, batch {args.batch}, tiny llama (hidden 64, 2 layers), LoRA r=8, "
           f"{os.cpu_count()} CPU cores, {args.threads} torch thread(s); best of {args.repeats}\n")  # fmt: skip
-    print("| case | llmtune s | library s | time ratio | llmtune MiB | library MiB | memory ratio |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| case | llmtune s | library s | time ratio | train loop ratio | llmtune MiB | library MiB | memory ratio |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for name, ours, theirs in rows:
         print(
-            f"| {name} | {ours[0]:.1f} | {theirs[0]:.1f} | {ours[0] / theirs[0]:.2f} | "
-            f"{ours[1]:.0f} | {theirs[1]:.0f} | {ours[1] / theirs[1]:.2f} |"
+            f"| {name} | {ours[0]:.1f} | {theirs[0]:.1f} | {ours[0] / theirs[0]:.2f} | {ours[1] / theirs[1]:.2f} | "
+            f"{ours[2]:.0f} | {theirs[2]:.0f} | {ours[2] / theirs[2]:.2f} |"
         )
     print(f"\nReproduce: HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_finetune.py --steps {args.steps} "
           f"--batch {args.batch} --repeats {args.repeats} --threads {args.threads}")  # fmt: skip

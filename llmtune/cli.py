@@ -60,7 +60,7 @@ SetOpt = Annotated[
         "--set", help="Override one key after extends, e.g. training.learning_rate=2e-5 (YAML value)."
     ),
 ]
-OutputOpt = Annotated[Optional[Path], typer.Option("--output", help="Run directory (overrides output.dir).")]
+OutputOpt = Annotated[Optional[Path], typer.Option("--output", help="Run directory (bulk-infer: output file); overrides the recipe's output.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")]
 DryRunOpt = Annotated[
     bool, typer.Option("--dry-run", help="Validate everything and print the plan; write nothing.")
@@ -100,9 +100,9 @@ def run_job(verb: str, recipe_path: Path, sets: list[str] | None, options: JobOp
     except LockHeld as exc:
         _fail(str(exc), EXIT_LOCKED)
     except Interrupted as exc:
-        _fail("interrupted; resumable state was saved (rerun with --resume)", 128 + exc.signum)
+        _fail(f"interrupted by signal {exc.signum}; {_resume_hint(verb)}", 128 + exc.signum)
     except KeyboardInterrupt:
-        _fail("interrupted (SIGINT); resumable state was saved (rerun with --resume)", 130)
+        _fail(f"interrupted (SIGINT); {_resume_hint(verb)}", 130)
     except JobNotBuilt as exc:
         _fail(str(exc), EXIT_FAILED)
     except Exception as exc:  # noqa: BLE001 - the one boundary where a crash becomes exit 1
@@ -117,6 +117,12 @@ def run_job(verb: str, recipe_path: Path, sets: list[str] | None, options: JobOp
     code = int(summary.get("exit_code", 0)) if isinstance(summary, dict) else 0
     if code:
         raise typer.Exit(code)
+
+
+def _resume_hint(verb: str) -> str:
+    if verb == "bulk-infer":
+        return "rows written so far are kept; a plain rerun continues"
+    return "resumable state was saved; rerun with --resume"
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:

@@ -160,7 +160,9 @@ def _summarise(results: list[dict[str, Any]], metric: str, run_dir: RunDir) -> d
     table(f"sweep results (validation {metric})", columns, rows)
     best_recipe = best["_recipe"].model_dump(mode="json")
     best_recipe.pop("sweep", None)
-    run_dir.write_text("best.yaml", yaml.safe_dump(best_recipe, sort_keys=False))
+    folder = best["_recipe"].source.parent if best["_recipe"].source else "the recipe's folder"
+    header = f"# best trial ({best['trial']}) of the sweep on validation {metric}; paths are relative to {folder}\n"
+    run_dir.write_text("best.yaml", header + yaml.safe_dump(best_recipe, sort_keys=False))
     clean = [{k: v for k, v in r.items() if k != "_recipe"} for r in results]
     run_dir.write_json("sweep.json", {"metric": metric, "trials": clean, "best": best["trial"]})
     run_dir.write_text(

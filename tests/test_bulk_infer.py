@@ -98,7 +98,7 @@ def test_kill_9_mid_run_then_rerun_equals_a_clean_run(tmp_path: Path) -> None:
     deadline = time.monotonic() + 120
     while not (out.exists() and out.read_bytes().count(b"\n") >= 20):
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it was killed"
-        time.sleep(0.02)
+        time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert out.read_bytes().count(b"\n") < 150, "killed too late to test anything"
@@ -289,3 +289,27 @@ def test_shipped_recipes_validate() -> None:
     assert len(recipes) >= 2
     result = llmtune("validate", *recipes)
     assert result.code == 0, result.stderr
+
+
+def test_chat_models_get_their_chat_template_and_system_message(tmp_path: Path) -> None:
+    from llmtune.engine import Engine
+    from llmtune.models import build_scratch_model, build_tokenizer, load_model
+    from llmtune.recipes.common import ModelRef, RecipeBase, ScratchModel
+
+    spec = ScratchModel(**SCRATCH["scratch"])
+    tokenizer = build_tokenizer(spec, [])
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    build_scratch_model(spec, tokenizer, head="causal_lm", labels=None).save_pretrained(tmp_path / "chat")
+    tokenizer.save_pretrained(tmp_path / "chat")
+    recipe = make_recipe(tmp_path, rows=6, model={"path": "chat"}, chat=True, system="Answer briefly.")
+    result = llmtune("bulk-infer", recipe)
+    assert result.code == 0, result.stderr
+    engine = Engine(load_model(ModelRef(path=str(tmp_path / "chat")), RecipeBase(kind="x"), head="causal_lm"))
+    prompts = [engine.apply_chat_template(f"Q: {r['text']}\nA:", "Answer briefly.") for r in make_rows(6)]
+    assert prompts[0].startswith("<|system|>Answer briefly.\n<|user|>Q: ")
+    expected = [g.texts[0] for g in engine.generate(prompts, max_new_tokens=6)]
+    got = by_id(tmp_path / "out" / "res.jsonl")
+    assert [got[r["id"]]["output"] for r in make_rows(6)] == expected
