@@ -36,7 +36,9 @@ format: install
 	$(BIN)/ruff check --fix .
 
 bench: install
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python tools/seed_hf_cache.py
+	$(BIN)/python bench/bench_finetune.py
+	$(BIN)/python bench/bench_bulk_infer.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

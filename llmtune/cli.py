@@ -60,7 +60,10 @@ SetOpt = Annotated[
         "--set", help="Override one key after extends, e.g. training.learning_rate=2e-5 (YAML value)."
     ),
 ]
-OutputOpt = Annotated[Optional[Path], typer.Option("--output", help="Run directory (bulk-infer: output file); overrides the recipe's output.")]
+OutputOpt = Annotated[
+    Optional[Path],
+    typer.Option("--output", help="Run directory (bulk-infer: output file); overrides the recipe's output."),
+]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")]
 DryRunOpt = Annotated[
     bool, typer.Option("--dry-run", help="Validate everything and print the plan; write nothing.")

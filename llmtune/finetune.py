@@ -27,7 +27,6 @@ from llmtune.recipes.finetune import FinetuneRecipe
 from llmtune.rundir import RunDir, run_dir_path
 from llmtune.templates import Template
 from llmtune.training import (
-    GracefulStop,
     callbacks,
     measured_once,
     resolve_precision,
@@ -149,6 +148,8 @@ def open_and_run(
 
 def interrupted_by(trainer: Any) -> None:
     """Raise Interrupted when training stopped on SIGTERM/SIGINT (the checkpoint is saved)."""
+    from llmtune.callbacks import GracefulStop
+
     stop = next(h for h in trainer.callback_handler.callbacks if isinstance(h, GracefulStop))
     if stop.signum is not None:
         raise Interrupted(stop.signum)

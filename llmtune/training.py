@@ -4,8 +4,6 @@ metrics.jsonl and the console, graceful stop on SIGTERM/SIGINT, and checkpoints 
 from __future__ import annotations
 
 import json
-import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -87,74 +85,12 @@ def callbacks(training: Training, run_dir: RunDir, has_validation: bool) -> list
     """Logging, graceful stop, and early stopping when asked for."""
     from transformers import EarlyStoppingCallback
 
+    from llmtune.callbacks import GracefulStop, MetricsLog
+
     out: list[Any] = [MetricsLog(run_dir), GracefulStop()]
     if training.early_stopping and has_validation:
         out.append(EarlyStoppingCallback(early_stopping_patience=training.early_stopping.patience))
     return out
-
-
-def _callback_base() -> type:
-    from transformers import TrainerCallback
-
-    return TrainerCallback
-
-
-_NOISE = (
-    "total_flos",
-    "eval_model_preparation_time",
-    "eval_runtime",
-    "eval_steps_per_second",
-    "train_steps_per_second",
-)
-
-
-class MetricsLog(_callback_base()):
-    """Each Trainer log line goes to metrics.jsonl and, as a plain line, to the console."""
-
-    def __init__(self, run_dir: RunDir) -> None:
-        self.run_dir = run_dir
-        self.started = time.monotonic()
-
-    def on_log(
-        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
-    ) -> None:
-        if not logs:
-            return
-        record = {
-            "step": state.global_step,
-            "epoch": state.epoch,
-            "elapsed_s": round(time.monotonic() - self.started, 2),
-            **logs,
-        }
-        self.run_dir.log_metrics(record)
-        shown = ", ".join(
-            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in logs.items() if k not in _NOISE
-        )
-        say(f"step {state.global_step}/{state.max_steps}: {shown}")
-
-
-class GracefulStop(_callback_base()):
-    """On SIGTERM/SIGINT: finish the current step, save a checkpoint, then stop."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._note)
-
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _note(self, signum: int, frame: Any) -> None:
-        self.signum = signum
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.signum is not None:
-            control.should_save = True
-            control.should_training_stop = True
 
 
 def last_checkpoint(run_dir: Path) -> str | None:

@@ -1,0 +1,73 @@
+"""Trainer callbacks: log lines to metrics.jsonl and the console, and stop gracefully on a signal.
+
+Kept apart from `llmtune.training` because defining them imports transformers' Trainer, which
+would otherwise slow every command down, bad-input errors included.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+from transformers import TrainerCallback
+
+from llmtune.console import say
+from llmtune.rundir import RunDir
+
+_NOISE = (
+    "total_flos",
+    "eval_model_preparation_time",
+    "eval_runtime",
+    "eval_steps_per_second",
+    "train_steps_per_second",
+)
+
+
+class MetricsLog(TrainerCallback):
+    """Each Trainer log line goes to metrics.jsonl and, as a plain line, to the console."""
+
+    def __init__(self, run_dir: RunDir) -> None:
+        self.run_dir = run_dir
+        self.started = time.monotonic()
+
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        if not logs:
+            return
+        record = {
+            "step": state.global_step,
+            "epoch": state.epoch,
+            "elapsed_s": round(time.monotonic() - self.started, 2),
+            **logs,
+        }
+        self.run_dir.log_metrics(record)
+        shown = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in logs.items() if k not in _NOISE
+        )
+        say(f"step {state.global_step}/{state.max_steps}: {shown}")
+
+
+class GracefulStop(TrainerCallback):
+    """On SIGTERM/SIGINT: finish the current step, save a checkpoint, then stop."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._note)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.signum is not None:
+            control.should_save = True
+            control.should_training_stop = True
