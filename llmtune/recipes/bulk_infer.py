@@ -103,7 +103,8 @@ class BulkInferRecipe(RecipeBase):
     max_length: int = Field(2048, ge=8)
     """Longest prompt in tokens."""
     on_too_long: Literal["truncate", "skip", "error"] = "truncate"
-    """A prompt over max_length: cut it (from the left), skip the row, or record it as an error."""
+    """A prompt over max_length: cut it (causal LMs keep its end, classifiers its start, as in
+    training), skip the row, or record it as an error."""
     output: OutputFiles  # type: ignore[assignment]
     """Where results and failed rows go."""
 
