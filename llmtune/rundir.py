@@ -21,6 +21,15 @@ from llmtune.errors import BadInput, LockHeld
 from llmtune.recipes.common import RecipeBase
 
 LOCK_NAME = ".llmtune.lock"
+# --resume may change these (how long to train, how often to log/save), nothing else
+SAFE_TO_CHANGE_ON_RESUME = (
+    "training.max_steps",
+    "training.epochs",
+    "training.logging_steps",
+    "training.save_total_limit",
+    "training.early_stopping.patience",
+    "output.",
+)
 
 
 def run_dir_path(recipe: RecipeBase, output: str | None = None) -> Path:
@@ -98,13 +107,38 @@ class RunDir:
             return False
 
     def check_writable(self, *, resume: bool = False) -> None:
-        """Refuse a finished run unless output.overwrite (checked before anything is written)."""
+        """Refuse a finished run unless output.overwrite, and a --resume whose recipe changed
+        (checked before anything is loaded or written)."""
+        if resume:
+            self.check_resumable()
         overwrite = getattr(self.recipe.output, "overwrite", False)
         if self.finished() and not overwrite and not resume:
             raise BadInput(
                 f"{self.path} holds a finished run; set output.overwrite: true "
                 "(or --set output.overwrite=true) or choose another --output",
                 key="output.dir",
+            )
+
+    def check_resumable(self) -> None:
+        """--resume needs the same recipe as the interrupted run, but for keys safe to change."""
+        stored_file = self.path / "recipe.yaml"
+        if not stored_file.exists():
+            return
+        stored = _flatten(yaml.safe_load(stored_file.read_text()) or {})
+        current = _flatten(self.recipe.model_dump(mode="json"))
+        changed = [
+            key
+            for key in sorted(set(stored) | set(current))
+            if stored.get(key) != current.get(key) and not key.startswith(SAFE_TO_CHANGE_ON_RESUME)
+        ]
+        if changed:
+            shown = "; ".join(f"{k} was {stored.get(k)!r}, now {current.get(k)!r}" for k in changed[:5])
+            raise BadInput(
+                f"--resume needs the recipe of the interrupted run, but {shown}. Only "
+                f"{', '.join(SAFE_TO_CHANGE_ON_RESUME)} may change; start a new run (another --output) "
+                "to change the rest",
+                file=str(stored_file),
+                key=changed[0],
             )
 
     def open(self, *, resume: bool = False, data_files: list[Path] = ()) -> RunDir:
@@ -130,6 +164,7 @@ class RunDir:
             "versions": library_versions(),
             "python": platform.python_version(),
             "data_files": {str(p): fingerprint_file(p) for p in data_files},
+            "device": device_description(),
         }
         atomic_write_json(self.path / "manifest.json", self.manifest)
         return self
@@ -162,6 +197,15 @@ class RunDir:
         return self.path / "run.log"
 
 
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix.rstrip("."): data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(_flatten(value, f"{prefix}{key}."))
+    return out
+
+
 def _now() -> str:
     return dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
@@ -173,6 +217,17 @@ def _version(package: str) -> str | None:
         return version(package)
     except PackageNotFoundError:
         return None
+
+
+def device_description() -> str:
+    """The accelerator this process can use, or the CPU and its thread count."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda ({torch.cuda.get_device_name(0)} x{torch.cuda.device_count()})"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return f"cpu ({torch.get_num_threads()} threads)"
 
 
 def library_versions() -> dict[str, str | None]:

@@ -124,6 +124,7 @@ def test_run_directory_contents(finished_run: Path) -> None:
         assert (run / name).exists(), name
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "completed" and manifest["versions"]["torch"]
+    assert manifest["device"].startswith(("cpu", "cuda", "mps")) and manifest["seed"] == 42
     assert all(v.startswith("sha256:") for v in manifest["data_files"].values())
     assert not (run / ".llmtune.lock").exists()
     assert json.loads((run / "eval.json").read_text())["metrics"]["n"] == 12

@@ -93,6 +93,12 @@ def test_sigint_stops_with_130_and_a_resumable_run(tmp_path: Path) -> None:
     assert json.loads((run / "manifest.json").read_text())["status"] == "interrupted"
     assert list((run / "checkpoints").glob("checkpoint-*"))
 
+    # resuming with a changed recipe is refused (only keys such as max_steps may change)
+    manifest = (run / "manifest.json").read_text()
+    changed = run_cli("finetune", path, "--resume", "--set", "training.learning_rate=0.5")
+    assert_bad_input(changed, "--resume needs the recipe of the interrupted run", "training.learning_rate")
+    assert (run / "manifest.json").read_text() == manifest
+
 
 @pytest.mark.slow
 def test_early_stopping_stops_and_keeps_the_best_checkpoint(tmp_path: Path) -> None:
