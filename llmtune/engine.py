@@ -14,18 +14,13 @@ What it does for speed, and why each is safe:
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from llmtune.batching import TokenBudgetBatcher
 from llmtune.errors import BadInput
 from llmtune.models import LoadedModel
-
-# A batch stops growing when padding would pass this share of its tokens (prompt + new tokens).
-# Padding is computed like any token; counting new tokens as work keeps batches large when
-# decoding dominates (long generations, GPUs) and tight when the prompts dominate (CPU, scoring).
-PADDING_SHARE = 0.2
 
 
 @dataclass
@@ -43,15 +38,6 @@ class ChoiceScores:
     logprob_sum: list[float]
     logprob_mean: list[float]
     num_tokens: list[int]
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """True for the errors a smaller batch can avoid (CUDA, MPS or host allocator)."""
-    import torch
-
-    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
 def is_sequence_classifier(model: Any) -> bool:
@@ -75,12 +61,9 @@ class Engine:
         self.model = loaded.model.eval()
         self.tokenizer = loaded.tokenizer
         self.device = loaded.device
-        self.max_batch_tokens = max_batch_tokens
         self.max_length = max_length
         self.classifier = is_sequence_classifier(self.model)
-        # a fixed batch_size caps rows per batch; auto starts uncapped and halves on OOM
-        self._row_cap: float = math.inf if batch_size == "auto" else batch_size
-        self._auto = batch_size == "auto"
+        self.batcher = TokenBudgetBatcher(max_batch_tokens, batch_size)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
         eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
@@ -114,43 +97,6 @@ class Engine:
             {"role": "user", "content": prompt}
         ]
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-    # -------------------------------------------------------------- batching
-    def _batched(self, lengths: list[int], extra: int, copies: int, run: Callable[[list[int]], None]) -> None:
-        """Call `run(indices)` on length-sorted batches under the token budget, backing off on OOM.
-
-        A batch costs rows x (longest prompt + `extra` new tokens) x `copies` tokens, and stops
-        growing when its padding would pass PADDING_SHARE of that.
-        """
-        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-        start = 0
-        while start < len(order):
-            longest = lengths[order[start]] + extra
-            fit = max(1, self.max_batch_tokens // max(1, longest * copies))
-            limit = int(min(fit, self._row_cap, len(order) - start))
-            size, real = 1, longest
-            while size < limit:  # rows are sorted longest first: padding only grows
-                candidate = lengths[order[start + size]] + extra
-                if (size + 1) * longest - (real + candidate) > PADDING_SHARE * (size + 1) * longest:
-                    break
-                real += candidate
-                size += 1
-            batch = order[start : start + size]
-            try:
-                run(batch)
-            except Exception as exc:
-                if not (self._auto and is_out_of_memory(exc)) or size == 1:
-                    raise
-                self._row_cap = max(1, size // 2)
-                self._free_memory()
-                continue
-            start += size
-
-    def _free_memory(self) -> None:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
     def _left_padded(self, seqs: list[list[int]]) -> tuple[Any, Any]:
         import torch
@@ -225,7 +171,7 @@ class Engine:
                     count += used
                 results[i] = Generation(texts, count)
 
-        self._batched([len(e) for e in encoded], max_new_tokens, num_return_sequences, run)
+        self.batcher.run([len(e) for e in encoded], max_new_tokens, num_return_sequences, run)
         return [_copy_generation(results[j]) for j in where]
 
     def _decode(self, tokens: list[int], stop: Sequence[str]) -> tuple[str, int]:
@@ -266,7 +212,7 @@ class Engine:
             for i, scores in zip(batch, scored):
                 results[i] = scores
 
-        self._batched([len(c) for c in contexts], longest_choice, len(choices), run)
+        self.batcher.run([len(c) for c in contexts], longest_choice, len(choices), run)
         return [results[j] for j in where]  # type: ignore[misc]
 
     def _split_continuations(self, prompt: str, choices: list[str]) -> tuple[list[int], list[list[int]]]:
@@ -393,7 +339,7 @@ class Engine:
             for i, row in zip(batch, probs):
                 results[i] = dict(zip(labels, row))
 
-        self._batched([len(e) for e in encoded], 0, 1, run)
+        self.batcher.run([len(e) for e in encoded], 0, 1, run)
         return [dict(results[j]) for j in where]  # type: ignore[arg-type]
 
 

@@ -9,13 +9,13 @@ or `fail_under:`) makes the run exit 1 when it is not met, naming the pair and m
 
 from __future__ import annotations
 
-import gc
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmtune.batching import free_memory
 from llmtune.cli import JobOptions
 from llmtune.console import say, table
 from llmtune.data import Rows, check_labels, infer_labels, load_splits, read_rows
@@ -324,13 +324,5 @@ def score_all(
                     }
                 )
         del engine, loaded
-        _free_memory()
+        free_memory()
     return pairs, predictions
-
-
-def _free_memory() -> None:
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

@@ -1,0 +1,75 @@
+"""Length-sorted batches under a token budget, with out-of-memory back-off.
+
+Used by the inference engine: rows of similar length share a batch so padding stays small, a
+batch never costs more than `max_batch_tokens`, and with `batch_size: auto` an out-of-memory
+error halves the batch (and remembers the size that fits) instead of ending the job.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+from collections.abc import Callable
+from typing import Literal
+
+# A batch stops growing when padding would pass this share of its tokens (prompt + new tokens).
+# Padding is computed like any token; counting new tokens as work keeps batches large when
+# decoding dominates (long generations, GPUs) and tight when the prompts dominate (CPU, scoring).
+PADDING_SHARE = 0.2
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for the errors a smaller batch can avoid (CUDA, MPS or host allocator)."""
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def free_memory() -> None:
+    """Give cached accelerator memory back after a model or an oversized batch is dropped."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class TokenBudgetBatcher:
+    """Groups row indices into batches by length under a token budget."""
+
+    def __init__(self, max_batch_tokens: int, batch_size: int | Literal["auto"] = "auto") -> None:
+        self.max_batch_tokens = max_batch_tokens
+        self.auto = batch_size == "auto"
+        # a fixed batch_size caps rows per batch; auto starts uncapped and halves on OOM
+        self.row_cap: float = math.inf if batch_size == "auto" else batch_size
+
+    def run(self, lengths: list[int], extra: int, copies: int, work: Callable[[list[int]], None]) -> None:
+        """Call `work(indices)` on length-sorted batches, backing off on out-of-memory.
+
+        A batch costs rows x (longest prompt + `extra` new tokens) x `copies` tokens, and stops
+        growing when its padding would pass PADDING_SHARE of that.
+        """
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        start = 0
+        while start < len(order):
+            longest = lengths[order[start]] + extra
+            fit = max(1, self.max_batch_tokens // max(1, longest * copies))
+            limit = int(min(fit, self.row_cap, len(order) - start))
+            size, real = 1, longest
+            while size < limit:  # rows are sorted longest first: padding only grows
+                candidate = lengths[order[start + size]] + extra
+                if (size + 1) * longest - (real + candidate) > PADDING_SHARE * (size + 1) * longest:
+                    break
+                real += candidate
+                size += 1
+            try:
+                work(order[start : start + size])
+            except Exception as exc:
+                if not (self.auto and is_out_of_memory(exc)) or size == 1:
+                    raise
+                self.row_cap = max(1, size // 2)
+                free_memory()
+                continue
+            start += size
