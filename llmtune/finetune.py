@@ -18,7 +18,7 @@ from typing import Any
 
 from llmtune.cli import JobOptions
 from llmtune.console import markdown_table, say, table
-from llmtune.data import Splits, check_labels, infer_labels, load_splits
+from llmtune.data import Rows, Splits, check_labels, infer_labels, load_splits
 from llmtune.errors import BadInput, Interrupted
 from llmtune.methods import apply_method
 from llmtune.metrics import classification_metrics, confusion_markdown
@@ -79,7 +79,9 @@ def run(recipe: FinetuneRecipe, options: JobOptions) -> dict[str, Any]:
         run_dir,
         options,
         splits.files,
-        lambda: _train_and_evaluate(recipe, options, run_dir, loaded, model, base, encoded, labels, plan),
+        lambda: _train_and_evaluate(
+            recipe, options, run_dir, loaded, model, base, encoded, labels, plan, splits.test
+        ),
     )
 
 
@@ -216,6 +218,7 @@ def _train_and_evaluate(
     encoded: dict[str, Any],
     labels: list[str],
     plan: dict[str, Any],
+    test_rows: Rows,
 ) -> dict[str, Any]:
     from transformers import DataCollatorWithPadding, PrinterCallback, Trainer
 
@@ -246,7 +249,10 @@ def _train_and_evaluate(
     validation = None
     if has_validation:
         validation = validation_metrics(trainer)
-    after = predict(trainer, encoded["test"], labels) if encoded["test"] is not None else None
+    after = None
+    if encoded["test"] is not None:
+        after, probabilities = predict_rows(trainer, encoded["test"], labels)
+        write_predictions(run_dir, test_rows, probabilities, labels)
     from llmtune.export import save_trained_model
 
     save_trained_model(
@@ -270,7 +276,9 @@ def _train_and_evaluate(
     }
     if after is not None:
         run_dir.write_json("eval.json", {"split": "test", "metrics": after, "before_training": before})
-    run_dir.write_text("report.md", _report(recipe, summary, before, after))
+    from llmtune.plots import training_curves
+
+    run_dir.write_text("report.md", _report(recipe, summary, before, after) + training_curves(run_dir.path))
     _print_results(before, after)
     return summary
 
@@ -289,10 +297,39 @@ def _eval_metrics(labels: list[str]) -> Any:
 
 def predict(trainer: Any, dataset: Any, labels: list[str]) -> dict[str, Any]:
     """Classification metrics of the trainer's current model on `dataset`."""
+    return predict_rows(trainer, dataset, labels)[0]
+
+
+def predict_rows(trainer: Any, dataset: Any, labels: list[str]) -> tuple[dict[str, Any], list[list[float]]]:
+    """Metrics on `dataset`, and each row's probability per label."""
+    import torch
+
     out = trainer.predict(dataset, metric_key_prefix="test")
     logits = out.predictions[0] if isinstance(out.predictions, tuple) else out.predictions
     gold = [labels[i] for i in out.label_ids]
-    return classification_metrics(gold, [labels[i] for i in logits.argmax(-1)], labels)
+    metrics = classification_metrics(gold, [labels[i] for i in logits.argmax(-1)], labels)
+    return metrics, torch.softmax(torch.as_tensor(logits).float(), dim=-1).tolist()
+
+
+def write_predictions(
+    run_dir: RunDir, rows: Rows, probabilities: list[list[float]], labels: list[str]
+) -> None:
+    """predictions.jsonl: each test row's id, text, gold label, prediction and probabilities, to
+    see which rows the model gets wrong."""
+    import json
+
+    lines = []
+    for i, (row, probs) in enumerate(zip(rows.rows, probabilities, strict=True)):
+        best = max(range(len(labels)), key=lambda j: probs[j])
+        record = {
+            "id": row.get("id", i),
+            "text": row.get("text"),
+            "gold": str(row["label"]),
+            "prediction": labels[best],
+            "scores": dict(zip(labels, probs, strict=True)),
+        }
+        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+    run_dir.write_text("predictions.jsonl", "".join(lines))
 
 
 def _headline(metrics: dict[str, Any] | None) -> dict[str, float] | None:

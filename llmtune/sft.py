@@ -274,7 +274,9 @@ def _train_and_evaluate(
         names = [m for m in ("loss", "perplexity", "exact_match") if after.get(m) is not None]
         rows = [[m, before[m] if before and before.get(m) is not None else "-", after[m]] for m in names]
         table("test metrics", ["metric", "before training", "after training"], rows)
-    run_dir.write_text("report.md", _report(recipe, summary, before, after))
+    from llmtune.plots import training_curves
+
+    run_dir.write_text("report.md", _report(recipe, summary, before, after) + training_curves(run_dir.path))
     return summary
 
 

@@ -30,6 +30,9 @@ def test_quickstart_learns_and_loads_with_plain_libraries(tmp_path: Path) -> Non
     before, after = summary["test_before"]["accuracy"], summary["test"]["accuracy"]
     assert after >= 0.75 and after - before >= 0.2, (before, after)
     assert "before training" in result.stderr and "after training" in result.stderr
+    report = (run / "report.md").read_text()
+    assert "![training curves](training_curves.png)" in report and "## Confusion matrix" in report
+    assert (run / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
 
     # the README's loading recipe, verbatim in spirit: plain transformers + peft
     import torch
@@ -65,3 +68,7 @@ def test_quickstart_learns_and_loads_with_plain_libraries(tmp_path: Path) -> Non
     evaluation = json.loads((run / "eval.json").read_text())["metrics"]
     assert evaluation["confusion_matrix"]["matrix"] == matrix
     assert abs(evaluation["accuracy"] - after) < 1e-3
+    saved = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in saved] == [r["id"] for r in rows]
+    assert [p["prediction"] for p in saved] == predicted  # row by row, the same predictions
+    assert [p["gold"] for p in saved] == [r["sentiment"] for r in rows]
