@@ -21,6 +21,7 @@ class Progress:
         self._last_log = self.started
         self._bar: Any = None
         if stderr_is_terminal() and total:
+            from rich.console import Console
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -39,6 +40,7 @@ class Progress:
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
                 transient=False,
+                console=Console(stderr=True),  # stdout belongs to --json
             )
             self._task = self._bar.add_task("rows", total=total, rate="")
             self._bar.start()

@@ -71,3 +71,27 @@ class GracefulStop(TrainerCallback):
         if self.signum is not None:
             control.should_save = True
             control.should_training_stop = True
+
+
+def keep_stdout_clean(trainer: Any) -> None:
+    """Trainer logs go through MetricsLog only: its PrinterCallback prints log dicts on stdout
+    (which --json owns), and its ProgressCallback writes them there through tqdm on a terminal.
+    The bars themselves stay (tqdm draws them on stderr)."""
+    from transformers import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(BarsOnly())
+
+
+def _progress_base() -> type:
+    from transformers import ProgressCallback
+
+    return ProgressCallback
+
+
+class BarsOnly(_progress_base()):
+    """HF's progress bars without the log lines it would write on stdout."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        return None

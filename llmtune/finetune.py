@@ -220,7 +220,7 @@ def _train_and_evaluate(
     plan: dict[str, Any],
     test_rows: Rows,
 ) -> dict[str, Any]:
-    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer
+    from transformers import DataCollatorWithPadding, Trainer
 
     has_validation = encoded["validation"] is not None
     args = training_arguments(
@@ -236,7 +236,9 @@ def _train_and_evaluate(
         compute_metrics=_eval_metrics(labels),
         callbacks=hooks,
     )
-    trainer.remove_callback(PrinterCallback)  # it prints log dicts on stdout, which --json owns
+    from llmtune.callbacks import keep_stdout_clean
+
+    keep_stdout_clean(trainer)
     resume_from = resume_point(run_dir.path, options.resume)
     before = None
     if encoded["test"] is not None:

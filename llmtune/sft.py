@@ -199,7 +199,7 @@ def _encode_chat(messages: list[dict[str, Any]], where: str, tokenizer: Any) -> 
 
 def _trainer(recipe: FinetuneRecipe, run_dir: RunDir, loaded: LoadedModel, model: Any, encoded: dict) -> Any:
     """SFTTrainer for most methods; the plain Trainer for prefix/prompt tuning (trl issue 4168)."""
-    from transformers import PrinterCallback, Trainer
+    from transformers import Trainer
     from trl import SFTConfig, SFTTrainer
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
@@ -225,7 +225,9 @@ def _trainer(recipe: FinetuneRecipe, run_dir: RunDir, loaded: LoadedModel, model
         }
         args = training_arguments(recipe.training, run_dir.path, **arguments, extra=sft, args_class=SFTConfig)
         trainer = SFTTrainer(args=args, **common)
-    trainer.remove_callback(PrinterCallback)  # it prints log dicts on stdout, which --json owns
+    from llmtune.callbacks import keep_stdout_clean
+
+    keep_stdout_clean(trainer)
     return trainer
 
 
