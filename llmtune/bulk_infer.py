@@ -13,7 +13,6 @@ errors file and make the exit code 3. See `llmtune.bulk_io` for the files' desig
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,8 @@ from llmtune.console import say, table
 from llmtune.data import expand_files, map_columns, read_file
 from llmtune.engine import Engine
 from llmtune.errors import BadInput
-from llmtune.models import Head, load_model, quiet_libraries, resolve_model_path
+from llmtune.model_info import inspect_model
+from llmtune.models import Head, load_model, quiet_libraries
 from llmtune.recipes.bulk_infer import BulkInferRecipe
 from llmtune.rundir import OutputLock
 from llmtune.templates import Template
@@ -57,7 +57,7 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
     shard = bulk_io.parse_shard(options.extra.get("shard"))
     paths = bulk_io.output_paths(recipe, options.output, shard)
     if options.extra.get("merge_shards"):
-        return _merge(paths, shard, options)
+        return bulk_io.merge_command(paths, shard, dry_run=options.dry_run)
     refresh = options.extra.get("refresh")
     if refresh not in (None, "stale"):
         raise BadInput(f"expected --refresh stale, got {refresh!r}", key="--refresh")
@@ -141,26 +141,15 @@ def read_input(recipe: BulkInferRecipe, shard: tuple[int, int] | None) -> tuple[
 
 def model_head(recipe: BulkInferRecipe) -> Head:
     """causal_lm or classification, from the model's config (refusing models that are neither)."""
-    ref = recipe.model
-    if ref.scratch is not None:
-        return "classification" if ref.scratch.architecture == "bert" else "causal_lm"
-    folder = Path(resolve_model_path(ref, recipe, "model"))
-    adapter = recipe.resolve_path(ref.adapter) if ref.adapter else folder
-    adapter_config = _read_json(adapter / "adapter_config.json")
-    if adapter_config.get("task_type") == "SEQ_CLS":
-        return "classification"
-    if adapter_config.get("task_type") == "CAUSAL_LM":
-        return "causal_lm"
-    architectures = _read_json(folder / "config.json").get("architectures") or []
-    if any(a.endswith("ForSequenceClassification") for a in architectures):
-        return "classification"
-    if any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in architectures):
-        return "causal_lm"
-    raise BadInput(
-        f"{ref.path} is neither a causal LM nor a classifier (architectures: {architectures or 'unknown'}); "
-        "fine-tune a classification head first (llmtune finetune) or use a causal LM",
-        key="model.path",
-    )
+    info = inspect_model(recipe.model, recipe, "model")
+    if info.head is None:
+        raise BadInput(
+            f"{recipe.model.path} is neither a causal LM nor a classifier (architectures: "
+            f"{info.architectures or 'unknown'}); fine-tune a classification head first (llmtune finetune) "
+            "or use a causal LM",
+            key="model.path",
+        )
+    return info.head
 
 
 def setup_model(recipe: BulkInferRecipe, head: Head) -> Engine:
@@ -205,20 +194,8 @@ def _head_labels(recipe: BulkInferRecipe, head: Head, labels: list[str] | None) 
         return None
     if recipe.task != "classify":
         raise BadInput("this model has a classification head: use task: classify", key="task")
-    if recipe.model.scratch is not None:
-        return labels
     # load with the head's own label names (a fine-tuned adapter folder records them)
-    folder = recipe.resolve_path(recipe.model.adapter) if recipe.model.adapter else None
-    folder = folder or Path(resolve_model_path(recipe.model, recipe, "model"))
-    id2label = _read_json(folder / "config.json").get("id2label") or {}
-    return [id2label[k] for k in sorted(id2label, key=int)] or labels
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+    return inspect_model(recipe.model, recipe, "model").head_labels or labels
 
 
 def _journals(paths: bulk_io.OutputPaths) -> list[Path]:
@@ -385,25 +362,6 @@ def _record(
 
 def _failure(item: InputRow, reason: str) -> dict[str, Any]:
     return {"id": item.id, "where": item.where, "reason": reason}
-
-
-def _merge(paths: bulk_io.OutputPaths, shard: tuple[int, int] | None, options: JobOptions) -> dict[str, Any]:
-    if shard is not None:
-        raise BadInput("--merge-shards joins every shard: leave out --shard", key="--merge-shards")
-    if options.dry_run:
-        parts = bulk_io.shard_parts(paths)
-        say(f"would merge {len(parts)} part file(s) into {paths.results}")
-        return {"dry_run": True, "parts": [str(p) for p in parts]}
-    lock = OutputLock(paths.lock)
-    lock.acquire()
-    try:
-        summary = bulk_io.merge_shards(paths)
-    finally:
-        lock.release()
-    say(f"merged {len(summary['merged_parts'])} part file(s): {summary['rows']} rows in {paths.results}")
-    if summary["missing_shards"]:
-        say(f"warning: no part file yet for shard(s) {', '.join(summary['missing_shards'])}")
-    return summary
 
 
 def _summary(

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmtune.console import say
 from llmtune.errors import BadInput
 from llmtune.models import resolve_model_path
 from llmtune.recipes.bulk_infer import BulkInferRecipe
-from llmtune.rundir import atomic_write_text
+from llmtune.rundir import OutputLock, atomic_write_text
 
 Record = dict[str, Any]
 SHARD_RE = re.compile(r"^(\d+)/(\d+)$")
@@ -316,3 +317,23 @@ def merge_shards(paths: OutputPaths) -> dict[str, Any]:
         "output": str(paths.results),
         "errors_file": str(paths.errors),
     }
+
+
+def merge_command(paths: OutputPaths, shard: tuple[int, int] | None, *, dry_run: bool) -> dict[str, Any]:
+    """`--merge-shards`: join every shard's part file into the output, under the output's lock."""
+    if shard is not None:
+        raise BadInput("--merge-shards joins every shard: leave out --shard", key="--merge-shards")
+    if dry_run:
+        parts = shard_parts(paths)
+        say(f"would merge {len(parts)} part file(s) into {paths.results}")
+        return {"dry_run": True, "parts": [str(p) for p in parts]}
+    lock = OutputLock(paths.lock)
+    lock.acquire()
+    try:
+        summary = merge_shards(paths)
+    finally:
+        lock.release()
+    say(f"merged {len(summary['merged_parts'])} part file(s): {summary['rows']} rows in {paths.results}")
+    if summary["missing_shards"]:
+        say(f"warning: no part file yet for shard(s) {', '.join(summary['missing_shards'])}")
+    return summary

@@ -20,7 +20,8 @@ from llmtune.cli import JobOptions
 from llmtune.console import say, table
 from llmtune.data import Rows, check_labels, infer_labels, load_splits, read_rows
 from llmtune.errors import BadInput, Problem
-from llmtune.models import adapter_base, load_model, quiet_libraries, resolve_model_path
+from llmtune.model_info import inspect_model
+from llmtune.models import load_model, quiet_libraries
 from llmtune.prompt_report import evaluate_gate, print_table, write_outputs
 from llmtune.prompt_scoring import normalise, pair_metrics, score_prompts, scoring_method
 from llmtune.prompts import PromptBuilder, chat_prompt
@@ -191,48 +192,22 @@ def plan_model(ref: ModelRef, recipe: PromptEvalRecipe, name: str, labels: list[
     A sequence classifier, or a bare encoder (e.g. BertModel, which gets a new head), is scored by
     its classification head; anything else as a causal LM. Also checks that the model exists.
     """
-    key = f"models.{name}"
-    if ref.scratch is not None:
-        head = "classification" if ref.scratch.architecture == "bert" else "causal_lm"
-        head = recipe.model_heads.get(name, head)
-        return ModelPlan(head, labels if head == "classification" else None)
-    path = Path(resolve_model_path(ref, recipe, key))
-    adapter = recipe.resolve_path(ref.adapter) if ref.adapter else None
-    if adapter is None and (path / "adapter_config.json").exists():
-        adapter, path = path, Path(adapter_base(path, recipe, key))
-    if adapter is not None and not (adapter / "adapter_config.json").exists():
-        raise BadInput(f"no PEFT adapter in {adapter} (adapter_config.json missing)", key=f"{key}.adapter")
-    config = _read_json(adapter / "config.json") if adapter else {}
-    config = config or _read_json(path / "config.json")
-    tokenizer_dir = adapter if adapter and (adapter / "tokenizer_config.json").exists() else path
-    head = recipe.model_heads.get(name) or _detect_head(adapter, config)
+    info = inspect_model(ref, recipe, f"models.{name}")
+    # a bare encoder (e.g. BertModel) gets a new classification head; no architectures: a causal LM
+    head = (
+        recipe.model_heads.get(name) or info.head or ("classification" if info.architectures else "causal_lm")
+    )
     if head == "causal_lm" or labels is None:
-        return ModelPlan(head, None, tokenizer_dir)
-    names = [str(v) for _, v in sorted((int(k), v) for k, v in (config.get("id2label") or {}).items())]
-    if not names or all(n.startswith("LABEL_") for n in names):
-        return ModelPlan(head, labels, tokenizer_dir)  # a new or unnamed head: the recipe's labels
-    if not set(labels) <= set(names):
+        return ModelPlan(head, None, info.tokenizer_dir)
+    if info.head_labels is None:
+        return ModelPlan(head, labels, info.tokenizer_dir)  # a new or unnamed head: the recipe's labels
+    if not set(labels) <= set(info.head_labels):
         raise BadInput(
-            f"labels {labels} do not match the classification head of {ref.describe()} ({names})",
+            f"labels {labels} do not match the classification head of {ref.describe()} ({info.head_labels})",
             file=_src(recipe),
             key="labels",
         )
-    return ModelPlan(head, names, tokenizer_dir)
-
-
-def _detect_head(adapter: Path | None, config: dict[str, Any]) -> str:
-    if adapter is not None:
-        task = _read_json(adapter / "adapter_config.json").get("task_type")
-        if task in ("SEQ_CLS", "CAUSAL_LM"):
-            return "classification" if task == "SEQ_CLS" else "causal_lm"
-    architectures = config.get("architectures") or []
-    if any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in architectures):
-        return "causal_lm"
-    return "classification" if architectures else "causal_lm"
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return ModelPlan(head, info.head_labels, info.tokenizer_dir)
 
 
 def _check_chat_templates(
