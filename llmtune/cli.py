@@ -357,14 +357,15 @@ def export(
     debug: DebugOpt = False,
 ) -> None:
     """Write a standalone Hugging Face model (optionally merging a LoRA adapter)."""
-    try:
-        from llmtune.export import export_model
+    from llmtune.export import export_model
+    from llmtune.models import quiet_libraries
 
-        export_model(run, output, merge=merge)
+    quiet_libraries(_debug(debug))
+    try:
+        written = export_model(run, output, merge=merge)
     except BadInput as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
-    except ImportError:
-        _fail("export is not built yet", EXIT_FAILED)
+    print(f"wrote {written}", file=sys.stderr)
 
 
 def _version_callback(value: bool) -> None:
