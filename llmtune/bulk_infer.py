@@ -24,8 +24,8 @@ from llmtune.console import say, table
 from llmtune.data import expand_files, map_columns, read_file
 from llmtune.engine import Engine
 from llmtune.errors import BadInput
-from llmtune.model_info import inspect_model
-from llmtune.models import Head, load_model, quiet_libraries
+from llmtune.model_info import ModelInfo, inspect_model
+from llmtune.models import load_model, quiet_libraries
 from llmtune.recipes.bulk_infer import BulkInferRecipe
 from llmtune.rundir import OutputLock
 from llmtune.templates import Template
@@ -72,7 +72,7 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
         template = Template(recipe.template, where="template")
         if rows:
             template.check_fields(set().union(*(r.row for r in rows)), file=str(files[0]))
-        head = model_head(recipe)
+        info = model_info(recipe)
         fingerprints = {
             "model_fingerprint": bulk_io.model_fingerprint(recipe),
             "prompt_fingerprint": bulk_io.prompt_fingerprint(recipe),
@@ -81,7 +81,7 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
         if lock is None:
             table("plan (dry run: nothing written)", ["item", "value"], [[k, v] for k, v in plan.items()])
             return {"dry_run": True, **plan}
-        engine = setup_model(recipe, head)
+        engine = setup_model(recipe, info)
     except BaseException:  # bad input: leave no trace, not even the lock's folder
         if lock is not None:
             _drop_lock(*lock)
@@ -139,8 +139,9 @@ def read_input(recipe: BulkInferRecipe, shard: tuple[int, int] | None) -> tuple[
     return rows, files
 
 
-def model_head(recipe: BulkInferRecipe) -> Head:
-    """causal_lm or classification, from the model's config (refusing models that are neither)."""
+def model_info(recipe: BulkInferRecipe) -> ModelInfo:
+    """The model's head and label names, from its config (refusing models that are neither a
+    causal LM nor a classifier)."""
     info = inspect_model(recipe.model, recipe, "model")
     if info.head is None:
         raise BadInput(
@@ -149,13 +150,14 @@ def model_head(recipe: BulkInferRecipe) -> Head:
             "or use a causal LM",
             key="model.path",
         )
-    return info.head
+    return info
 
 
-def setup_model(recipe: BulkInferRecipe, head: Head) -> Engine:
+def setup_model(recipe: BulkInferRecipe, info: ModelInfo) -> Engine:
     """Load the model with the right head, fold adapters in, and check it can serve the recipe."""
     labels = recipe.labels if recipe.task == "classify" else None
-    loaded = load_model(recipe.model, recipe, head=head, labels=_head_labels(recipe, head, labels))
+    assert info.head is not None
+    loaded = load_model(recipe.model, recipe, head=info.head, labels=_head_labels(recipe, info, labels))
     loaded.model = _merged_for_inference(loaded.model)
     engine = Engine(
         loaded,
@@ -189,13 +191,13 @@ def check_model(recipe: BulkInferRecipe, engine: Engine) -> None:
             raise BadInput(f"labels {recipe.labels} are not the model's labels {names}", key="labels")
 
 
-def _head_labels(recipe: BulkInferRecipe, head: Head, labels: list[str] | None) -> list[str] | None:
-    if head != "classification":
+def _head_labels(recipe: BulkInferRecipe, info: ModelInfo, labels: list[str] | None) -> list[str] | None:
+    if info.head != "classification":
         return None
     if recipe.task != "classify":
         raise BadInput("this model has a classification head: use task: classify", key="task")
     # load with the head's own label names (a fine-tuned adapter folder records them)
-    return inspect_model(recipe.model, recipe, "model").head_labels or labels
+    return info.head_labels or labels
 
 
 def _journals(paths: bulk_io.OutputPaths) -> list[Path]:
