@@ -72,21 +72,22 @@ def bulk_best(work: Path, name: str, recipe: dict[str, Any]) -> dict[str, Any]:
 
 def run_bulk_infer(work: Path, name: str, recipe: dict[str, Any]) -> dict[str, Any]:
     """The real job, through its entry point, on a recipe file (as the CLI runs it)."""
-    from llmtune import bulk_infer
-    from llmtune.cli import JobOptions
+    from llmtune.jobs import bulk_infer
     from llmtune.recipes import load_recipe
+    from llmtune.runs.options import JobOptions
 
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    options = JobOptions(extra={"shard": None, "limit": None, "refresh": None, "merge_shards": False})
+    options = JobOptions()
     return bulk_infer.run(load_recipe(path, None, expected_kind="bulk-infer"), options)
 
 
 def bench_generation(work: Path, n: int) -> list[list[Any]]:
     from transformers import pipeline
 
-    from llmtune.models import build_scratch_model, build_tokenizer, count_parameters
+    from llmtune.models.loading import build_scratch_model, build_tokenizer
     from llmtune.recipes.common import ScratchModel
+    from llmtune.runs.lifecycle import count_parameters
 
     spec = ScratchModel(**GEN_MODEL)
     all_reviews = [r["review"] for r in reviews(10**6)]
@@ -161,7 +162,7 @@ def bench_generation(work: Path, n: int) -> list[list[Any]]:
 def bench_classification(work: Path, n: int) -> list[list[Any]]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-    from llmtune.models import resolve_model_path
+    from llmtune.models.loading import resolve_model_path
     from llmtune.recipes.common import ModelRef, RecipeBase
 
     base = resolve_model_path(ModelRef(path=MINILM), RecipeBase(kind="bench"), "model")
@@ -231,7 +232,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     global REPEAT
     REPEAT = args.repeat
-    from llmtune.models import quiet_libraries
+    from llmtune.models.loading import quiet_libraries
 
     quiet_libraries(debug=False)
     with tempfile.TemporaryDirectory() as tmp:

@@ -50,7 +50,7 @@ model.save_pretrained(out + "/model")
 
 def build_models(folder: Path) -> Path:
     """A tiny llama (hidden 64, 2 layers) saved as a plain HF folder that every tool can load."""
-    from llmtune.models import build_scratch_model, build_tokenizer
+    from llmtune.models.loading import build_scratch_model, build_tokenizer
     from llmtune.recipes.common import ScratchModel
 
     spec = ScratchModel(architecture="llama", hidden_size=64, num_layers=2, num_heads=4)

@@ -14,14 +14,23 @@ import signal
 import sys
 import tempfile
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
 from llmtune import __version__
-from llmtune.errors import BadInput, Interrupted, JobNotBuilt, LockHeld
+from llmtune.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_LOCKED,
+    BadInput,
+    Incomplete,
+    Interrupted,
+    JobNotBuilt,
+    LockHeld,
+)
+from llmtune.runs.options import JobOptions
 
 app = typer.Typer(
     add_completion=False,
@@ -31,26 +40,12 @@ app = typer.Typer(
 )
 
 JOBS = {
-    "finetune": "llmtune.finetune",
-    "distill": "llmtune.distill",
-    "rlhf": "llmtune.rlhf",
-    "prompt-eval": "llmtune.prompt_eval",
-    "bulk-infer": "llmtune.bulk_infer",
+    "finetune": "llmtune.jobs.finetune",
+    "distill": "llmtune.jobs.distill",
+    "rlhf": "llmtune.jobs.rlhf",
+    "prompt-eval": "llmtune.jobs.prompt_eval",
+    "bulk-infer": "llmtune.jobs.bulk_infer",
 }
-EXIT_BAD_INPUT, EXIT_FAILED, EXIT_LOCKED = 2, 1, 75
-
-
-@dataclass
-class JobOptions:
-    """Command-line options every job receives."""
-
-    output: Path | None = None
-    resume: bool = False
-    dry_run: bool = False
-    json: bool = False
-    debug: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-    log_file: Path | None = None  # set by the job once its run directory exists
 
 
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)]
@@ -83,10 +78,12 @@ def _fail(lines: str, code: int) -> None:
 
 
 def run_job(verb: str, recipe_path: Path, sets: list[str] | None, options: JobOptions) -> None:
-    """Load the recipe, run the job, and map every outcome to the SPEC's exit codes."""
+    """Load the recipe, run the job, and map every outcome to the SPEC's exit codes (the one
+    place where that happens)."""
     from llmtune.recipes import load_recipe
 
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    summary = None
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         recipe = load_recipe(recipe_path, sets, expected_kind=verb)
         if importlib.util.find_spec(JOBS[verb]) is None:
@@ -94,8 +91,7 @@ def run_job(verb: str, recipe_path: Path, sets: list[str] | None, options: JobOp
                 f"`llmtune {verb}` is not built yet in llmtune {__version__}; "
                 "the recipe is valid (`llmtune validate` checks it)"
             )
-        module = importlib.import_module(JOBS[verb])
-        summary = module.run(recipe, options)
+        summary = importlib.import_module(JOBS[verb]).run(recipe, options)
     except BadInput as exc:
         if options.debug:
             traceback.print_exc()
@@ -103,9 +99,13 @@ def run_job(verb: str, recipe_path: Path, sets: list[str] | None, options: JobOp
     except LockHeld as exc:
         _fail(str(exc), EXIT_LOCKED)
     except Interrupted as exc:
-        _fail(f"interrupted by signal {exc.signum}; {_resume_hint(verb)}", 128 + exc.signum)
+        _fail(f"interrupted by {signal.Signals(exc.signum).name}; {_resume_hint(verb)}", 128 + exc.signum)
     except KeyboardInterrupt:
-        _fail(f"interrupted (SIGINT); {_resume_hint(verb)}", 130)
+        _fail(f"interrupted by SIGINT; {_resume_hint(verb)}", 128 + signal.SIGINT)
+    except Incomplete as exc:
+        if options.json:
+            print(json.dumps(exc.summary, default=str))
+        _fail(str(exc), exc.exit_code)
     except JobNotBuilt as exc:
         _fail(str(exc), EXIT_FAILED)
     except Exception as exc:  # noqa: BLE001 - the one boundary where a crash becomes exit 1
@@ -114,18 +114,20 @@ def run_job(verb: str, recipe_path: Path, sets: list[str] | None, options: JobOp
         log = _write_traceback(options.log_file)
         _fail(f"the {verb} job failed: {type(exc).__name__}: {exc}\nfull log: {log}", EXIT_FAILED)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if options.json:
         print(json.dumps(summary, default=str))
-    code = int(summary.get("exit_code", 0)) if isinstance(summary, dict) else 0
-    if code:
-        raise typer.Exit(code)
+
+
+RESUME_HINTS = {
+    "bulk-infer": "rows written so far are kept; a plain rerun continues",
+    "prompt-eval": "the run is marked interrupted; rerun to evaluate again (prompt-eval has no --resume)",
+}
 
 
 def _resume_hint(verb: str) -> str:
-    if verb == "bulk-infer":
-        return "rows written so far are kept; a plain rerun continues"
-    return "resumable state was saved; rerun with --resume"
+    return RESUME_HINTS.get(verb, "a checkpoint was saved; rerun with --resume to continue")
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:
@@ -147,7 +149,7 @@ def _options(
     output: Path | None, resume: bool, dry_run: bool, as_json: bool, debug: bool, **extra: Any
 ) -> JobOptions:
     return JobOptions(
-        output=output, resume=resume, dry_run=dry_run, json=as_json, debug=_debug(debug), extra=extra
+        output=output, resume=resume, dry_run=dry_run, json=as_json, debug=_debug(debug), **extra
     )
 
 
@@ -357,8 +359,8 @@ def export(
     debug: DebugOpt = False,
 ) -> None:
     """Write a standalone Hugging Face model (optionally merging a LoRA adapter)."""
-    from llmtune.export import export_model
-    from llmtune.models import quiet_libraries
+    from llmtune.models.export import export_model
+    from llmtune.models.loading import quiet_libraries
 
     quiet_libraries(_debug(debug))
     try:

@@ -6,7 +6,7 @@ import platform
 from typing import Any
 
 from llmtune import __version__
-from llmtune.rundir import library_versions
+from llmtune.runs.rundir import library_versions
 
 
 def describe_environment() -> dict[str, Any]:

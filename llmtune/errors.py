@@ -1,13 +1,23 @@
-"""The two ways a job can fail, and where they become exit codes.
+"""How a job can end other than in success, and the exit code of each (SPEC section 1).
 
 `BadInput` is the one exception for anything the user gave us that is wrong (recipe, data, model
-reference, template). The CLI turns it into exit code 2 with one line per problem and no
-traceback. Anything else that escapes a job is a failure while running (exit code 1).
+reference, template): exit code 2 with one line per problem and no traceback. `LockHeld` (75),
+`Interrupted` (130/143), and the two partial endings that still carry a summary (`RowsFailed`, 3;
+`GateFailed`, 1) are the others. Anything else that escapes a job is a failure while running
+(exit code 1). The CLI turns each into its exit code in one place (`llmtune.cli.run_job`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the job failed while running, or a quality gate was not met
+EXIT_BAD_INPUT = 2
+EXIT_ROWS_FAILED = 3  # bulk-infer finished, but some rows failed (they are in the errors file)
+EXIT_LOCKED = 75  # another run holds the output's lock (EX_TEMPFAIL)
+# interrupted: 128 + the signal's number (130 SIGINT, 143 SIGTERM)
 
 
 @dataclass(frozen=True)
@@ -49,8 +59,11 @@ class LockHeld(Exception):
     """Another run holds the output's lock (cron overlap). Exit code 75; nothing was touched."""
 
 
-class Interrupted(Exception):
-    """SIGINT/SIGTERM arrived; resumable state was saved. Exit code 130 or 143."""
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM arrived; what can be resumed was saved. Exit code 130 or 143.
+
+    A BaseException, like KeyboardInterrupt, so that per-row `except Exception` error handling
+    can never swallow it or turn it into a failed row."""
 
     def __init__(self, signum: int) -> None:
         self.signum = signum
@@ -59,3 +72,26 @@ class Interrupted(Exception):
 
 class JobNotBuilt(Exception):
     """The verb exists in the CLI but its job is not implemented yet (exit 1, said plainly)."""
+
+
+class Incomplete(Exception):
+    """The job ran to its end, but not everything succeeded; `summary` is still printed (--json)."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, summary: dict[str, Any]) -> None:
+        self.summary = summary
+        super().__init__(message)
+
+
+class RowsFailed(Incomplete):
+    """bulk-infer: some rows failed and went to the errors file. Exit code 3."""
+
+    exit_code = EXIT_ROWS_FAILED
+
+
+class GateFailed(Incomplete):
+    """prompt-eval: a pair is below `--fail-under` / `fail_under`. Exit code 1."""
+
+    def __init__(self, failures: list[str], summary: dict[str, Any]) -> None:
+        super().__init__("\n".join(f"fail-under: {line}" for line in failures), summary)

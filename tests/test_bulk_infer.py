@@ -22,7 +22,7 @@ from conftest import Result, assert_bad_input, run_cli, write, write_jsonl
 from typer.testing import CliRunner
 
 from llmtune.cli import app
-from llmtune.rundir import OutputLock
+from llmtune.runs.rundir import OutputLock
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRATCH = {"scratch": {"architecture": "llama", "hidden_size": 32, "num_layers": 2, "num_heads": 2}}
@@ -212,7 +212,7 @@ def test_shards_split_the_ids_and_merge_into_a_clean_run(tmp_path: Path) -> None
 def test_classify_with_a_causal_lm_and_with_a_classifier_head(tmp_path: Path) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from llmtune.models import resolve_model_path
+    from llmtune.models.loading import resolve_model_path
     from llmtune.recipes.common import ModelRef, RecipeBase
 
     labels = ["negative", "positive"]
@@ -292,8 +292,8 @@ def test_shipped_recipes_validate() -> None:
 
 
 def test_chat_models_get_their_chat_template_and_system_message(tmp_path: Path) -> None:
-    from llmtune.engine import Engine
-    from llmtune.models import build_scratch_model, build_tokenizer, load_model
+    from llmtune.inference.engine import Engine
+    from llmtune.models.loading import build_scratch_model, build_tokenizer, load_model
     from llmtune.recipes.common import ModelRef, RecipeBase, ScratchModel
 
     spec = ScratchModel(**SCRATCH["scratch"])

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmtune.engine import Engine
 from llmtune.errors import BadInput
-from llmtune.models import LoadedModel, build_scratch_model, build_tokenizer
+from llmtune.inference.engine import Engine
+from llmtune.models.loading import LoadedModel, build_scratch_model, build_tokenizer
 from llmtune.recipes.common import ScratchModel
 
 PROMPTS = [

@@ -135,7 +135,7 @@ def check_only_virtual_tokens_trained(model_dir: Path, task: str, method: str, s
     import torch
     from safetensors.torch import load_file
 
-    from llmtune.models import build_scratch_model, build_tokenizer
+    from llmtune.models.loading import build_scratch_model, build_tokenizer
     from llmtune.recipes.common import ScratchModel
 
     torch.manual_seed(seed)

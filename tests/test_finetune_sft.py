@@ -47,9 +47,9 @@ def sft_recipe(
 
 
 def test_loss_is_taken_on_assistant_turns_only() -> None:
-    from llmtune.models import build_tokenizer
+    from llmtune.jobs.finetune.sft import _encode_chat
+    from llmtune.models.loading import build_tokenizer
     from llmtune.recipes.common import ScratchModel
-    from llmtune.sft import _encode_chat
 
     tokenizer = build_tokenizer(ScratchModel(), [])
     tokenizer.chat_template = CHAT_TEMPLATE

@@ -167,7 +167,7 @@ def test_precision_auto_is_bf16_on_capable_gpus_and_fp32_on_cpu(monkeypatch: pyt
 
     from llmtune.errors import BadInput
     from llmtune.recipes.common import Training
-    from llmtune.training import resolve_precision
+    from llmtune.runs.training import resolve_precision
 
     assert resolve_precision(Training(precision="auto"), "cpu") == "fp32"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)

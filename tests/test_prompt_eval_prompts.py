@@ -7,11 +7,11 @@ from collections import Counter
 
 import pytest
 
-from llmtune.data import Rows
-from llmtune.engine import ChoiceScores
+from llmtune.data.readers import Rows
 from llmtune.errors import BadInput
-from llmtune.prompt_scoring import extract_answer, match_label, pair_metrics, score_prompts
-from llmtune.prompts import ExamplePicker, PromptBuilder, chat_prompt
+from llmtune.inference.engine import ChoiceScores
+from llmtune.jobs.prompt_eval.prompts import ExamplePicker, PromptBuilder, chat_prompt
+from llmtune.jobs.prompt_eval.scoring import extract_answer, match_label, pair_metrics, score_prompts
 from llmtune.recipes.prompt_eval import PromptEvalRecipe, PromptSpec
 
 LABELS = ["drupe", "pome", "berry"]
@@ -57,7 +57,7 @@ def test_first_selection_takes_the_pool_in_order() -> None:
 
 
 def test_prompt_renders_examples_and_chat_turns() -> None:
-    from llmtune.models import build_tokenizer
+    from llmtune.models.loading import build_tokenizer
     from llmtune.recipes.common import ScratchModel
 
     spec = PromptSpec(

@@ -344,13 +344,6 @@ def build_scratch_model(
     return cls.from_config(config)
 
 
-def count_parameters(model: Any) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return trainable, total
-
-
 def quiet_libraries(debug: bool) -> None:
     """Keep library warnings and progress bars out of the user's way unless debugging."""
     if debug:

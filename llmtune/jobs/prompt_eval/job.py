@@ -15,50 +15,85 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmtune.batching import free_memory
-from llmtune.cli import JobOptions
-from llmtune.console import say, table
-from llmtune.data import Rows, check_labels, infer_labels, load_splits, read_rows
-from llmtune.errors import BadInput, Problem
-from llmtune.model_info import inspect_model
-from llmtune.models import load_model, quiet_libraries
-from llmtune.prompt_report import evaluate_gate, print_table, write_outputs
-from llmtune.prompt_scoring import normalise, pair_metrics, score_prompts, scoring_method
-from llmtune.prompts import PromptBuilder, chat_prompt
+from llmtune.console import say
+from llmtune.data.readers import Rows, check_labels, infer_labels, load_splits, read_rows
+from llmtune.errors import BadInput, GateFailed, Problem
+from llmtune.inference.batching import free_memory
+from llmtune.jobs.prompt_eval.prompts import PromptBuilder, chat_prompt
+from llmtune.jobs.prompt_eval.report import evaluate_gate, print_table, write_outputs
+from llmtune.jobs.prompt_eval.scoring import normalise, pair_metrics, score_prompts, scoring_method
+from llmtune.models.info import inspect_model
+from llmtune.models.loading import load_model, quiet_libraries
 from llmtune.recipes.common import ModelRef
 from llmtune.recipes.prompt_eval import PromptEvalRecipe, PromptSpec, check_gate
-from llmtune.rundir import RunDir, run_dir_path
+from llmtune.runs.lifecycle import recorded, show_plan
+from llmtune.runs.options import JobOptions
+from llmtune.runs.rundir import RunDir, run_dir_path
 
 
 def run(recipe: PromptEvalRecipe, options: JobOptions) -> dict[str, Any]:
     """Score every model x prompt pair on the same rows; returns the summary (for --json)."""
     quiet_libraries(options.debug)
-    gate = parse_gate(options.extra.get("fail_under") or [], recipe)
-    run_dir = RunDir(run_dir_path(recipe, str(options.output) if options.output else None), recipe)
-    run_dir.check_writable()
-    rows, labels, pools, files = read_data(recipe)
-    builders = {
-        name: PromptBuilder(
-            name,
-            spec,
-            pool=pools[name][0],
-            pool_source=pools[name][1],
-            labels=labels,
-            seed=recipe.seed,
-            recipe_file=_src(recipe),
+    run_dir = RunDir(run_dir_path(recipe, options.output), recipe)
+    run_dir.claim()  # first: an overlapping run exits 75 before reading anything
+    try:
+        gate = parse_gate(options.fail_under, recipe)
+        rows, labels, pools, files = read_data(recipe)
+        builders = {
+            name: PromptBuilder(
+                name,
+                spec,
+                pool=pools[name][0],
+                pool_source=pools[name][1],
+                labels=labels,
+                seed=recipe.seed,
+                recipe_file=_src(recipe),
+            )
+            for name, spec in recipe.prompts.items()
+        }
+        for builder in builders.values():
+            builder.check(rows)
+        plans = {name: plan_model(ref, recipe, name, labels) for name, ref in recipe.models.items()}
+        # plain prompts are the same for every model; chat prompts wait for each model's chat template
+        built = {
+            name: [b.messages(r, i) if b.spec.chat else b.render(r, i) for i, r in enumerate(rows.rows)]
+            for name, b in builders.items()
+        }
+        _check_chat_templates(recipe, builders, plans)
+        plan = _plan(recipe, run_dir, rows, labels, plans)
+        if options.dry_run:
+            show_plan(plan)
+            for name, prompts in built.items():
+                shown = prompts[0] if isinstance(prompts[0], str) else json.dumps(prompts[0], indent=1)
+                say(f"prompt {name}, first row:\n{shown}")
+            run_dir.abandon()
+            return {"dry_run": True, **plan}
+    except BaseException:
+        run_dir.abandon()  # bad input: nothing written
+        raise
+
+    def evaluate() -> dict[str, Any]:
+        pairs, predictions = score_all(recipe, rows, labels, plans, built, builders)
+        result = write_outputs(
+            run_dir, recipe, pairs, predictions, {n: p.head for n, p in plans.items()}, labels, len(rows)
         )
-        for name, spec in recipe.prompts.items()
-    }
-    for builder in builders.values():
-        builder.check(rows)
-    plans = {name: plan_model(ref, recipe, name, labels) for name, ref in recipe.models.items()}
-    # plain prompts are the same for every model; chat prompts wait for each model's chat template
-    built = {
-        name: [b.messages(r, i) if b.spec.chat else b.render(r, i) for i, r in enumerate(rows.rows)]
-        for name, b in builders.items()
-    }
-    _check_chat_templates(recipe, builders, plans)
-    plan = {
+        print_table(recipe, pairs)
+        return {**result["summary"], "gate": evaluate_gate(pairs, gate, recipe.fail_when)}
+
+    summary = recorded(run_dir, options, files, evaluate)
+    if summary["gate"]["failures"]:
+        raise GateFailed(summary["gate"]["failures"], summary)
+    return summary
+
+
+def _plan(
+    recipe: PromptEvalRecipe,
+    run_dir: RunDir,
+    rows: Rows,
+    labels: list[str] | None,
+    plans: dict[str, ModelPlan],
+) -> dict[str, Any]:
+    return {
         "run_dir": str(run_dir.path),
         "rows": len(rows),
         "labels": labels if labels is not None else "free text",
@@ -69,32 +104,6 @@ def run(recipe: PromptEvalRecipe, options: JobOptions) -> dict[str, Any]:
         "prompts": {name: _describe_prompt(spec) for name, spec in recipe.prompts.items()},
         "pairs": len(recipe.models) * len(recipe.prompts),
     }
-    if options.dry_run:
-        table("plan (dry run: nothing written)", ["item", "value"], [[k, v] for k, v in plan.items()])
-        for name, prompts in built.items():
-            shown = prompts[0] if isinstance(prompts[0], str) else json.dumps(prompts[0], indent=1)
-            say(f"prompt {name}, first row:\n{shown}")
-        return {"dry_run": True, **plan}
-
-    run_dir.open(data_files=files)
-    options.log_file = run_dir.log_file
-    try:
-        pairs, predictions = score_all(recipe, rows, labels, plans, built, builders)
-        result = write_outputs(
-            run_dir, recipe, pairs, predictions, {n: p.head for n, p in plans.items()}, labels, len(rows)
-        )
-        verdict = evaluate_gate(pairs, gate, recipe.fail_when)
-    except BaseException:
-        run_dir.close("failed")
-        raise
-    print_table(recipe, pairs)
-    summary = {"run_dir": str(run_dir.path), **result["summary"], "gate": verdict}
-    run_dir.close("completed", summary=summary)
-    if verdict["failures"]:
-        for line in verdict["failures"]:
-            say(f"fail-under: {line}")
-        summary["exit_code"] = 1
-    return summary
 
 
 def _describe_prompt(spec: PromptSpec) -> str:
@@ -237,7 +246,7 @@ def score_all(
     builders: dict[str, PromptBuilder],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Load each model once and score every prompt with it; the pairs' metrics and every prediction."""
-    from llmtune.engine import Engine
+    from llmtune.inference.engine import Engine
 
     gold = [str(r["label"]) for r in rows.rows]
     ids = [str(r["id"]) if r.get("id") is not None else str(i) for i, r in enumerate(rows.rows)]

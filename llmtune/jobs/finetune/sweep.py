@@ -11,47 +11,61 @@ from __future__ import annotations
 import itertools
 import math
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from llmtune.cli import JobOptions
 from llmtune.console import markdown_table, say, table
-from llmtune.errors import BadInput, Interrupted
+from llmtune.errors import BadInput
 from llmtune.recipes.finetune import FinetuneRecipe, Range, Sweep
-from llmtune.rundir import RunDir, run_dir_path
+from llmtune.runs.lifecycle import recorded
+from llmtune.runs.options import JobOptions
+from llmtune.runs.rundir import RunDir, run_dir_path
+
+RunTrial = Callable[[FinetuneRecipe, JobOptions], dict[str, Any]]
 
 
-def run(recipe: FinetuneRecipe, options: JobOptions) -> dict[str, Any]:
-    """Run every trial of the sweep and report the best one."""
-    sweep, where = load_sweep(recipe, options.extra.get("sweep"))
-    metric = recipe.validation_metric(sweep.metric or _default_metric(recipe))
+def run(recipe: FinetuneRecipe, options: JobOptions, run_trial: RunTrial) -> dict[str, Any]:
+    """Run every trial of the sweep through `run_trial` (one ordinary fine-tune) and report the
+    best one."""
+    run_dir = RunDir(run_dir_path(recipe, options.output), recipe)
+    run_dir.claim(resume=options.resume)
+    try:
+        sweep, where = load_sweep(recipe, options.sweep)
+        metric = _ranking_metric(recipe, sweep, where)
+        trials = [trial_recipe(recipe, changes, where) for changes in plan_trials(sweep)]
+        say(f"sweep: {len(trials)} trials ({sweep.strategy}), ranked on validation {metric}")
+        if options.dry_run:
+            rows = [[i, _show(changes)] for i, (changes, _) in enumerate(trials)]
+            table("sweep plan (dry run: nothing written)", ["trial", "changes"], rows)
+            run_dir.abandon()
+            return {"dry_run": True, "trials": [c for c, _ in trials], "metric": metric}
+    except BaseException:
+        run_dir.abandon()
+        raise
+    return recorded(
+        run_dir,
+        options,
+        [],
+        lambda: _summarise(_run_trials(trials, run_dir.path, options, metric, run_trial), metric, run_dir),
+    )
+
+
+def _ranking_metric(recipe: FinetuneRecipe, sweep: Sweep, where: str) -> str:
+    """The validation metric trials are ranked on, as the Trainer logs it."""
     if not recipe.has_validation():
         raise BadInput(
-            "a sweep ranks trials on validation rows: set data.validation or data.split.validation"
+            "a sweep ranks trials on validation rows: set data.validation or data.split.validation",
+            file=where,
+            key="data",
         )
-    trials = [trial_recipe(recipe, changes, where) for changes in plan_trials(sweep)]
-    run_dir = RunDir(run_dir_path(recipe, str(options.output) if options.output else None), recipe)
-    run_dir.check_writable(resume=options.resume)
-    say(f"sweep: {len(trials)} trials ({sweep.strategy}), ranked on validation {metric}")
-    if options.dry_run:
-        rows = [[i, _show(changes)] for i, (changes, _) in enumerate(trials)]
-        table("sweep plan (dry run: nothing written)", ["trial", "changes"], rows)
-        return {"dry_run": True, "trials": [c for c, _ in trials], "metric": metric}
-    run_dir.open(resume=options.resume)
     try:
-        results = _run_trials(trials, run_dir.path, options, metric)
-    except (Interrupted, KeyboardInterrupt):
-        run_dir.close("interrupted")
-        raise
-    except BaseException:
-        run_dir.close("failed")
-        raise
-    summary = _summarise(results, metric, run_dir)
-    run_dir.close("completed", summary=summary)
-    return summary
+        return recipe.validation_metric(sweep.metric or _default_metric(recipe))
+    except ValueError as exc:
+        raise BadInput(str(exc), file=where, key="sweep.metric") from None
 
 
 def load_sweep(recipe: FinetuneRecipe, path: Path | None) -> tuple[Sweep, str]:
@@ -124,10 +138,12 @@ def trial_recipe(recipe: FinetuneRecipe, changes: dict[str, Any], where: str) ->
 
 
 def _run_trials(
-    trials: list[tuple[dict, FinetuneRecipe]], root: Path, options: JobOptions, metric: str
+    trials: list[tuple[dict, FinetuneRecipe]],
+    root: Path,
+    options: JobOptions,
+    metric: str,
+    run_trial: RunTrial,
 ) -> list[dict[str, Any]]:
-    from llmtune import finetune
-
     results = []
     for i, (changes, trial) in enumerate(trials):
         say(f"trial {i + 1}/{len(trials)}: {_show(changes)}")
@@ -138,7 +154,7 @@ def _run_trials(
 
             summary = json.loads((folder / "manifest.json").read_text())["summary"]
         else:
-            summary = finetune.run(trial, trial_options)
+            summary = run_trial(trial, trial_options)
         value = (summary.get("validation") or {}).get(metric)
         results.append(
             {"trial": i, "changes": changes, metric: value, "run_dir": str(folder), "_recipe": trial}

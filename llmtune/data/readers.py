@@ -48,6 +48,10 @@ class Splits:
     def counts(self) -> dict[str, int]:
         return {"train": len(self.train), "validation": len(self.validation), "test": len(self.test)}
 
+    def skipped(self) -> int:
+        """Unreadable rows skipped in all splits (data.skip_bad_rows)."""
+        return self.train.skipped + self.validation.skipped + self.test.skipped
+
 
 def expand_files(recipe: RecipeBase, spec: str | list[str], key: str) -> list[Path]:
     """Resolve a file, glob or list (relative to the recipe) into existing files."""

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from llmtune.errors import BadInput
-from llmtune.models import LoadedModel
+from llmtune.models.loading import LoadedModel
 from llmtune.recipes.common import RecipeBase
 
 

@@ -22,9 +22,9 @@ from typing import Any
 
 from llmtune.console import say
 from llmtune.errors import BadInput
-from llmtune.models import resolve_model_path
+from llmtune.models.loading import resolve_model_path
 from llmtune.recipes.bulk_infer import BulkInferRecipe
-from llmtune.rundir import OutputLock, atomic_write_text
+from llmtune.runs.rundir import OutputLock, atomic_write_text
 
 Record = dict[str, Any]
 SHARD_RE = re.compile(r"^(\d+)/(\d+)$")

@@ -4,7 +4,7 @@ Steps: read and check the input rows and the template (bad input -> exit 2, noth
 work out which ids are already in the output; print the plan on --dry-run; take the lock beside
 the output (held -> exit 75); load the model; then, chunk by chunk, render prompts, run the
 shared batched engine and append the results (flushed) to the journal. Rows that fail go to the
-errors file and make the exit code 3. See `llmtune.bulk_io` for the files' design.
+errors file and make the exit code 3. See `llmtune.jobs.bulk_infer.files` for the files' design.
 
     llmtune bulk-infer recipes/bulk-infer-sentiment.yaml
     llmtune bulk-infer recipe.yaml --shard 0/4      # one of 4 processes; then --merge-shards
@@ -18,17 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmtune import bulk_io
-from llmtune.cli import JobOptions
 from llmtune.console import say, table
-from llmtune.data import expand_files, map_columns, read_file
-from llmtune.engine import Engine
-from llmtune.errors import BadInput
-from llmtune.model_info import ModelInfo, inspect_model
-from llmtune.models import load_model, quiet_libraries
+from llmtune.data.readers import expand_files, map_columns, read_file
+from llmtune.data.templates import Template
+from llmtune.errors import BadInput, RowsFailed
+from llmtune.inference.engine import Engine
+from llmtune.jobs.bulk_infer import files as bulk_io
+from llmtune.models.info import ModelInfo, inspect_model
+from llmtune.models.loading import load_model, quiet_libraries
 from llmtune.recipes.bulk_infer import BulkInferRecipe
-from llmtune.rundir import OutputLock
-from llmtune.templates import Template
+from llmtune.runs.options import JobOptions
+from llmtune.runs.rundir import OutputLock
 
 
 @dataclass
@@ -54,14 +54,14 @@ class Tally:
 def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
     """Run bulk inference from a validated recipe; returns the summary (for --json)."""
     quiet_libraries(options.debug)
-    shard = bulk_io.parse_shard(options.extra.get("shard"))
+    shard = bulk_io.parse_shard(options.shard)
     paths = bulk_io.output_paths(recipe, options.output, shard)
-    if options.extra.get("merge_shards"):
+    if options.merge_shards:
         return bulk_io.merge_command(paths, shard, dry_run=options.dry_run)
-    refresh = options.extra.get("refresh")
+    refresh = options.refresh
     if refresh not in (None, "stale"):
         raise BadInput(f"expected --refresh stale, got {refresh!r}", key="--refresh")
-    limit = options.extra.get("limit")
+    limit = options.limit
     if limit is not None and limit < 1:
         raise BadInput(f"expected a positive number of rows, got {limit}", key="--limit")
 
@@ -102,7 +102,10 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
             bulk_io.materialise(paths.journal, paths.results)
     finally:
         lock[0].release()
-    return _summary(paths, plan, tally, len(rows) - len(pending), len(pending) - len(todo))
+    summary = _summary(paths, plan, tally, len(rows) - len(pending), len(pending) - len(todo))
+    if tally.failed:
+        raise RowsFailed(f"{tally.failed} row(s) failed; see {paths.errors}", summary)
+    return summary
 
 
 def _take_lock(path: Path) -> tuple[OutputLock, list[Path]]:
@@ -246,7 +249,7 @@ def infer(
     fingerprints: dict[str, str],
 ) -> Tally:
     """Run the rows chunk by chunk; each chunk's results and errors are appended and flushed."""
-    from llmtune.bulk_progress import Progress
+    from llmtune.jobs.bulk_infer.progress import Progress
 
     tally = Tally()
     journal = bulk_io.AppendFile(paths.journal)
@@ -388,6 +391,4 @@ def _summary(
     }
     rows = [[k, v] for k, v in summary.items() if k != "exit_code"]
     table("bulk-infer summary", ["item", "value"], rows)
-    if tally.failed:
-        say(f"{tally.failed} row(s) failed; see {paths.errors} (exit code 3)")
     return summary

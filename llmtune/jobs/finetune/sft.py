@@ -13,19 +13,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from llmtune.cli import JobOptions
 from llmtune.console import say, table
-from llmtune.data import Rows, Splits, load_splits
+from llmtune.data.readers import Rows, Splits, load_splits
+from llmtune.data.templates import Template
 from llmtune.errors import BadInput
-from llmtune.finetune import describe_plan, interrupted_by, open_and_run, preflight
-from llmtune.methods import apply_method
-from llmtune.models import LoadedModel, load_model
+from llmtune.models.loading import LoadedModel, load_model
+from llmtune.models.methods import apply_method
 from llmtune.recipes.finetune import PROMPT_LEARNING, FinetuneRecipe
-from llmtune.rundir import RunDir, run_dir_path
-from llmtune.templates import Template
-from llmtune.training import callbacks, measured_once, resume_point, training_arguments, validation_metrics
+from llmtune.runs.lifecycle import Metrics, Outcome, Plan, count_parameters, planned_steps, run_training
+from llmtune.runs.options import JobOptions
+from llmtune.runs.rundir import RunDir
+from llmtune.runs.training import callbacks, preflight, resolve_precision, training_arguments
 
 FORMATS = {"messages": ("messages",), "prompt_completion": ("prompt", "completion"), "text": ("text",)}
 
@@ -41,32 +42,84 @@ class SftData:
 
 def run(recipe: FinetuneRecipe, options: JobOptions) -> dict[str, Any]:
     """Run one causal-LM fine-tune from a validated recipe; returns the summary (for --json)."""
-    run_dir = RunDir(run_dir_path(recipe, str(options.output) if options.output else None), recipe)
-    run_dir.check_writable(resume=options.resume)
-    data = setup_sft_data(recipe)
-    preflight(recipe)
-    corpus = (str(r.get("text") or r.get("prompt") or "") for r in data.splits.train.rows)
-    loaded = load_model(recipe.model, recipe, head="causal_lm", corpus=corpus, for_training=True)
-    if data.format == "messages":
-        use_chat_template(recipe, loaded.tokenizer)
-    from llmtune.export import snapshot_base
+    return run_training(SftJob(recipe), options)
 
-    base = snapshot_base(loaded.model, recipe)
-    model = apply_method(loaded.model, recipe.method, "causal_lm", loaded.tokenizer)
-    encoded = {
-        name: encode_sft(getattr(data.splits, name), data, loaded.tokenizer, recipe.data.max_length, name)
-        for name in ("train", "validation", "test")
-    }
-    plan = describe_plan(recipe, run_dir, loaded, model, data.splits, extra={"data_format": data.format})
-    if options.dry_run:
-        table("plan (dry run: nothing written)", ["item", "value"], [[k, v] for k, v in plan.items()])
-        return {"dry_run": True, **plan}
-    return open_and_run(
-        run_dir,
-        options,
-        data.splits.files,
-        lambda: _train_and_evaluate(recipe, options, run_dir, loaded, model, base, encoded, data, plan),
-    )
+
+class SftJob:
+    """The SFT steps the shared training run calls, in order."""
+
+    def __init__(self, recipe: FinetuneRecipe) -> None:
+        self.recipe = recipe
+
+    def preflight(self) -> list[Path]:
+        self.data = setup_sft_data(self.recipe)
+        preflight(self.recipe.model, self.recipe.method.type, self.recipe.training)
+        return self.data.splits.files
+
+    def setup(self, run_dir: Path) -> Plan:
+        recipe, splits = self.recipe, self.data.splits
+        corpus = (str(r.get("text") or r.get("prompt") or "") for r in splits.train.rows)
+        self.loaded = load_model(recipe.model, recipe, head="causal_lm", corpus=corpus, for_training=True)
+        if self.data.format == "messages":
+            use_chat_template(recipe, self.loaded.tokenizer)
+        from llmtune.models.export import snapshot_base
+
+        self.base = snapshot_base(self.loaded.model, recipe)
+        self.model = apply_method(self.loaded.model, recipe.method, "causal_lm", self.loaded.tokenizer)
+        self.encoded = {
+            name: encode_sft(
+                getattr(splits, name), self.data, self.loaded.tokenizer, recipe.data.max_length, name
+            )
+            for name in ("train", "validation", "test")
+        }
+        trainable, total = count_parameters(self.model)
+        return Plan(
+            run_dir=run_dir,
+            task=recipe.task,
+            method=recipe.method.type,
+            model=recipe.model.describe(),
+            rows=splits.counts(),
+            skipped_rows=splits.skipped(),
+            trainable_params=trainable,
+            total_params=total,
+            planned_steps=planned_steps(recipe.training, len(splits.train)),
+            device=self.loaded.device,
+            precision=resolve_precision(recipe.training, self.loaded.device),
+            details={"data_format": self.data.format},
+        )
+
+    def trainer(self, run_dir: RunDir) -> Any:
+        return _trainer(self.recipe, run_dir, self.loaded, self.model, self.encoded)
+
+    def evaluate(self, trainer: Any) -> Metrics | None:
+        if self.encoded["test"] is None:
+            return None
+        return evaluate_lm(trainer, self.recipe, self.data, self.loaded.tokenizer, self.encoded["test"])
+
+    def save(self, trainer: Any, run_dir: RunDir) -> None:
+        from llmtune.models.export import save_trained_model
+
+        save_trained_model(
+            trainer.model,
+            self.loaded,
+            run_dir.path / "model",
+            self.recipe,
+            merge=self.recipe.export.merge_adapter,
+            base=self.base,
+        )
+
+    def report(self, run_dir: RunDir, outcome: Outcome) -> None:
+        from llmtune.runs.plots import training_curves
+
+        before, after = outcome.test_before, outcome.test
+        if after is not None:
+            names = [m for m in ("loss", "perplexity", "exact_match") if after.get(m) is not None]
+            rows = [[m, before[m] if before and before.get(m) is not None else "-", after[m]] for m in names]
+            table("test metrics", ["metric", "before training", "after training"], rows)
+        run_dir.write_text("report.md", _report(self.recipe, outcome) + training_curves(run_dir.path))
+
+    def headline(self, metrics: Metrics | None) -> Metrics | None:
+        return metrics
 
 
 def setup_sft_data(recipe: FinetuneRecipe) -> SftData:
@@ -225,61 +278,10 @@ def _trainer(recipe: FinetuneRecipe, run_dir: RunDir, loaded: LoadedModel, model
         }
         args = training_arguments(recipe.training, run_dir.path, **arguments, extra=sft, args_class=SFTConfig)
         trainer = SFTTrainer(args=args, **common)
-    from llmtune.callbacks import keep_stdout_clean
+    from llmtune.runs.callbacks import keep_stdout_clean
 
     keep_stdout_clean(trainer)
     return trainer
-
-
-def _train_and_evaluate(
-    recipe: FinetuneRecipe,
-    options: JobOptions,
-    run_dir: RunDir,
-    loaded: LoadedModel,
-    model: Any,
-    base: Any,
-    encoded: dict[str, Any],
-    data: SftData,
-    plan: dict[str, Any],
-) -> dict[str, Any]:
-    import time
-
-    trainer = _trainer(recipe, run_dir, loaded, model, encoded)
-    resume_from = resume_point(run_dir.path, options.resume)
-    before = None
-    if encoded["test"] is not None:
-        test = encoded["test"]
-        before = measured_once(
-            run_dir.path, "test_before", lambda: evaluate_lm(trainer, recipe, data, loaded.tokenizer, test)
-        )
-    started = time.monotonic()
-    result = trainer.train(resume_from_checkpoint=resume_from)
-    interrupted_by(trainer)
-    summary = {
-        **plan,
-        "status": "completed",
-        "train_seconds": round(time.monotonic() - started, 2),
-        "train_loss": result.training_loss,
-        "steps": result.global_step,
-    }
-    if encoded["validation"] is not None:
-        summary["validation"] = validation_metrics(trainer)
-    after = evaluate_lm(trainer, recipe, data, loaded.tokenizer, encoded["test"]) if encoded["test"] else None
-    from llmtune.export import save_trained_model
-
-    save_trained_model(
-        trainer.model, loaded, run_dir.path / "model", recipe, merge=recipe.export.merge_adapter, base=base
-    )
-    summary.update(test_before=before, test=after)
-    if after is not None:
-        run_dir.write_json("eval.json", {"split": "test", "metrics": after, "before_training": before})
-        names = [m for m in ("loss", "perplexity", "exact_match") if after.get(m) is not None]
-        rows = [[m, before[m] if before and before.get(m) is not None else "-", after[m]] for m in names]
-        table("test metrics", ["metric", "before training", "after training"], rows)
-    from llmtune.plots import training_curves
-
-    run_dir.write_text("report.md", _report(recipe, summary, before, after) + training_curves(run_dir.path))
-    return summary
 
 
 def evaluate_lm(
@@ -333,17 +335,18 @@ def exact_match(model: Any, recipe: FinetuneRecipe, data: SftData, tokenizer: An
     return {"exact_match": sum(hits) / len(hits), "examples": examples}
 
 
-def _report(recipe: FinetuneRecipe, summary: dict[str, Any], before: dict | None, after: dict | None) -> str:
+def _report(recipe: FinetuneRecipe, outcome: Outcome) -> str:
     from llmtune.console import markdown_table
 
+    plan, before, after = outcome.plan, outcome.test_before, outcome.test
     lines = [
         f"# {recipe.name}: finetune (causal_lm, {recipe.method.type})",
         "",
-        f"- model: `{summary['model']}`",
-        f"- data: {summary['data_format']} rows {summary['rows']}",
-        f"- trainable parameters: {summary['trainable_params']:,} of {summary['total_params']:,} "
-        f"({100 * summary['trainable_share']:.2f}%)",
-        f"- steps: {summary['steps']}, training time: {summary['train_seconds']} s on {summary['device']}",
+        f"- model: `{plan.model}`",
+        f"- data: {plan.details['data_format']} rows {plan.rows}",
+        f"- trainable parameters: {plan.trainable_params:,} of {plan.total_params:,} "
+        f"({100 * plan.trainable_share:.2f}%)",
+        f"- steps: {outcome.steps}, training time: {outcome.train_seconds:.2f} s on {plan.device}",
         "",
     ]
     if after is not None:
@@ -361,5 +364,4 @@ def _report(recipe: FinetuneRecipe, summary: dict[str, Any], before: dict | None
                     ],
                 )
             ]
-    say(f"report: {summary['run_dir']}/report.md")
     return "\n".join(lines)

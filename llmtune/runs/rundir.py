@@ -32,7 +32,7 @@ SAFE_TO_CHANGE_ON_RESUME = (
 )
 
 
-def run_dir_path(recipe: RecipeBase, output: str | None = None) -> Path:
+def run_dir_path(recipe: RecipeBase, output: Path | str | None = None) -> Path:
     """The run folder: --output if given, else output.dir with {name} and {date} filled in."""
     if output is not None:
         return Path(output)
@@ -80,6 +80,11 @@ class OutputLock:
         os.write(fd, f"pid {os.getpid()} since {dt.datetime.now().isoformat(timespec='seconds')}".encode())
         self._fd = fd
 
+    @property
+    def held(self) -> bool:
+        """Whether this process holds the lock."""
+        return self._fd is not None
+
     def release(self) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -96,6 +101,7 @@ class RunDir:
         self.recipe = recipe
         self.lock = OutputLock(path / LOCK_NAME)
         self.manifest: dict[str, Any] = {}
+        self._created: list[Path] = []
 
     def finished(self) -> bool:
         manifest = self.path / "manifest.json"
@@ -141,10 +147,30 @@ class RunDir:
                 key=changed[0],
             )
 
-    def open(self, *, resume: bool = False, data_files: list[Path] = ()) -> RunDir:
-        """Take the lock, clear a run being overwritten, write recipe.yaml and the manifest."""
+    def claim(self, *, resume: bool = False) -> None:
+        """Check that this folder may be used, then take its lock: the first thing a job does,
+        so an overlapping run exits 75 before it reads data or loads a model."""
         self.check_writable(resume=resume)
+        self._created = [p for p in (self.path, *self.path.parents) if not p.exists()]
         self.lock.acquire()
+
+    def abandon(self) -> None:
+        """Release the lock of a run that never opened (bad input, dry run): leave no trace, so
+        folders this claim created are removed again when they hold nothing but the lock."""
+        self.lock.release()
+        for folder in self._created:  # deepest first
+            lock_file = folder / LOCK_NAME
+            if lock_file.exists() and [c.name for c in folder.iterdir()] == [LOCK_NAME]:
+                lock_file.unlink()
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        self._created = []
+
+    def open(self, *, resume: bool = False, data_files: list[Path] = ()) -> RunDir:
+        """Clear a run being overwritten, write recipe.yaml and the manifest (lock held: claim
+        it first, or open takes it here)."""
+        if not self.lock.held:
+            self.claim(resume=resume)
         if not resume:
             for child in self.path.iterdir():
                 if child.name != LOCK_NAME:

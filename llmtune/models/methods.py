@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmtune.errors import BadInput
-from llmtune.models import Head
+from llmtune.models.loading import Head
 from llmtune.recipes.finetune import MethodSpec
 
 HEAD_NAMES = ("classifier", "score", "lm_head", "pre_classifier", "pooler")

@@ -4,14 +4,15 @@ metrics.jsonl and the console, graceful stop on SIGTERM/SIGINT, and checkpoints 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from llmtune.console import say, stderr_is_terminal
-from llmtune.errors import BadInput
-from llmtune.recipes.common import Training
-from llmtune.rundir import RunDir
+from llmtune.errors import BadInput, Interrupted
+from llmtune.recipes.common import ModelRef, Training
+from llmtune.runs.rundir import RunDir
 
 
 def resolve_precision(training: Training, device: str) -> str:
@@ -26,6 +27,33 @@ def resolve_precision(training: Training, device: str) -> str:
     if training.precision == "bf16" and on_cuda and not torch.cuda.is_bf16_supported():
         raise BadInput("this GPU does not support bf16; use fp16 or auto", key="training.precision")
     return training.precision
+
+
+def preflight(model: ModelRef, method: str, training: Training) -> str:
+    """Hardware rules checked before any model loads; returns the device the run will use."""
+    from llmtune.models.loading import pick_device
+
+    device = pick_device(model.device)
+    if method == "qlora" and not device.startswith("cuda"):
+        raise BadInput(
+            f"qlora needs a CUDA GPU (4-bit bitsandbytes); this run is on {device}. "
+            "Use method.type: lora on CPU",
+            key="method.type",
+        )
+    resolve_precision(training, device)
+    return device
+
+
+@contextmanager
+def watch_signals(trainer: Any) -> Iterator[None]:
+    """Around `trainer.train()`: a SIGTERM/SIGINT makes the trainer save a checkpoint and stop
+    after the current step (the GracefulStop callback); then Interrupted is raised."""
+    from llmtune.runs.callbacks import GracefulStop
+
+    stop = next(h for h in trainer.callback_handler.callbacks if isinstance(h, GracefulStop))
+    yield
+    if stop.signum is not None:
+        raise Interrupted(stop.signum)
 
 
 def training_arguments(
@@ -55,6 +83,8 @@ def training_arguments(
         gradient_accumulation_steps=training.grad_accum,
         learning_rate=training.learning_rate,
         lr_scheduler_type=training.lr_scheduler,
+        # transformers 5 dropped warmup_ratio: a warmup_steps below 1 is read as a share of the
+        # steps (the schema keeps warmup_ratio < 1, so it is never taken as a step count)
         warmup_steps=training.warmup_ratio,
         weight_decay=training.weight_decay,
         max_grad_norm=training.max_grad_norm,
@@ -85,7 +115,7 @@ def callbacks(training: Training, run_dir: RunDir, has_validation: bool) -> list
     """Logging, graceful stop, and early stopping when asked for."""
     from transformers import EarlyStoppingCallback
 
-    from llmtune.callbacks import GracefulStop, MetricsLog
+    from llmtune.runs.callbacks import GracefulStop, MetricsLog
 
     out: list[Any] = [MetricsLog(run_dir), GracefulStop()]
     if training.early_stopping and has_validation:

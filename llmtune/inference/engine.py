@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from llmtune.batching import TokenBudgetBatcher
 from llmtune.errors import BadInput
-from llmtune.models import LoadedModel
+from llmtune.inference.batching import TokenBudgetBatcher
+from llmtune.models.loading import LoadedModel
 
 
 @dataclass

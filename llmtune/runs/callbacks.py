@@ -1,6 +1,6 @@
 """Trainer callbacks: log lines to metrics.jsonl and the console, and stop gracefully on a signal.
 
-Kept apart from `llmtune.training` because defining them imports transformers' Trainer, which
+Kept apart from `llmtune.runs.training` because defining them imports transformers' Trainer, which
 would otherwise slow every command down, bad-input errors included.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from llmtune.console import say
-from llmtune.rundir import RunDir
+from llmtune.runs.rundir import RunDir
 
 _NOISE = (
     "total_flos",

@@ -11,10 +11,10 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from llmtune.data import Rows
+from llmtune.data.readers import Rows
+from llmtune.data.templates import Template
 from llmtune.errors import BadInput
 from llmtune.recipes.prompt_eval import PromptSpec
-from llmtune.templates import Template
 
 Row = dict[str, Any]
 EXTRA_FIELDS = {"examples", "labels"}

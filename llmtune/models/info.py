@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from llmtune.errors import BadInput
-from llmtune.models import Head, adapter_base, resolve_model_path
+from llmtune.models.loading import Head, adapter_base, resolve_model_path
 from llmtune.recipes.common import ModelRef, RecipeBase
 
 
