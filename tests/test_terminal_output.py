@@ -49,7 +49,7 @@ def run_on_terminal(*args: str | Path) -> tuple[int, str, str]:
         if not data:
             break
         chunks.append(data)
-    stdout, _ = proc.communicate(timeout=300)
+    stdout, _ = proc.communicate()
     os.close(master)
     return proc.returncode, stdout, b"".join(chunks).decode(errors="replace")
 
@@ -68,7 +68,6 @@ def test_terminal_gets_a_progress_bar_and_pipes_get_plain_lines(tmp_path: Path) 
         [sys.executable, "-m", "llmtune", "bulk-infer", str(recipe), "--json"],
         capture_output=True,
         text=True,
-        timeout=300,
     )
     assert piped.returncode == 0, piped.stderr
     assert json.loads(piped.stdout)["rows_done"] == 20
