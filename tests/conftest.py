@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,3 +77,69 @@ def assert_bad_input(result: Result, *fragments: str) -> None:
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
     for fragment in fragments:
         assert fragment in result.stderr, (fragment, result.stderr)
+
+
+# ---- tiny fine-tunes shared by the finetune tests
+WORDS = ["cat", "dog", "sun", "red", "blue", "tree", "fish", "bird"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Tiny models on a shared 2-core CI box: a second torch thread only adds contention (a step
+    is ~50x slower with 2 busy threads), so runs here and their subprocesses use one."""
+    import torch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def invoke(*args: str | Path) -> Result:
+    """`llmtune ARGS` in this process (exit code, stdout, stderr)."""
+    from typer.testing import CliRunner
+
+    from llmtune.cli import app
+
+    out = CliRunner().invoke(app, [str(a) for a in args])
+    if out.exception is not None and not isinstance(out.exception, SystemExit):
+        raise out.exception
+    return Result(out.exit_code, out.stdout, out.stderr)
+
+
+def classification_data(folder: Path) -> None:
+    rows = [
+        {"text": f"the {w} is {'good' if i % 2 else 'bad'}", "label": "pos" if i % 2 else "neg"}
+        for i, w in enumerate(WORDS * 3)
+    ]
+    write_jsonl(folder / "cls_train.jsonl", rows[:16])
+    write_jsonl(folder / "cls_test.jsonl", rows[16:])
+
+
+def sft_data(folder: Path) -> None:
+    rows = [{"prompt": f"Echo: {w}\nAnswer:", "completion": f" {w}"} for w in WORDS * 3]
+    write_jsonl(folder / "sft_train.jsonl", rows[:16])
+    write_jsonl(folder / "sft_test.jsonl", rows[16:])
+
+
+TRAINING = "max_steps: 2, batch_size: 8, learning_rate: 1.0e-2, logging_steps: 1"
+
+
+def recipe(
+    folder: Path, task: str, method: str, extra: str = "", training: str = TRAINING, method_extra: str = ""
+) -> Path:
+    prefix = "cls" if task == "classification" else "sft"
+    classification_data(folder) if task == "classification" else sft_data(folder)
+    return write(
+        folder / f"{task}-{method}.yaml",
+        f"""kind: finetune
+task: {task}
+model: {{scratch: {{architecture: llama, hidden_size: 32, num_layers: 2, num_heads: 2}}}}
+method: {{type: {method}, r: 4, num_virtual_tokens: 4, layers: 1{method_extra}}}
+data: {{train: {prefix}_train.jsonl, test: {prefix}_test.jsonl, max_length: 32}}
+evaluation: {{max_new_tokens: 4}}
+training: {{{training}}}
+output: {{dir: run}}
+{extra}""",
+    )

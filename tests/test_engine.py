@@ -158,3 +158,13 @@ def test_chat_template() -> None:
     )
     text = engine.apply_chat_template("hi there", system="be brief")
     assert text == "<|system|>be brief\n<|user|>hi there\n<|assistant|>"
+
+
+def test_out_of_memory_is_recognised_as_accelerate_does() -> None:
+    from llmtune.inference.batching import is_out_of_memory
+
+    assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried 9 GB"))
+    assert is_out_of_memory(RuntimeError("MPS backend out of memory (MPS allocated: 1 GB)"))
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory."))
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+    assert not is_out_of_memory(ValueError("out of memory"))

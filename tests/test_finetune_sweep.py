@@ -7,12 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import assert_bad_input, write
-from test_finetune_methods import (
-    invoke,
-    one_thread,  # noqa: F401 - autouse fixture
-    recipe,
-)
+from conftest import assert_bad_input, invoke, recipe, write
 
 
 def sweep_recipe(folder: Path) -> Path:

@@ -11,14 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_bad_input, run_cli, write
-from test_finetune_methods import (
-    classification_data,
-    invoke,
-    one_thread,  # noqa: F401 - autouse fixture
-    recipe,
-    sft_data,
-)
+from conftest import assert_bad_input, classification_data, invoke, recipe, run_cli, sft_data, write
 
 
 def resumable_recipe(folder: Path) -> Path:

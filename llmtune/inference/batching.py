@@ -7,7 +7,6 @@ error halves the batch (and remembers the size that fits) instead of ending the 
 
 from __future__ import annotations
 
-import gc
 import math
 from collections.abc import Callable
 from typing import Literal
@@ -19,21 +18,21 @@ PADDING_SHARE = 0.2
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """True for the errors a smaller batch can avoid (CUDA, MPS or host allocator)."""
+    """True for the errors a smaller batch can avoid: accelerate's test (CUDA, XPU, MPS and CPU
+    allocator messages), plus torch's own OutOfMemoryError and Python's MemoryError."""
     import torch
+    from accelerate.utils.memory import should_reduce_batch_size
 
     if isinstance(exc, torch.OutOfMemoryError | MemoryError):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    return isinstance(exc, Exception) and should_reduce_batch_size(exc)
 
 
 def free_memory() -> None:
     """Give cached accelerator memory back after a model or an oversized batch is dropped."""
-    import torch
+    from accelerate.utils.memory import clear_device_cache
 
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    clear_device_cache(garbage_collection=True)
 
 
 class TokenBudgetBatcher:

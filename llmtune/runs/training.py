@@ -101,6 +101,9 @@ def training_arguments(
         greater_is_better=None if not has_validation else not watched.endswith("loss"),
         logging_steps=training.logging_steps,
         report_to=[],
+        # --resume restores early stopping's patience counter too, so that a resumed run stops
+        # where the uninterrupted one would
+        restore_callback_states_from_checkpoint=True,
         disable_tqdm=not stderr_is_terminal(),
         seed=seed,
         data_seed=seed,

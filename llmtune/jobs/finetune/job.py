@@ -13,18 +13,18 @@ def run(recipe: FinetuneRecipe, options: JobOptions) -> dict[str, Any]:
     """Run one fine-tune, or a sweep of them, from a validated recipe; returns the summary."""
     quiet_libraries(options.debug)
     if options.sweep is not None or recipe.sweep is not None:
-        from llmtune.jobs.finetune import sweep
+        from llmtune.jobs.finetune.sweep import run as run_sweep
 
-        return sweep.run(recipe, options, run_trial=run_one)
+        return run_sweep(recipe, options, run_trial=run_one)
     return run_one(recipe, options)
 
 
 def run_one(recipe: FinetuneRecipe, options: JobOptions) -> dict[str, Any]:
     """One training run of the recipe's task."""
     if recipe.task == "causal_lm":
-        from llmtune.jobs.finetune import sft
+        from llmtune.jobs.finetune.sft import run as run_sft
 
-        return sft.run(recipe, options)
-    from llmtune.jobs.finetune import classification
+        return run_sft(recipe, options)
+    from llmtune.jobs.finetune.classification import run as run_classification
 
-    return classification.run(recipe, options)
+    return run_classification(recipe, options)
