@@ -36,6 +36,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain --help: no <bool> / <list[str]> type columns
     help="Turn a pre-trained language model into a solution, one YAML recipe per job.",
 )
 
@@ -48,23 +49,32 @@ JOBS = {
 }
 
 
-RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)]
-SetOpt = Annotated[
-    Optional[list[str]],
-    typer.Option(
-        "--set", help="Override one key after extends, e.g. training.learning_rate=2e-5 (YAML value)."
-    ),
-]
-OutputOpt = Annotated[
+RecipeArg = Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe YAML file.", show_default=False)]
+
+
+def set_option(example: str) -> Any:
+    """--set KEY=VALUE, with an example key of the verb's own recipe kind."""
+    return typer.Option(
+        "--set",
+        metavar="KEY=VALUE",
+        help=f"Override one recipe key after extends (the value is YAML), e.g. --set {example}. Repeatable.",
+    )
+
+
+RunDirOpt = Annotated[
     Optional[Path],
-    typer.Option("--output", help="Run directory (bulk-infer: output file); overrides the recipe's output."),
+    typer.Option("--output", metavar="DIR", help="Run directory, instead of the recipe's output.dir."),
 ]
-ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")]
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")
+]
 DryRunOpt = Annotated[
     bool, typer.Option("--dry-run", help="Validate everything and print the plan; write nothing.")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout at the end.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and library logs.")]
+# jobs without checkpoints accept --resume (the SPEC's shared options) but do not offer it
+NoResumeOpt = Annotated[bool, typer.Option("--resume", hidden=True)]
 
 
 def _debug(flag: bool) -> bool:
@@ -156,15 +166,17 @@ def _options(
 @app.command()
 def finetune(
     recipe: RecipeArg,
-    set_: SetOpt = None,
-    output: OutputOpt = None,
+    set_: Annotated[Optional[list[str]], set_option("training.learning_rate=2e-5")] = None,
+    output: RunDirOpt = None,
     resume: ResumeOpt = False,
     dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
     sweep: Annotated[
         Optional[Path],
-        typer.Option("--sweep", help="Sweep file: search hyperparameters on the validation metric."),
+        typer.Option(
+            "--sweep", metavar="FILE", help="Sweep file: search hyperparameters on the validation metric."
+        ),
     ] = None,
 ) -> None:
     """Adapt a model on task examples (full, LoRA, QLoRA, DoRA, IA3, prefix, prompt, last layers)."""
@@ -174,8 +186,8 @@ def finetune(
 @app.command()
 def distill(
     recipe: RecipeArg,
-    set_: SetOpt = None,
-    output: OutputOpt = None,
+    set_: Annotated[Optional[list[str]], set_option("training.learning_rate=2e-5")] = None,
+    output: RunDirOpt = None,
     resume: ResumeOpt = False,
     dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
@@ -188,8 +200,8 @@ def distill(
 @app.command()
 def rlhf(
     recipe: RecipeArg,
-    set_: SetOpt = None,
-    output: OutputOpt = None,
+    set_: Annotated[Optional[list[str]], set_option("training.learning_rate=2e-5")] = None,
+    output: RunDirOpt = None,
     resume: ResumeOpt = False,
     dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
@@ -202,15 +214,19 @@ def rlhf(
 @app.command("prompt-eval")
 def prompt_eval(
     recipe: RecipeArg,
-    set_: SetOpt = None,
-    output: OutputOpt = None,
-    resume: ResumeOpt = False,
+    set_: Annotated[Optional[list[str]], set_option("data.limit=100")] = None,
+    output: RunDirOpt = None,
+    resume: NoResumeOpt = False,
     dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
     fail_under: Annotated[
         Optional[list[str]],
-        typer.Option("--fail-under", help="METRIC=VALUE: exit 1 when the best pair is below."),
+        typer.Option(
+            "--fail-under",
+            metavar="METRIC=VALUE",
+            help="Quality gate: exit 1 when the best pair's METRIC is below VALUE. Repeatable.",
+        ),
     ] = None,
 ) -> None:
     """Compare zero-, one- and few-shot prompts and models on a labelled set."""
@@ -225,21 +241,30 @@ def prompt_eval(
 @app.command("bulk-infer")
 def bulk_infer(
     recipe: RecipeArg,
-    set_: SetOpt = None,
-    output: OutputOpt = None,
-    resume: ResumeOpt = False,
+    set_: Annotated[Optional[list[str]], set_option("batching.batch_size=32")] = None,
+    output: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output", metavar="FILE", help="Output file (.jsonl, .csv, .parquet), instead of output.path."
+        ),
+    ] = None,
+    resume: NoResumeOpt = False,
     dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
     shard: Annotated[
-        Optional[str], typer.Option("--shard", help="I/N: process a stable 1/N of the ids.")
+        Optional[str],
+        typer.Option("--shard", metavar="I/N", help="Process a stable 1/N of the ids (0 <= I < N)."),
     ] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Process at most N new rows.")] = None,
+    limit: Annotated[
+        Optional[int], typer.Option("--limit", metavar="N", help="Process at most N new rows.")
+    ] = None,
     refresh: Annotated[
-        Optional[str], typer.Option("--refresh", help="stale: recompute rows whose fingerprints changed.")
+        Optional[str],
+        typer.Option("--refresh", metavar="stale", help="Recompute rows made with another model or prompt."),
     ] = None,
     merge_shards: Annotated[
-        bool, typer.Option("--merge-shards", help="Join the shards' part files.")
+        bool, typer.Option("--merge-shards", help="Join the shards' part files into the output.")
     ] = False,
 ) -> None:
     """Offline inference over large files: batched, resumable, cron-safe."""
@@ -264,29 +289,36 @@ def bulk_infer(
 @app.command()
 def validate(
     recipes: Annotated[list[Path], typer.Argument(help="Recipe files.", show_default=False)],
-    set_: SetOpt = None,
+    set_: Annotated[Optional[list[str]], set_option("training.learning_rate=2e-5")] = None,
+    show: Annotated[
+        bool, typer.Option("--print", help="Print each resolved recipe (the default for one file).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check recipes without running them; print each resolved recipe."""
+    """Check recipes without running them: one line per file, and the resolved recipe for one file."""
     import yaml
 
     from llmtune.recipes import load_recipe
 
-    failed = False
+    failed = 0
     for path in recipes:
         try:
             recipe = load_recipe(path, set_)
         except BadInput as exc:
-            failed = True
+            failed += 1
             for line in str(exc).splitlines():
                 print(f"error: {line}", file=sys.stderr)
             continue
         dump = recipe.model_dump(mode="json")
         if as_json:
             print(json.dumps({"file": str(path), "recipe": dump}))
-        else:
+        elif show or len(recipes) == 1:
             print(f"# {path}: ok ({recipe.kind})")
             print(yaml.safe_dump(dump, sort_keys=False), end="")
+        else:
+            print(f"{path}: ok ({recipe.kind})")
+    if len(recipes) > 1 and not as_json:
+        print(f"{len(recipes) - failed} of {len(recipes)} recipes valid", file=sys.stderr)
     if failed:
         raise typer.Exit(EXIT_BAD_INPUT)
 
