@@ -46,8 +46,21 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
 
 
 def _fmt(value: Any) -> str:
+    """A value as people read it: no Python reprs, no trailing zeros, no None."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:.4f}"
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.4f}".rstrip("0").rstrip(".") if value else "0"
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 10000 else str(value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple | set):
+        return ", ".join(_fmt(v) for v in value)
     return str(value)
 
 

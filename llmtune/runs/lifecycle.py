@@ -174,6 +174,9 @@ def recorded(
         raise
     summary["run_dir"] = str(run_dir.path)
     run_dir.close("completed", summary=summary)
+    say(f"run directory: {run_dir.path}")
+    if (run_dir.path / "report.md").exists():
+        say(f"report: {run_dir.path / 'report.md'}")
     return summary
 
 
