@@ -8,6 +8,20 @@ import time
 from typing import Any
 
 _start = time.monotonic()
+_live: Any = None  # the rich Console of a progress bar on screen: lines print above the bar
+
+
+def live_console(console: Any) -> None:
+    """While a progress bar is drawn, `say` and `table` print through its console (rich keeps the
+    bar below them); None when it is gone."""
+    global _live
+    _live = console
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return _live or Console(stderr=True, highlight=False)
 
 
 def stderr_is_terminal() -> bool:
@@ -17,9 +31,7 @@ def stderr_is_terminal() -> bool:
 def say(message: str) -> None:
     """One progress line on stderr."""
     if stderr_is_terminal():
-        from rich.console import Console
-
-        Console(stderr=True, highlight=False).print(message)
+        _console().print(message, highlight=False)
     else:
         print(f"[llmtune {time.monotonic() - _start:7.1f}s] {message}", file=sys.stderr, flush=True)
 
@@ -28,7 +40,6 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     """A table on stderr: rich on a terminal, aligned plain text elsewhere."""
     cells = [[_fmt(c) for c in row] for row in rows]
     if stderr_is_terminal():
-        from rich.console import Console
         from rich.table import Table
 
         t = Table(title=title)
@@ -36,7 +47,7 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
             t.add_column(col)
         for row in cells:
             t.add_row(*row)
-        Console(stderr=True).print(t)
+        _console().print(t)
         return
     widths = [max(len(str(x)) for x in col) for col in zip(columns, *cells)]
     print(title, file=sys.stderr)

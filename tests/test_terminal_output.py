@@ -91,4 +91,9 @@ def test_finetune_on_a_terminal_keeps_stdout_for_json(tmp_path: Path) -> None:
     code, stdout, terminal = run_on_terminal("finetune", path, "--json")
     assert code == 0, terminal[-2000:]
     assert json.loads(stdout)["steps"] == 4  # no log dicts or bars leaked onto stdout
-    assert "training" in terminal and "4/4" in terminal
+    assert "training" in terminal and "4/4" in terminal  # llmtune's bar reached the last step
+    assert "it/s]" not in terminal and "100%|" not in terminal  # no tqdm bars from the Trainer
+    # every log line arrives whole: the bar never cuts into it
+    for step in (1, 2, 3, 4):
+        assert f"step {step}/4: loss=" in terminal.replace("\r", "\n")
+    assert "eval_loss=" in terminal and "run directory:" in terminal

@@ -12,7 +12,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from llmtune.console import say
+from llmtune.console import live_console, say, stderr_is_terminal
 from llmtune.runs.rundir import RunDir
 
 _NOISE = (
@@ -74,24 +74,54 @@ class GracefulStop(TrainerCallback):
 
 
 def keep_stdout_clean(trainer: Any) -> None:
-    """Trainer logs go through MetricsLog only: its PrinterCallback prints log dicts on stdout
-    (which --json owns), and its ProgressCallback writes them there through tqdm on a terminal.
-    The bars themselves stay (tqdm draws them on stderr)."""
+    """One progress display per run. The Trainer's PrinterCallback prints log dicts on stdout
+    (which --json owns) and its tqdm bars (training, and one per evaluation) fight our log lines
+    on a terminal; both go. On a terminal, TrainingBar draws one rich bar for the steps, with the
+    latest loss and evaluation in it, and log lines print above it; elsewhere plain lines only."""
     from transformers import PrinterCallback, ProgressCallback
 
     trainer.remove_callback(PrinterCallback)
-    if trainer.pop_callback(ProgressCallback) is not None:
-        trainer.add_callback(BarsOnly())
+    trainer.remove_callback(ProgressCallback)
+    if stderr_is_terminal():
+        trainer.add_callback(TrainingBar())
 
 
-def _progress_base() -> type:
-    from transformers import ProgressCallback
+class TrainingBar(TrainerCallback):
+    """A rich progress bar for the optimizer steps: step/total, elapsed and left, latest loss."""
 
-    return ProgressCallback
+    def __init__(self) -> None:
+        self.progress: Any = None
+        self.task: Any = None
 
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-class BarsOnly(_progress_base()):
-    """HF's progress bars without the log lines it would write on stdout."""
+        self.progress = Progress(
+            TextColumn("training"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self.task = self.progress.add_task("training", total=state.max_steps, status="")
+        self.progress.update(self.task, completed=state.global_step)
+        self.progress.start()
+        live_console(self.progress.console)
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
-        return None
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.progress.update(self.task, completed=state.global_step)
+
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        shown = [f"{k} {v:.4g}" for k, v in (logs or {}).items() if k in ("loss", "eval_loss")]
+        if shown:
+            self.progress.update(self.task, status=", ".join(shown))
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.progress.update(self.task, completed=state.global_step)
+        self.progress.stop()
+        live_console(None)

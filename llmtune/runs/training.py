@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from llmtune.console import say, stderr_is_terminal
+from llmtune.console import say
 from llmtune.errors import BadInput, Interrupted
 from llmtune.recipes.common import ModelRef, Training
 from llmtune.runs.rundir import RunDir
@@ -104,7 +104,7 @@ def training_arguments(
         # --resume restores early stopping's patience counter too, so that a resumed run stops
         # where the uninterrupted one would
         restore_callback_states_from_checkpoint=True,
-        disable_tqdm=not stderr_is_terminal(),
+        disable_tqdm=True,  # one progress display: llmtune's own (runs/callbacks.py)
         seed=seed,
         data_seed=seed,
         use_cpu=device == "cpu",
