@@ -109,7 +109,7 @@ def test_malformed_yaml_reports_the_line(tmp_path: Path) -> None:
 
 
 def test_cross_field_rules(tmp_path: Path) -> None:
-    text = BASE + "data:\n  train: t.jsonl\n  split: {validation: 0.6, test: 0.5}\n"
+    text = BASE.replace("  columns:", "  split: {validation: 0.6, test: 0.5}\n  columns:")
     assert "validation + test must be below 1" in problems(write(tmp_path / "r.yaml", text))
     text = BASE.replace("kind: finetune", "kind: bulk-infer")
     assert "unknown key" in problems(write(tmp_path / "b.yaml", text))
@@ -148,3 +148,14 @@ def test_schema_describes_every_field(kind: str) -> None:
 
     undocumented = [name for name, prop in schema["properties"].items() if not described(prop)]
     assert undocumented == []
+
+
+def test_starter_writes_multiline_templates_as_blocks_that_read_back_exactly(tmp_path: Path) -> None:
+    from llmtune.recipes.starter import EXAMPLES
+
+    text = starter_recipe("prompt-eval", RECIPE_KINDS["prompt-eval"])
+    assert "    example_template: |" in text and "\\n" not in text
+    recipe = load_recipe(write(tmp_path / "pe.yaml", text))
+    expected = EXAMPLES["prompt-eval"]["prompts"]["few_shot"]
+    assert recipe.prompts["few_shot"].example_template == expected["example_template"]
+    assert recipe.prompts["few_shot"].template == expected["template"]

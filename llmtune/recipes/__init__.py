@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from llmtune.errors import BadInput
 from llmtune.recipes.bulk_infer import BulkInferRecipe
-from llmtune.recipes.common import RecipeBase
+from llmtune.recipes.common import RecipeBase, RecipePath, rebase_paths
 from llmtune.recipes.distill import DistillRecipe
 from llmtune.recipes.finetune import FinetuneRecipe
 from llmtune.recipes.loader import read_recipe
@@ -31,6 +31,7 @@ RECIPE_KINDS: dict[str, type[RecipeBase]] = {
 __all__ = [
     "RECIPE_KINDS",
     "RecipeBase",
+    "RecipePath",
     "load_recipe",
     "BulkInferRecipe",
     "DistillRecipe",
@@ -48,12 +49,17 @@ def load_recipe(
     kind = raw.data.get("kind")
     file, line = raw.where(("kind",))
     if kind is None:
+        problem = "is empty" if ("kind",) in raw.positions else "is missing"
         raise BadInput(
-            f"required key is missing; expected one of: {', '.join(RECIPE_KINDS)}", file=file, key="kind"
+            f"required key {problem}; expected one of: {', '.join(RECIPE_KINDS)}",
+            file=file,
+            line=line,
+            key="kind",
         )
-    if kind not in RECIPE_KINDS:
+    if not isinstance(kind, str) or kind not in RECIPE_KINDS:
+        shown = repr(kind) if len(repr(kind)) < 60 else f"a {type(kind).__name__}"
         raise BadInput(
-            f"unknown kind {kind!r}; expected one of: {', '.join(RECIPE_KINDS)}",
+            f"unknown kind {shown}; expected one of: {', '.join(RECIPE_KINDS)}",
             file=file,
             line=line,
             key="kind",
@@ -71,4 +77,7 @@ def load_recipe(
     except ValidationError as exc:
         raise problems_from(exc, raw, model) from None
     recipe.attach_source(Path(path))
+    # a path is relative to the file that writes it, so the ones an extended file wrote are
+    # rebased onto this recipe's folder, where everything downstream resolves them
+    rebase_paths(recipe, (), raw.declared_in, Path(path).parent.resolve())
     return recipe

@@ -6,18 +6,22 @@ and the comment in `llmtune init`.
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
     PrivateAttr,
     field_validator,
     model_validator,
 )
+from pydantic_core import core_schema
 
 CANONICAL_FIELDS = (
     "id",
@@ -31,6 +35,73 @@ CANONICAL_FIELDS = (
     "responses",
     "ranking",
 )
+
+
+class RecipePath(str):
+    """A path written in a recipe, relative to the file that writes it.
+
+    Every recipe field that holds a path has this type (or a subclass), so that the loader can
+    find them all: a relative path inherited through `extends` is rewritten to be relative to the
+    extending recipe, and `RecipeBase.resolve_path` then resolves every path the same way."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> Any:
+        # dumped as a plain str, so that yaml.safe_dump and friends never see the subclass
+        return core_schema.no_info_after_validator_function(
+            cls, core_schema.str_schema(), serialization=core_schema.plain_serializer_function_ser_schema(str)
+        )
+
+    def names_a_path(self, folder: Path) -> bool:
+        """Whether this value is a path (and not, say, a hub id) when written in `folder`."""
+        return bool(self.strip())
+
+
+class ModelPath(RecipePath):
+    """A hub id such as Qwen/Qwen2.5-0.5B, or a local model folder."""
+
+    def names_a_path(self, folder: Path) -> bool:
+        """A folder when it is written as one (./ ../) or exists beside the declaring file."""
+        return self.startswith(("./", "../")) or (bool(self.strip()) and (folder / self).exists())
+
+
+class TemplateSource(RecipePath):
+    """Template text, or a .jinja / .j2 file holding it."""
+
+    def names_a_path(self, folder: Path) -> bool:
+        """Only a value ending in .jinja or .j2 names a file."""
+        return self.endswith((".jinja", ".j2"))
+
+
+DeclaredIn = Callable[[tuple[str, ...]], Path | None]
+
+
+def rebase_paths(value: Any, key: tuple[str, ...], declared_in: DeclaredIn, root: Path) -> Any:
+    """`value` with every relative `RecipePath` under it that another file declared rewritten
+    relative to `root` (the recipe's folder). `declared_in(key)` is the file that wrote `key`."""
+    if isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            old = getattr(value, name)
+            new = rebase_paths(old, (*key, name), declared_in, root)
+            if new is not old:
+                setattr(value, name, new)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            value[i] = rebase_paths(item, (*key, str(i)), declared_in, root)
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            value[name] = rebase_paths(item, (*key, str(name)), declared_in, root)
+    elif isinstance(value, RecipePath):
+        return _rebased(value, declared_in(key), root)
+    return value
+
+
+def _rebased(value: RecipePath, file: Path | None, root: Path) -> RecipePath:
+    if file is None or value.startswith(("/", "~")):
+        return value
+    folder = file.parent.resolve()
+    if folder == root or not value.names_a_path(folder):
+        return value
+    return type(value)(os.path.relpath(folder / value, root))
 
 
 class Section(BaseModel):
@@ -69,16 +140,17 @@ class ScratchModel(Section):
 class ModelRef(Section):
     """Which model to load: a hub id, a local directory, or a small model built from scratch."""
 
-    path: str | None = None
-    """Hub id (resolved from the local Hugging Face cache when offline) or a local directory."""
+    path: ModelPath | None = None
+    """Hub id (resolved from the local Hugging Face cache when offline) or a local directory
+    (relative to this file)."""
     revision: str = "main"
     """Branch, tag or commit of a hub model."""
-    adapter: str | None = None
-    """A PEFT adapter directory applied on top of the model."""
+    adapter: RecipePath | None = None
+    """A PEFT adapter directory applied on top of the model (relative to this file)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weights' dtype; auto: bfloat16 on GPUs that support it, float32 on CPU."""
     device: str = "auto"
-    """auto | cpu | cuda | cuda:N | mps."""
+    """Where the model runs: auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps."""
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     """Attention kernel; flash_attention_2 needs a CUDA GPU and the flash-attn package."""
     quantization: Literal["none", "4bit", "8bit"] = "none"
@@ -126,14 +198,15 @@ class Split(Section):
         return self
 
 
-Files = str | list[str]
+Files = RecipePath | list[RecipePath]
 
 
 class Data(Section):
     """Where rows come from and how they become model inputs."""
 
     train: Files | None = None
-    """File, glob or list: .jsonl .json .csv .tsv .parquet .txt, or a datasets save_to_disk dir."""
+    """File, glob or list (relative to this file): .jsonl .json .csv .tsv .parquet .txt, or a
+    datasets save_to_disk folder."""
     validation: Files | None = None
     """Validation rows; when absent they are carved from train by `split`."""
     test: Files | None = None
@@ -141,7 +214,9 @@ class Data(Section):
     split: Split | None = None
     """Carve validation/test from train when they are not given as files."""
     columns: dict[str, str] = Field(default_factory=dict)
-    """Canonical field -> column in the files, e.g. {text: review, label: sentiment}."""
+    """Canonical field -> column name in your files, when they differ, e.g. {id: review_id,
+    text: review, label: sentiment}. Fields: id (the row id, kept in predictions), text, label,
+    prompt, completion, messages, chosen, rejected, responses, ranking."""
     template: str | None = None
     """Sandboxed Jinja2 template over the row's fields that builds the model input."""
     max_length: int = Field(512, ge=8)
@@ -206,15 +281,33 @@ class Training(Section):
     """Log loss and learning rate every N steps."""
     save_total_limit: int = Field(2, ge=1)
     """Checkpoints kept for --resume."""
+    report_to: list[Literal["tensorboard", "mlflow", "wandb", "trackio"]] = Field(default_factory=list)
+    """Experiment trackers that receive the loss and metrics (the HF Trainer's integrations):
+    tensorboard writes to <run>/tensorboard, mlflow to <run>/mlruns unless MLFLOW_TRACKING_URI is
+    set; wandb and trackio follow their own settings (WANDB_MODE=offline works without a network)."""
 
 
 class Output(Section):
     """Where the run directory goes."""
 
-    dir: str = "runs/{name}"
-    """Run directory; {name} and {date} are replaced; relative to the recipe file."""
+    dir: RecipePath = RecipePath("runs/{name}")
+    """Run directory, relative to this file; {name} (the run name) and {date} (YYYY-MM-DD) are
+    filled in."""
     overwrite: bool = False
     """Replace an existing finished run in dir (never done otherwise)."""
+
+    @field_validator("dir")
+    @classmethod
+    def _only_name_and_date(cls, value: RecipePath) -> RecipePath:
+        if not value.strip():
+            raise ValueError("expected a folder for the run, e.g. runs/{name}")
+        for match in re.finditer(r"\{[^{}]*\}|[{}]", value):
+            if match.group(0) not in ("{name}", "{date}"):
+                raise ValueError(
+                    f"{match.group(0)!r} is not a placeholder; only {{name}} and {{date}} are filled in, "
+                    "and other braces are not allowed"
+                )
+        return value
 
 
 class RecipeBase(Section):
@@ -243,8 +336,11 @@ class RecipeBase(Section):
         return self._source
 
     def resolve_path(self, value: str) -> Path:
-        """A path written in the recipe, relative to the recipe file's folder."""
+        """A path written in the recipe, as an absolute path: relative ones are relative to the
+        recipe file's folder (inherited ones were rebased onto it by the loader)."""
         path = Path(value).expanduser()
         if path.is_absolute() or self._source is None:
             return path
-        return self._source.parent / path
+        # the folder is resolved first so that `..` means what it means to the OS even when the
+        # folder is reached through a symlink; the rest is normalised for readable messages
+        return Path(os.path.normpath(self._source.parent.resolve() / path))

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from llmtune.recipes.common import Data, ModelRef, RecipeBase, Section, Training
+from llmtune.recipes.common import Data, ModelRef, RecipeBase, Section, TemplateSource, Training
 
 Method = Literal["full", "lora", "qlora", "dora", "ia3", "prefix", "prompt", "last_layers"]
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1")
@@ -19,7 +19,8 @@ class MethodSpec(Section):
     """Which weights train: all of them, an adapter, virtual tokens, or the top layers."""
 
     type: Method = "lora"
-    """full | lora | qlora | dora | ia3 | prefix | prompt | last_layers."""
+    """full (every weight), lora, qlora (LoRA on a 4-bit base), dora, ia3, prefix, prompt (trained
+    virtual tokens) or last_layers (only the top blocks and the head)."""
     r: int = Field(16, ge=1)
     """LoRA/DoRA rank."""
     alpha: int = Field(32, ge=1)
@@ -117,8 +118,9 @@ class FinetuneRecipe(RecipeBase):
     """Final evaluation on the test split."""
     export: Export = Field(default_factory=Export)
     """What is written to model/."""
-    chat_template: str | None = None
-    """causal_lm messages rows: a Jinja chat template (text, or a .jinja file) when the tokenizer has none."""
+    chat_template: TemplateSource | None = None
+    """causal_lm messages rows: a Jinja chat template when the tokenizer has none; the template
+    text, or a .jinja / .j2 file relative to this file."""
     sweep: Sweep | None = None
     """Search hyperparameters instead of one run (same as --sweep FILE)."""
 

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from llmtune.recipes.common import Data, ModelRef, RecipeBase, Section
+from llmtune.recipes.common import Data, ModelRef, RecipeBase, RecipePath, Section
 
 Metric = Literal["accuracy", "precision", "recall", "f1", "invalid_rate", "exact_match", "contains"]
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "invalid_rate")
@@ -44,8 +44,9 @@ class PromptSpec(Section):
     {{ labels }} the label names."""
     shots: int = Field(0, ge=0)
     """Examples put in front of each row (0: zero-shot)."""
-    examples_from: str | list[str] | None = None
-    """File(s) of example rows (same columns as the data); default: the train split."""
+    examples_from: RecipePath | list[RecipePath] | None = None
+    """File(s) of example rows, relative to this file (same columns as the data); default: the
+    train split."""
     example_template: str = "{{ text }} {{ label }}\n\n"
     """How one example is rendered into {{ examples }} (chat: false)."""
     selection: Literal["first", "random", "balanced"] = "balanced"

@@ -6,6 +6,7 @@ realistic example values per kind, so the starter can never drift from what vali
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 import yaml
@@ -87,7 +88,8 @@ def starter_recipe(kind: str, model: type[BaseModel]) -> str:
     lines = [
         f"# llmtune {kind} recipe: {_doc(model)}",
         f"# Validate with `llmtune validate FILE`; every key is documented by `llmtune schema {kind}`.",
-        "# extends: base.yaml   # optional: deep-merge another recipe under this one",
+        "# extends: base.yaml   # optional: deep-merge another recipe under this one (its relative",
+        "#                      # paths stay relative to it)",
         "",
     ]
     lines += _render(model, values, indent=0)
@@ -98,31 +100,66 @@ def _doc(model: type[BaseModel]) -> str:
     return (model.__doc__ or "").strip().splitlines()[0]
 
 
-def _render(model: type[BaseModel], values: dict[str, Any], indent: int) -> list[str]:
+def _render(model: type[BaseModel], values: dict[str, Any], indent: int, defaults: bool = True) -> list[str]:
+    """Each field of `model` as commented YAML: the example value when there is one, else (with
+    `defaults`) the default, so that every key a user may set is shown where it goes."""
     pad = "  " * indent
     lines: list[str] = []
     for name, field in model.model_fields.items():
-        for line in (field.description or "").splitlines():
-            lines.append(f"{pad}# {line.strip()}")
         if name in values:
             value = values[name]
-        elif field.is_required():
+        elif field.is_required() or not defaults:
             continue
         else:
             value = field.get_default(call_default_factory=True)
             if isinstance(value, BaseModel):
                 value = value.model_dump(mode="json")
-        sub = _unwrap(field.annotation)
-        if isinstance(sub, type) and issubclass(sub, BaseModel) and isinstance(value, dict):
-            lines.append(f"{pad}{name}:")
-            lines += _render(sub, value, indent + 1)
-        elif isinstance(value, dict) and value:
-            block = yaml.safe_dump({name: value}, sort_keys=False, default_flow_style=False)
-            lines += [pad + line for line in block.rstrip().splitlines()]
-        else:
-            dumped = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
-            dumped = dumped.removesuffix("\n...").removesuffix("...").strip()
-            lines.append(f"{pad}{name}: {dumped}")
+        lines += [f"{pad}# {line.strip()}" for line in (field.description or "").splitlines()]
+        lines += _render_value(name, _unwrap(field.annotation), value, indent, defaults)
         if indent == 0:
             lines.append("")
     return lines
+
+
+def _render_value(name: str, annotation: Any, value: Any, indent: int, defaults: bool) -> list[str]:
+    pad = "  " * indent
+    if _is_section(annotation) and isinstance(value, dict):
+        return [f"{pad}{name}:", *_render(annotation, value, indent + 1, defaults)]
+    entry = _entry_section(annotation)
+    if entry is not None and isinstance(value, dict) and value:
+        # a dict of named sections (models:, prompts:): each entry commented with the keys it sets
+        lines = [f"{pad}{name}:"]
+        for key, item in value.items():
+            lines.append(f"{pad}  {key}:")
+            lines += _render(entry, item, indent + 2, defaults=False)
+        return lines
+    if (isinstance(value, dict) and value) or (isinstance(value, str) and "\n" in value):
+        block = yaml.dump({name: value}, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+        block = block.removesuffix("...\n")  # the end marker after a `|+` block
+        return [(pad + line).rstrip() for line in block.splitlines()]
+    dumped = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
+    dumped = dumped.removesuffix("\n...").removesuffix("...").strip()
+    return [f"{pad}{name}: {dumped}"]
+
+
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _entry_section(annotation: Any) -> type[BaseModel] | None:
+    if typing.get_origin(annotation) is dict:
+        entry = _unwrap(typing.get_args(annotation)[1])
+        return entry if _is_section(entry) else None
+    return None
+
+
+class _Dumper(yaml.SafeDumper):
+    """Writes text with line breaks (templates) as a literal block, as a person would."""
+
+
+def _literal_text(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _literal_text)
