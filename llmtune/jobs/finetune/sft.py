@@ -1,18 +1,24 @@
 """`llmtune finetune` with `task: causal_lm`: supervised fine-tuning of a language model.
 
 Rows are `prompt` + `completion` (loss on the completion only), `messages` (chat template, loss on
-the assistant turns) or `text` (plain language modelling). We tokenize and mask here, so that
-every method sees the same labels; TRL's SFTTrainer then truncates, packs and trains. Prefix and
-prompt tuning go through the plain HF Trainer instead: SFTTrainer's loss reads the logits
-position by position, which the virtual tokens shift (trl issue 4168).
+the assistant turns) or `text` (plain language modelling). TRL's SFTTrainer tokenizes, masks,
+truncates, packs and trains, for every method (prefix and prompt tuning included: TRL's loss runs
+inside the model's forward, after peft has prepended the virtual tokens and their -100 labels).
 
-At the end: loss and perplexity on the test split, and exact match of greedy completions.
+What TRL cannot do is done here, narrowly:
+- conversations whose chat template has no `{% generation %}` markers (and is not one TRL knows
+  how to patch) get their assistant tokens from prefix renderings (`assistant_token_mask`);
+- rows left with nothing to learn within `data.max_length` are dropped and counted before the
+  run starts, so that an all-dropped split is bad input (exit 2) rather than an empty run.
+
+At the end: loss and perplexity on the test split, and exact match of greedy completions (through
+the shared inference engine).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +28,7 @@ from llmtune.data.templates import Template
 from llmtune.errors import BadInput
 from llmtune.models.loading import LoadedModel, load_model
 from llmtune.models.methods import apply_method
-from llmtune.recipes.finetune import PROMPT_LEARNING, FinetuneRecipe
+from llmtune.recipes.finetune import FinetuneRecipe
 from llmtune.runs.lifecycle import Metrics, Outcome, Plan, count_parameters, planned_steps, run_training
 from llmtune.runs.options import JobOptions
 from llmtune.runs.rundir import RunDir
@@ -38,6 +44,14 @@ class SftData:
     splits: Splits
     format: str
     template: Template | None
+
+
+@dataclass
+class SftSplit:
+    """One split as TRL's SFTTrainer reads it, and the rows it kept (for exact match)."""
+
+    dataset: Any
+    rows: list[dict[str, Any]]
 
 
 def run(recipe: FinetuneRecipe, options: JobOptions) -> dict[str, Any]:
@@ -66,9 +80,11 @@ class SftJob:
 
         self.base = snapshot_base(self.loaded.model, recipe)
         self.model = apply_method(self.loaded.model, recipe.method, "causal_lm", self.loaded.tokenizer)
-        self.encoded = {
-            name: encode_sft(
-                getattr(splits, name), self.data, self.loaded.tokenizer, recipe.data.max_length, name
+        tokenizer = self.loaded.tokenizer
+        self.chat_template = trl_chat_template(tokenizer) if self.data.format == "messages" else None
+        self.splits = {
+            name: sft_dataset(
+                getattr(splits, name), self.data, tokenizer, recipe.data.max_length, name, self.chat_template
             )
             for name in ("train", "validation", "test")
         }
@@ -82,19 +98,18 @@ class SftJob:
             skipped_rows=splits.skipped(),
             trainable_params=trainable,
             total_params=total,
-            planned_steps=planned_steps(recipe.training, len(splits.train)),
+            planned_steps=planned_steps(recipe.training, len(self.splits["train"].rows)),
             device=self.loaded.device,
             precision=resolve_precision(recipe.training, self.loaded.device),
             details={"data_format": self.data.format},
         )
 
     def trainer(self, run_dir: RunDir) -> Any:
-        return _trainer(self.recipe, run_dir, self.loaded, self.model, self.encoded)
+        return _trainer(self.recipe, run_dir, self.loaded, self.model, self.splits, self.chat_template)
 
     def evaluate(self, trainer: Any) -> Metrics | None:
-        if self.encoded["test"] is None:
-            return None
-        return evaluate_lm(trainer, self.recipe, self.data, self.loaded.tokenizer, self.encoded["test"])
+        test = self.splits["test"]
+        return None if test is None else evaluate_lm(trainer, self.recipe, self.data, self.loaded, test)
 
     def save(self, trainer: Any, run_dir: RunDir) -> None:
         from llmtune.models.export import save_trained_model
@@ -111,11 +126,8 @@ class SftJob:
     def report(self, run_dir: RunDir, outcome: Outcome) -> None:
         from llmtune.runs.plots import training_curves
 
-        before, after = outcome.test_before, outcome.test
-        if after is not None:
-            names = [m for m in ("loss", "perplexity", "exact_match") if after.get(m) is not None]
-            rows = [[m, before[m] if before and before.get(m) is not None else "-", after[m]] for m in names]
-            table("test metrics", ["metric", "before training", "after training"], rows)
+        if outcome.test is not None:
+            table("test metrics", ["metric", "before training", "after training"], _test_table(outcome))
         run_dir.write_text("report.md", _report(self.recipe, outcome) + training_curves(run_dir.path))
 
     def headline(self, metrics: Metrics | None) -> Metrics | None:
@@ -181,42 +193,69 @@ def use_chat_template(recipe: FinetuneRecipe, tokenizer: Any) -> None:
         )
 
 
-def encode_sft(rows: Rows, data: SftData, tokenizer: Any, max_length: int, split: str) -> Any:
-    """A datasets.Dataset of input_ids and labels (-100 where no loss is taken) for one split,
-    cut to `max_length` tokens; rows left with nothing to learn are dropped (and counted)."""
+def sft_dataset(
+    rows: Rows, data: SftData, tokenizer: Any, max_length: int, split: str, chat_template: str | None
+) -> SftSplit | None:
+    """One split in the columns TRL's SFTTrainer reads: prompt + completion, messages or text
+    (conversations TRL cannot mask arrive as input_ids + assistant_masks).
+
+    TRL would drop rows left with nothing to learn after truncation silently; here they are
+    dropped before it, counted, and a split with none left is bad input before the run starts.
+    `chat_template`: the template TRL masks assistant turns with (None: `assistant_token_mask`).
+    """
     import datasets
 
     if not rows.rows:
         return None
-    encoded = [_encode_row(row, where, data, tokenizer) for row, where in zip(rows.rows, rows.where)]
-    encoded = [(ids[:max_length], labels[:max_length]) for ids, labels in encoded]
-    kept = [(ids, labels) for ids, labels in encoded if any(t != -100 for t in labels)]
-    if len(kept) < len(encoded):
-        say(f"{split}: {len(encoded) - len(kept)} row(s) have no completion within data.max_length; dropped")
+    columns, starts = _columns(rows, data, tokenizer, chat_template)
+    kept = [i for i, start in enumerate(starts) if start < max_length]
+    learned = {"prompt_completion": "completion", "messages": "assistant turn", "text": "text"}[data.format]
+    if len(kept) < len(starts):
+        say(f"{split}: {len(starts) - len(kept)} row(s) have no {learned} within data.max_length; dropped")
     if not kept:
         raise BadInput(
-            f"no {split} row has a completion within {max_length} tokens; raise data.max_length",
+            f"no {split} row has a {learned} within {max_length} tokens; raise data.max_length",
             key="data.max_length",
         )
-    encoded = kept
-    return datasets.Dataset.from_dict(
-        {"input_ids": [ids for ids, _ in encoded], "labels": [labels for _, labels in encoded]}
+    dataset = datasets.Dataset.from_dict(
+        {name: [values[i] for i in kept] for name, values in columns.items()}
     )
+    return SftSplit(dataset, [rows.rows[i] for i in kept])
 
 
-def _encode_row(
-    row: dict[str, Any], where: str, data: SftData, tokenizer: Any
-) -> tuple[list[int], list[int]]:
-    eos = [tokenizer.eos_token_id]
+def _columns(
+    rows: Rows, data: SftData, tokenizer: Any, chat_template: str | None
+) -> tuple[dict[str, list[Any]], list[int]]:
+    """The split's columns for TRL, and for each row the position of its first trained token."""
     if data.format == "text":
-        text = data.template.render(row) if data.template else str(row["text"])
-        ids = tokenizer(text)["input_ids"] + eos
-        return ids, list(ids)
+        texts = [data.template.render(r) if data.template else str(r["text"]) for r in rows.rows]
+        return {"text": texts}, [0] * len(texts)
     if data.format == "prompt_completion":
-        prompt = tokenizer(prompt_text(row, data))["input_ids"]
-        completion = tokenizer(str(row["completion"]), add_special_tokens=False)["input_ids"] + eos
-        return prompt + completion, [-100] * len(prompt) + completion
-    return _encode_chat(row["messages"], where, tokenizer)
+        prompts = [prompt_text(r, data) for r in rows.rows]
+        # TRL tokenizes the prompt alone the same way: the completion's tokens start after it
+        starts = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
+        return {"prompt": prompts, "completion": [str(r["completion"]) for r in rows.rows]}, starts
+    conversations = [r["messages"] for r in rows.rows]
+    if chat_template is not None:
+        # the mask TRL's assistant_only_loss builds, read here only for where the loss starts
+        masks = [
+            tokenizer.apply_chat_template(
+                m,
+                chat_template=chat_template,
+                tokenize=True,
+                return_dict=True,
+                return_assistant_tokens_mask=True,
+            )["assistant_masks"]
+            for m in conversations
+        ]
+        return {"messages": conversations}, [_first_one(m) for m in masks]
+    encoded = [assistant_token_mask(m, where, tokenizer) for m, where in zip(conversations, rows.where)]
+    columns = {"input_ids": [ids for ids, _ in encoded], "assistant_masks": [mask for _, mask in encoded]}
+    return columns, [_first_one(mask) for _, mask in encoded]
+
+
+def _first_one(mask: list[int]) -> int:
+    return mask.index(1) if 1 in mask else len(mask)
 
 
 def prompt_text(row: dict[str, Any], data: SftData) -> str:
@@ -224,9 +263,26 @@ def prompt_text(row: dict[str, Any], data: SftData) -> str:
     return data.template.render(row) if data.template else str(row["prompt"])
 
 
-def _encode_chat(messages: list[dict[str, Any]], where: str, tokenizer: Any) -> tuple[list[int], list[int]]:
-    """Loss on the assistant turns: each turn's span is where the conversation rendered up to
-    that turn extends the one rendered up to the turn before (with the generation prompt)."""
+def trl_chat_template(tokenizer: Any) -> str | None:
+    """The template TRL's assistant_only_loss masks with: the tokenizer's own when it has
+    `{% generation %}` markers, TRL's patched copy for the template families it knows, else None."""
+    from trl import get_training_chat_template
+    from trl.chat_template_utils import has_generation_markers
+
+    if has_generation_markers(tokenizer.chat_template):
+        return tokenizer.chat_template
+    try:
+        return get_training_chat_template(tokenizer)
+    except ValueError:  # TRL's answer for a template it cannot patch
+        return None
+
+
+def assistant_token_mask(
+    messages: list[dict[str, Any]], where: str, tokenizer: Any
+) -> tuple[list[int], list[int]]:
+    """Token ids of a conversation and a 0/1 mask of its assistant turns, for chat templates
+    without generation markers: each turn's span is where the conversation rendered up to that
+    turn extends the one rendered up to the turn before (with the generation prompt)."""
     full = tokenizer.apply_chat_template(messages, tokenize=False)
     spans = []
     for i, message in enumerate(messages):
@@ -242,56 +298,62 @@ def _encode_chat(messages: list[dict[str, Any]], where: str, tokenizer: Any) -> 
             )
         spans.append((len(start), len(end)))
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-    ids = enc["input_ids"]
-    labels = [
-        token if any(a <= lo and hi <= b and hi > lo for a, b in spans) else -100
-        for token, (lo, hi) in zip(ids, enc["offset_mapping"])
-    ]
-    return ids, labels
+    mask = [int(any(a <= lo and hi <= b and hi > lo for a, b in spans)) for lo, hi in enc["offset_mapping"]]
+    return enc["input_ids"], mask
 
 
-def _trainer(recipe: FinetuneRecipe, run_dir: RunDir, loaded: LoadedModel, model: Any, encoded: dict) -> Any:
-    """SFTTrainer for most methods; the plain Trainer for prefix/prompt tuning (trl issue 4168)."""
-    from transformers import Trainer
+def _trainer(
+    recipe: FinetuneRecipe,
+    run_dir: RunDir,
+    loaded: LoadedModel,
+    model: Any,
+    splits: dict[str, SftSplit | None],
+    chat_template: str | None,
+) -> Any:
+    """TRL's SFTTrainer over the splits `sft_dataset` built, for every method."""
     from trl import SFTConfig, SFTTrainer
-    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    has_validation = encoded["validation"] is not None
-    hooks = callbacks(recipe.training, run_dir, has_validation)
-    common = dict(
-        model=model,
-        train_dataset=encoded["train"],
-        eval_dataset=encoded["validation"],
-        processing_class=loaded.tokenizer,
-        callbacks=hooks,
-    )
-    arguments = dict(device=loaded.device, seed=recipe.seed, has_validation=has_validation)
-    if recipe.method.type in PROMPT_LEARNING:
-        args = training_arguments(recipe.training, run_dir.path, **arguments)
-        collator = DataCollatorForLanguageModeling(pad_token_id=loaded.tokenizer.pad_token_id)
-        trainer = Trainer(args=args, data_collator=collator, **common)
-    else:
-        sft = {
-            "max_length": recipe.data.max_length,
-            "packing": recipe.training.packing,
-            "dataset_num_proc": None,
-        }
-        args = training_arguments(recipe.training, run_dir.path, **arguments, extra=sft, args_class=SFTConfig)
-        trainer = SFTTrainer(args=args, **common)
     from llmtune.runs.callbacks import keep_stdout_clean
 
+    validation = splits["validation"]
+    has_validation = validation is not None
+    sft = {
+        "max_length": recipe.data.max_length,
+        "packing": recipe.training.packing,
+        # prompt/completion rows: completion_only_loss, TRL's default for that format
+        "assistant_only_loss": chat_template is not None,
+        "dataset_num_proc": None,
+    }
+    args = training_arguments(
+        recipe.training,
+        run_dir.path,
+        device=loaded.device,
+        seed=recipe.seed,
+        has_validation=has_validation,
+        extra=sft,
+        args_class=SFTConfig,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=splits["train"].dataset,
+        eval_dataset=validation.dataset if validation else None,
+        processing_class=loaded.tokenizer,
+        callbacks=callbacks(recipe.training, run_dir, has_validation),
+    )
     keep_stdout_clean(trainer)
     return trainer
 
 
 def evaluate_lm(
-    trainer: Any, recipe: FinetuneRecipe, data: SftData, tokenizer: Any, dataset: Any
+    trainer: Any, recipe: FinetuneRecipe, data: SftData, loaded: LoadedModel, split: SftSplit
 ) -> dict[str, Any]:
-    """Loss and perplexity on `dataset`, and exact match of greedy completions of its prompts."""
-    loss = trainer.evaluate(dataset, metric_key_prefix="test")["test_loss"]
-    out: dict[str, Any] = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "n": len(dataset)}
+    """Loss and perplexity of the trainer's model on `split`, and exact match of its greedy
+    completions of the split's prompts."""
+    loss = trainer.evaluate(split.dataset, metric_key_prefix="test")["test_loss"]
+    out: dict[str, Any] = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "n": len(split.rows)}
     if data.format != "text" and "exact_match" in recipe.metric_names():
-        out.update(exact_match(trainer.model, recipe, data, tokenizer))
+        out.update(exact_match(replace(loaded, model=trainer.model), recipe, data, split.rows))
     return out
 
 
@@ -304,41 +366,39 @@ def _prompt_and_gold(row: dict[str, Any], data: SftData, tokenizer: Any) -> tupl
     return prompt, str(messages[last]["content"])
 
 
-def exact_match(model: Any, recipe: FinetuneRecipe, data: SftData, tokenizer: Any) -> dict[str, Any]:
-    """Share of test prompts whose greedy completion equals the gold one (whitespace-trimmed)."""
+def exact_match(
+    loaded: LoadedModel, recipe: FinetuneRecipe, data: SftData, rows: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Share of `rows` whose greedy completion equals the gold one (whitespace-trimmed), and the
+    first few (prompt, gold, prediction) for the report."""
     import torch
 
-    pairs = [_prompt_and_gold(r, data, tokenizer) for r in data.splits.test.rows]
-    chat = data.format == "messages"
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    predictions: list[str] = []
-    model.eval()
-    try:
-        for start in range(0, len(pairs), recipe.training.batch_size):
-            prompts = [p for p, _ in pairs[start : start + recipe.training.batch_size]]
-            batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=not chat)
-            batch = {k: v.to(model.device) for k, v in batch.items()}
-            with torch.no_grad():
-                generated = model.generate(
-                    **batch,
-                    max_new_tokens=recipe.evaluation.max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                )
-            new = generated[:, batch["input_ids"].shape[1] :]
-            predictions += tokenizer.batch_decode(new, skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = side
-    hits = [p.strip() == g.strip() for p, (_, g) in zip(predictions, pairs)]
+    from llmtune.inference.engine import Engine
+
+    pairs = [_prompt_and_gold(r, data, loaded.tokenizer) for r in rows]
+    # prompts keep their last data.max_length tokens: the longest context the model trained on
+    engine = Engine(loaded, batch_size=recipe.training.batch_size, max_length=recipe.data.max_length)
+    # the engine seeds torch; measuring before training must not change training's dropout
+    with torch.random.fork_rng():
+        generations = engine.generate(
+            [prompt for prompt, _ in pairs], max_new_tokens=recipe.evaluation.max_new_tokens, temperature=0.0
+        )
+    predictions = [g.texts[0] for g in generations]
+    hits = [p.strip() == gold.strip() for p, (_, gold) in zip(predictions, pairs)]
     examples = [{"prompt": p, "gold": g, "prediction": o} for (p, g), o in list(zip(pairs, predictions))[:5]]
     return {"exact_match": sum(hits) / len(hits), "examples": examples}
+
+
+def _test_table(outcome: Outcome) -> list[list[Any]]:
+    before, after = outcome.test_before or {}, outcome.test or {}
+    names = [m for m in ("loss", "perplexity", "exact_match") if after.get(m) is not None]
+    return [[m, before[m] if before.get(m) is not None else "-", after[m]] for m in names]
 
 
 def _report(recipe: FinetuneRecipe, outcome: Outcome) -> str:
     from llmtune.console import markdown_table
 
-    plan, before, after = outcome.plan, outcome.test_before, outcome.test
+    plan, after = outcome.plan, outcome.test
     lines = [
         f"# {recipe.name}: finetune (causal_lm, {recipe.method.type})",
         "",
@@ -350,18 +410,13 @@ def _report(recipe: FinetuneRecipe, outcome: Outcome) -> str:
         "",
     ]
     if after is not None:
-        names = [m for m in ("loss", "perplexity", "exact_match") if after.get(m) is not None]
-        rows = [[m, before.get(m, "-") if before else "-", after[m]] for m in names]
-        lines += ["## Test split", "", markdown_table(["metric", "before training", "after training"], rows)]
-        if after.get("examples"):
-            lines += ["## Greedy completions (first rows)", ""]
-            lines += [
-                markdown_table(
-                    ["prompt", "gold", "prediction"],
-                    [
-                        [repr(e["prompt"][-60:]), repr(e["gold"]), repr(e["prediction"])]
-                        for e in after["examples"]
-                    ],
-                )
-            ]
+        metrics = markdown_table(["metric", "before training", "after training"], _test_table(outcome))
+        lines += ["## Test split", "", metrics]
+    if after and after.get("examples"):
+        shown = [[repr(e["prompt"][-60:]), repr(e["gold"]), repr(e["prediction"])] for e in after["examples"]]
+        lines += [
+            "## Greedy completions (first rows)",
+            "",
+            markdown_table(["prompt", "gold", "prediction"], shown),
+        ]
     return "\n".join(lines)
