@@ -17,6 +17,7 @@ def classification_metrics(gold: list[str], predicted: list[str], labels: list[s
     )
     return {
         "accuracy": float(accuracy_score(gold, predicted)),
+        "accuracy_ci95": accuracy_interval(sum(g == q for g, q in zip(gold, predicted)), len(gold)),
         "precision": float(p),
         "recall": float(r),
         "f1": float(f),
@@ -34,7 +35,19 @@ def classification_metrics(gold: list[str], predicted: list[str], labels: list[s
             "matrix": confusion_matrix(gold, predicted, labels=labels).tolist(),
         },
         "n": len(gold),
+        "predicted_labels": sorted(set(predicted)),
     }
+
+
+def accuracy_interval(correct: int, n: int) -> list[float] | None:
+    """The 95% Wilson score interval of an accuracy of correct/n (scipy), so that 1.0 on 12 rows
+    reads as [0.76, 1.0], not as 1.0."""
+    if n == 0:
+        return None
+    from scipy.stats import binomtest
+
+    interval = binomtest(correct, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return [round(float(interval.low), 4), round(float(interval.high), 4)]
 
 
 def confusion_markdown(metrics: dict[str, Any]) -> str:

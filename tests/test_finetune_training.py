@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_bad_input, classification_data, invoke, recipe, run_cli, sft_data, write
+from conftest import TRAINING, assert_bad_input, classification_data, invoke, recipe, run_cli, sft_data, write
 
 
 def resumable_recipe(folder: Path) -> Path:
@@ -169,3 +169,51 @@ def test_precision_auto_is_bf16_on_capable_gpus_and_fp32_on_cpu(monkeypatch: pyt
     assert resolve_precision(Training(precision="auto"), "cuda") == "fp32"
     with pytest.raises(BadInput, match="fp16 needs a CUDA GPU"):
         resolve_precision(Training(precision="fp16"), "cpu")
+
+
+@pytest.mark.slow
+def test_tensorboard_receives_loss_and_eval_metrics(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    path = recipe(
+        tmp_path, "classification", "lora", training=f"{TRAINING}, eval_steps: 1, report_to: [tensorboard]"
+    )
+    write(path, path.read_text().replace("max_length: 32}", "max_length: 32, split: {validation: 0.25}}"))
+    assert invoke("finetune", path).code == 0
+    events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events, "no event file in <run>/tensorboard"
+    board = EventAccumulator(str(events[0].parent))
+    board.Reload()
+    tags = set(board.Tags()["scalars"])
+    assert {"train/loss", "eval/loss", "eval/accuracy"} <= tags, tags
+    assert [e.step for e in board.Scalars("train/loss")] == [1, 2]
+
+
+def test_a_tracker_that_is_not_installed_is_bad_input(tmp_path: Path) -> None:
+    path = recipe(tmp_path, "classification", "lora", training=f"{TRAINING}, report_to: [wandb]")
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    assert_bad_input(run_cli("finetune", path), "training.report_to", "pip install wandb")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_run_that_cannot_mean_much_says_so(tmp_path: Path) -> None:
+    """Two steps at a tiny learning rate on 12 test rows: few steps, one class predicted, and a
+    test split too small for its accuracy — each warned about in the summary, report and log."""
+    path = recipe(
+        tmp_path, "classification", "full", training="max_steps: 2, batch_size: 8, learning_rate: 1.0e-9"
+    )
+    result = invoke("finetune", path, "--json")
+    assert result.code == 0, result.stderr[-3000:]
+    warnings = result.json()["warnings"]
+    assert any("only 2 optimizer steps" in w for w in warnings), warnings
+    assert any("95% Wilson interval" in w for w in warnings), warnings
+    assert any("for every test row" in w for w in warnings), warnings
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## Warnings" in report and "only 2 optimizer steps" in report
+    assert "warning: only 2 optimizer steps" in result.stderr
+    low, high = json.loads((tmp_path / "run" / "eval.json").read_text())["metrics"]["accuracy_ci95"]
+    assert 0.0 <= low < high <= 1.0 and high - low > 0.2

@@ -71,6 +71,8 @@ class Outcome:
     validation: Metrics | None = None
     test_before: Metrics | None = None
     test: Metrics | None = None
+    warnings: list[str] = field(default_factory=list)
+    """Why the result may not mean much (too few steps, loss not falling, one class predicted...)."""
 
     def as_dict(self, headline: Callable[[Metrics | None], Any] = lambda m: m) -> dict[str, Any]:
         return {
@@ -82,6 +84,7 @@ class Outcome:
             "test_before": headline(self.test_before),
             "validation": self.validation,
             "test": headline(self.test),
+            "warnings": self.warnings,
         }
 
 
@@ -111,6 +114,9 @@ class TrainingJob(Protocol):
 
     def headline(self, metrics: Metrics | None) -> Any:
         """The part of the test metrics that goes in the summary."""
+
+    # optional: def warnings(self, outcome: Outcome) -> list[str], the job's own reasons to
+    # distrust the result (e.g. a single class predicted)
 
 
 def run_training(job: TrainingJob, options: JobOptions) -> dict[str, Any]:
@@ -151,8 +157,15 @@ def run_training(job: TrainingJob, options: JobOptions) -> dict[str, Any]:
         outcome.test = job.evaluate(trainer)
         job.save(trainer, run_dir)
         if outcome.test is not None:
-            run_dir.write_json("eval.json", {"split": "test", "metrics": outcome.test, "before_training": before})
+            run_dir.write_json(
+                "eval.json", {"split": "test", "metrics": outcome.test, "before_training": before}
+            )
+        outcome.warnings = training_warnings(outcome, run_dir.path)
+        if hasattr(job, "warnings"):  # optional: the job's own reasons to distrust the result
+            outcome.warnings += job.warnings(outcome)
         job.report(run_dir, outcome)
+        for line in outcome.warnings:
+            say(f"warning: {line}")
         return outcome.as_dict(job.headline)
 
     return recorded(run_dir, options, files, train)
@@ -178,6 +191,41 @@ def recorded(
     if (run_dir.path / "report.md").exists():
         say(f"report: {run_dir.path / 'report.md'}")
     return summary
+
+
+# fewer optimizer steps than this rarely move a pre-trained model far enough to mean anything
+FEW_STEPS = 30
+
+
+def training_warnings(outcome: Outcome, run_dir: Path) -> list[str]:
+    """Warnings every training run checks: too few optimizer steps, a loss that did not fall."""
+    import json
+
+    out = []
+    if outcome.steps < FEW_STEPS:
+        out.append(
+            f"only {outcome.steps} optimizer steps: too few to learn much; raise training.epochs "
+            "(or max_steps), lower training.batch_size, or add data"
+        )
+    log = run_dir / "metrics.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines() if line] if log.exists() else []
+    losses = [r["loss"] for r in records if isinstance(r.get("loss"), int | float)]
+    if len(losses) >= 2:
+        third = max(1, len(losses) // 3)
+        first, last = sum(losses[:third]) / third, sum(losses[-third:]) / third
+        if last >= first:
+            out.append(
+                f"the training loss did not go down ({first:.4g} at the start, {last:.4g} at the end): "
+                "try another training.learning_rate"
+            )
+    return out
+
+
+def warnings_markdown(outcome: Outcome) -> list[str]:
+    """The report's warnings section (empty when there is nothing to warn about)."""
+    if not outcome.warnings:
+        return []
+    return ["## Warnings", "", *[f"- {w}" for w in outcome.warnings], ""]
 
 
 def describe(plan: Plan) -> None:

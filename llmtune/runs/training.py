@@ -3,7 +3,9 @@ metrics.jsonl and the console, graceful stop on SIGTERM/SIGINT, and checkpoints 
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,7 +43,16 @@ def preflight(model: ModelRef, method: str, training: Training) -> str:
             key="method.type",
         )
     resolve_precision(training, device)
+    for tracker, package in TRACKERS.items():
+        if tracker in training.report_to and importlib.util.find_spec(package) is None:
+            raise BadInput(
+                f"report_to {tracker} needs the {package} package: pip install {package}",
+                key="training.report_to",
+            )
     return device
+
+
+TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb", "trackio": "trackio"}
 
 
 @contextmanager
@@ -100,7 +111,8 @@ def training_arguments(
         metric_for_best_model=watched if has_validation else None,
         greater_is_better=None if not has_validation else not watched.endswith("loss"),
         logging_steps=training.logging_steps,
-        report_to=[],
+        # tensorboard is added by `callbacks` (it writes into the run directory, not checkpoints/)
+        report_to=[t for t in training.report_to if t != "tensorboard"],
         # --resume restores early stopping's patience counter too, so that a resumed run stops
         # where the uninterrupted one would
         restore_callback_states_from_checkpoint=True,
@@ -121,6 +133,14 @@ def callbacks(training: Training, run_dir: RunDir, has_validation: bool) -> list
     from llmtune.runs.callbacks import GracefulStop, MetricsLog
 
     out: list[Any] = [MetricsLog(run_dir), GracefulStop()]
+    if "tensorboard" in training.report_to:
+        from transformers.integrations import TensorBoardCallback
+
+        board = TensorBoardCallback()
+        board.logging_dir = str(run_dir.path / "tensorboard")
+        out.append(board)
+    if "mlflow" in training.report_to:
+        os.environ.setdefault("MLFLOW_TRACKING_URI", (run_dir.path / "mlruns").resolve().as_uri())
     if training.early_stopping and has_validation:
         out.append(EarlyStoppingCallback(early_stopping_patience=training.early_stopping.patience))
     return out

@@ -22,7 +22,15 @@ from llmtune.metrics import classification_metrics, confusion_markdown
 from llmtune.models.loading import LoadedModel, load_model
 from llmtune.models.methods import apply_method
 from llmtune.recipes.finetune import FinetuneRecipe
-from llmtune.runs.lifecycle import Metrics, Outcome, Plan, count_parameters, planned_steps, run_training
+from llmtune.runs.lifecycle import (
+    Metrics,
+    Outcome,
+    Plan,
+    count_parameters,
+    planned_steps,
+    run_training,
+    warnings_markdown,
+)
 from llmtune.runs.options import JobOptions
 from llmtune.runs.rundir import RunDir
 from llmtune.runs.training import callbacks, preflight, resolve_precision, training_arguments
@@ -120,8 +128,13 @@ class ClassificationJob:
     def save(self, trainer: Any, run_dir: RunDir) -> None:
         from llmtune.models.export import save_trained_model
 
+        self.validation_predicted = None
+        if self.encoded["validation"] is not None:
+            self.validation_predicted = predict(trainer, self.encoded["validation"], self.labels)[0][
+                "predicted_labels"
+            ]
         if self.encoded["test"] is not None:
-            write_predictions(run_dir, self.splits.test, self.probabilities, self.labels)
+            write_predictions(run_dir, self.splits.test, self.template, self.probabilities, self.labels)
         save_trained_model(
             trainer.model,
             self.loaded,
@@ -139,8 +152,40 @@ class ClassificationJob:
             table("test metrics (macro)", ["metric", "before training", "after training"], _rows(outcome))
         run_dir.write_text("report.md", _report(self.recipe, outcome) + training_curves(run_dir.path))
 
-    def headline(self, metrics: Metrics | None) -> dict[str, float] | None:
-        return None if metrics is None else {k: round(metrics[k], 4) for k in HEADLINE}
+    def headline(self, metrics: Metrics | None) -> dict[str, Any] | None:
+        if metrics is None:
+            return None
+        return {**{k: round(metrics[k], 4) for k in HEADLINE}, "accuracy_ci95": metrics["accuracy_ci95"]}
+
+    def warnings(self, outcome: Outcome) -> list[str]:
+        return classification_warnings(outcome.test, self.validation_predicted)
+
+
+# a 95% interval wider than this means the test split is too small to tell runs apart
+WIDE_INTERVAL = 0.2
+
+
+def classification_warnings(test: Metrics | None, validation_predicted: list[str] | None) -> list[str]:
+    """One class predicted for every row; a test split too small for its accuracy to mean much."""
+    out = []
+    for split, predicted in (
+        ("test", test and test["predicted_labels"]),
+        ("validation", validation_predicted),
+    ):
+        if predicted is not None and len(predicted) == 1:
+            out.append(
+                f"the model predicts {predicted[0]!r} for every {split} row: it has not learned to tell "
+                "the labels apart (more steps, another learning rate, or more data)"
+            )
+            break
+    if test is not None and test.get("accuracy_ci95"):
+        low, high = test["accuracy_ci95"]
+        if high - low > WIDE_INTERVAL:
+            out.append(
+                f"the test split has only {test['n']} rows: accuracy {test['accuracy']:.3f} means anything "
+                f"from {low:.2f} to {high:.2f} (95% Wilson interval); use more test rows to compare runs"
+            )
+    return out
 
 
 def read_data(recipe: FinetuneRecipe, template: Template | None) -> tuple[Splits, list[str]]:
@@ -211,16 +256,20 @@ def predict(trainer: Any, dataset: Any, labels: list[str]) -> tuple[Metrics, lis
 
 
 def write_predictions(
-    run_dir: RunDir, rows: Rows, probabilities: list[list[float]], labels: list[str]
+    run_dir: RunDir,
+    rows: Rows,
+    template: Template | None,
+    probabilities: list[list[float]],
+    labels: list[str],
 ) -> None:
-    """predictions.jsonl: each test row's id, text, gold label, prediction and probabilities, to
-    see which rows the model gets wrong."""
+    """predictions.jsonl: each test row's id (its id column, else file:line), the input as the
+    model saw it, gold label, prediction and probabilities, to see which rows the model gets wrong."""
     lines = []
-    for i, (row, probs) in enumerate(zip(rows.rows, probabilities, strict=True)):
+    for row, where, probs in zip(rows.rows, rows.where, probabilities, strict=True):
         best = max(range(len(labels)), key=lambda j: probs[j])
         record = {
-            "id": row.get("id", i),
-            "text": row.get("text"),
+            "id": row["id"] if row.get("id") is not None else where,
+            "text": model_input(row, template),
             "gold": str(row["label"]),
             "prediction": labels[best],
             "scores": dict(zip(labels, probs, strict=True)),
@@ -232,7 +281,10 @@ def write_predictions(
 def _rows(outcome: Outcome) -> list[list[Any]]:
     before, after = outcome.test_before, outcome.test
     assert after is not None
-    return [[m, before[m] if before else "-", after[m]] for m in HEADLINE]
+    rows = [[m, before[m] if before else "-", after[m]] for m in HEADLINE]
+    interval = [(m or {}).get("accuracy_ci95") for m in (before, after)]
+    rows.insert(1, ["accuracy 95% CI", *(f"[{i[0]:.3f}, {i[1]:.3f}]" if i else "-" for i in interval)])
+    return rows
 
 
 def _report(recipe: FinetuneRecipe, outcome: Outcome) -> str:
@@ -246,6 +298,7 @@ def _report(recipe: FinetuneRecipe, outcome: Outcome) -> str:
         f"- rows: {plan.rows}",
         f"- steps: {outcome.steps}, training time: {outcome.train_seconds:.2f} s on {plan.device}",
         "",
+        *warnings_markdown(outcome),
     ]
     after = outcome.test
     if after is not None:
