@@ -126,13 +126,15 @@ def test_overlapping_run_exits_75_and_touches_nothing(tmp_path: Path) -> None:
     recipe = make_recipe(tmp_path)
     lock = OutputLock(tmp_path / "out" / "res.jsonl.lock")
     lock.acquire()  # what a run still going from the previous cron tick holds
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     try:
         result = llmtune("bulk-infer", recipe)
+        after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     finally:
-        lock.release()
+        lock.discard()
     assert result.code == 75
     assert "held by" in result.stderr
-    assert list((tmp_path / "out").iterdir()) == []
+    assert after == before
 
 
 def test_failed_rows_go_to_the_errors_file_and_exit_3(tmp_path: Path) -> None:
@@ -165,7 +167,7 @@ def test_refresh_stale_recomputes_rows_of_another_prompt(tmp_path: Path) -> None
     assert llmtune("bulk-infer", recipe).code == 0
     out = tmp_path / "out" / "res.jsonl"
     old = by_id(out)
-    new_template = ["--set", "template=Question: {{ text }}"]
+    new_template = ["--set", "template='Question: {{ text }}'"]  # a YAML value: quoted
     plan = llmtune("bulk-infer", recipe, *new_template, "--dry-run", "--json")
     assert plan.code == 0 and (plan.json()["stale"], plan.json()["to_do"]) == (10, 0)
     assert "--refresh stale" in plan.stderr

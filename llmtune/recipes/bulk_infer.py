@@ -58,7 +58,9 @@ class OutputFiles(Section):
     (the file itself for .jsonl, else <stem>.journal.jsonl beside it) that resume reads; a csv
     or parquet file is written from the journal at the end of each run."""
     errors: str | None = None
-    """Failed rows with their id and reason; default: <path stem>.errors.jsonl."""
+    """Failed rows of the latest run, with their id, file:line and reason; default: <path
+    stem>.errors.jsonl. Replaced as a whole when a run ends (never truncated in place). No output
+    file may be an input file or another output file (exit 2)."""
     include_input: bool = False
     """Copy the input columns into each output row."""
 
@@ -105,6 +107,10 @@ class BulkInferRecipe(RecipeBase):
     on_too_long: Literal["truncate", "skip", "error"] = "truncate"
     """A prompt over max_length: cut it (causal LMs keep its end, classifiers its start, as in
     training), skip the row, or record it as an error."""
+    on_duplicate: Literal["error", "first"] = "error"
+    """Two input rows with one id (ids keep their type: 1 and "1" are two ids) and different
+    content: error refuses the input (exit 2, naming both rows' file:line); first keeps the first
+    row and counts the others as rows_duplicate. An exact copy of a row is always counted, not run."""
     output: OutputFiles  # type: ignore[assignment]
     """Where results and failed rows go."""
 

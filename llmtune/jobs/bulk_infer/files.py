@@ -6,6 +6,15 @@ journal is the source of truth: a rerun skips the ids it holds, a line torn by a
 off on the next run, and a row is never written twice. For `output.path: x.jsonl` the journal
 is the output itself; csv and parquet cannot be appended safely, so for them the journal is
 `x.journal.jsonl` and `x.csv` / `x.parquet` is rewritten atomically from it at the end of a run.
+A chunk is written with SIGTERM/SIGINT held back, so a signal never tears a line.
+
+The errors file holds the failures of the latest run: they are appended to a hidden
+`.<name>.*.partial` file beside it that replaces it when the run ends (also on a signal or a
+crash), so the previous list is never truncated in place. No written path may be a read path:
+`check_paths` refuses that before anything is opened.
+
+Row ids keep the type they have in the input (an int stays an int); `id_key` (the id's JSON text)
+tells `1` from `"1"`.
 """
 
 from __future__ import annotations
@@ -15,9 +24,13 @@ import hashlib
 import json
 import os
 import re
+import signal
+import tempfile
+import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from llmtune.console import say
@@ -81,49 +94,131 @@ def _journal_for(results: Path) -> Path:
     )
 
 
-def in_shard(row_id: str, shard: tuple[int, int] | None) -> bool:
+def check_paths(recipe: BulkInferRecipe, override: Path | None) -> None:
+    """Refuse (exit 2, before anything is opened) a path this job writes that is a path it reads
+    (an input file, or a file the input glob would match next time) or another path it writes.
+    Paths are compared after symlinks and `..` are resolved, and by inode for hard links."""
+    writes = [(key, path, _identity(path)) for key, path in _written_paths(recipe, override)]
+    for i, (key, _, ids) in enumerate(writes):
+        for other_key, other, other_ids in writes[i + 1 :]:
+            if ids & other_ids:
+                _refuse(recipe, other_key, f"{other} is also {key}: choose another {other_key}")
+    patterns = [recipe.input.path] if isinstance(recipe.input.path, str) else recipe.input.path
+    for pattern in patterns:
+        spelled = str(recipe.resolve_path(pattern))
+        reads = {i: read for read in glob.glob(spelled, recursive=True) for i in _identity(Path(read))}
+        for key, path, ids in writes:
+            if PurePath(os.path.realpath(path)).match(os.path.realpath(spelled)):
+                _refuse(
+                    recipe, key, f"{path} is read as input (input.path {pattern!r}): choose another {key}"
+                )
+            same = [reads[i] for i in ids if i in reads] + [r for r in reads.values() if _other_part(r, path)]
+            if same:
+                _refuse(recipe, key, f"{path} is the input file {same[0]} (input.path): choose another {key}")
+
+
+def _identity(path: Path) -> set[Any]:
+    """What makes two paths one file: the same real path (symlinks, `..`), or the same inode
+    (hard links) when the file exists."""
+    ids: set[Any] = {os.path.realpath(path)}
+    try:
+        stat = os.stat(path)
+        ids.add((stat.st_dev, stat.st_ino))
+    except OSError:  # not there yet
+        pass
+    return ids
+
+
+def _written_paths(recipe: BulkInferRecipe, override: Path | None) -> list[tuple[str, Path]]:
+    """Every file a run, a --shard run or --merge-shards writes, with the key that names it
+    (shard part files by the name of shard 0 of 2)."""
+    main = output_paths(recipe, override, None)
+    part = output_paths(recipe, override, (0, 2))
+    out = "--output" if override else "output.path"
+    err = "output.errors" if recipe.output.errors and not override else f"the errors file of {out}"
+    writes = [(out, main.results), (f"the journal of {out}", main.journal), (err, main.errors)]
+    writes += [(f"the lock of {out}", main.lock), (f"the --shard part files of {out}", part.journal)]
+    writes += [(f"the --shard part files of {err}", part.errors), (f"the --shard lock of {out}", part.lock)]
+    return [(key, path) for key, path in writes if key != f"the journal of {out}" or path != main.results]
+
+
+def _other_part(read: str, written: Path) -> bool:
+    """`read` is a shard part file (any I and N) of the output that `written` is a part file of."""
+    if ".shard-" not in written.name:
+        return False
+    pattern = glob.escape(written.name.split(".shard-")[0]) + ".shard-*-of-*.jsonl"
+    same_folder = os.path.realpath(Path(read).parent) == os.path.realpath(written.parent)
+    return same_folder and PurePath(Path(read).name).match(pattern)
+
+
+def _refuse(recipe: BulkInferRecipe, key: str, message: str) -> None:
+    raise BadInput(
+        f"{message}; no file is written to twice or over a file that is read",
+        file=str(recipe.source) if recipe.source else None,
+        key=key,
+    )
+
+
+def in_shard(row_id: Any, shard: tuple[int, int] | None) -> bool:
     """Stable assignment of an id to one of N shards (same on every machine and run)."""
     if shard is None:
         return True
-    digest = hashlib.sha256(row_id.encode()).digest()
+    digest = hashlib.sha256(str(row_id).encode()).digest()
     return int.from_bytes(digest[:8], "big") % shard[1] == shard[0]
 
 
-def row_id(row: Record, id_column: str | None) -> str | None:
-    """The row's id: its id column as text, or a hash of its content."""
+def row_id(row: Record, id_column: str | None) -> Any:
+    """The row's id as written in its id column (None when empty), or a hash of its content."""
     if id_column is not None:
         value = row.get(id_column)
-        return None if value is None or value == "" else str(value)
+        return None if value is None or value == "" else value
     text = json.dumps(row, sort_keys=True, default=str, ensure_ascii=False)
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def id_key(value: Any) -> str:
+    """The id's identity: its JSON text, so that `1` and `"1"` are two ids."""
+    return json.dumps(value, sort_keys=True, default=str, ensure_ascii=False)
+
+
 # ---------------------------------------------------------------- fingerprints
 def model_fingerprint(recipe: BulkInferRecipe) -> str:
-    """Changes when the weights or how they are loaded change (not the device)."""
+    """Changes when the weights or how they are loaded change: the model folders' content, not
+    how their paths are spelled (moving a recipe must not make every row stale), nor the device."""
     ref = recipe.model
-    digest = hashlib.sha256(json.dumps(ref.model_dump(exclude={"device"}), sort_keys=True).encode())
     if ref.scratch is not None:
+        digest = hashlib.sha256(json.dumps(ref.model_dump(exclude={"device"}), sort_keys=True).encode())
         digest.update(str(recipe.seed).encode())  # scratch weights come from the seed
-    else:
-        for folder in _model_folders(recipe):
-            _digest_folder(digest, folder)
+        return digest.hexdigest()[:16]
+    spelling = {"device", "path", "adapter", "revision", "threads"}
+    digest = hashlib.sha256(json.dumps(ref.model_dump(exclude=spelling), sort_keys=True).encode())
+    for role, folder in _model_folders(recipe):
+        digest.update(role.encode())
+        _digest_folder(digest, folder)
     return digest.hexdigest()[:16]
 
 
-def _model_folders(recipe: BulkInferRecipe) -> list[Path]:
-    path = Path(resolve_model_path(recipe.model, recipe, "model"))
-    folders = [path]
+def _model_folders(recipe: BulkInferRecipe) -> list[tuple[str, Path]]:
+    folders = [("model", Path(resolve_model_path(recipe.model, recipe, "model")))]
     if recipe.model.adapter:
-        folders.append(recipe.resolve_path(recipe.model.adapter))
+        folders.append(("adapter", recipe.resolve_path(recipe.model.adapter)))
     return folders
+
+
+# files in a model folder that loading does not read (an output written there is fine)
+NOT_MODEL_FILES = (".jsonl", ".csv", ".parquet", ".lock", ".log", ".md", ".tmp", ".partial")
 
 
 def _digest_folder(digest: Any, folder: Path) -> None:
     # small files whole; big weight files by size plus their first and last MiB (fast for GBs)
-    for file in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+    for file in sorted(folder.rglob("*")):
+        relative = file.relative_to(folder)
+        if not file.is_file() or file.suffix.lower() in NOT_MODEL_FILES:
+            continue
+        if any(part.startswith(".") for part in relative.parts):
+            continue
         size = file.stat().st_size
-        digest.update(f"{file.relative_to(folder)}:{size}".encode())
+        digest.update(f"{relative.as_posix()}:{size}".encode())
         with file.open("rb") as f:
             if size <= 64 << 20:
                 digest.update(f.read())
@@ -171,31 +266,43 @@ def iter_journal(path: Path) -> Iterator[Record]:
 
 
 def done_fingerprints(*paths: Path) -> dict[str, tuple[str | None, str | None]]:
-    """id -> (model_fingerprint, prompt_fingerprint) of every row already written."""
+    """id_key -> (model_fingerprint, prompt_fingerprint) of every row already written."""
     done: dict[str, tuple[str | None, str | None]] = {}
     for path in paths:
         for record in iter_journal(path):
-            done[str(record["id"])] = (record.get("model_fingerprint"), record.get("prompt_fingerprint"))
+            done[id_key(record["id"])] = (record.get("model_fingerprint"), record.get("prompt_fingerprint"))
     return done
 
 
 def repair_journal(path: Path) -> int:
-    """Cut a torn last line and drop garbled lines; returns how many lines were removed."""
+    """Cut a last line torn by a crash; returns how many lines were removed (0 or 1).
+
+    Only that line is cut (a complete last row that lacks its newline gets one). Any other line
+    that is not a result row means the file is not a journal bulk-infer wrote: BadInput, and the
+    file is left as it is."""
     if not path.exists():
         return 0
     data = path.read_bytes()
     lines = data.split(b"\n")
-    torn = 1 if lines[-1] else 0
-    complete = lines[:-1]
-    good = [line for line in complete if _valid(line)]
-    removed = torn + len(complete) - len(good)
-    if removed == torn and torn:
-        with path.open("r+b") as f:  # the common case: only the last line; cut in place
-            f.truncate(len(data) - len(lines[-1]))
-            os.fsync(f.fileno())
-    elif removed:
-        atomic_write_text(path, "".join(line.decode() + "\n" for line in good))
-    return removed
+    for number, line in enumerate(lines[:-1], 1):
+        if line.strip() and not _valid(line):
+            raise BadInput(
+                "is not a result row that bulk-infer wrote; output.path must be a file that bulk-infer "
+                "writes (move this file away, or fix the line)",
+                file=f"{path}:{number}",
+                key="output.path",
+            )
+    last = lines[-1]
+    if not last:
+        return 0
+    with path.open("r+b") as f:
+        if _valid(last):  # complete, only the newline is missing
+            f.seek(0, os.SEEK_END)
+            f.write(b"\n")
+        else:
+            f.truncate(len(data) - len(last))
+        os.fsync(f.fileno())
+    return 0 if _valid(last) else 1
 
 
 def _valid(line: bytes) -> bool:
@@ -219,24 +326,68 @@ def _line(record: Record) -> str:
     return json.dumps(record, ensure_ascii=False, default=str) + "\n"
 
 
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGTERM and SIGINT wait until the block has run (a chunk is written whole), then act as
+    usual. Only the main thread can handle signals; elsewhere the block simply runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {s: signal.signal(s, lambda n, _: caught.append(n)) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        if caught:
+            signal.raise_signal(caught[0])
+
+
 class AppendFile:
     """A JSON-lines file appended to in chunks: each chunk is written, flushed and fsynced
-    together, so a crash leaves at most one torn line at the end."""
+    together with signals held back, so a crash leaves at most one torn line at the end."""
 
-    def __init__(self, path: Path, *, truncate: bool = False) -> None:
+    def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._file = path.open("w" if truncate else "a", encoding="utf-8")
+        self._file = self._open()
+
+    def _open(self) -> Any:
+        return self.path.open("a", encoding="utf-8")
 
     def append(self, records: list[Record]) -> None:
         if not records:
             return
-        self._file.write("".join(_line(r) for r in records))
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        with signals_held():
+            self._file.write("".join(_line(r) for r in records))
+            self._file.flush()
+            os.fsync(self._file.fileno())
 
     def close(self) -> None:
         self._file.close()
+
+
+class ReplacingFile(AppendFile):
+    """Appended like AppendFile, but to a hidden temp file beside `path` that replaces `path`
+    on close: readers see the previous version or this one, never a truncated file."""
+
+    def _open(self) -> Any:
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".partial")
+        os.fchmod(fd, 0o666 & ~_umask())  # the user's umask, as a plain open would give
+        self._tmp = Path(tmp)
+        return os.fdopen(fd, "w", encoding="utf-8")
+
+    def close(self) -> None:
+        with signals_held():
+            self._file.close()
+            os.replace(self._tmp, self.path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # -------------------------------------------------------- materialise and merge
@@ -244,17 +395,26 @@ def materialise(journal: Path, results: Path) -> None:
     """Write the csv/parquet results file from the journal, atomically (jsonl: nothing to do)."""
     if results == journal:
         return
-    records = list({str(r["id"]): r for r in iter_journal(journal)}.values())
+    records = list({id_key(r["id"]): r for r in iter_journal(journal)}.values())
+    if len({type(r["id"]) for r in records}) > 1:  # a typed column cannot hold 1 and "1" apart
+        records = [{**r, "id": id_key(r["id"])} for r in records]
     results.parent.mkdir(parents=True, exist_ok=True)
-    tmp = results.with_name(f".{results.name}.tmp")
-    if results.suffix.lower() == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+    fd, name = tempfile.mkstemp(dir=results.parent, prefix=f".{results.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        if results.suffix.lower() == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
 
-        pq.write_table(pa.Table.from_pylist(records), tmp)
-    else:
-        _write_csv(records, tmp)
-    os.replace(tmp, results)
+            pq.write_table(pa.Table.from_pylist(records), tmp)
+        else:
+            _write_csv(records, tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, results)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _write_csv(records: list[Record], path: Path) -> None:
@@ -296,10 +456,10 @@ def merge_shards(paths: OutputPaths) -> dict[str, Any]:
     if not parts:
         raise BadInput(f"no shard part files beside {paths.results} (run with --shard I/N first)")
     journal = paths.main_journal()
-    merged: dict[str, Record] = {str(r["id"]): r for r in iter_journal(journal)}
+    merged: dict[str, Record] = {id_key(r["id"]): r for r in iter_journal(journal)}
     before = len(merged)
     for part in parts:
-        merged.update({str(r["id"]): r for r in iter_journal(part)})
+        merged.update({id_key(r["id"]): r for r in iter_journal(part)})
     atomic_write_text(journal, "".join(_line(r) for r in merged.values()))
     materialise(journal, paths.results)
     error_parts = sorted(_glob_parts(paths.errors))

@@ -1,10 +1,12 @@
 """`llmtune bulk-infer`: run a model over large files, resumable and safe to run from cron.
 
-Steps: read and check the input rows and the template (bad input -> exit 2, nothing written);
-work out which ids are already in the output; print the plan on --dry-run; take the lock beside
-the output (held -> exit 75); load the model; then, chunk by chunk, render prompts, run the
-shared batched engine and append the results (flushed) to the journal. Rows that fail go to the
-errors file and make the exit code 3. See `llmtune.jobs.bulk_infer.files` for the files' design.
+Steps: refuse a written path that is also a read path; take the lock beside the output (held
+-> exit 75); read and check the input rows (ids, duplicates) and the template (bad input -> exit
+2, nothing written); work out which ids are already in the output; print the plan on --dry-run;
+load the model; then, chunk by chunk, render prompts, run the shared batched engine and append
+the results (flushed) to the journal. Rows that fail go to the errors file and make the exit code
+3. SIGTERM/SIGINT stop the run between two writes: finished rows stay in the journal and a plain
+rerun does the rest. See `llmtune.jobs.bulk_infer.files` for the files' design.
 
     llmtune bulk-infer recipes/bulk-infer-sentiment.yaml
     llmtune bulk-infer recipe.yaml --shard 0/4      # one of 4 processes; then --merge-shards
@@ -21,7 +23,7 @@ from typing import Any
 from llmtune.console import say, table
 from llmtune.data.readers import expand_files, map_columns, read_file
 from llmtune.data.templates import Template
-from llmtune.errors import BadInput, RowsFailed
+from llmtune.errors import BadInput, Interrupted, Problem, RowsFailed
 from llmtune.inference.engine import Engine
 from llmtune.jobs.bulk_infer import files as bulk_io
 from llmtune.models.info import ModelInfo, inspect_model
@@ -33,11 +35,15 @@ from llmtune.runs.rundir import OutputLock
 
 @dataclass
 class InputRow:
-    """One input row with its id and where it came from."""
+    """One input row with its id (as written in the input), the id's key and where it came from."""
 
-    id: str
+    id: Any
     row: dict[str, Any]
     where: str
+    key: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.key = bulk_io.id_key(self.id)
 
 
 @dataclass
@@ -56,6 +62,7 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
     quiet_libraries(options.debug)
     shard = bulk_io.parse_shard(options.shard)
     paths = bulk_io.output_paths(recipe, options.output, shard)
+    bulk_io.check_paths(recipe, options.output)  # before any file is opened, the lock included
     if options.merge_shards:
         return bulk_io.merge_command(paths, shard, dry_run=options.dry_run)
     refresh = options.refresh
@@ -68,7 +75,7 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
     # the lock comes first, so that an overlapping cron run exits 75 before reading anything
     lock = None if options.dry_run else _take_lock(paths.lock)
     try:
-        rows, files = read_input(recipe, shard)
+        rows, files, duplicates = read_input(recipe, shard)
         template = Template(recipe.template, where="template")
         if rows:
             template.check_fields(set().union(*(r.row for r in rows)), file=str(files[0]))
@@ -77,69 +84,94 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
             "model_fingerprint": bulk_io.model_fingerprint(recipe),
             "prompt_fingerprint": bulk_io.prompt_fingerprint(recipe),
         }
-        plan = _plan(recipe, paths, rows, fingerprints, refresh, limit)
+        plan = {**_plan(recipe, paths, rows, fingerprints, refresh, limit), "duplicate_rows": duplicates}
         if lock is None:
             table("plan (dry run: nothing written)", ["item", "value"], [[k, v] for k, v in plan.items()])
             return {"dry_run": True, **plan}
         engine = setup_model(recipe, info)
+        if bulk_io.repair_journal(paths.journal):  # BadInput when it is not a journal of ours
+            say(f"repaired {paths.journal}: cut the torn last line a crash left")
     except BaseException:  # bad input: leave no trace, not even the lock's folder
         if lock is not None:
-            _drop_lock(*lock)
+            lock.discard()
         raise
     try:
-        repaired = bulk_io.repair_journal(paths.journal)
-        if repaired:
-            say(f"repaired {paths.journal}: removed {repaired} torn or garbled line(s) left by a crash")
         if refresh == "stale":
             dropped = bulk_io.rewrite_journal(paths.journal, lambda r: _current(r, fingerprints))
             say(f"--refresh stale: {dropped} row(s) with other fingerprints will be recomputed")
-        done = bulk_io.done_fingerprints(*_journals(paths))
-        pending = [r for r in rows if r.id not in done]
+        done = _found(rows, bulk_io.done_fingerprints(*_journals(paths)))
+        pending = [r for r in rows if r.key not in done]
         todo = pending[:limit]
         say(f"{len(todo)} row(s) to do, {len(rows) - len(pending)} already done")
         tally = infer(recipe, engine, todo, paths, fingerprints)
         if shard is None:
             bulk_io.materialise(paths.journal, paths.results)
     finally:
-        lock[0].release()
+        with bulk_io.signals_held():  # a second signal must not cut the clean-up short
+            lock.release()
     summary = _summary(paths, plan, tally, len(rows) - len(pending), len(pending) - len(todo))
     if tally.failed:
         raise RowsFailed(f"{tally.failed} row(s) failed; see {paths.errors}", summary)
     return summary
 
 
-def _take_lock(path: Path) -> tuple[OutputLock, list[Path]]:
-    created = [p for p in path.parents if not p.exists()]
+def _take_lock(path: Path) -> OutputLock:
     lock = OutputLock(path)
     lock.acquire()
-    return lock, created
+    return lock
 
 
-def _drop_lock(lock: OutputLock, created: list[Path]) -> None:
-    lock.release()
-    for folder in created:  # deepest first
-        if folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
-
-
-def read_input(recipe: BulkInferRecipe, shard: tuple[int, int] | None) -> tuple[list[InputRow], list[Path]]:
-    """Input rows (columns mapped), each id once, in file order; only this shard's ids."""
+def read_input(
+    recipe: BulkInferRecipe, shard: tuple[int, int] | None
+) -> tuple[list[InputRow], list[Path], int]:
+    """Input rows (columns mapped) in file order, each id once, only this shard's ids; and how
+    many rows repeated an earlier id. A repeated id with other content is refused (exit 2,
+    naming both rows) unless `on_duplicate: first`; a plain copy of a row is counted, not run."""
     files = expand_files(recipe, recipe.input.path, "input.path")
     rows: list[InputRow] = []
-    seen: set[str] = set()
+    first: dict[str, InputRow] = {}
+    duplicates, conflicts = 0, []
     for path in files:
         part = read_file(path, skip_bad_rows=False)
         for raw, where in zip(part.rows, part.where):
-            row_id = bulk_io.row_id(raw, recipe.input.id_column)
-            if row_id is None:
+            item = InputRow(bulk_io.row_id(raw, recipe.input.id_column), raw, where)
+            if item.id is None:
                 raise BadInput(f"row has no id in column {recipe.input.id_column!r}", file=where, key="input")
-            if row_id in seen or not bulk_io.in_shard(row_id, shard):
-                continue  # a repeated id is the same row: computed once
-            seen.add(row_id)
-            rows.append(InputRow(row_id, map_columns(raw, recipe.input.columns), where))
+            item.row = map_columns(raw, recipe.input.columns)
+            earlier = first.setdefault(item.key, item)
+            if earlier is not item:
+                duplicates += bulk_io.in_shard(item.id, shard)
+                if earlier.row != item.row and recipe.on_duplicate == "error":
+                    conflicts.append(Problem(_conflict(earlier, item), file=where, key="on_duplicate"))
+            elif bulk_io.in_shard(item.id, shard):
+                rows.append(item)
+    if conflicts:
+        raise BadInput(problems=conflicts[:20])
     if not rows and shard is None:
         raise BadInput(f"no rows in {', '.join(map(str, files))}", key="input.path")
-    return rows, files
+    return rows, files, duplicates
+
+
+def _conflict(earlier: InputRow, item: InputRow) -> str:
+    return (
+        f"id {item.id!r} is also the id of {earlier.where}, with other content; give each row its own "
+        "id, or set on_duplicate: first to keep the first row"
+    )
+
+
+def _found(rows: list[InputRow], done: dict[str, Any]) -> dict[str, Any]:
+    """Each input row's entry in the journal (keyed like the rows). Journals written before ids
+    kept their type hold every id as text: such an entry counts for a number id when no input
+    row has that text as its id."""
+    keys = {r.key for r in rows}
+    found = {}
+    for item in rows:
+        legacy = bulk_io.id_key(str(item.id))
+        if item.key in done:
+            found[item.key] = done[item.key]
+        elif not isinstance(item.id, str) and legacy in done and legacy not in keys:
+            found[item.key] = done[legacy]
+    return found
 
 
 def model_info(recipe: BulkInferRecipe) -> ModelInfo:
@@ -220,9 +252,9 @@ def _plan(
     refresh: str | None,
     limit: int | None,
 ) -> dict[str, Any]:
-    done = bulk_io.done_fingerprints(*_journals(paths))
-    stale = sum(1 for r in rows if r.id in done and done[r.id] != tuple(fingerprints.values()))
-    pending = sum(1 for r in rows if r.id not in done) + (stale if refresh == "stale" else 0)
+    done = _found(rows, bulk_io.done_fingerprints(*_journals(paths)))
+    stale = sum(1 for r in rows if r.key in done and done[r.key] != tuple(fingerprints.values()))
+    pending = sum(1 for r in rows if r.key not in done) + (stale if refresh == "stale" else 0)
     plan = {
         "input_rows": len(rows),
         "already_done": len(rows) - pending,
@@ -253,7 +285,7 @@ def infer(
 
     tally = Tally()
     journal = bulk_io.AppendFile(paths.journal)
-    errors = bulk_io.AppendFile(paths.errors, truncate=True)  # this run's failures only
+    errors = bulk_io.ReplacingFile(paths.errors)  # this run's failures replace the last run's
     progress = Progress(len(todo))
     template = Template(recipe.template, where="template")
     try:
@@ -269,10 +301,14 @@ def infer(
             tally.failed += len(failures)
             tally.new_tokens += sum(res.get("_new_tokens", 0) for _, res in results)
             progress.advance(len(chunk), tally.new_tokens)
+    except Interrupted:
+        say(f"stopped after {tally.done} row(s) this run; they are in {paths.journal}")
+        raise
     finally:
-        progress.close()
-        journal.close()
-        errors.close()
+        with bulk_io.signals_held():  # a second signal must not cut the clean-up short
+            progress.close()
+            journal.close()
+            errors.close()
     return tally
 
 
@@ -283,14 +319,16 @@ def _prompts(
     ready, prompts, failures = [], [], []
     for item in chunk:
         try:
-            prompt = template.render(item.row)
+            prompt = template.render(item.row)  # a missing or null field, a template limit: BadInput
+            if not prompt.strip():
+                raise BadInput("the prompt is empty", key="template")
             if recipe.chat:
                 prompt = engine.apply_chat_template(prompt, recipe.system)
-        except BadInput as exc:  # a field this row lacks
+        except BadInput as exc:
             failures.append(_failure(item, str(exc)))
             continue
-        except Exception as exc:  # noqa: BLE001 - any template failure is this row's failure
-            failures.append(_failure(item, f"template: {type(exc).__name__}: {exc}"))
+        except Exception as exc:  # noqa: BLE001 - the model's chat template failed on this row
+            failures.append(_failure(item, f"chat template: {type(exc).__name__}: {exc}"))
             continue
         ready.append(item)
         prompts.append(prompt)
@@ -378,6 +416,7 @@ def _summary(
         "errors_file": str(paths.errors),
         "rows_done": tally.done,
         "rows_skipped": skipped,
+        "rows_duplicate": plan["duplicate_rows"],
         "rows_left_for_next_run": left,
         "rows_too_long_skipped": tally.too_long_skipped,
         "rows_failed": tally.failed,
