@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -249,16 +249,19 @@ class EarlyStopping(Section):
 class Training(Section):
     """Optimisation settings (the HF Trainer's, under their usual names)."""
 
-    epochs: float = Field(3, gt=0)
-    """Passes over the training rows."""
+    epochs: Annotated[float, Field(gt=0)] | Literal["auto"] = "auto"
+    """Passes over the training rows. auto: enough passes for about 100 optimizer steps (at
+    least 3, at most 50), so that a small data set is learnt too."""
     max_steps: int | None = Field(None, ge=1)
     """Stop after this many optimizer steps (overrides epochs)."""
     batch_size: int = Field(16, ge=1)
     """Rows per device per step."""
     grad_accum: int = Field(1, ge=1)
     """Gradient accumulation steps."""
-    learning_rate: float = Field(2e-4, gt=0)
-    """Peak learning rate."""
+    learning_rate: Annotated[float, Field(gt=0)] | Literal["auto"] = "auto"
+    """Peak learning rate. auto: by method and task (full fine-tuning 5e-5, or 2e-5 for causal_lm;
+    last_layers 1e-4; lora, dora, adapter 1e-3, or 2e-4 for causal_lm; ia3 5e-3; prefix and
+    prompt tuning 1e-2)."""
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     """Learning-rate schedule."""
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
@@ -277,8 +280,8 @@ class Training(Section):
     """Evaluate on validation every N steps (default: every epoch)."""
     early_stopping: EarlyStopping | None = None
     """Stop early on the validation metric (needs a validation split)."""
-    logging_steps: int = Field(10, ge=1)
-    """Log loss and learning rate every N steps."""
+    logging_steps: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
+    """Log loss and learning rate every N steps. auto: about 20 lines over the run."""
     save_total_limit: int = Field(2, ge=1)
     """Checkpoints kept for --resume."""
     report_to: list[Literal["tensorboard", "mlflow", "wandb", "trackio"]] = Field(default_factory=list)

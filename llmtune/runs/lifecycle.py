@@ -13,7 +13,6 @@ setup, the trainer, evaluation, saving and the report; the lifecycle does
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 from llmtune.console import say, table
 from llmtune.errors import Interrupted
-from llmtune.recipes.common import RecipeBase, Training
+from llmtune.recipes.common import RecipeBase
 from llmtune.runs.options import JobOptions
 from llmtune.runs.rundir import RunDir, run_dir_path
 
@@ -239,14 +238,6 @@ def describe(plan: Plan) -> None:
 def show_plan(plan: dict[str, Any]) -> None:
     """The --dry-run table."""
     table("plan (dry run: nothing written)", ["item", "value"], [[k, v] for k, v in plan.items()])
-
-
-def planned_steps(training: Training, train_rows: int) -> int:
-    """Optimizer steps the run will take (max_steps, else epochs; fewer when packing or stopping early)."""
-    if training.max_steps:
-        return training.max_steps
-    per_epoch = max(1, math.ceil(train_rows / training.batch_size) // training.grad_accum)
-    return math.ceil(training.epochs * per_epoch)
 
 
 def count_parameters(model: Any) -> tuple[int, int]:

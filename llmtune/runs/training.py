@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -52,6 +53,47 @@ def preflight(model: ModelRef, method: str, training: Training) -> str:
     return device
 
 
+# `auto` settings: how many optimizer steps a run aims for, and learning rates by method/task
+AUTO_STEPS = 100
+AUTO_EPOCHS = (3, 50)
+LEARNING_RATES = {"full": 5e-5, "last_layers": 1e-4, "ia3": 5e-3, "prefix": 1e-2, "prompt": 1e-2}
+LEARNING_RATES_CAUSAL_LM = {"full": 2e-5}
+ADAPTER_RATE, ADAPTER_RATE_CAUSAL_LM = 1e-3, 2e-4  # lora, qlora, dora, adapter
+
+
+def resolve_training(training: Training, method: str, task: str, train_rows: int) -> Training:
+    """The recipe's training settings with every `auto` made concrete for this data, method and
+    task (the recipe itself keeps `auto`, so --resume compares like with like)."""
+    per_epoch = steps_per_epoch(training, train_rows)
+    epochs = training.epochs
+    if epochs == "auto":
+        epochs = float(min(AUTO_EPOCHS[1], max(AUTO_EPOCHS[0], math.ceil(AUTO_STEPS / per_epoch))))
+    rate = training.learning_rate
+    if rate == "auto":
+        causal = task == "causal_lm"
+        adapter = ADAPTER_RATE_CAUSAL_LM if causal else ADAPTER_RATE
+        rate = {**LEARNING_RATES, **(LEARNING_RATES_CAUSAL_LM if causal else {})}.get(method, adapter)
+    steps = training.max_steps or math.ceil(epochs * per_epoch)
+    logging = training.logging_steps
+    if logging == "auto":
+        logging = max(1, min(50, steps // 20))
+    return training.model_copy(update={"epochs": epochs, "learning_rate": rate, "logging_steps": logging})
+
+
+def steps_per_epoch(training: Training, train_rows: int) -> int:
+    """Optimizer steps in one pass over `train_rows` rows."""
+    return max(1, math.ceil(train_rows / training.batch_size) // training.grad_accum)
+
+
+def planned_steps(training: Training, train_rows: int) -> int:
+    """Optimizer steps the run will take (max_steps, else epochs; fewer when packing or stopping
+    early). `training` must be resolved (see resolve_training)."""
+    if training.max_steps:
+        return training.max_steps
+    assert training.epochs != "auto"
+    return math.ceil(training.epochs * steps_per_epoch(training, train_rows))
+
+
 TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb", "trackio": "trackio"}
 
 
@@ -77,7 +119,8 @@ def training_arguments(
     extra: dict[str, Any] | None = None,
     args_class: Any = None,
 ) -> Any:
-    """TrainingArguments (or a TRL config class) built from the recipe's `training` section."""
+    """TrainingArguments (or a TRL config class) built from the recipe's `training` section,
+    resolved (see resolve_training): no `auto` values left."""
     from transformers import TrainingArguments
 
     precision = resolve_precision(training, device)

@@ -27,13 +27,19 @@ from llmtune.runs.lifecycle import (
     Outcome,
     Plan,
     count_parameters,
-    planned_steps,
     run_training,
     warnings_markdown,
 )
 from llmtune.runs.options import JobOptions
 from llmtune.runs.rundir import RunDir
-from llmtune.runs.training import callbacks, preflight, resolve_precision, training_arguments
+from llmtune.runs.training import (
+    callbacks,
+    planned_steps,
+    preflight,
+    resolve_precision,
+    resolve_training,
+    training_arguments,
+)
 
 HEADLINE = ("accuracy", "precision", "recall", "f1")
 
@@ -80,6 +86,9 @@ class ClassificationJob:
             for name in ("train", "validation", "test")
         }
         trainable, total = count_parameters(self.model)
+        self.training = resolve_training(
+            recipe.training, recipe.method.type, recipe.task, len(self.splits.train)
+        )
         return Plan(
             run_dir=run_dir,
             task=recipe.task,
@@ -89,10 +98,14 @@ class ClassificationJob:
             skipped_rows=self.splits.skipped(),
             trainable_params=trainable,
             total_params=total,
-            planned_steps=planned_steps(recipe.training, len(self.splits.train)),
+            planned_steps=planned_steps(self.training, len(self.splits.train)),
             device=self.loaded.device,
             precision=resolve_precision(recipe.training, self.loaded.device),
-            details={"labels": self.labels},
+            details={
+                "labels": self.labels,
+                "epochs": self.training.epochs,
+                "learning_rate": self.training.learning_rate,
+            },
         )
 
     def trainer(self, run_dir: RunDir) -> Any:
@@ -104,7 +117,7 @@ class ClassificationJob:
         trainer = Trainer(
             model=self.model,
             args=training_arguments(
-                self.recipe.training,
+                self.training,
                 run_dir.path,
                 device=self.loaded.device,
                 seed=self.recipe.seed,
@@ -114,7 +127,7 @@ class ClassificationJob:
             eval_dataset=self.encoded["validation"],
             data_collator=DataCollatorWithPadding(self.loaded.tokenizer),
             compute_metrics=eval_metrics(self.labels),
-            callbacks=callbacks(self.recipe.training, run_dir, has_validation),
+            callbacks=callbacks(self.training, run_dir, has_validation),
         )
         keep_stdout_clean(trainer)
         return trainer

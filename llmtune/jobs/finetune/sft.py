@@ -28,11 +28,19 @@ from llmtune.data.templates import Template
 from llmtune.errors import BadInput
 from llmtune.models.loading import LoadedModel, load_model
 from llmtune.models.methods import apply_method
+from llmtune.recipes.common import Training
 from llmtune.recipes.finetune import FinetuneRecipe
-from llmtune.runs.lifecycle import Metrics, Outcome, Plan, count_parameters, planned_steps, run_training
+from llmtune.runs.lifecycle import Metrics, Outcome, Plan, count_parameters, run_training, warnings_markdown
 from llmtune.runs.options import JobOptions
 from llmtune.runs.rundir import RunDir
-from llmtune.runs.training import callbacks, preflight, resolve_precision, training_arguments
+from llmtune.runs.training import (
+    callbacks,
+    planned_steps,
+    preflight,
+    resolve_precision,
+    resolve_training,
+    training_arguments,
+)
 
 FORMATS = {"messages": ("messages",), "prompt_completion": ("prompt", "completion"), "text": ("text",)}
 
@@ -89,6 +97,8 @@ class SftJob:
             for name in ("train", "validation", "test")
         }
         trainable, total = count_parameters(self.model)
+        train_rows = len(self.splits["train"].rows)
+        self.training = resolve_training(recipe.training, recipe.method.type, recipe.task, train_rows)
         return Plan(
             run_dir=run_dir,
             task=recipe.task,
@@ -98,14 +108,20 @@ class SftJob:
             skipped_rows=splits.skipped(),
             trainable_params=trainable,
             total_params=total,
-            planned_steps=planned_steps(recipe.training, len(self.splits["train"].rows)),
+            planned_steps=planned_steps(self.training, train_rows),
             device=self.loaded.device,
             precision=resolve_precision(recipe.training, self.loaded.device),
-            details={"data_format": self.data.format},
+            details={
+                "data_format": self.data.format,
+                "epochs": self.training.epochs,
+                "learning_rate": self.training.learning_rate,
+            },
         )
 
     def trainer(self, run_dir: RunDir) -> Any:
-        return _trainer(self.recipe, run_dir, self.loaded, self.model, self.splits, self.chat_template)
+        return _trainer(
+            self.recipe, self.training, run_dir, self.loaded, self.model, self.splits, self.chat_template
+        )
 
     def evaluate(self, trainer: Any) -> Metrics | None:
         test = self.splits["test"]
@@ -182,7 +198,11 @@ def use_chat_template(recipe: FinetuneRecipe, tokenizer: Any) -> None:
         if text.endswith((".jinja", ".j2")):
             path = recipe.resolve_path(text)
             if not path.is_file():
-                raise BadInput(f"chat template file not found: {path}", key="chat_template")
+                raise BadInput(
+                    f"chat template file not found: {path}",
+                    file=str(recipe.source) if recipe.source else None,
+                    key="chat_template",
+                )
             text = path.read_text(encoding="utf-8")
         tokenizer.chat_template = text
     if not getattr(tokenizer, "chat_template", None):
@@ -304,6 +324,7 @@ def assistant_token_mask(
 
 def _trainer(
     recipe: FinetuneRecipe,
+    training: Training,
     run_dir: RunDir,
     loaded: LoadedModel,
     model: Any,
@@ -319,13 +340,13 @@ def _trainer(
     has_validation = validation is not None
     sft = {
         "max_length": recipe.data.max_length,
-        "packing": recipe.training.packing,
+        "packing": training.packing,
         # prompt/completion rows: completion_only_loss, TRL's default for that format
         "assistant_only_loss": chat_template is not None,
         "dataset_num_proc": None,
     }
     args = training_arguments(
-        recipe.training,
+        training,
         run_dir.path,
         device=loaded.device,
         seed=recipe.seed,
@@ -339,7 +360,7 @@ def _trainer(
         train_dataset=splits["train"].dataset,
         eval_dataset=validation.dataset if validation else None,
         processing_class=loaded.tokenizer,
-        callbacks=callbacks(recipe.training, run_dir, has_validation),
+        callbacks=callbacks(training, run_dir, has_validation),
     )
     keep_stdout_clean(trainer)
     return trainer
@@ -408,6 +429,7 @@ def _report(recipe: FinetuneRecipe, outcome: Outcome) -> str:
         f"({100 * plan.trainable_share:.2f}%)",
         f"- steps: {outcome.steps}, training time: {outcome.train_seconds:.2f} s on {plan.device}",
         "",
+        *warnings_markdown(outcome),
     ]
     if after is not None:
         metrics = markdown_table(["metric", "before training", "after training"], _test_table(outcome))
