@@ -134,6 +134,34 @@ def test_choice_normalization_picks_by_sum_or_mean(normalization: str, expected:
     assert scored[0].extra["logprob_sum"] == {"short": -2.0, "much longer": -3.0}
 
 
+class PerTokenFavoursShort(FakeEngine):
+    """Sum and per-token mean favour " short"; per character (lm-eval's acc_norm) the longer label
+    wins: -2/5 = -0.4 against -3/11 = -0.27."""
+
+    def score_choices(self, prompts: list[str], choices: list[str]) -> list[ChoiceScores]:
+        return [ChoiceScores([-2.0, -3.0], [-1.0, -1.5], [2, 2]) for _ in prompts]
+
+
+def test_chars_normalization_divides_by_the_label_length_as_lm_eval_acc_norm() -> None:
+    recipe = PromptEvalRecipe.model_validate(
+        {
+            "models": {"m": {"scratch": {}}},
+            "data": {"test": "t.jsonl"},
+            "prompts": {"p": {"template": "{{ text }}"}},
+            "choice_normalization": "chars",
+        }
+    )
+    scored = score_prompts(PerTokenFavoursShort(), "choices", recipe, ["a:"], ["short", "much longer"])
+    assert scored[0].prediction == "much longer"
+    recipe.choice_normalization = "mean"
+    assert (
+        score_prompts(PerTokenFavoursShort(), "choices", recipe, ["a:"], ["short", "much longer"])[
+            0
+        ].prediction
+        == "short"
+    )
+
+
 def test_invalid_answers_count_as_wrong_and_get_their_own_column() -> None:
     metrics = pair_metrics(
         ["drupe", "pome", "berry", "pome"], ["drupe", None, "berry", "drupe"], LABELS, "generate"

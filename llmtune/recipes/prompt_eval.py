@@ -88,9 +88,10 @@ class PromptEvalRecipe(RecipeBase):
     """Causal LMs. choices: log-likelihood of each label as the continuation; generate: greedy text,
     normalised (first line, stripped, lower case) and matched to a label. Sequence-classification
     models always use their head's probabilities."""
-    choice_normalization: Literal["sum", "mean"] = "sum"
-    """choices: predict by the summed log-likelihood of the label's tokens, or by the mean per token
-    (both are recorded, as lm-evaluation-harness does)."""
+    choice_normalization: Literal["sum", "mean", "chars"] = "sum"
+    """choices: predict by the summed log-likelihood of the label's tokens (lm-evaluation-harness's
+    acc), by the mean per token, or by the sum per character of the label (lm-eval's acc_norm).
+    The sums and means are recorded in predictions.jsonl either way."""
     choice_prefix: str | None = None
     """choices: text put between prompt and label (lm-evaluation-harness's target_delimiter); default
     a space, or nothing for chat prompts."""

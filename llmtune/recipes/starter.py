@@ -29,9 +29,9 @@ EXAMPLES: dict[str, dict[str, Any]] = {
             "max_length": 128,
         },
         "training": {
-            "epochs": 3,
+            "epochs": "auto",
             "batch_size": 16,
-            "learning_rate": 5.0e-4,
+            "learning_rate": "auto",
             "early_stopping": {"patience": 3, "metric": "eval_loss"},
         },
     },

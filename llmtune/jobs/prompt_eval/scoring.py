@@ -83,7 +83,7 @@ def _by_choices(
     for prefix, indices in groups.items():
         choices = [prefix + label for label in labels]
         for i, choice in zip(indices, engine.score_choices([prompts[i] for i in indices], choices)):
-            used = choice.logprob_sum if recipe.choice_normalization == "sum" else choice.logprob_mean
+            used = normalised_logprobs(choice, labels, recipe.choice_normalization)
             best = max(range(len(labels)), key=lambda k: used[k])
             out[i] = Scored(
                 labels[best],
@@ -95,6 +95,17 @@ def _by_choices(
                 },
             )
     return out  # type: ignore[return-value]
+
+
+def normalised_logprobs(choice: Any, labels: list[str], how: str) -> list[float]:
+    """The log-likelihoods a prediction compares: summed over the label's tokens (lm-eval's acc),
+    per token (mean), or per character of the label (lm-eval's acc_norm: the sum divided by the
+    length of the choice text, without the delimiter)."""
+    if how == "sum":
+        return list(choice.logprob_sum)
+    if how == "mean":
+        return list(choice.logprob_mean)
+    return [total / max(len(label), 1) for total, label in zip(choice.logprob_sum, labels)]
 
 
 def softmax(values: list[float]) -> list[float]:
