@@ -168,3 +168,14 @@ def test_out_of_memory_is_recognised_as_accelerate_does() -> None:
     assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory."))
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
     assert not is_out_of_memory(ValueError("out of memory"))
+
+
+def test_generation_leaves_the_callers_random_state_alone() -> None:
+    """A training run measures before training through the engine; its dropout masks must not
+    depend on that (the engine seeds sampling inside a forked RNG)."""
+    loaded = scratch()
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    Engine(loaded).generate(["abcd"], max_new_tokens=3, temperature=0.7, seed=5)
+    assert torch.equal(torch.rand(3), expected)

@@ -150,7 +150,6 @@ class Engine:
             bos_token_id=self.tokenizer.bos_token_id,
         )
         results: list[Generation | None] = [None] * len(unique)
-        torch.manual_seed(seed)
 
         def run(batch: list[int]) -> None:
             ids, mask = self._left_padded([encoded[i] for i in batch])
@@ -171,7 +170,11 @@ class Engine:
                     count += used
                 results[i] = Generation(texts, count)
 
-        self.batcher.run([len(e) for e in encoded], max_new_tokens, num_return_sequences, run)
+        # sampling is seeded here, without changing the caller's random state (a training run
+        # that measures before training must keep its dropout masks)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.batcher.run([len(e) for e in encoded], max_new_tokens, num_return_sequences, run)
         return [_copy_generation(results[j]) for j in where]
 
     def _decode(self, tokens: list[int], stop: Sequence[str]) -> tuple[str, int]:

@@ -392,18 +392,14 @@ def exact_match(
 ) -> dict[str, Any]:
     """Share of `rows` whose greedy completion equals the gold one (whitespace-trimmed), and the
     first few (prompt, gold, prediction) for the report."""
-    import torch
-
     from llmtune.inference.engine import Engine
 
     pairs = [_prompt_and_gold(r, data, loaded.tokenizer) for r in rows]
     # prompts keep their last data.max_length tokens: the longest context the model trained on
     engine = Engine(loaded, batch_size=recipe.training.batch_size, max_length=recipe.data.max_length)
-    # the engine seeds torch; measuring before training must not change training's dropout
-    with torch.random.fork_rng():
-        generations = engine.generate(
-            [prompt for prompt, _ in pairs], max_new_tokens=recipe.evaluation.max_new_tokens, temperature=0.0
-        )
+    generations = engine.generate(
+        [prompt for prompt, _ in pairs], max_new_tokens=recipe.evaluation.max_new_tokens, temperature=0.0
+    )
     predictions = [g.texts[0] for g in generations]
     hits = [p.strip() == gold.strip() for p, (_, gold) in zip(predictions, pairs)]
     examples = [{"prompt": p, "gold": g, "prediction": o} for (p, g), o in list(zip(pairs, predictions))[:5]]
