@@ -12,18 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import (  # noqa: F401 - one_thread is an autouse fixture; the rest are re-exported
-    ROOT,
-    TRAINING,
-    WORDS,
-    assert_bad_input,
-    classification_data,
-    invoke,
-    one_thread,
-    recipe,
-    sft_data,
-    write,
-)
+from conftest import ROOT, TRAINING, assert_bad_input, invoke, recipe
 
 METHODS = ["full", "lora", "dora", "ia3", "prefix", "prompt", "last_layers"]
 

@@ -6,13 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import assert_bad_input, write, write_jsonl
-from test_finetune_methods import (
-    WORDS,
-    invoke,
-    one_thread,  # noqa: F401 - autouse fixture
-    recipe,
-)
+from conftest import WORDS, assert_bad_input, invoke, recipe, write, write_jsonl
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
