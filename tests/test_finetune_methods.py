@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TRAINING, assert_bad_input, invoke, recipe
+from conftest import TRAINING, assert_bad_input, invoke, recipe
 
 METHODS = ["full", "lora", "dora", "ia3", "prefix", "prompt", "last_layers"]
 
@@ -124,11 +124,9 @@ def test_inconsistent_recipes_are_refused(
     assert_bad_input(result, *fragments)
 
 
-def test_every_shipped_finetune_recipe_validates() -> None:
-    shipped = sorted((ROOT / "recipes").glob("finetune-*.yaml"))
-    methods = set()
-    for path in shipped:
-        result = invoke("validate", path, "--json")
-        assert result.code == 0, (path, result.stderr)
-        methods.add(json.loads(result.stdout)["recipe"]["method"]["type"])
+def test_a_shipped_recipe_shows_every_method() -> None:
+    """Each tuning method has a recipe in recipes/ (they all validate: test_cli.py)."""
+    from llmtune.recipes import load_recipe
+
+    methods = {load_recipe(p, None).method.type for p in (ROOT / "recipes").glob("finetune-*.yaml")}
     assert methods >= {"full", "lora", "qlora", "dora", "ia3", "prefix", "prompt", "last_layers"}

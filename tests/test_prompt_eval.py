@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, assert_bad_input, run_cli, write, write_jsonl
+from conftest import assert_bad_input, run_cli, write, write_jsonl
 
 FAMILIES = {
     "drupe": "peach plum cherry apricot mango olive nectarine date coconut damson greengage sloe jujube",
@@ -213,10 +213,3 @@ def test_chat_prompt_needs_a_chat_template_and_gate_a_known_metric(fruits: Path)
     assert_bad_input(result, "prompts.one_shot.chat", "has no chat template")
     assert_bad_input(run_cli("prompt-eval", path, "--fail-under", "bleu=0.3"), "--fail-under", "'bleu'")
     assert not (fruits / "out").exists()
-
-
-def test_shipped_prompt_eval_recipes_validate() -> None:
-    shipped = sorted((ROOT / "recipes").glob("prompt-eval-*.yaml"))
-    assert len(shipped) >= 2
-    result = run_cli("validate", *shipped)
-    assert result.code == 0, result.stderr

@@ -131,7 +131,17 @@ def test_kind_mismatch_and_unknown_kind(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", list(RECIPE_KINDS))
 def test_init_starter_is_a_valid_commented_recipe(kind: str, tmp_path: Path) -> None:
     text = starter_recipe(kind, RECIPE_KINDS[kind])
-    assert text.count("\n# ") + text.count("  # ") > 5  # documented
+    # every top-level key is there, with its docstring as the comment above it
+    comments = " ".join(
+        line.strip().lstrip("#").strip() for line in text.splitlines() if line.strip().startswith("#")
+    )
+    comments = " ".join(comments.split())
+    for name, field in RECIPE_KINDS[kind].model_fields.items():
+        if name in ("kind", "extends") or not field.description:
+            continue
+        assert f"\n{name}:" in "\n" + text, name
+        opening = " ".join(field.description.split()[:6])
+        assert opening in comments, (name, opening)
     recipe = load_recipe(write(tmp_path / f"{kind}.yaml", text))
     assert recipe.kind == kind
     assert yaml.safe_load(text)["kind"] == kind
