@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import TRAINING, assert_bad_input, invoke, recipe
+from conftest import ROOT, TRAINING, assert_bad_input, invoke, recipe
 
 METHODS = ["full", "lora", "dora", "ia3", "prefix", "prompt", "last_layers"]
 
