@@ -3,22 +3,37 @@
 Files are read here rather than through `datasets.load_dataset` for one reason: a row that cannot
 be read must be reported with its file and line, which the datasets loaders do not do. Parquet
 and `save_to_disk` folders go through pyarrow / datasets, which have no line numbers to report.
+
+Two kinds of problem, and what `data.skip_bad_rows` covers:
+- a bad row: invalid JSON or UTF-8 on its line, not an object, nested too deeply, a required
+  field missing or empty, a CSV row with the wrong number of columns, a label not in `labels`.
+  All of them are reported at once (the first 20, then a count), exit 2; with `skip_bad_rows:
+  true` they are skipped and counted instead.
+- a bad file: empty, not UTF-8 (CSV / JSON), not a JSON list, an unreadable parquet file, a CSV
+  field past the csv module's size limit, a column that no row has (a wrong `columns` mapping).
+  Skipping rows cannot fix these, so they are always exit 2, naming the file (and line).
 """
 
 from __future__ import annotations
 
 import csv
+import difflib
 import glob
 import json
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from llmtune.errors import BadInput, Problem
 from llmtune.recipes.common import Data, RecipeBase
 
 Row = dict[str, Any]
 FORMATS = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
+SPLIT_NAMES = ("train", "validation", "test")
+MAX_SHOWN = 20  # bad rows listed in one error; the rest are counted
+SKIP_HINT = "fix these rows, or set data.skip_bad_rows: true to skip and count them"
 
 
 @dataclass
@@ -32,8 +47,8 @@ class Rows:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def subset(self, indices: list[int]) -> Rows:
-        return Rows([self.rows[i] for i in indices], [self.where[i] for i in indices])
+    def subset(self, indices: list[int], skipped: int = 0) -> Rows:
+        return Rows([self.rows[i] for i in indices], [self.where[i] for i in indices], skipped)
 
 
 @dataclass
@@ -44,12 +59,13 @@ class Splits:
     validation: Rows
     test: Rows
     files: list[Path] = field(default_factory=list)
+    skip_bad_rows: bool = False  # the data's policy, so that later row checks follow it too
 
     def counts(self) -> dict[str, int]:
         return {"train": len(self.train), "validation": len(self.validation), "test": len(self.test)}
 
     def skipped(self) -> int:
-        """Unreadable rows skipped in all splits (data.skip_bad_rows)."""
+        """Bad rows skipped in all splits (data.skip_bad_rows)."""
         return self.train.skipped + self.validation.skipped + self.test.skipped
 
 
@@ -86,77 +102,247 @@ def _src(recipe: RecipeBase) -> str | None:
 
 
 def read_file(
-    path: Path, skip_bad_rows: bool, columns: dict[str, str] | None = None, required: tuple[str, ...] = ()
+    path: Path,
+    skip_bad_rows: bool,
+    columns: dict[str, str] | None = None,
+    required: tuple[str, ...] = (),
+    *,
+    hint: str | None = None,
 ) -> Rows:
-    """Rows of one file, columns mapped; the first bad row (in file order) raises BadInput with
-    file:line unless `skip_bad_rows`, which skips and counts it."""
-    out = Rows()
+    """Rows of one file, columns mapped. Bad rows raise one BadInput listing all of them (with
+    `hint` as its last line when some rows are good) unless `skip_bad_rows`, which counts them."""
+    rows, bad = scan_file(path, columns or {}, required)
+    if bad and not skip_bad_rows:
+        refuse(bad, hint if rows.rows else None)
+    rows.skipped = len(bad)
+    return rows
+
+
+def scan_file(path: Path, columns: dict[str, str], required: tuple[str, ...]) -> tuple[Rows, list[Problem]]:
+    """The good rows of one file (columns mapped) and a problem for each bad row. A bad file, or
+    a required column that no row has, raises BadInput at once."""
+    out, bad = Rows(), []
+    seen: dict[str, None] = {}  # the file's columns, in order of first appearance
+    present = dict.fromkeys(required, 0)
+    first = None  # the first row read, named when a column is missing from every row
     for where, row, problem in _iter_file(path):
         if problem is None and not isinstance(row, dict):
-            problem = f"expected a JSON object per row, got {type(row).__name__}"
+            problem = f"expected a JSON object per row, got {_kind(row)}"
         if problem is None:
-            row = map_columns(row, columns or {})
+            first = first or where
+            seen.update(dict.fromkeys(map(str, row)))
+            for name in required:
+                present[name] += columns.get(name, name) in row or name in row
+            row = map_columns(row, columns)
             missing = [f for f in required if row.get(f) in (None, "")]
             if missing:
-                problem = f"row has no {_describe(missing, columns or {})}"
+                problem = f"row has no {_describe(missing, columns)}"
         if problem is not None:
-            if not skip_bad_rows:
-                raise BadInput(f"{problem} (set data.skip_bad_rows: true to skip such rows)", file=where)
-            out.skipped += 1
+            bad.append(Problem(problem, file=where))
             continue
         out.rows.append(row)
         out.where.append(where)
-    return out
+    absent = [name for name in required if seen and not present[name]]
+    if absent:  # a wrong mapping, not bad rows: skipping would skip every row
+        raise BadInput(_no_such_column(absent[0], columns, list(seen)), file=first)
+    return out, bad
 
 
-def _iter_file(path: Path):
+def refuse(problems: list[Problem], hint: str | None = None) -> NoReturn:
+    """Raise one BadInput listing the first MAX_SHOWN problems, a count of the rest, and `hint`."""
+    shown = problems[:MAX_SHOWN]
+    if len(problems) > MAX_SHOWN:
+        shown.append(Problem(f"... and {len(problems) - MAX_SHOWN} more"))
+    if hint:
+        shown.append(Problem(f"{len(problems)} bad row(s): {hint}"))
+    raise BadInput(problems=shown)
+
+
+def closest(word: str, choices: list[str]) -> str | None:
+    """The choice `word` most likely meant: the same but for case first, then difflib's nearest."""
+    folded = {choice.casefold(): choice for choice in choices}
+    if word.casefold() in folded:
+        return folded[word.casefold()]
+    near = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return near[0] if near else None
+
+
+def _no_such_column(name: str, columns: dict[str, str], seen: list[str]) -> str:
+    column = columns.get(name, name)
+    what = f"column {column!r} (mapped to {name})" if name in columns else f"{name!r} column"
+    listed = ", ".join(seen[:30]) + (f" and {len(seen) - 30} more" if len(seen) > 30 else "")
+    message = f"no row has a {what}; the file's columns are: {listed}"
+    near = closest(column, seen)
+    if near is not None:
+        return f"{message}; did you mean {near!r}? (data.columns: {{{name}: {near}}})"
+    return f"{message}; map the right one with data.columns: {{{name}: COLUMN}}"
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string"}.get(type(value), type(value).__name__)
+
+
+def _iter_file(path: Path) -> Iterator[tuple[str, Any, str | None]]:
+    """(where, row, problem) for each row of a file; raises BadInput for a bad file."""
     suffix = path.suffix.lower()
     if path.is_dir():
-        import datasets
-
-        for i, row in enumerate(datasets.load_from_disk(str(path))):
-            yield f"{path}[{i}]", dict(row), None
-    elif suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield f"{path}:{n}", json.loads(line), None
-                except json.JSONDecodeError as exc:
-                    yield f"{path}:{n}", None, f"invalid JSON: {exc.msg} at column {exc.colno}"
+        yield from _saved_rows(path)
+        return
+    if path.stat().st_size == 0:
+        raise BadInput("the file is empty (0 bytes)", file=str(path))
+    if suffix in (".jsonl", ".txt"):
+        yield from _line_rows(path, as_json=suffix == ".jsonl")
     elif suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            yield f"{path}:{exc.lineno}", None, f"invalid JSON: {exc.msg}"
-            return
-        if isinstance(data, dict) and isinstance(data.get("data"), list):
-            data = data["data"]
-        if not isinstance(data, list):
-            yield f"{path}:1", None, 'expected a JSON list of rows (or {"data": [...]})'
-            return
-        for i, row in enumerate(data):
-            yield f"{path}[{i}]", row, None
+        yield from _json_rows(path)
     elif suffix in (".csv", ".tsv"):
-        with path.open(encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+        yield from _csv_rows(path, "\t" if suffix == ".tsv" else ",")
+    elif suffix == ".parquet":
+        yield from _parquet_rows(path)
+
+
+def _line_rows(path: Path, as_json: bool) -> Iterator[tuple[str, Any, str | None]]:
+    # bytes, decoded line by line: a bad byte spoils its own line, not the whole file
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            where = f"{path}:{n}"
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                yield where, None, f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at column {exc.start + 1}"
+                continue
+            if not line.strip():
+                continue
+            if not as_json:
+                yield where, {"text": line.rstrip("\r\n")}, None
+                continue
+            try:
+                yield where, json.loads(line), None
+            except json.JSONDecodeError as exc:
+                yield where, None, f"invalid JSON: {exc.msg} at column {exc.colno}"
+            except RecursionError:
+                yield where, None, "invalid JSON: nested too deeply to read"
+
+
+def _json_rows(path: Path) -> Iterator[tuple[str, Any, str | None]]:
+    text = _read_text(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadInput(
+            f"invalid JSON: {exc.msg} at column {exc.colno}", file=str(path), line=exc.lineno
+        ) from None
+    except RecursionError:
+        raise BadInput("invalid JSON: nested too deeply to read", file=str(path)) from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        for i, row in enumerate(data["data"]):
+            yield f"{path}[data][{i}]", row, None
+        return
+    if not isinstance(data, list):
+        raise BadInput(
+            f'expected a JSON list of row objects (or {{"data": [...]}}), got {_kind(data)}; '
+            "one object per line is a .jsonl file",
+            file=str(path),
+            line=1,
+        )
+    for line, row in zip(_element_lines(text), data):
+        yield f"{path}:{line}", row, None
+
+
+def _element_lines(text: str) -> Iterator[int]:
+    """The line each element of a (valid) top-level JSON list starts on."""
+    decoder, skip = json.JSONDecoder(), re.compile(r"[\s,]*")
+    pos = text.index("[") + 1
+    line, counted = 1, 0
+    while True:
+        pos = skip.match(text, pos).end()  # type: ignore[union-attr]  # always matches
+        if text[pos] == "]":
+            return
+        line, counted = line + text.count("\n", counted, pos), pos
+        yield line
+        pos = decoder.raw_decode(text, pos)[1]
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+
+
+def _not_utf8(path: Path) -> BadInput:
+    with path.open("rb") as f:  # UTF-8 never puts a newline byte inside a character
+        for n, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return BadInput(
+                    f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at column {exc.start + 1}; "
+                    "save the file as UTF-8",
+                    file=str(path),
+                    line=n,
+                )
+    return BadInput("not UTF-8 text; save the file as UTF-8", file=str(path))
+
+
+def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[str, Any, str | None]]:
+    last = 1  # the line the last good row ended on: a bad one starts after it
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f, delimiter=delimiter)
+            header = reader.fieldnames or []
+            twice = sorted({name for name in header if header.count(name) > 1})
+            if twice:
+                raise BadInput(f"the header names column {twice[0]!r} twice", file=str(path), line=1)
             for row in reader:
-                where = f"{path}:{reader.line_num}"
+                where, last = f"{path}:{reader.line_num}", reader.line_num
                 if None in row or any(v is None for v in row.values()):
-                    yield where, None, "wrong number of columns"
+                    got = len(header) + len(row.get(None) or []) - sum(v is None for v in row.values())
+                    yield where, None, f"expected {len(header)} columns (as in the header), got {got}"
                 else:
                     yield where, dict(row), None
-    elif suffix == ".parquet":
-        import pyarrow.parquet as pq
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+    except csv.Error as exc:
+        message = f"unreadable CSV: {exc}"
+        if "field larger than field limit" in str(exc):
+            message = (
+                f"a field is longer than the csv module's limit of {csv.field_size_limit()} "
+                'characters: usually a quote (") that is never closed, in the row starting here; '
+                "store very long texts in .jsonl or .parquet"
+            )
+        raise BadInput(message, file=str(path), line=last + 1) from None
 
-        for i, row in enumerate(pq.read_table(path).to_pylist()):
-            yield f"{path}[{i}]", row, None
-    elif suffix == ".txt":
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    yield f"{path}:{n}", {"text": line.rstrip("\n")}, None
+
+def _parquet_rows(path: Path) -> Iterator[tuple[str, Any, str | None]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise BadInput(f"not a readable parquet file: {_first_line(exc)}", file=str(path)) from None
+    for i, row in enumerate(table.to_pylist()):
+        yield f"{path}[{i}]", row, None
+
+
+def _saved_rows(path: Path) -> Iterator[tuple[str, Any, str | None]]:
+    import datasets
+    import pyarrow as pa
+
+    try:
+        dataset = datasets.load_from_disk(str(path))
+    except (pa.ArrowException, OSError, ValueError, KeyError) as exc:
+        raise BadInput(f"not a readable save_to_disk folder: {_first_line(exc)}", file=str(path)) from None
+    if isinstance(dataset, datasets.DatasetDict):
+        raise BadInput(
+            f"a DatasetDict with splits {list(dataset)}; point data at one split's folder", file=str(path)
+        )
+    for i, row in enumerate(dataset):
+        yield f"{path}[{i}]", dict(row), None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def read_rows(
@@ -168,16 +354,23 @@ def read_rows(
     required: tuple[str, ...] = (),
     skip_bad_rows: bool = False,
 ) -> tuple[Rows, list[Path]]:
-    """Read a split's files, map columns to canonical fields and check required fields."""
+    """Read a split's files, map columns to canonical fields and check required fields; the bad
+    rows of all the files are reported together."""
     files = expand_files(recipe, spec, key)
-    out = Rows()
+    out, bad = Rows(), []
     for path in files:
-        part = read_file(path, skip_bad_rows, columns, required)
-        out.skipped += part.skipped
+        part, problems = scan_file(path, columns, required)
+        bad += problems
         out.rows.extend(part.rows)
         out.where.extend(part.where)
+    if bad and not skip_bad_rows:
+        refuse(bad, SKIP_HINT if out.rows else None)
+    out.skipped = len(bad)
     if not out.rows:
-        raise BadInput(f"no usable rows in {', '.join(str(f) for f in files)}", file=_src(recipe), key=key)
+        skipped = f" ({len(bad)} bad row(s) skipped)" if bad else ""
+        raise BadInput(
+            f"no usable rows in {', '.join(str(f) for f in files)}{skipped}", file=_src(recipe), key=key
+        )
     return out, files
 
 
@@ -200,7 +393,7 @@ def load_splits(
     """train/validation/test rows: read, carve missing splits from train, apply `limit`."""
     read = {}
     files: list[Path] = []
-    for name in ("train", "validation", "test"):
+    for name in SPLIT_NAMES:
         spec = getattr(data, name)
         if spec is None:
             read[name] = Rows()
@@ -223,11 +416,11 @@ def load_splits(
             if fraction and not read[name].rows:  # fractions are of all train rows
                 held = round(total * fraction)
                 train, read[name] = carve(train, held, data.split.seed, label_field, f"data.split.{name}")
-    splits = Splits(train, read["validation"], read["test"], files)
+    splits = Splits(train, read["validation"], read["test"], files, data.skip_bad_rows)
     if data.limit is not None:
-        for name in ("train", "validation", "test"):
+        for name in SPLIT_NAMES:
             rows = getattr(splits, name)
-            setattr(splits, name, rows.subset(list(range(min(data.limit, len(rows))))))
+            setattr(splits, name, rows.subset(list(range(min(data.limit, len(rows)))), rows.skipped))
     return splits
 
 
@@ -246,27 +439,61 @@ def carve(rows: Rows, n_held: int, seed: int, label_field: str | None, what: str
     keep, held = train_test_split(
         list(range(len(rows))), test_size=n_held, random_state=seed, stratify=stratify
     )
-    return rows.subset(sorted(keep)), rows.subset(sorted(held))
+    return rows.subset(sorted(keep), rows.skipped), rows.subset(sorted(held))
 
 
 def check_labels(splits: Splits, labels: list[str], label_field: str = "label") -> None:
-    """Refuse rows whose label is not one of `labels`, naming the first such row."""
+    """A row whose label is not one of `labels` is a bad row, with a "did you mean" for a near
+    label (same but for case first, then difflib). With `splits.skip_bad_rows` (data.skip_bad_rows)
+    such rows are removed in place and counted in `Rows.skipped`, unless a split would be left
+    empty; otherwise every one is reported at once (exit 2)."""
     allowed = set(labels)
-    for name in ("train", "validation", "test"):
+    bad: list[Problem] = []
+    hint = SKIP_HINT
+    for name in SPLIT_NAMES:
         rows: Rows = getattr(splits, name)
-        bad = [(r, w) for r, w in zip(rows.rows, rows.where) if str(r[label_field]) not in allowed]
-        if bad:
-            row, where = bad[0]
-            problems = [
-                Problem(
-                    f"label {str(row[label_field])!r} is not in labels "
-                    f"{labels} ({len(bad)} such row(s) in {name})",
-                    file=where,
-                )
-            ]
-            raise BadInput(problems=problems)
+        good = [i for i, r in enumerate(rows.rows) if str(r.get(label_field)) in allowed]
+        if len(good) == len(rows):
+            continue
+        problems = [
+            Problem(_label_problem(str(r.get(label_field)), labels), file=w)
+            for r, w in zip(rows.rows, rows.where)
+            if str(r.get(label_field)) not in allowed
+        ]
+        if not good:  # skipping cannot help: the labels are wrong, not a few rows
+            hint = f"no {name} row has a label in labels {labels}: check `labels` and data.columns"
+        elif splits.skip_bad_rows:
+            rows.rows[:], rows.where[:] = [rows.rows[i] for i in good], [rows.where[i] for i in good]
+            rows.skipped += len(problems)
+            continue
+        bad += problems
+    if bad:
+        refuse(bad, hint)
+
+
+def _label_problem(label: str, labels: list[str]) -> str:
+    near = closest(label, labels)
+    return f"label {label!r} is not in labels {labels}" + (f"; did you mean {near!r}?" if near else "")
 
 
 def infer_labels(rows: Rows, label_field: str = "label") -> list[str]:
-    """Label names found in the rows, sorted so that runs agree whatever the row order."""
-    return sorted({str(r[label_field]) for r in rows.rows})
+    """Label names found in the rows, sorted so that runs agree whatever the row order. Names
+    that differ only in case are refused: far more often a typo than two classes."""
+    first: dict[str, str] = {}
+    for row, where in zip(rows.rows, rows.where):
+        first.setdefault(str(row[label_field]), where)
+    by_case: dict[str, list[str]] = {}
+    for name in sorted(first):
+        by_case.setdefault(name.casefold(), []).append(name)
+    for names in by_case.values():
+        if len(names) > 1:
+            raise BadInput(
+                problems=[Problem(f"label {n!r} first appears here", file=first[n]) for n in names]
+                + [
+                    Problem(
+                        f"labels {' and '.join(map(repr, names))} differ only in case: fix the "
+                        "data, or list the labels you mean in `labels:`"
+                    )
+                ]
+            )
+    return sorted(first)

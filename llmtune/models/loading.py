@@ -1,19 +1,22 @@
 """Loading models for every job: hub ids through the local cache, local folders, adapters,
-quantization, and small models built from scratch with a tokenizer that needs no download."""
+quantization (qlora: a 4-bit NF4 base), empty (meta-device) models for dry runs, and small models
+built from scratch with a tokenizer that needs no download. The files are checked first
+(`llmtune.models.info`), so a wrong model is a clear bad-input error, never a wrong answer."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from llmtune.errors import BadInput
+from llmtune.models.info import Head as Head  # re-exported: callers import it from here
+from llmtune.models.info import inspect_model
+from llmtune.models.info import resolve_model_path as resolve_model_path  # re-exported
 from llmtune.recipes.common import ModelRef, RecipeBase, ScratchModel
 
-Head = Literal["causal_lm", "classification"]
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 
 
@@ -54,40 +57,6 @@ def pick_dtype(requested: str, device: str) -> Any:
     return getattr(torch, requested)
 
 
-def resolve_model_path(ref: ModelRef, recipe: RecipeBase, key: str) -> str:
-    """A local folder (relative to the recipe) or a hub id found in the local HF cache.
-
-    Raises BadInput saying where it looked when neither has the model.
-    """
-    assert ref.path is not None
-    local = recipe.resolve_path(ref.path)
-    if local.is_dir():
-        return str(local)
-    if local.exists():
-        raise BadInput(f"{local} is a file; expected a model folder or a hub id", key=f"{key}.path")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.constants import HF_HUB_CACHE, HF_HUB_OFFLINE
-
-    looked = f"looked in {local} and in the Hugging Face cache {HF_HUB_CACHE}"
-    if ref.path.count("/") > 1 or ref.path.startswith((".", "/", "~")):
-        raise BadInput(f"model folder not found: {local} ({looked})", key=f"{key}.path")
-    try:
-        return snapshot_download(ref.path, revision=ref.revision, local_files_only=True)
-    except Exception:  # noqa: BLE001 - not cached: fall through to the hub or refuse
-        pass
-    if HF_HUB_OFFLINE:
-        raise BadInput(
-            f"model {ref.path!r} not found: {looked}; the hub is off (HF_HUB_OFFLINE=1)", key=f"{key}.path"
-        )
-    try:
-        return snapshot_download(ref.path, revision=ref.revision)
-    except Exception as exc:  # noqa: BLE001 - any hub failure means we cannot get the model
-        raise BadInput(
-            f"model {ref.path!r} not found: {looked}, and the hub answered: {type(exc).__name__}",
-            key=f"{key}.path",
-        ) from None
-
-
 def load_model(
     ref: ModelRef,
     recipe: RecipeBase,
@@ -97,65 +66,105 @@ def load_model(
     labels: list[str] | None = None,
     corpus: Iterable[str] = (),
     for_training: bool = False,
+    method: str | None = None,
+    empty_weights: bool = False,
 ) -> LoadedModel:
-    """Load the model `ref` names with the right head, on its device, adapter applied."""
+    """Load the model `ref` names with the right head, on its device, adapter applied.
+
+    `method` is the recipe's `method.type` when training (qlora loads the base in 4-bit NF4).
+    `empty_weights`: build the model on the meta device from its config (no weights read, no
+    memory), for a dry run that only counts parameters; scratch models are built normally.
+    The model's files are checked first (`info.inspect_model`): a wrong model is BadInput.
+    """
     from transformers import set_seed
 
     device = pick_device(ref.device)
-    _check_hardware(ref, device, key)
+    quantization = quantization_for(ref, method)
     set_seed(recipe.seed)  # new heads and scratch weights are initialised the same on every run
     if ref.scratch is not None:
+        if method == "qlora":
+            raise BadInput(
+                "qlora trains adapters on a base model quantized to 4 bits; a scratch model has no "
+                "pretrained base to quantize: use method.type: lora",
+                key="method.type",
+            )
         tokenizer = build_tokenizer(ref.scratch, corpus)
         model = build_scratch_model(ref.scratch, tokenizer, head=head, labels=labels, key=key)
         model.to(device)
         return LoadedModel(model, tokenizer, ref.describe(), device)
-    path = resolve_model_path(ref, recipe, key)
-    adapter = recipe.resolve_path(ref.adapter) if ref.adapter else None
-    base_path = path
-    if adapter is None and (Path(path) / "adapter_config.json").exists():
-        adapter, base_path = Path(path), adapter_base(Path(path), recipe, key)
-    tokenizer = _load_tokenizer(path if adapter is None else str(adapter), base_path, ref)
-    model = _load_pretrained(
-        base_path, ref, head=head, labels=labels, device=device, key=key, pad_token_id=tokenizer.pad_token_id
-    )
-    if adapter is not None:
-        from peft import PeftModel
-
-        if not (adapter / "adapter_config.json").exists():
-            raise BadInput(
-                f"no PEFT adapter in {adapter} (adapter_config.json missing)", key=f"{key}.adapter"
-            )
-        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=for_training)
-    if ref.quantization == "none":
+    _check_hardware(ref, quantization, device, key)
+    info = inspect_model(ref, recipe, key)
+    assert info.path is not None and info.tokenizer_dir is not None
+    tokenizer = _load_tokenizer(info.tokenizer_dir, ref)
+    head_kwargs = _head_kwargs(head, labels)
+    if empty_weights:
+        model = _empty_model(str(info.path), ref, head, head_kwargs)
+    else:
+        kwargs = {**pretrained_kwargs(ref, device, method), **head_kwargs}
+        model = _load_pretrained(str(info.path), head, kwargs, key)
+    if head == "classification" and model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if info.adapter is not None:
+        model = _apply_adapter(model, info.adapter, for_training, empty_weights)
+    if quantization == "none" and not empty_weights:
         model.to(device)
-    return LoadedModel(
-        model, tokenizer, ref.describe(), device, base_path=base_path if adapter is not None else None
-    )
+    base_path = str(info.path) if info.adapter is not None else None
+    return LoadedModel(model, tokenizer, ref.describe(), device, base_path=base_path)
 
 
-def adapter_base(adapter: Path, recipe: RecipeBase, key: str) -> str:
-    """The base model an adapter folder was trained on (a `base/` folder beside it wins)."""
-    if (adapter / "base" / "config.json").exists():
-        return str(adapter / "base")
-    config = json.loads((adapter / "adapter_config.json").read_text())
-    base = config.get("base_model_name_or_path")
-    if not base:
-        raise BadInput(f"{adapter}/adapter_config.json names no base model", key=f"{key}.path")
-    return resolve_model_path(ModelRef(path=base), recipe, key)
+def quantization_for(ref: ModelRef, method: str | None) -> str:
+    """The quantization the base loads with: qlora means 4-bit unless `model.quantization`
+    names another."""
+    if method == "qlora" and ref.quantization == "none":
+        return "4bit"
+    return ref.quantization
 
 
-def _check_hardware(ref: ModelRef, device: str, key: str) -> None:
+def pretrained_kwargs(ref: ModelRef, device: str, method: str | None = None) -> dict[str, Any]:
+    """`from_pretrained` keyword arguments for `ref` on `device` (head arguments aside): dtype,
+    remote code, attention kernel, and bitsandbytes quantization. A pure function, so that the
+    arguments a recipe produces can be tested without loading anything."""
+    quantization = quantization_for(ref, method)
+    dtype = pick_dtype(ref.dtype, device)
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": ref.trust_remote_code}
+    if ref.attn_implementation != "auto":
+        kwargs["attn_implementation"] = ref.attn_implementation
+    if quantization == "none":
+        return kwargs
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        import torch
+
+        # QLoRA computes in bf16; a GPU without it uses fp16, never fp32 (slow, and 2x memory)
+        compute = dtype if ref.dtype != "auto" or dtype == torch.bfloat16 else torch.float16
+        kwargs["dtype"] = compute
+        config = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+        )
+    else:
+        config = BitsAndBytesConfig(load_in_8bit=True)
+    # each process of a torchrun / accelerate launch loads onto its own GPU
+    place = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if device == "cuda" else device
+    return {**kwargs, "quantization_config": config, "device_map": {"": place}}
+
+
+def _check_hardware(ref: ModelRef, quantization: str, device: str, key: str) -> None:
     import importlib.util
 
-    if ref.quantization != "none":
+    if quantization != "none":
         if not device.startswith("cuda"):
             raise BadInput(
-                f"quantization {ref.quantization} needs a CUDA GPU (bitsandbytes); this run is on {device}",
+                f"quantization {quantization} needs a CUDA GPU (bitsandbytes); this run is on {device}",
                 key=f"{key}.quantization",
             )
         if importlib.util.find_spec("bitsandbytes") is None:
             raise BadInput(
-                "quantization needs bitsandbytes: pip install bitsandbytes", key=f"{key}.quantization"
+                f"quantization {quantization} needs bitsandbytes: pip install bitsandbytes",
+                key=f"{key}.quantization",
             )
     if ref.attn_implementation == "flash_attention_2":
         if not device.startswith("cuda") or importlib.util.find_spec("flash_attn") is None:
@@ -165,73 +174,77 @@ def _check_hardware(ref: ModelRef, device: str, key: str) -> None:
             )
 
 
-def _load_tokenizer(path: str, fallback: str, ref: ModelRef) -> Any:
+def _load_tokenizer(folder: Path, ref: ModelRef) -> Any:
     from transformers import AutoTokenizer
 
-    source = path if (Path(path) / "tokenizer_config.json").exists() else fallback
-    tokenizer = AutoTokenizer.from_pretrained(
-        source, revision=ref.revision if source == fallback else None, trust_remote_code=ref.trust_remote_code
-    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=ref.trust_remote_code)
+    except (OSError, ValueError, TypeError) as exc:
+        raise BadInput(
+            f"cannot load the tokenizer: {str(exc).strip().splitlines()[0]}", file=str(folder)
+        ) from None
     if tokenizer.pad_token is None:  # decoder-only models often ship without one
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def _load_pretrained(
-    path: str,
-    ref: ModelRef,
-    *,
-    head: Head,
-    labels: list[str] | None,
-    device: str,
-    key: str,
-    pad_token_id: int | None,
-) -> Any:
+def _head_kwargs(head: Head, labels: list[str] | None) -> dict[str, Any]:
+    if head != "classification" or labels is None:
+        return {}
+    return {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {name: i for i, name in enumerate(labels)},
+    }
+
+
+def _auto_class(head: Head) -> Any:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    kwargs: dict[str, Any] = {
-        "dtype": pick_dtype(ref.dtype, device),
-        "trust_remote_code": ref.trust_remote_code,
-    }
-    if ref.attn_implementation != "auto":
-        kwargs["attn_implementation"] = ref.attn_implementation
-    if ref.quantization != "none":
-        kwargs.update(_quantization_kwargs(ref, device))
-    if head == "classification":
-        cls = AutoModelForSequenceClassification
-        if labels is not None:
-            kwargs.update(
-                num_labels=len(labels),
-                id2label=dict(enumerate(labels)),
-                label2id={name: i for i, name in enumerate(labels)},
-            )
-    else:
-        cls = AutoModelForCausalLM
+    return AutoModelForSequenceClassification if head == "classification" else AutoModelForCausalLM
+
+
+def _load_pretrained(path: str, head: Head, kwargs: dict[str, Any], key: str) -> Any:
     try:
-        model = cls.from_pretrained(path, **kwargs)
+        return _auto_class(head).from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
         raise BadInput(
             f"cannot load {path} as a {head} model: {str(exc).splitlines()[0]}", key=f"{key}.path"
         ) from None
-    if head == "classification" and model.config.pad_token_id is None:
-        model.config.pad_token_id = pad_token_id
+
+
+def _empty_model(path: str, ref: ModelRef, head: Head, head_kwargs: dict[str, Any]) -> Any:
+    """The model's architecture on the meta device: parameters with shapes, no memory."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=ref.trust_remote_code, **head_kwargs)
+    with init_empty_weights():
+        model = _auto_class(head).from_config(config, trust_remote_code=ref.trust_remote_code)
+    model.tie_weights()  # init_empty_weights leaves tied embeddings as two tensors: counted twice
     return model
 
 
-def _quantization_kwargs(ref: ModelRef, device: str) -> dict[str, Any]:
-    import torch
-    from transformers import BitsAndBytesConfig
+def _apply_adapter(model: Any, adapter: Path, for_training: bool, empty_weights: bool) -> Any:
+    from peft import PeftConfig, PeftModel, get_peft_model
 
-    if ref.quantization == "4bit":
-        config = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=pick_dtype(ref.dtype, device) if ref.dtype != "float32" else torch.float32,
-        )
-    else:
-        config = BitsAndBytesConfig(load_in_8bit=True)
-    return {"quantization_config": config, "device_map": {"": device}}
+    if empty_weights:  # the same adapter layers, freshly initialised: its weights are not read
+        config = PeftConfig.from_pretrained(str(adapter))
+        config.inference_mode = not for_training
+        return get_peft_model(model, config)
+    try:
+        return PeftModel.from_pretrained(model, str(adapter), is_trainable=for_training)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise BadInput(
+            f"cannot apply this adapter: {exc}", file=str(adapter / "adapter_config.json")
+        ) from None
+    except RuntimeError as exc:  # weights of another shape: trained on another base model
+        if "size mismatch" not in str(exc):
+            raise
+        raise BadInput(
+            f"the adapter does not fit its base model: {str(exc).strip().splitlines()[-1].strip()}",
+            file=str(adapter),
+        ) from None
 
 
 def build_tokenizer(spec: ScratchModel, corpus: Iterable[str]) -> Any:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmtune.errors import BadInput
-from llmtune.models.loading import Head
+from llmtune.models.info import Head
 from llmtune.recipes.finetune import MethodSpec
 
 HEAD_NAMES = ("classifier", "score", "lm_head", "pre_classifier", "pooler")
@@ -59,10 +59,10 @@ def apply_method(model: Any, method: MethodSpec, head: Head, tokenizer: Any = No
         return model
     if method.type == "last_layers":
         return freeze_all_but_top(model, method.layers)
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model
 
     if method.type == "qlora":
-        model = prepare_model_for_kbit_training(model)
+        model = _prepare_quantized(model)
     if method.init_text and tokenizer is not None and not isinstance(tokenizer, str):
         import tempfile
 
@@ -71,6 +71,20 @@ def apply_method(model: Any, method: MethodSpec, head: Head, tokenizer: Any = No
             tokenizer.save_pretrained(folder)
             return get_peft_model(model, peft_config(method, head, folder))
     return get_peft_model(model, peft_config(method, head, tokenizer))
+
+
+def _prepare_quantized(model: Any) -> Any:
+    """peft's preparation of a k-bit base for training. On a base that was loaded unquantized it
+    would upcast every weight to fp32: the opposite of QLoRA, so that is refused as a bug."""
+    from peft import prepare_model_for_kbit_training
+
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        return prepare_model_for_kbit_training(model)
+    if all(p.is_meta for p in model.parameters()):
+        return model  # a dry run's empty model (load_model(empty_weights=True)): nothing to prepare
+    raise RuntimeError(
+        "qlora: the base model was loaded unquantized; load it with load_model(..., method='qlora')"
+    )
 
 
 def transformer_blocks(model: Any) -> Any:
