@@ -146,6 +146,9 @@ seed: 123
     )
     assert args.load_best_model_at_end and args.metric_for_best_model == "eval_f1" and args.greater_is_better
     assert args.logging_steps == 4 and args.save_total_limit == 3
+    # --resume restores early stopping's patience counter (a resumed run stops where the
+    # uninterrupted one would) and the trackers are only those the recipe names
+    assert args.restore_callback_states_from_checkpoint and args.report_to in ([], "none", ["none"])
     assert args.seed == 123 and args.data_seed == 123 and args.use_cpu
     assert args.output_dir == str(tmp_path / "run" / "checkpoints")
 
