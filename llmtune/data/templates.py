@@ -326,7 +326,7 @@ class _Deadline:
         if self._timer:
             self._armed = False
             signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, self._previous)
+            signal.signal(signal.SIGALRM, self._previous if self._previous is not None else signal.SIG_DFL)
             if self._outer[0] > 0:  # someone else's timer was running: give it back what is left
                 left = self._outer[0] - (self.seconds - (self.ends - time.monotonic()))
                 signal.setitimer(signal.ITIMER_REAL, max(left, 1e-3), self._outer[1])

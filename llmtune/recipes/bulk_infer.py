@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -128,3 +130,23 @@ class BulkInferRecipe(RecipeBase):
         if self.labels and len(set(self.labels)) != len(self.labels):
             raise ValueError("labels must be distinct")
         return self
+
+    def prompt_fingerprint(self) -> str:
+        """Changes when anything that shapes the prompt or the decoding changes (kept beside the
+        fields, so that a new field that shapes the prompt is added here too)."""
+        parts: dict[str, Any] = {
+            "template": self.template,
+            "columns": self.input.columns,
+            "chat": self.chat,
+            "system": self.system,
+            "task": self.task,
+            "max_length": self.max_length,
+            "on_too_long": self.on_too_long,
+        }
+        if self.task == "classify":
+            parts["labels"] = self.labels
+        else:
+            parts["generation"] = self.generation.model_dump()
+            if self.generation.temperature > 0:
+                parts["seed"] = self.seed
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]

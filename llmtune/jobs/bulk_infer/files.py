@@ -1,20 +1,13 @@
-"""bulk-infer's files: the append-only journal that resume reads, torn-line repair, shards and
-their merge, csv/parquet materialisation, row ids and fingerprints.
+"""bulk-infer's files: output paths and their check against the inputs, row ids, the model
+fingerprint, the append-only journal that resume reads, shards and their merge, csv/parquet.
 
-Design: every result row is appended to a JSON-lines *journal* in flushed, fsynced chunks. The
-journal is the source of truth: a rerun skips the ids it holds, a line torn by a crash is cut
-off on the next run, and a row is never written twice. For `output.path: x.jsonl` the journal
-is the output itself; csv and parquet cannot be appended safely, so for them the journal is
-`x.journal.jsonl` and `x.csv` / `x.parquet` is rewritten atomically from it at the end of a run.
-A chunk is written with SIGTERM/SIGINT held back, so a signal never tears a line.
-
-The errors file holds the failures of the latest run: they are appended to a hidden
-`.<name>.*.partial` file beside it that replaces it when the run ends (also on a signal or a
-crash), so the previous list is never truncated in place. No written path may be a read path:
-`check_paths` refuses that before anything is opened.
-
-Row ids keep the type they have in the input (an int stays an int); `id_key` (the id's JSON text)
-tells `1` from `"1"`.
+Every result row is appended to a JSON-lines *journal* in flushed, fsynced chunks, written with
+SIGTERM/SIGINT held back. The journal is the source of truth: a rerun skips the ids it holds (by
+`id_key`, so that ids keep their type and `1` is not `"1"`), a line torn by a crash is cut off on
+the next run, and a row is never written twice. For `x.jsonl` the journal is the output itself;
+for csv and parquet it is `x.journal.jsonl`, and `x.csv` / `x.parquet` is rewritten atomically
+from it at the end of a run. The errors file is replaced at the end of each run (temp + rename),
+never truncated in place. No written path may be a read path: `check_paths`, before anything opens.
 """
 
 from __future__ import annotations
@@ -33,11 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
 
-from llmtune.console import say
 from llmtune.errors import BadInput
 from llmtune.models.loading import resolve_model_path
 from llmtune.recipes.bulk_infer import BulkInferRecipe
-from llmtune.runs.rundir import OutputLock, atomic_write_text
+from llmtune.runs.rundir import apply_umask, atomic_write_text, umask
 
 Record = dict[str, Any]
 SHARD_RE = re.compile(r"^(\d+)/(\d+)$")
@@ -228,26 +220,6 @@ def _digest_folder(digest: Any, folder: Path) -> None:
                 digest.update(f.read())
 
 
-def prompt_fingerprint(recipe: BulkInferRecipe) -> str:
-    """Changes when anything that shapes the prompt or the decoding changes."""
-    parts: dict[str, Any] = {
-        "template": recipe.template,
-        "columns": recipe.input.columns,
-        "chat": recipe.chat,
-        "system": recipe.system,
-        "task": recipe.task,
-        "max_length": recipe.max_length,
-        "on_too_long": recipe.on_too_long,
-    }
-    if recipe.task == "classify":
-        parts["labels"] = recipe.labels
-    else:
-        parts["generation"] = recipe.generation.model_dump()
-        if recipe.generation.temperature > 0:
-            parts["seed"] = recipe.seed
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-
-
 # --------------------------------------------------------------------- journal
 def iter_journal(path: Path) -> Iterator[Record]:
     """Complete, valid rows of a journal (a torn or garbled line is passed over)."""
@@ -374,7 +346,7 @@ class ReplacingFile(AppendFile):
 
     def _open(self) -> Any:
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".partial")
-        os.fchmod(fd, 0o666 & ~_umask())  # the user's umask, as a plain open would give
+        os.fchmod(fd, 0o666 & ~umask())  # the user's umask, as a plain open would give
         self._tmp = Path(tmp)
         return os.fdopen(fd, "w", encoding="utf-8")
 
@@ -382,12 +354,6 @@ class ReplacingFile(AppendFile):
         with signals_held():
             self._file.close()
             os.replace(self._tmp, self.path)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # -------------------------------------------------------- materialise and merge
@@ -410,7 +376,7 @@ def materialise(journal: Path, results: Path) -> None:
             pq.write_table(pa.Table.from_pylist(records), tmp)
         else:
             _write_csv(records, tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
+        apply_umask(tmp)  # mkstemp made it 0600
         os.replace(tmp, results)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -477,23 +443,3 @@ def merge_shards(paths: OutputPaths) -> dict[str, Any]:
         "output": str(paths.results),
         "errors_file": str(paths.errors),
     }
-
-
-def merge_command(paths: OutputPaths, shard: tuple[int, int] | None, *, dry_run: bool) -> dict[str, Any]:
-    """`--merge-shards`: join every shard's part file into the output, under the output's lock."""
-    if shard is not None:
-        raise BadInput("--merge-shards joins every shard: leave out --shard", key="--merge-shards")
-    if dry_run:
-        parts = shard_parts(paths)
-        say(f"would merge {len(parts)} part file(s) into {paths.results}")
-        return {"dry_run": True, "parts": [str(p) for p in parts]}
-    lock = OutputLock(paths.lock)
-    lock.acquire()
-    try:
-        summary = merge_shards(paths)
-    finally:
-        lock.release()
-    say(f"merged {len(summary['merged_parts'])} part file(s): {summary['rows']} rows in {paths.results}")
-    if summary["missing_shards"]:
-        say(f"warning: no part file yet for shard(s) {', '.join(summary['missing_shards'])}")
-    return summary

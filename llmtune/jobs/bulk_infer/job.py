@@ -15,17 +15,17 @@ rerun does the rest. See `llmtune.jobs.bulk_infer.files` for the files' design.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import llmtune.jobs.bulk_infer.files as bulk_io
 from llmtune.console import say, table
 from llmtune.data.readers import expand_files, map_columns, read_file
 from llmtune.data.templates import Template
 from llmtune.errors import BadInput, Interrupted, Problem, RowsFailed
 from llmtune.inference.engine import Engine
-from llmtune.jobs.bulk_infer import files as bulk_io
+from llmtune.jobs.bulk_infer.progress import Progress, Tally, summarise
 from llmtune.models.info import ModelInfo, inspect_model
 from llmtune.models.loading import load_model, quiet_libraries
 from llmtune.recipes.bulk_infer import BulkInferRecipe
@@ -46,17 +46,6 @@ class InputRow:
         self.key = bulk_io.id_key(self.id)
 
 
-@dataclass
-class Tally:
-    """What happened to the rows of this run."""
-
-    done: int = 0
-    failed: int = 0
-    too_long_skipped: int = 0
-    new_tokens: int = 0
-    started: float = field(default_factory=time.monotonic)
-
-
 def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
     """Run bulk inference from a validated recipe; returns the summary (for --json)."""
     quiet_libraries(options.debug)
@@ -64,7 +53,7 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
     paths = bulk_io.output_paths(recipe, options.output, shard)
     bulk_io.check_paths(recipe, options.output)  # before any file is opened, the lock included
     if options.merge_shards:
-        return bulk_io.merge_command(paths, shard, dry_run=options.dry_run)
+        return merge(paths, shard, dry_run=options.dry_run)
     refresh = options.refresh
     if refresh not in (None, "stale"):
         raise BadInput(f"expected --refresh stale, got {refresh!r}", key="--refresh")
@@ -82,7 +71,7 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
         info = model_info(recipe)
         fingerprints = {
             "model_fingerprint": bulk_io.model_fingerprint(recipe),
-            "prompt_fingerprint": bulk_io.prompt_fingerprint(recipe),
+            "prompt_fingerprint": recipe.prompt_fingerprint(),
         }
         plan = {**_plan(recipe, paths, rows, fingerprints, refresh, limit), "duplicate_rows": duplicates}
         if lock is None:
@@ -109,7 +98,7 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
     finally:
         with bulk_io.signals_held():  # a second signal must not cut the clean-up short
             lock.release()
-    summary = _summary(paths, plan, tally, len(rows) - len(pending), len(pending) - len(todo))
+    summary = summarise(paths, plan, tally, len(rows) - len(pending), len(pending) - len(todo))
     if tally.failed:
         raise RowsFailed(f"{tally.failed} row(s) failed; see {paths.errors}", summary)
     return summary
@@ -119,6 +108,25 @@ def _take_lock(path: Path) -> OutputLock:
     lock = OutputLock(path)
     lock.acquire()
     return lock
+
+
+def merge(paths: bulk_io.OutputPaths, shard: tuple[int, int] | None, *, dry_run: bool) -> dict[str, Any]:
+    """`--merge-shards`: join every shard's part file into the output, under the output's lock."""
+    if shard is not None:
+        raise BadInput("--merge-shards joins every shard: leave out --shard", key="--merge-shards")
+    if dry_run:
+        parts = bulk_io.shard_parts(paths)
+        say(f"would merge {len(parts)} part file(s) into {paths.results}")
+        return {"dry_run": True, "parts": [str(p) for p in parts]}
+    lock = _take_lock(paths.lock)
+    try:
+        summary = bulk_io.merge_shards(paths)
+    finally:
+        lock.release()
+    say(f"merged {len(summary['merged_parts'])} part file(s): {summary['rows']} rows in {paths.results}")
+    if summary["missing_shards"]:
+        say(f"warning: no part file yet for shard(s) {', '.join(summary['missing_shards'])}")
+    return summary
 
 
 def read_input(
@@ -281,8 +289,6 @@ def infer(
     fingerprints: dict[str, str],
 ) -> Tally:
     """Run the rows chunk by chunk; each chunk's results and errors are appended and flushed."""
-    from llmtune.jobs.bulk_infer.progress import Progress
-
     tally = Tally()
     journal = bulk_io.AppendFile(paths.journal)
     errors = bulk_io.ReplacingFile(paths.errors)  # this run's failures replace the last run's
@@ -405,29 +411,3 @@ def _record(
 
 def _failure(item: InputRow, reason: str) -> dict[str, Any]:
     return {"id": item.id, "where": item.where, "reason": reason}
-
-
-def _summary(
-    paths: bulk_io.OutputPaths, plan: dict[str, Any], tally: Tally, skipped: int, left: int
-) -> dict[str, Any]:
-    seconds = max(time.monotonic() - tally.started, 1e-9)
-    summary = {
-        "output": str(paths.results if paths.shard is None else paths.journal),
-        "errors_file": str(paths.errors),
-        "rows_done": tally.done,
-        "rows_skipped": skipped,
-        "rows_duplicate": plan["duplicate_rows"],
-        "rows_left_for_next_run": left,
-        "rows_too_long_skipped": tally.too_long_skipped,
-        "rows_failed": tally.failed,
-        "seconds": round(seconds, 2),
-        "rows_per_s": round(tally.done / seconds, 2),
-        "generated_tokens": tally.new_tokens,
-        "generated_tokens_per_s": round(tally.new_tokens / seconds, 1),
-        "model_fingerprint": plan["model_fingerprint"],
-        "prompt_fingerprint": plan["prompt_fingerprint"],
-        "exit_code": 3 if tally.failed else 0,
-    }
-    rows = [[k, v] for k, v in summary.items() if k != "exit_code"]
-    table("bulk-infer summary", ["item", "value"], rows)
-    return summary

@@ -1,14 +1,28 @@
 """bulk-infer's progress: a rich bar with rows/s and ETA on a terminal, plain periodic log lines
-(cron, CI) elsewhere. Always on stderr, so stdout stays free for --json."""
+(cron, CI) elsewhere; and the summary at the end. Always on stderr, so stdout stays free for
+--json."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
-from llmtune.console import say, stderr_is_terminal
+from llmtune.console import say, stderr_is_terminal, table
+from llmtune.jobs.bulk_infer.files import OutputPaths
 
 LOG_EVERY_S = 10.0
+
+
+@dataclass
+class Tally:
+    """What happened to the rows of this run."""
+
+    done: int = 0
+    failed: int = 0
+    too_long_skipped: int = 0
+    new_tokens: int = 0
+    started: float = field(default_factory=time.monotonic)
 
 
 class Progress:
@@ -68,3 +82,30 @@ def _duration(seconds: float) -> str:
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def summarise(
+    paths: OutputPaths, plan: dict[str, Any], tally: Tally, skipped: int, left: int
+) -> dict[str, Any]:
+    """The numbers of the run, printed as a table on stderr; also the --json summary."""
+    seconds = max(time.monotonic() - tally.started, 1e-9)
+    summary = {
+        "output": str(paths.results if paths.shard is None else paths.journal),
+        "errors_file": str(paths.errors),
+        "rows_done": tally.done,
+        "rows_skipped": skipped,
+        "rows_duplicate": plan["duplicate_rows"],
+        "rows_left_for_next_run": left,
+        "rows_too_long_skipped": tally.too_long_skipped,
+        "rows_failed": tally.failed,
+        "seconds": round(seconds, 2),
+        "rows_per_s": round(tally.done / seconds, 2),
+        "generated_tokens": tally.new_tokens,
+        "generated_tokens_per_s": round(tally.new_tokens / seconds, 1),
+        "model_fingerprint": plan["model_fingerprint"],
+        "prompt_fingerprint": plan["prompt_fingerprint"],
+        "exit_code": 3 if tally.failed else 0,
+    }
+    rows = [[k, v] for k, v in summary.items() if k != "exit_code"]
+    table("bulk-infer summary", ["item", "value"], rows)
+    return summary
