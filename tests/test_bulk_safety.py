@@ -312,6 +312,24 @@ def test_template_attacks_are_bad_input_in_prompt_eval(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("task", ["classification", "causal_lm"])
+def test_template_attacks_are_bad_input_in_training_data(tmp_path: Path, task: str) -> None:
+    write_jsonl(tmp_path / "train.jsonl", [{"text": t, "label": t[0]} for t in ("ab", "ba", "aa", "bb")])
+    architecture = "bert" if task == "classification" else "llama"
+    recipe = {
+        "kind": "finetune",
+        "task": task,
+        "model": {"scratch": {**SCRATCH["scratch"], "architecture": architecture}},
+        "data": {"train": "train.jsonl", "template": "{% for i in range(10**9) %}{{ text }}{% endfor %}"},
+        "method": {"type": "full"},
+        "training": {"max_steps": 2, "batch_size": 2},
+        "output": {"dir": "run"},
+    }
+    path = write(tmp_path / "ft.yaml", yaml.safe_dump(recipe))
+    assert_bad_input(llmtune("finetune", path), "data.template", "Range too big")
+    assert not (tmp_path / "run").exists()
+
+
 # ------------------------------------------------------------------------ fingerprints
 def test_the_model_fingerprint_follows_content_not_spelling(tmp_path: Path) -> None:
     import torch
