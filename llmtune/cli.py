@@ -132,7 +132,7 @@ def run_job(verb: str, recipe_path: Path, sets: list[str] | None, options: JobOp
 
 RESUME_HINTS = {
     "bulk-infer": "rows written so far are kept; a plain rerun continues",
-    "prompt-eval": "the run is marked interrupted; rerun to evaluate again (prompt-eval has no --resume)",
+    "prompt-eval": "the run is marked interrupted; run it again to evaluate from the start",
 }
 
 

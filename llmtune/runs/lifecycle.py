@@ -173,16 +173,17 @@ def run_training(job: TrainingJob, options: JobOptions) -> dict[str, Any]:
 def recorded(
     run_dir: RunDir, options: JobOptions, files: list[Path], work: Callable[[], dict[str, Any]]
 ) -> dict[str, Any]:
-    """Open the run directory, run `work`, and record how it ended in the manifest."""
-    run_dir.open(resume=options.resume, data_files=files)
-    options.log_file = run_dir.log_file
+    """Open the run directory, run `work`, and record how it ended in the manifest (a signal
+    during `open` itself included)."""
     try:
+        run_dir.open(resume=options.resume, data_files=files)
+        options.log_file = run_dir.log_file
         summary = work()
     except (Interrupted, KeyboardInterrupt):
-        run_dir.close("interrupted")
+        _end(run_dir, "interrupted")
         raise
     except BaseException:
-        run_dir.close("failed")
+        _end(run_dir, "failed")
         raise
     summary["run_dir"] = str(run_dir.path)
     run_dir.close("completed", summary=summary)
@@ -190,6 +191,13 @@ def recorded(
     if (run_dir.path / "report.md").exists():
         say(f"report: {run_dir.path / 'report.md'}")
     return summary
+
+
+def _end(run_dir: RunDir, status: str) -> None:
+    if run_dir.manifest:
+        run_dir.close(status)  # the run began: record how it ended
+    else:
+        run_dir.abandon()  # refused while opening (bad input): leave no trace
 
 
 # fewer optimizer steps than this rarely move a pre-trained model far enough to mean anything

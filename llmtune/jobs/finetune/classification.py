@@ -226,7 +226,7 @@ def encode(
 
     if not rows.rows:
         return None
-    texts = [model_input(r, template) for r in rows.rows]
+    texts = [model_input(r, template, w) for r, w in zip(rows.rows, rows.where)]
     enc = loaded.tokenizer(texts, truncation=True, max_length=recipe.data.max_length)
     index = {name: i for i, name in enumerate(labels)}
     return datasets.Dataset.from_dict(
@@ -238,9 +238,9 @@ def encode(
     )
 
 
-def model_input(row: dict[str, Any], template: Template | None) -> str:
+def model_input(row: dict[str, Any], template: Template | None, where: str | None = None) -> str:
     """The text the model sees for a row: the template's output, else the text field."""
-    return template.render(row) if template else str(row["text"])
+    return template.render(row, where=where) if template else str(row["text"])
 
 
 def eval_metrics(labels: list[str]) -> Any:
@@ -282,7 +282,7 @@ def write_predictions(
         best = max(range(len(labels)), key=lambda j: probs[j])
         record = {
             "id": row["id"] if row.get("id") is not None else where,
-            "text": model_input(row, template),
+            "text": model_input(row, template, where),
             "gold": str(row["label"]),
             "prediction": labels[best],
             "scores": dict(zip(labels, probs, strict=True)),

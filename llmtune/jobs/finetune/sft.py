@@ -248,7 +248,10 @@ def _columns(
 ) -> tuple[dict[str, list[Any]], list[int]]:
     """The split's columns for TRL, and for each row the position of its first trained token."""
     if data.format == "text":
-        texts = [data.template.render(r) if data.template else str(r["text"]) for r in rows.rows]
+        texts = [
+            data.template.render(r, where=w) if data.template else str(r["text"])
+            for r, w in zip(rows.rows, rows.where)
+        ]
         return {"text": texts}, [0] * len(texts)
     if data.format == "prompt_completion":
         prompts = [prompt_text(r, data) for r in rows.rows]
