@@ -15,16 +15,16 @@ rerun does the rest. See `llmtune.jobs.bulk_infer.files` for the files' design.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import llmtune.jobs.bulk_infer.files as bulk_io
+import llmtune.jobs.bulk_infer.paths as bulk_paths
 from llmtune.console import say, table
-from llmtune.data.readers import expand_files, map_columns, read_file
 from llmtune.data.templates import Template
-from llmtune.errors import BadInput, Interrupted, Problem, RowsFailed
+from llmtune.errors import BadInput, Interrupted, RowsFailed
 from llmtune.inference.engine import Engine
+from llmtune.jobs.bulk_infer.inputs import InputRow, found_in_journal, read_input
 from llmtune.jobs.bulk_infer.progress import Progress, Tally, summarise
 from llmtune.models.info import ModelInfo, inspect_model
 from llmtune.models.loading import load_model, quiet_libraries
@@ -33,25 +33,12 @@ from llmtune.runs.options import JobOptions
 from llmtune.runs.rundir import OutputLock
 
 
-@dataclass
-class InputRow:
-    """One input row with its id (as written in the input), the id's key and where it came from."""
-
-    id: Any
-    row: dict[str, Any]
-    where: str
-    key: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.key = bulk_io.id_key(self.id)
-
-
 def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
     """Run bulk inference from a validated recipe; returns the summary (for --json)."""
     quiet_libraries(options.debug)
-    shard = bulk_io.parse_shard(options.shard)
-    paths = bulk_io.output_paths(recipe, options.output, shard)
-    bulk_io.check_paths(recipe, options.output)  # before any file is opened, the lock included
+    shard = bulk_paths.parse_shard(options.shard)
+    paths = bulk_paths.output_paths(recipe, options.output, shard)
+    bulk_paths.check_paths(recipe, options.output)  # before any file is opened, the lock included
     if options.merge_shards:
         return merge(paths, shard, dry_run=options.dry_run)
     refresh = options.refresh
@@ -88,7 +75,7 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
         if refresh == "stale":
             dropped = bulk_io.rewrite_journal(paths.journal, lambda r: _current(r, fingerprints))
             say(f"--refresh stale: {dropped} row(s) with other fingerprints will be recomputed")
-        done = _found(rows, bulk_io.done_fingerprints(*_journals(paths)))
+        done = found_in_journal(rows, bulk_io.done_fingerprints(*_journals(paths)))
         pending = [r for r in rows if r.key not in done]
         todo = pending[:limit]
         say(f"{len(todo)} row(s) to do, {len(rows) - len(pending)} already done")
@@ -110,7 +97,7 @@ def _take_lock(path: Path) -> OutputLock:
     return lock
 
 
-def merge(paths: bulk_io.OutputPaths, shard: tuple[int, int] | None, *, dry_run: bool) -> dict[str, Any]:
+def merge(paths: bulk_paths.OutputPaths, shard: tuple[int, int] | None, *, dry_run: bool) -> dict[str, Any]:
     """`--merge-shards`: join every shard's part file into the output, under the output's lock."""
     if shard is not None:
         raise BadInput("--merge-shards joins every shard: leave out --shard", key="--merge-shards")
@@ -127,59 +114,6 @@ def merge(paths: bulk_io.OutputPaths, shard: tuple[int, int] | None, *, dry_run:
     if summary["missing_shards"]:
         say(f"warning: no part file yet for shard(s) {', '.join(summary['missing_shards'])}")
     return summary
-
-
-def read_input(
-    recipe: BulkInferRecipe, shard: tuple[int, int] | None
-) -> tuple[list[InputRow], list[Path], int]:
-    """Input rows (columns mapped) in file order, each id once, only this shard's ids; and how
-    many rows repeated an earlier id. A repeated id with other content is refused (exit 2,
-    naming both rows) unless `on_duplicate: first`; a plain copy of a row is counted, not run."""
-    files = expand_files(recipe, recipe.input.path, "input.path")
-    rows: list[InputRow] = []
-    first: dict[str, InputRow] = {}
-    duplicates, conflicts = 0, []
-    for path in files:
-        part = read_file(path, skip_bad_rows=False)
-        for raw, where in zip(part.rows, part.where):
-            item = InputRow(bulk_io.row_id(raw, recipe.input.id_column), raw, where)
-            if item.id is None:
-                raise BadInput(f"row has no id in column {recipe.input.id_column!r}", file=where, key="input")
-            item.row = map_columns(raw, recipe.input.columns)
-            earlier = first.setdefault(item.key, item)
-            if earlier is not item:
-                duplicates += bulk_io.in_shard(item.id, shard)
-                if earlier.row != item.row and recipe.on_duplicate == "error":
-                    conflicts.append(Problem(_conflict(earlier, item), file=where, key="on_duplicate"))
-            elif bulk_io.in_shard(item.id, shard):
-                rows.append(item)
-    if conflicts:
-        raise BadInput(problems=conflicts[:20])
-    if not rows and shard is None:
-        raise BadInput(f"no rows in {', '.join(map(str, files))}", key="input.path")
-    return rows, files, duplicates
-
-
-def _conflict(earlier: InputRow, item: InputRow) -> str:
-    return (
-        f"id {item.id!r} is also the id of {earlier.where}, with other content; give each row its own "
-        "id, or set on_duplicate: first to keep the first row"
-    )
-
-
-def _found(rows: list[InputRow], done: dict[str, Any]) -> dict[str, Any]:
-    """Each input row's entry in the journal (keyed like the rows). Journals written before ids
-    kept their type hold every id as text: such an entry counts for a number id when no input
-    row has that text as its id."""
-    keys = {r.key for r in rows}
-    found = {}
-    for item in rows:
-        legacy = bulk_io.id_key(str(item.id))
-        if item.key in done:
-            found[item.key] = done[item.key]
-        elif not isinstance(item.id, str) and legacy in done and legacy not in keys:
-            found[item.key] = done[legacy]
-    return found
 
 
 def model_info(recipe: BulkInferRecipe) -> ModelInfo:
@@ -243,7 +177,7 @@ def _head_labels(recipe: BulkInferRecipe, info: ModelInfo, labels: list[str] | N
     return info.head_labels or labels
 
 
-def _journals(paths: bulk_io.OutputPaths) -> list[Path]:
+def _journals(paths: bulk_paths.OutputPaths) -> list[Path]:
     # a shard also skips ids that an earlier merge put in the main journal
     return [paths.journal] if paths.shard is None else [paths.main_journal(), paths.journal]
 
@@ -254,13 +188,13 @@ def _current(record: dict[str, Any], fingerprints: dict[str, str]) -> bool:
 
 def _plan(
     recipe: BulkInferRecipe,
-    paths: bulk_io.OutputPaths,
+    paths: bulk_paths.OutputPaths,
     rows: list[InputRow],
     fingerprints: dict[str, str],
     refresh: str | None,
     limit: int | None,
 ) -> dict[str, Any]:
-    done = _found(rows, bulk_io.done_fingerprints(*_journals(paths)))
+    done = found_in_journal(rows, bulk_io.done_fingerprints(*_journals(paths)))
     stale = sum(1 for r in rows if r.key in done and done[r.key] != tuple(fingerprints.values()))
     pending = sum(1 for r in rows if r.key not in done) + (stale if refresh == "stale" else 0)
     plan = {
@@ -285,7 +219,7 @@ def infer(
     recipe: BulkInferRecipe,
     engine: Engine,
     todo: list[InputRow],
-    paths: bulk_io.OutputPaths,
+    paths: bulk_paths.OutputPaths,
     fingerprints: dict[str, str],
 ) -> Tally:
     """Run the rows chunk by chunk; each chunk's results and errors are appended and flushed."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmtune.console import say, stderr_is_terminal, table
-from llmtune.jobs.bulk_infer.files import OutputPaths
+from llmtune.jobs.bulk_infer.paths import OutputPaths
 
 LOG_EVERY_S = 10.0
 
