@@ -10,8 +10,10 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -143,3 +145,39 @@ training: {{{training}}}
 output: {{dir: run}}
 {extra}""",
     )
+
+
+# ---- tiny bulk-infer jobs shared by the bulk-infer tests
+SCRATCH = {"scratch": {"architecture": "llama", "hidden_size": 32, "num_layers": 2, "num_heads": 2}}
+
+
+def make_rows(n: int) -> list[dict[str, Any]]:
+    words = ["good", "bad", "slow", "fast", "meh", "great value", "broke after a week"]
+    return [{"id": f"r{i:03d}", "text": " ".join(words[: i % 7 + 1]) * (1 + i % 3)} for i in range(n)]
+
+
+def make_recipe(tmp_path: Path, rows: int = 30, name: str = "job.yaml", **overrides: Any) -> Path:
+    if not (tmp_path / "in.jsonl").exists():
+        write_jsonl(tmp_path / "in.jsonl", make_rows(rows))
+    recipe: dict[str, Any] = {
+        "kind": "bulk-infer",
+        "model": SCRATCH,
+        "input": {"path": "in.jsonl", "id_column": "id"},
+        "template": "Q: {{ text }}\nA:",
+        "generation": {"max_new_tokens": 6},
+        "batching": {"chunk_rows": 8},
+        "output": {"path": "out/res.jsonl"},
+    }
+    recipe.update(overrides)
+    return write(tmp_path / name, yaml.safe_dump(recipe))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def by_id(path: Path) -> dict[str, dict[str, Any]]:
+    records = read_jsonl(path)
+    ids = [r["id"] for r in records]
+    assert len(ids) == len(set(ids)), "an id was written twice"
+    return {r["id"]: r for r in records}

@@ -17,53 +17,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from conftest import Result, assert_bad_input, run_cli, write, write_jsonl
-from typer.testing import CliRunner
+from conftest import (
+    SCRATCH,
+    assert_bad_input,
+    by_id,
+    make_recipe,
+    make_rows,
+    read_jsonl,
+    run_cli,
+    write,
+    write_jsonl,
+)
+from conftest import invoke as llmtune
 
-from llmtune.cli import app
 from llmtune.runs.rundir import OutputLock
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRATCH = {"scratch": {"architecture": "llama", "hidden_size": 32, "num_layers": 2, "num_heads": 2}}
-
-
-def llmtune(*args: str | Path) -> Result:
-    """The CLI in this process."""
-    out = CliRunner().invoke(app, [str(a) for a in args])
-    return Result(out.exit_code, out.stdout, out.stderr)
-
-
-def make_rows(n: int) -> list[dict[str, Any]]:
-    words = ["good", "bad", "slow", "fast", "meh", "great value", "broke after a week"]
-    return [{"id": f"r{i:03d}", "text": " ".join(words[: i % 7 + 1]) * (1 + i % 3)} for i in range(n)]
-
-
-def make_recipe(tmp_path: Path, rows: int = 30, name: str = "job.yaml", **overrides: Any) -> Path:
-    if not (tmp_path / "in.jsonl").exists():
-        write_jsonl(tmp_path / "in.jsonl", make_rows(rows))
-    recipe: dict[str, Any] = {
-        "kind": "bulk-infer",
-        "model": SCRATCH,
-        "input": {"path": "in.jsonl", "id_column": "id"},
-        "template": "Q: {{ text }}\nA:",
-        "generation": {"max_new_tokens": 6},
-        "batching": {"chunk_rows": 8},
-        "output": {"path": "out/res.jsonl"},
-    }
-    recipe.update(overrides)
-    return write(tmp_path / name, yaml.safe_dump(recipe))
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def by_id(path: Path) -> dict[str, dict[str, Any]]:
-    records = read_jsonl(path)
-    ids = [r["id"] for r in records]
-    assert len(ids) == len(set(ids)), "an id was written twice"
-    return {r["id"]: r for r in records}
 
 
 def test_generate_writes_every_id_once_and_a_rerun_skips_them(tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import assert_bad_input, write, write_jsonl
-from test_bulk_infer import SCRATCH, by_id, llmtune, make_recipe, make_rows, read_jsonl
+from conftest import SCRATCH, assert_bad_input, by_id, make_recipe, make_rows, read_jsonl, write, write_jsonl
+from conftest import invoke as llmtune
 
 from llmtune.data.templates import Template
 from llmtune.errors import BadInput

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import write, write_jsonl
-from test_bulk_infer import SCRATCH, by_id, llmtune, make_recipe, make_rows, read_jsonl
+from conftest import SCRATCH, by_id, make_recipe, make_rows, read_jsonl, write, write_jsonl
+from conftest import invoke as llmtune
 
 SAFETY_NET_S = 900  # a hung job fails the test instead of hanging the suite
 
