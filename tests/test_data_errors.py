@@ -95,7 +95,7 @@ BAD_FILES = {
     "empty jsonl": ("t.jsonl", b"", None, "the file is empty"),
     "empty parquet": ("t.parquet", b"", None, "the file is empty"),
     ".json object, not a list": ("t.json", b'{"review": "x", "sentiment": "pos"}', 1, "expected a JSON list"),
-    ".json list of numbers": ("t.json", b"[1, 2, 3]", 1, "expected a JSON object per row, got int"),
+    ".json list of numbers": ("t.json", b"[1, 2, 3]", 1, "expected a JSON object per row, got a number"),
     "invalid .json": ("t.json", b'[\n  {"review": "x",\n   "sentiment": pos}\n]', 3, "invalid JSON"),
     "CSV header naming a column twice": ("t.csv", b"review,review,sentiment\na,b,pos\n", 1, "twice"),
 }

@@ -181,6 +181,18 @@ CASES = {
         "config.json:2",
         "invalid JSON",
     ),
+    "generation_config.json not JSON": (
+        "lm",
+        lambda m: write(m / "generation_config.json", "{oops"),
+        "generation_config.json:1",
+        "invalid JSON",
+    ),
+    "tokenizer.json not JSON": (
+        "lm",
+        lambda m: write(m / "tokenizer.json", '{"version": '),
+        "",
+        "cannot load the tokenizer",
+    ),
     "id2label not integers": (
         "cls",
         lambda m: edit_json(m / "config.json", id2label={"neg": "neg", "pos": "pos"}),

@@ -179,7 +179,8 @@ def _no_such_column(name: str, columns: dict[str, str], seen: list[str]) -> str:
 
 
 def _kind(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string"}.get(type(value), type(value).__name__)
+    names = {dict: "an object", list: "a list", str: "a string", bool: "true/false", type(None): "null"}
+    return names.get(type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
 
 
 def _iter_file(path: Path) -> Iterator[tuple[str, Any, str | None]]:
@@ -333,10 +334,6 @@ def _saved_rows(path: Path) -> Iterator[tuple[str, Any, str | None]]:
         dataset = datasets.load_from_disk(str(path))
     except (pa.ArrowException, OSError, ValueError, KeyError) as exc:
         raise BadInput(f"not a readable save_to_disk folder: {_first_line(exc)}", file=str(path)) from None
-    if isinstance(dataset, datasets.DatasetDict):
-        raise BadInput(
-            f"a DatasetDict with splits {list(dataset)}; point data at one split's folder", file=str(path)
-        )
     for i, row in enumerate(dataset):
         yield f"{path}[{i}]", dict(row), None
 

@@ -169,6 +169,8 @@ def check_model_folder(path: Path, ref: ModelRef) -> dict[str, Any]:
     config = read_config(config_file)
     check_remote_code(config, config_file, ref, "model_type")
     named_labels(config.get("id2label"), config_file)
+    if (path / "generation_config.json").exists():  # transformers would drop a broken one silently
+        read_config(path / "generation_config.json")
     check_weights(path, WEIGHTS)
     return config
 
@@ -295,7 +297,9 @@ def check_tokenizer(folder: Path, ref: ModelRef) -> None:
             f"({', '.join(VOCABULARIES[1:])}); save it beside the model with tokenizer.save_pretrained",
             file=str(folder),
         )
-    if (folder / "tokenizer_config.json").is_file():
+    if (folder / "special_tokens_map.json").exists():
+        read_config(folder / "special_tokens_map.json")
+    if (folder / "tokenizer_config.json").exists():
         tokenizer_config = read_config(folder / "tokenizer_config.json")
         check_remote_code(tokenizer_config, folder / "tokenizer_config.json", ref, "tokenizer_class")
 
