@@ -1,17 +1,14 @@
 """Reading rows for every job: files and globs, column mapping, splits, limits, bad rows.
 
-Files are read here rather than through `datasets.load_dataset` for one reason: a row that cannot
-be read must be reported with its file and line, which the datasets loaders do not do. Parquet
-and `save_to_disk` folders go through pyarrow / datasets, which have no line numbers to report.
+Files are read here rather than through `datasets.load_dataset` because a row that cannot be read
+must be reported with its file and line. Parquet and `save_to_disk` folders go through pyarrow /
+datasets, which have no line numbers to report.
 
-Two kinds of problem, and what `data.skip_bad_rows` covers:
-- a bad row: invalid JSON or UTF-8 on its line, not an object, nested too deeply, a required
-  field missing or empty, a CSV row with the wrong number of columns, a label not in `labels`.
-  All of them are reported at once (the first 20, then a count), exit 2; with `skip_bad_rows:
-  true` they are skipped and counted instead.
-- a bad file: empty, not UTF-8 (CSV / JSON), not a JSON list, an unreadable parquet file, a CSV
-  field past the csv module's size limit, a column that no row has (a wrong `columns` mapping).
-  Skipping rows cannot fix these, so they are always exit 2, naming the file (and line).
+What `data.skip_bad_rows` covers: bad rows (invalid JSON or UTF-8 on its line, not an object,
+nested too deeply, a required field missing or empty, a CSV row with the wrong number of columns,
+a label not in `labels`) are all reported at once (20, then a count) with exit 2, or skipped and
+counted. Bad files (empty, not UTF-8, not a JSON list, unreadable parquet, a CSV field past the
+csv module's limit, a column that no row has: a wrong `columns` mapping) are always exit 2.
 """
 
 from __future__ import annotations
@@ -19,6 +16,7 @@ from __future__ import annotations
 import csv
 import difflib
 import glob
+import io
 import json
 import re
 from collections.abc import Iterator
@@ -34,6 +32,10 @@ FORMATS = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
 SPLIT_NAMES = ("train", "validation", "test")
 MAX_SHOWN = 20  # bad rows listed in one error; the rest are counted
 SKIP_HINT = "fix these rows, or set data.skip_bad_rows: true to skip and count them"
+CSV_TOO_LONG = (
+    "a field is longer than the csv module's limit of {} characters: usually a quote (\") that is never "
+    "closed, in the row starting here; store very long texts in .jsonl or .parquet"
+)
 
 
 @dataclass
@@ -80,19 +82,15 @@ def expand_files(recipe: RecipeBase, spec: str | list[str], key: str) -> list[Pa
             if not matches:
                 raise BadInput(f"no file matches {resolved}", file=_src(recipe), key=key)
             files.extend(matches)
-        elif resolved.is_dir() and (resolved / "dataset_info.json").exists():
-            files.append(resolved)
-        elif resolved.is_file():
+        elif resolved.is_file() or (resolved / "dataset_info.json").is_file():  # a save_to_disk folder
             files.append(resolved)
         else:
             raise BadInput(f"data file not found: {resolved}", file=_src(recipe), key=key)
     for path in files:
         if not path.is_dir() and path.suffix.lower() not in FORMATS:
+            expected = f"expected one of {' '.join(FORMATS)} or a save_to_disk folder"
             raise BadInput(
-                f"unsupported file type {path.suffix!r} ({path}); expected one of "
-                f"{' '.join(FORMATS)} or a save_to_disk folder",
-                file=_src(recipe),
-                key=key,
+                f"unsupported file type {path.suffix!r} ({path}); {expected}", file=_src(recipe), key=key
             )
     return files
 
@@ -101,19 +99,12 @@ def _src(recipe: RecipeBase) -> str | None:
     return str(recipe.source) if recipe.source else None
 
 
-def read_file(
-    path: Path,
-    skip_bad_rows: bool,
-    columns: dict[str, str] | None = None,
-    required: tuple[str, ...] = (),
-    *,
-    hint: str | None = None,
-) -> Rows:
-    """Rows of one file, columns mapped. Bad rows raise one BadInput listing all of them (with
-    `hint` as its last line when some rows are good) unless `skip_bad_rows`, which counts them."""
-    rows, bad = scan_file(path, columns or {}, required)
+def read_file(path: Path, skip_bad_rows: bool, columns: dict[str, str] | None = None) -> Rows:
+    """Rows of one file, columns mapped. Bad rows raise one BadInput listing all of them, unless
+    `skip_bad_rows`, which counts them (`Rows.skipped`)."""
+    rows, bad = scan_file(path, columns or {}, ())
     if bad and not skip_bad_rows:
-        refuse(bad, hint if rows.rows else None)
+        refuse(bad)
     rows.skipped = len(bad)
     return rows
 
@@ -153,9 +144,7 @@ def refuse(problems: list[Problem], hint: str | None = None) -> NoReturn:
     shown = problems[:MAX_SHOWN]
     if len(problems) > MAX_SHOWN:
         shown.append(Problem(f"... and {len(problems) - MAX_SHOWN} more"))
-    if hint:
-        shown.append(Problem(f"{len(problems)} bad row(s): {hint}"))
-    raise BadInput(problems=shown)
+    raise BadInput(problems=shown + ([Problem(hint)] if hint else []))
 
 
 def closest(word: str, choices: list[str]) -> str | None:
@@ -187,45 +176,63 @@ def _iter_file(path: Path) -> Iterator[tuple[str, Any, str | None]]:
     """(where, row, problem) for each row of a file; raises BadInput for a bad file."""
     suffix = path.suffix.lower()
     if path.is_dir():
-        yield from _saved_rows(path)
-        return
+        return _saved_rows(path)
     if path.stat().st_size == 0:
         raise BadInput("the file is empty (0 bytes)", file=str(path))
-    if suffix in (".jsonl", ".txt"):
-        yield from _line_rows(path, as_json=suffix == ".jsonl")
-    elif suffix == ".json":
-        yield from _json_rows(path)
-    elif suffix in (".csv", ".tsv"):
-        yield from _csv_rows(path, "\t" if suffix == ".tsv" else ",")
-    elif suffix == ".parquet":
-        yield from _parquet_rows(path)
+    if suffix == ".json":
+        return _json_rows(path)
+    if suffix in (".csv", ".tsv"):
+        return _csv_rows(path, "\t" if suffix == ".tsv" else ",")
+    if suffix == ".parquet":
+        return _parquet_rows(path)
+    return _line_rows(path, as_json=suffix == ".jsonl")
 
 
 def _line_rows(path: Path, as_json: bool) -> Iterator[tuple[str, Any, str | None]]:
     # bytes, decoded line by line: a bad byte spoils its own line, not the whole file
     with path.open("rb") as f:
         for n, raw in enumerate(f, 1):
-            where = f"{path}:{n}"
-            try:
-                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                yield where, None, f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at column {exc.start + 1}"
+            where, line = f"{path}:{n}", raw.removeprefix(b"\xef\xbb\xbf") if n == 1 else raw
+            if problem := _not_utf8(line):
+                yield where, None, problem
+            elif not line.strip():
                 continue
-            if not line.strip():
-                continue
-            if not as_json:
-                yield where, {"text": line.rstrip("\r\n")}, None
-                continue
-            try:
-                yield where, json.loads(line), None
-            except json.JSONDecodeError as exc:
-                yield where, None, f"invalid JSON: {exc.msg} at column {exc.colno}"
-            except RecursionError:
-                yield where, None, "invalid JSON: nested too deeply to read"
+            elif not as_json:
+                yield where, {"text": line.decode().rstrip("\r\n")}, None
+            else:
+                yield where, *_parse_json(line.decode())
+
+
+def _parse_json(text: str) -> tuple[Any, str | None]:
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as exc:
+        return None, f"invalid JSON: {exc.msg} at column {exc.colno}"
+    except RecursionError:
+        return None, "invalid JSON: nested too deeply to read"
+
+
+def _not_utf8(raw: bytes) -> str | None:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at column {exc.start + 1}"
+    return None
+
+
+def _utf8_text(path: Path) -> str:
+    """The file's text; a bad byte is BadInput with its line (UTF-8 never puts a newline byte
+    inside a character, so lines can be checked one by one)."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        with path.open("rb") as f:
+            line, problem = next((n, _not_utf8(raw)) for n, raw in enumerate(f, 1) if _not_utf8(raw))
+        raise BadInput(f"{problem}; save the file as UTF-8", file=str(path), line=line) from None
 
 
 def _json_rows(path: Path) -> Iterator[tuple[str, Any, str | None]]:
-    text = _read_text(path)
+    text = _utf8_text(path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -235,18 +242,12 @@ def _json_rows(path: Path) -> Iterator[tuple[str, Any, str | None]]:
     except RecursionError:
         raise BadInput("invalid JSON: nested too deeply to read", file=str(path)) from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
-        for i, row in enumerate(data["data"]):
-            yield f"{path}[data][{i}]", row, None
-        return
-    if not isinstance(data, list):
-        raise BadInput(
-            f'expected a JSON list of row objects (or {{"data": [...]}}), got {_kind(data)}; '
-            "one object per line is a .jsonl file",
-            file=str(path),
-            line=1,
-        )
-    for line, row in zip(_element_lines(text), data):
-        yield f"{path}:{line}", row, None
+        yield from ((f"{path}[data][{i}]", row, None) for i, row in enumerate(data["data"]))
+    elif not isinstance(data, list):
+        message = f'expected a JSON list of row objects (or {{"data": [...]}}), got {_kind(data)}'
+        raise BadInput(f"{message}; one object per line is a .jsonl file", file=str(path), line=1)
+    else:
+        yield from ((f"{path}:{line}", row, None) for line, row in zip(_element_lines(text), data))
 
 
 def _element_lines(text: str) -> Iterator[int]:
@@ -263,54 +264,25 @@ def _element_lines(text: str) -> Iterator[int]:
         pos = decoder.raw_decode(text, pos)[1]
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise _not_utf8(path) from None
-
-
-def _not_utf8(path: Path) -> BadInput:
-    with path.open("rb") as f:  # UTF-8 never puts a newline byte inside a character
-        for n, raw in enumerate(f, 1):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                return BadInput(
-                    f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at column {exc.start + 1}; "
-                    "save the file as UTF-8",
-                    file=str(path),
-                    line=n,
-                )
-    return BadInput("not UTF-8 text; save the file as UTF-8", file=str(path))
-
-
 def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[str, Any, str | None]]:
+    text = _utf8_text(path)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     last = 1  # the line the last good row ended on: a bad one starts after it
     try:
-        with path.open(encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f, delimiter=delimiter)
-            header = reader.fieldnames or []
-            twice = sorted({name for name in header if header.count(name) > 1})
-            if twice:
-                raise BadInput(f"the header names column {twice[0]!r} twice", file=str(path), line=1)
-            for row in reader:
-                where, last = f"{path}:{reader.line_num}", reader.line_num
-                if None in row or any(v is None for v in row.values()):
-                    got = len(header) + len(row.get(None) or []) - sum(v is None for v in row.values())
-                    yield where, None, f"expected {len(header)} columns (as in the header), got {got}"
-                else:
-                    yield where, dict(row), None
-    except UnicodeDecodeError:
-        raise _not_utf8(path) from None
+        header = reader.fieldnames or []
+        twice = sorted({name for name in header if header.count(name) > 1})
+        if twice:
+            raise BadInput(f"the header names column {twice[0]!r} twice", file=str(path), line=1)
+        for row in reader:
+            where, last = f"{path}:{reader.line_num}", reader.line_num
+            if None in row or any(v is None for v in row.values()):
+                got = len(header) + len(row.get(None) or []) - sum(v is None for v in row.values())
+                yield where, None, f"expected {len(header)} columns (as in the header), got {got}"
+            else:
+                yield where, dict(row), None
     except csv.Error as exc:
-        message = f"unreadable CSV: {exc}"
-        if "field larger than field limit" in str(exc):
-            message = (
-                f"a field is longer than the csv module's limit of {csv.field_size_limit()} "
-                'characters: usually a quote (") that is never closed, in the row starting here; '
-                "store very long texts in .jsonl or .parquet"
-            )
+        too_long = "field larger than field limit" in str(exc)
+        message = CSV_TOO_LONG.format(csv.field_size_limit()) if too_long else f"unreadable CSV: {exc}"
         raise BadInput(message, file=str(path), line=last + 1) from None
 
 
@@ -361,13 +333,11 @@ def read_rows(
         out.rows.extend(part.rows)
         out.where.extend(part.where)
     if bad and not skip_bad_rows:
-        refuse(bad, SKIP_HINT if out.rows else None)
+        refuse(bad, f"{len(bad)} bad row(s): {SKIP_HINT}" if out.rows else None)
     out.skipped = len(bad)
     if not out.rows:
         skipped = f" ({len(bad)} bad row(s) skipped)" if bad else ""
-        raise BadInput(
-            f"no usable rows in {', '.join(str(f) for f in files)}{skipped}", file=_src(recipe), key=key
-        )
+        raise BadInput(f"no usable rows in {', '.join(map(str, files))}{skipped}", file=_src(recipe), key=key)
     return out, files
 
 
@@ -388,23 +358,12 @@ def load_splits(
     recipe: RecipeBase, data: Data, *, required: tuple[str, ...] = (), label_field: str | None = None
 ) -> Splits:
     """train/validation/test rows: read, carve missing splits from train, apply `limit`."""
-    read = {}
-    files: list[Path] = []
+    read, files = {name: Rows() for name in SPLIT_NAMES}, []
+    options = {"columns": data.columns, "required": required, "skip_bad_rows": data.skip_bad_rows}
     for name in SPLIT_NAMES:
-        spec = getattr(data, name)
-        if spec is None:
-            read[name] = Rows()
-            continue
-        rows, used = read_rows(
-            recipe,
-            spec,
-            f"data.{name}",
-            columns=data.columns,
-            required=required,
-            skip_bad_rows=data.skip_bad_rows,
-        )
-        read[name] = rows
-        files.extend(used)
+        if getattr(data, name) is not None:
+            read[name], used = read_rows(recipe, getattr(data, name), f"data.{name}", **options)
+            files.extend(used)
     train = read["train"]
     total = len(train)
     if data.split is not None:
@@ -444,19 +403,17 @@ def check_labels(splits: Splits, labels: list[str], label_field: str = "label") 
     label (same but for case first, then difflib). With `splits.skip_bad_rows` (data.skip_bad_rows)
     such rows are removed in place and counted in `Rows.skipped`, unless a split would be left
     empty; otherwise every one is reported at once (exit 2)."""
-    allowed = set(labels)
     bad: list[Problem] = []
     hint = SKIP_HINT
     for name in SPLIT_NAMES:
         rows: Rows = getattr(splits, name)
-        good = [i for i, r in enumerate(rows.rows) if str(r.get(label_field)) in allowed]
-        if len(good) == len(rows):
-            continue
+        values = [str(r.get(label_field)) for r in rows.rows]
+        good = [i for i, value in enumerate(values) if value in labels]
         problems = [
-            Problem(_label_problem(str(r.get(label_field)), labels), file=w)
-            for r, w in zip(rows.rows, rows.where)
-            if str(r.get(label_field)) not in allowed
+            Problem(_label_problem(v, labels), file=w) for v, w in zip(values, rows.where) if v not in labels
         ]
+        if not problems:
+            continue
         if not good:  # skipping cannot help: the labels are wrong, not a few rows
             hint = f"no {name} row has a label in labels {labels}: check `labels` and data.columns"
         elif splits.skip_bad_rows:
@@ -465,7 +422,7 @@ def check_labels(splits: Splits, labels: list[str], label_field: str = "label") 
             continue
         bad += problems
     if bad:
-        refuse(bad, hint)
+        refuse(bad, f"{len(bad)} bad row(s): {hint}")
 
 
 def _label_problem(label: str, labels: list[str]) -> str:
@@ -476,21 +433,16 @@ def _label_problem(label: str, labels: list[str]) -> str:
 def infer_labels(rows: Rows, label_field: str = "label") -> list[str]:
     """Label names found in the rows, sorted so that runs agree whatever the row order. Names
     that differ only in case are refused: far more often a typo than two classes."""
-    first: dict[str, str] = {}
+    first: dict[str, str] = {}  # label -> where it first appears
     for row, where in zip(rows.rows, rows.where):
         first.setdefault(str(row[label_field]), where)
-    by_case: dict[str, list[str]] = {}
+    folded: dict[str, str] = {}
     for name in sorted(first):
-        by_case.setdefault(name.casefold(), []).append(name)
-    for names in by_case.values():
-        if len(names) > 1:
-            raise BadInput(
-                problems=[Problem(f"label {n!r} first appears here", file=first[n]) for n in names]
-                + [
-                    Problem(
-                        f"labels {' and '.join(map(repr, names))} differ only in case: fix the "
-                        "data, or list the labels you mean in `labels:`"
-                    )
-                ]
+        twin = folded.setdefault(name.casefold(), name)
+        if twin != name:
+            where = [Problem(f"label {n!r} first appears here", file=first[n]) for n in (twin, name)]
+            refuse(
+                where,
+                f"labels {twin!r} and {name!r} differ only in case: fix the data, or list them in labels:",
             )
     return sorted(first)
