@@ -11,7 +11,17 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TRAINING, assert_bad_input, classification_data, invoke, recipe, run_cli, sft_data, write
+from conftest import (
+    ROOT,
+    TRAINING,
+    assert_bad_input,
+    classification_data,
+    invoke,
+    recipe,
+    run_cli,
+    sft_data,
+    write,
+)
 
 
 def resumable_recipe(folder: Path) -> Path:
@@ -217,3 +227,16 @@ def test_a_run_that_cannot_mean_much_says_so(tmp_path: Path) -> None:
     assert "warning: only 2 optimizer steps" in result.stderr
     low, high = json.loads((tmp_path / "run" / "eval.json").read_text())["metrics"]["accuracy_ci95"]
     assert 0.0 <= low < high <= 1.0 and high - low > 0.2
+
+
+def test_dry_run_counts_parameters_without_reading_weights(tmp_path: Path) -> None:
+    """--dry-run builds the model on the meta device: the counts are the real model's (MiniLM +
+    LoRA r=8 + a 2-label head, as a real run prints them), and nothing is written."""
+    result = run_cli(
+        "finetune", ROOT / "recipes" / "quickstart.yaml", "--dry-run", "--json", "--output", tmp_path / "run"
+    )
+    assert result.code == 0, result.stderr[-2000:]
+    plan = result.json()
+    assert (plan["trainable_params"], plan["total_params"]) == (338_690, 23_052_676)
+    assert plan["learning_rate"] == 2.0e-3 and plan["epochs"] == 6  # the recipe's own numbers win over auto
+    assert not (tmp_path / "run").exists()

@@ -96,8 +96,9 @@ class TrainingJob(Protocol):
         """Read and check the data and the hardware rules, before any model loads; returns the
         data files read (their sha256 goes in the manifest)."""
 
-    def setup(self, run_dir: Path) -> Plan:
-        """Load the model, apply the tuning method, encode the splits; the plan."""
+    def setup(self, run_dir: Path, dry_run: bool = False) -> Plan:
+        """Load the model (on a dry run without its weights), apply the tuning method, encode the
+        splits; the plan."""
 
     def trainer(self, run_dir: RunDir) -> Any:
         """The HF / TRL trainer, with the lifecycle's callbacks (`runs.training.callbacks`)."""
@@ -126,7 +127,7 @@ def run_training(job: TrainingJob, options: JobOptions) -> dict[str, Any]:
     run_dir.claim(resume=options.resume)
     try:
         files = job.preflight()
-        plan = job.setup(run_dir.path)
+        plan = job.setup(run_dir.path, dry_run=options.dry_run)
         describe(plan)
         if options.dry_run:
             show_plan(plan.as_dict())

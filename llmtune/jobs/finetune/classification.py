@@ -63,7 +63,7 @@ class ClassificationJob:
         self.device = preflight(self.recipe.model, self.recipe.method.type, self.recipe.training)
         return self.splits.files
 
-    def setup(self, run_dir: Path) -> Plan:
+    def setup(self, run_dir: Path, dry_run: bool = False) -> Plan:
         recipe = self.recipe
         self.loaded = load_model(
             recipe.model,
@@ -72,6 +72,8 @@ class ClassificationJob:
             labels=self.labels,
             corpus=(r["text"] for r in self.splits.train.rows if "text" in r),
             for_training=True,
+            method=recipe.method.type,
+            empty_weights=dry_run,  # a dry run only counts parameters: no weights read
         )
         if recipe.method.type == "prompt":
             # the soft prompt is prepended as embeddings, so the head cannot find the last real

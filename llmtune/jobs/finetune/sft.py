@@ -78,10 +78,18 @@ class SftJob:
         preflight(self.recipe.model, self.recipe.method.type, self.recipe.training)
         return self.data.splits.files
 
-    def setup(self, run_dir: Path) -> Plan:
+    def setup(self, run_dir: Path, dry_run: bool = False) -> Plan:
         recipe, splits = self.recipe, self.data.splits
         corpus = (str(r.get("text") or r.get("prompt") or "") for r in splits.train.rows)
-        self.loaded = load_model(recipe.model, recipe, head="causal_lm", corpus=corpus, for_training=True)
+        self.loaded = load_model(
+            recipe.model,
+            recipe,
+            head="causal_lm",
+            corpus=corpus,
+            for_training=True,
+            method=recipe.method.type,
+            empty_weights=dry_run,  # a dry run only counts parameters: no weights read
+        )
         if self.data.format == "messages":
             use_chat_template(recipe, self.loaded.tokenizer)
         from llmtune.models.export import snapshot_base
