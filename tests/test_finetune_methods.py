@@ -130,3 +130,23 @@ def test_a_shipped_recipe_shows_every_method() -> None:
 
     methods = {load_recipe(p, None).method.type for p in (ROOT / "recipes").glob("finetune-*.yaml")}
     assert methods >= {"full", "lora", "qlora", "dora", "ia3", "prefix", "prompt", "last_layers"}
+
+
+@pytest.mark.parametrize("task", ["classification", "causal_lm"])
+def test_the_method_reaches_model_loading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, task: str) -> None:
+    """qlora's 4-bit loading is decided from the method (tests/test_model_errors.py pins the
+    from_pretrained arguments); here: every finetune job hands its method and the dry run over."""
+    import llmtune.jobs.finetune.classification as classification
+    import llmtune.jobs.finetune.sft as sft
+
+    module = classification if task == "classification" else sft
+    seen: dict = {}
+    real = module.load_model
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "load_model", spy)
+    assert invoke("finetune", recipe(tmp_path, task, "dora"), "--dry-run").code == 0
+    assert seen["method"] == "dora" and seen["empty_weights"] is True
