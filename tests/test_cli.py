@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -126,7 +125,9 @@ def test_run_directory_contents(finished_run: Path) -> None:
     assert manifest["status"] == "completed" and manifest["versions"]["torch"]
     assert manifest["device"].startswith(("cpu", "cuda", "mps")) and manifest["seed"] == 42
     assert all(v.startswith("sha256:") for v in manifest["data_files"].values())
-    assert not (run / ".llmtune.lock").exists()
+    # the lock file stays (deleting it on release would let two runs lock different files), unheld
+    with open(run / ".llmtune.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     assert json.loads((run / "eval.json").read_text())["metrics"]["n"] == 12
 
 
@@ -148,7 +149,6 @@ def test_lock_held_exits_75_touching_nothing(finished_run: Path) -> None:
         result = run_cli("finetune", finished_run / "tiny.yaml", "--set", "output.overwrite=true")
         assert result.code == 75, result.stderr
         assert (run / "manifest.json").read_text() == before
-    os.unlink(run / ".llmtune.lock")
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path) -> None:
@@ -223,7 +223,7 @@ def test_bad_empty_dataset(tmp_path: Path) -> None:
     recipe = tiny_recipe(tmp_path)
     write(tmp_path / "train.jsonl", "")
     result = run_cli("finetune", recipe)
-    assert_bad_input(result, "no usable rows", "data.train")
+    assert_bad_input(result, f"{tmp_path / 'train.jsonl'}", "empty")
 
 
 def test_bad_corrupt_jsonl_line(tmp_path: Path) -> None:

@@ -1,16 +1,31 @@
-"""Saving trained models so that plain transformers + peft can load them, and `llmtune export`."""
+"""Saving trained models so that plain transformers + peft can load them, and `llmtune export`.
+
+Both write a new folder beside the target under a unique temp name and rename it into place:
+readers never see half a model, the files get the user's umask, and a failure removes only that
+temp folder. `llmtune export` writes into a new or empty folder, or over an earlier export of its
+own (it holds EXPORT_MARKER), never over anything else.
+"""
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from llmtune import __version__
+from llmtune.console import say
 from llmtune.errors import BadInput
 from llmtune.models.loading import LoadedModel
-from llmtune.recipes.common import RecipeBase
+from llmtune.recipes.common import ModelRef, RecipeBase
+from llmtune.runs.rundir import TMP_SUFFIX, apply_umask, atomic_write_json
+
+EXPORT_MARKER = ".llmtune-export.json"
+"""Marks a folder `llmtune export` wrote, so that a later export may replace it."""
 
 
 def snapshot_base(model: Any, recipe: RecipeBase) -> Any | None:
@@ -35,38 +50,90 @@ def save_trained_model(
 ) -> Path:
     """Write model/ atomically: weights or adapter, tokenizer, and the config (with id2label).
 
-    An adapter trained on a scratch base gets that base (`base`, the model before the method
-    wrapped it) saved beside it in model/base; the adapter config points there.
+    An adapter's config names its base as users can load it anywhere: the hub id and revision
+    the recipe gave (not this machine's cache folder), or the absolute path of a local model
+    folder. An adapter trained on a scratch base gets that base (`base`, the model before the
+    method wrapped it) saved beside it in model/base; the adapter config points there.
     """
     from peft import PeftModel
 
-    tmp = target.with_name(target.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
     is_peft = isinstance(model, PeftModel)
     if is_peft and merge:
         model, is_peft = model.merge_and_unload(), False
-    model.save_pretrained(str(tmp))
-    loaded.tokenizer.save_pretrained(str(tmp))
-    if is_peft:
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(str(tmp))
+        loaded.tokenizer.save_pretrained(str(tmp))
+        if not is_peft:
+            return
         inner = model.get_base_model()
         inner.config.architectures = [type(inner).__name__]  # scratch configs have none
         inner.config.save_pretrained(str(tmp))  # id2label/num_labels for anyone loading the adapter
         if base is not None:
             base.save_pretrained(str(tmp / "base"))
             loaded.tokenizer.save_pretrained(str(tmp / "base"))
-            _point_adapter_at(tmp, (target / "base").resolve())
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
-    return target
+            _name_base(tmp, str((target / "base").resolve()), None)
+        elif (named := _base_reference(recipe)) is not None:
+            _name_base(tmp, *named)
+
+    return _write_folder(target, write)
 
 
-def _point_adapter_at(folder: Path, base: Path) -> None:
+def _base_reference(recipe: RecipeBase) -> tuple[str, str | None] | None:
+    """(name, revision) of the base the recipe trained an adapter on, as peft should record it:
+    a hub id with its revision; a local model folder's absolute path; or, when the recipe's
+    model is itself an adapter folder, that adapter's own base."""
+    ref = getattr(recipe, "model", None)
+    if not isinstance(ref, ModelRef) or ref.path is None:
+        return None
+    local = recipe.resolve_path(ref.path)
+    if not local.is_dir():
+        return ref.path, ref.revision
+    if (local / "base" / "config.json").exists():
+        return str((local / "base").absolute()), None
+    adapter = _adapter_config(local)
+    if adapter is None:
+        return str(local.absolute()), None
+    name = adapter.get("base_model_name_or_path")
+    return (name, adapter.get("revision")) if name else None
+
+
+def _name_base(folder: Path, name: str, revision: str | None) -> None:
     config_path = folder / "adapter_config.json"
     config = json.loads(config_path.read_text())
-    config["base_model_name_or_path"] = str(base)
-    config_path.write_text(json.dumps(config, indent=2))
+    config["base_model_name_or_path"] = name
+    config["revision"] = revision
+    atomic_write_json(config_path, config)
+
+
+def _adapter_config(folder: Path) -> dict[str, Any] | None:
+    path = folder / "adapter_config.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _write_folder(target: Path, write: Callable[[Path], None]) -> Path:
+    """Run `write` on a new folder beside `target` (a unique temp name: never one someone else
+    made), then rename it into target's place. A folder already there (callers have checked
+    that it may go) is moved aside first and deleted only once the new one is in; on failure
+    only the temp folder is removed and the old one is put back."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=TMP_SUFFIX))
+    old: Path | None = None
+    try:
+        write(tmp)
+        apply_umask(tmp)  # mkdtemp made it 0700
+        if target.is_dir() and any(target.iterdir()):
+            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old.", suffix=TMP_SUFFIX))
+            os.replace(target, old)  # onto the empty temp folder
+        os.replace(tmp, target)  # onto nothing, or an empty folder
+    except BaseException:
+        if old is not None:
+            old.rmdir() if target.exists() else os.replace(old, target)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old)
+    return target
 
 
 def model_folder(run: Path) -> Path:
@@ -106,42 +173,110 @@ def load_for_export(folder: Path) -> tuple[Any, Any]:
     head: dict[str, Any] = {}
     if is_classifier:  # the base may be a plain encoder: give it the trained head's labels
         head = {"num_labels": config.num_labels, "id2label": config.id2label, "label2id": config.label2id}
-    base = cls.from_pretrained(str(base_path), **head)
+    if adapter.get("revision") and not Path(base_path).is_dir():
+        head["revision"] = adapter["revision"]
+    try:
+        base = cls.from_pretrained(str(base_path), **head)
+    except (OSError, ValueError) as exc:  # not local, not cached, hub unreachable
+        raise BadInput(
+            f"cannot load the base model {base_path} that {adapter_file} names, to merge the adapter "
+            f"into ({type(exc).__name__}); make it available, or export the adapter as it is with --no-merge",
+            key="RUN",
+        ) from None
     return PeftModel.from_pretrained(base, str(folder)), tokenizer
 
 
-def export_model(run: Path, output: Path, merge: bool = False) -> Path:
-    """`llmtune export`: copy a run's model into a standalone folder, merging a LoRA/IA3 adapter
-    into the base weights when `merge` (the result loads without peft)."""
+def export_model(run: Path, output: Path, merge: bool | None = None) -> Path:
+    """`llmtune export`: write a run's model (or a model/adapter folder) to `output` as a
+    standalone Hugging Face model.
+
+    An adapter that peft can merge (LoRA, DoRA, IA3, ...) is merged into its base by default, so
+    the result loads with transformers alone; `merge=False` copies the adapter as is; an adapter
+    that cannot be merged (prefix, prompt tuning) is copied, and the message says how to load it.
+    `output` must be new, an empty folder, or an earlier export (it holds EXPORT_MARKER).
+    """
     folder = model_folder(run)
-    if output.exists() and any(output.iterdir()):
-        raise BadInput(f"{output} exists and is not empty; choose another --output", key="--output")
-    is_adapter = (folder / "adapter_config.json").exists()
-    if merge and not is_adapter:
+    target = _export_target(folder, output)
+    adapter = _adapter_config(folder)
+    kind = str(adapter.get("peft_type", "unknown")) if adapter else None
+    if merge and adapter is None:
         raise BadInput(
             f"{folder} holds a full model, not an adapter: there is nothing to merge", key="--merge"
         )
-    if merge:
-        adapter_type = json.loads((folder / "adapter_config.json").read_text()).get("peft_type", "")
-        if adapter_type not in ("LORA", "IA3"):
-            raise BadInput(
-                f"a {adapter_type} adapter cannot be merged into the weights; export it without --merge",
-                key="--merge",
-            )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    if merge:
-        model, tokenizer = load_for_export(folder)
-        model = model.merge_and_unload()
-        model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-    else:
-        shutil.copytree(folder, tmp)
-        if (tmp / "base" / "config.json").exists():
-            _point_adapter_at(tmp, (output / "base").resolve())
-    if output.exists():
-        output.rmdir()
-    tmp.rename(output)
+    if merge and not _can_merge(kind):
+        raise BadInput(
+            f"a {kind} adapter cannot be merged into the weights; export it without --merge "
+            "(the output is then the adapter, loaded with peft on top of its base)",
+            key="--merge",
+        )
+    merging = adapter is not None and (_can_merge(kind) if merge is None else merge)
+
+    def write(tmp: Path) -> None:
+        if merging:
+            model, tokenizer = load_for_export(folder)
+            model.merge_and_unload().save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+        else:
+            # copyfile, not copy2: the files get the user's umask, not the source's modes
+            ignore = shutil.ignore_patterns(EXPORT_MARKER)
+            shutil.copytree(folder, tmp, dirs_exist_ok=True, copy_function=shutil.copyfile, ignore=ignore)
+            if (tmp / "base" / "config.json").exists():
+                _name_base(tmp, str(target / "base"), None)
+        marker = {"exported_from": str(folder.resolve()), "merged": merging, "llmtune": __version__}
+        atomic_write_json(tmp / EXPORT_MARKER, marker)
+
+    if target.is_dir() and any(target.iterdir()):
+        say(f"replacing the earlier export in {output}")
+    _write_folder(target, write)
+    say(_how_to_load(output, adapter, kind, merging, merge))
     return output
+
+
+def _export_target(folder: Path, output: Path) -> Path:
+    """The real folder to export into, once it is sure that nothing of the user's is replaced."""
+    target, source = output.resolve(), folder.resolve()
+    if target.is_relative_to(source) or source.is_relative_to(target):
+        raise BadInput(
+            f"{output} overlaps {folder}, the model being exported; choose another --output", key="--output"
+        )
+    if target.exists() and not target.is_dir():
+        raise BadInput(
+            f"{output} is a file; --output must be a new or empty folder, or an earlier llmtune export",
+            key="--output",
+        )
+    if target.is_dir() and any(target.iterdir()) and not (target / EXPORT_MARKER).is_file():
+        raise BadInput(
+            f"{output} exists and is not an llmtune export (it holds no {EXPORT_MARKER}); llmtune never "
+            "replaces other folders: choose a new or empty folder for --output",
+            key="--output",
+        )
+    return target
+
+
+def _can_merge(kind: str | None) -> bool:
+    """Whether peft can fold this kind of adapter into the base weights (prompt learning cannot)."""
+    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+
+    tuner = PEFT_TYPE_TO_TUNER_MAPPING.get(kind or "")
+    return tuner is not None and hasattr(tuner, "merge_and_unload")
+
+
+def _how_to_load(
+    output: Path, adapter: dict[str, Any] | None, kind: str | None, merged: bool, merge: bool | None
+) -> str:
+    config = json.loads((output / "config.json").read_text()) if (output / "config.json").exists() else {}
+    classifier = (adapter or {}).get("task_type") == "SEQ_CLS" or any(
+        a.endswith("ForSequenceClassification") for a in config.get("architectures") or []
+    )
+    auto = "AutoModelForSequenceClassification" if classifier else "AutoModelForCausalLM"
+    if adapter is None or merged:
+        what = f"merged the {kind} adapter into its base: " if merged else ""
+        return (
+            f"{what}{output} is a standalone model: load it with transformers alone ({auto}.from_pretrained)"
+        )
+    why = "not merged: --merge merges it" if merge is False else f"peft cannot merge {kind} adapters"
+    base = output / "base" if (output / "base").is_dir() else adapter.get("base_model_name_or_path")
+    return (
+        f"{output} is a {kind} adapter, not a standalone model ({why}): load it with peft on top of its "
+        f"base, PeftModel.from_pretrained({auto}.from_pretrained({str(base)!r}), {str(output)!r})"
+    )

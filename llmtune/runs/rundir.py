@@ -1,26 +1,48 @@
 """The run directory every job writes (SPEC section 4): resolved recipe, manifest, metrics,
-eval, model, report; atomic writes; a lock; finished runs never clobbered."""
+eval, model, report; atomic writes with the user's umask; one lock per output; and what llmtune
+may delete.
+
+A run directory is new, empty, or one llmtune made (it holds llmtune's manifest.json). Any other
+folder, or a file, is refused before anything is touched, and so is a run directory that is,
+holds or lies inside a file the job reads. Starting a failed run over, or replacing a finished
+one (`output.overwrite`), deletes only the names in RUN_CONTENTS: what a run writes.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import fcntl
 import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterable
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from llmtune.errors import BadInput, LockHeld
-from llmtune.recipes.common import RecipeBase
+from llmtune.recipes.common import ModelRef, RecipeBase
 
 LOCK_NAME = ".llmtune.lock"
+TMP_SUFFIX = ".llmtune-tmp"
+"""Ends the name of every temp file and folder llmtune makes (atomic writes, model/ being saved)."""
+# What a run writes, the one list of it: the only names llmtune ever deletes from a run
+# directory. A job that writes a new top-level name adds it here; anything else in the folder is
+# the user's and stays. Folders end with "/".
+RUN_CONTENTS = (
+    *"recipe.yaml manifest.json metrics.jsonl eval.json predictions.jsonl results.json".split(),
+    *"report.md sweep.json best.yaml run.log *.png model/ checkpoints/ trials/".split(),
+    f"*{TMP_SUFFIX}",
+    f"*{TMP_SUFFIX}/",
+)
 # --resume may change these (how long to train, how often to log/save), nothing else
 SAFE_TO_CHANGE_ON_RESUME = (
     "training.max_steps",
@@ -30,22 +52,59 @@ SAFE_TO_CHANGE_ON_RESUME = (
     "training.early_stopping.patience",
     "output.",
 )
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 
 def run_dir_path(recipe: RecipeBase, output: Path | str | None = None) -> Path:
-    """The run folder: --output if given, else output.dir with {name} and {date} filled in."""
+    """The run folder: --output if given, else output.dir with exactly {name} and {date} filled in
+    (no str.format: nothing else in braces is interpreted, it is refused)."""
     if output is not None:
         return Path(output)
-    name = (recipe.name or "run").replace("/", "-").replace("..", "-")
-    template = recipe.output.dir  # type: ignore[union-attr]
-    return recipe.resolve_path(template.format(name=name, date=dt.date.today().isoformat()))
+    template = str(recipe.output.dir)  # type: ignore[union-attr]
+    where = {"file": str(recipe.source) if recipe.source else None, "key": "output.dir"}
+    for match in re.finditer(r"\{[^{}]*\}|[{}]", template):
+        if match[0] not in ("{name}", "{date}"):
+            raise BadInput(
+                f"{match[0]!r} in {template!r} is not a placeholder: only {{name}} and {{date}} are "
+                "filled in, and no other braces are allowed",
+                **where,
+            )
+    name = (recipe.name or "run").replace("/", "-").replace("\\", "-").replace("..", "-")
+    if name in ("", "."):
+        raise BadInput(f"a run name cannot be {name!r}: it names no folder of its own", **where)
+    values = {"name": name, "date": dt.date.today().isoformat()}
+    return recipe.resolve_path(_PLACEHOLDER.sub(lambda m: values[m[1]], template))
+
+
+def umask() -> int:
+    """The process's umask, read without changing it (os.umask would, for a moment, in every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: Path) -> None:
+    """Give `path`, and everything in it when a folder, the modes a plain open/mkdir would have:
+    tempfile makes 0600 files and 0700 folders, unreadable to the rest of a shared server."""
+    mask = umask()
+    paths = [path, *path.rglob("*")] if path.is_dir() and not path.is_symlink() else [path]
+    for p in paths:
+        if not p.is_symlink():
+            p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a file so that readers see the old content or the new, never half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     try:
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -57,19 +116,40 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
+    """atomic_write_text of `data` as indented JSON."""
     atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
+def real_lock_path(path: Path) -> Path:
+    """The lock file that guards what `path` names, whatever alias reached it: its folder with
+    symlinks resolved, and for a lock named `X.lock` the lock of the real file behind X."""
+    folder = path.parent.resolve()
+    guarded = folder / path.name.removesuffix(".lock")
+    if path.name.endswith(".lock") and guarded.is_symlink():
+        real = guarded.resolve()
+        return real.parent / f"{real.name}.lock"
+    return folder / path.name
+
+
 class OutputLock:
-    """An exclusive, non-blocking flock: a second holder gets LockHeld (exit 75) at once."""
+    """An exclusive, non-blocking flock: a second holder gets LockHeld (exit 75) at once.
+
+    One output, one lock file, through any alias (see `real_lock_path`). `release()` never deletes
+    the lock file: if it did, a process that opened the old file just before the unlink would
+    lock it while a third process creates and locks a new one, and both would write."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd: int | None = None
+        self._made_file = False
+        self._made_dirs: list[Path] = []
 
     def acquire(self) -> None:
+        """Take the lock, or raise LockHeld naming its holder; nothing is touched then."""
+        self.path = real_lock_path(self.path)
+        made_dirs = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd, made_file = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -78,7 +158,21 @@ class OutputLock:
             raise LockHeld(f"{self.path} is held by {holder}; nothing was touched") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} since {dt.datetime.now().isoformat(timespec='seconds')}".encode())
-        self._fd = fd
+        self._fd, self._made_file, self._made_dirs = fd, made_file, made_dirs
+
+    def _open(self) -> tuple[int, bool]:
+        for _ in range(5):  # the file may vanish between the two opens (a `discard` elsewhere)
+            try:
+                return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), True
+            except FileExistsError:
+                pass
+            try:
+                return os.open(self.path, os.O_RDWR), False
+            except FileNotFoundError:
+                continue
+            except PermissionError:
+                raise BadInput(f"cannot open the lock file {self.path}: permission denied") from None
+        raise LockHeld(f"{self.path} keeps being created and removed by another process")
 
     @property
     def held(self) -> bool:
@@ -86,11 +180,30 @@ class OutputLock:
         return self._fd is not None
 
     def release(self) -> None:
+        """Let the next run in; the lock file stays (see the class docstring)."""
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+    def discard(self) -> None:
+        """Release, and remove what acquire() created (the lock file, then its new folders while
+        they are empty): for a run that stops on bad input or --dry-run and leaves no trace.
+
+        The file is unlinked while still locked: a process that opened it before the unlink finds
+        it held (exit 75), one that opens it after makes a new file. The one race left: a process
+        that opened it before the unlink and calls flock just after the release locks the
+        orphaned file while a third locks the new one. That window is a few instructions wide and
+        exists only on this no-trace path; ordinary `release` never unlinks."""
+        if self._fd is None:
+            return
+        if self._made_file:
             self.path.unlink(missing_ok=True)
+        self.release()
+        for folder in self._made_dirs:  # deepest first
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        self._made_dirs = []
 
 
 class RunDir:
@@ -101,29 +214,80 @@ class RunDir:
         self.recipe = recipe
         self.lock = OutputLock(path / LOCK_NAME)
         self.manifest: dict[str, Any] = {}
-        self._created: list[Path] = []
+
+    def stored_manifest(self) -> dict[str, Any] | None:
+        """The manifest.json an llmtune run wrote here (any status), or None."""
+        try:
+            data = json.loads((self.path / "manifest.json").read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        return (
+            data if isinstance(data, dict) and {"llmtune", "kind", "status", "started"} <= set(data) else None
+        )
 
     def finished(self) -> bool:
-        manifest = self.path / "manifest.json"
-        if not manifest.exists():
-            return False
-        try:
-            return json.loads(manifest.read_text()).get("status") == "completed"
-        except json.JSONDecodeError:
-            return False
+        """Whether a run completed here."""
+        return (self.stored_manifest() or {}).get("status") == "completed"
+
+    def _refuse(self, message: str) -> BadInput:
+        return BadInput(
+            message, file=str(self.recipe.source) if self.recipe.source else None, key="output.dir"
+        )
+
+    def check_usable(self) -> None:
+        """Refuse a file, or a folder llmtune did not make (not empty, no manifest of llmtune's),
+        or one that is, holds or lies in what the job reads (recipe, local models)."""
+        real = self.path.resolve()
+        if real.exists() and not real.is_dir():
+            raise self._refuse(
+                f"{self.path} is a file, not an llmtune run directory; choose another output.dir"
+            )
+        if real.is_dir() and self.stored_manifest() is None:
+            # the lock and temp files are llmtune's own (a run killed before its manifest)
+            foreign = sorted(
+                c.name for c in real.iterdir() if c.name != LOCK_NAME and not c.name.endswith(TMP_SUFFIX)
+            )
+            if foreign:
+                shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+                raise self._refuse(
+                    f"{self.path} is not an llmtune run directory (it holds {shown} and no llmtune "
+                    "manifest.json); llmtune never writes into, or empties, other folders: choose "
+                    "another output.dir (or --output)"
+                )
+        self.check_reads(_read_paths(self.recipe))
+
+    def check_reads(self, paths: Iterable[Path]) -> None:
+        """Refuse a run directory that is or holds a file the job reads, or lies in a folder it reads."""
+        real = self.path.resolve()
+        for path in paths:
+            read = Path(path).resolve()
+            if read.is_relative_to(real):
+                relation = "is" if read == real else "holds"
+            elif read.is_dir() and real.is_relative_to(read):
+                relation = "lies inside"
+            else:
+                continue
+            raise self._refuse(
+                f"the run directory {self.path} {relation} {path}, which this job reads; "
+                "choose another output.dir (or --output)"
+            )
 
     def check_writable(self, *, resume: bool = False) -> None:
-        """Refuse a finished run unless output.overwrite, and a --resume whose recipe changed
-        (checked before anything is loaded or written)."""
+        """Refuse a folder llmtune may not use, a finished run unless output.overwrite (--resume
+        included), and a --resume whose recipe changed; before anything is loaded or written."""
+        self.check_usable()
+        if self.finished() and not getattr(self.recipe.output, "overwrite", False):
+            if resume:
+                raise self._refuse(
+                    f"{self.path} holds a finished run: there is nothing to resume. Set output.overwrite: "
+                    "true to train it again, or start a new run (another --output)"
+                )
+            raise self._refuse(
+                f"{self.path} holds a finished run; set output.overwrite: true "
+                "(or --set output.overwrite=true) or choose another --output"
+            )
         if resume:
             self.check_resumable()
-        overwrite = getattr(self.recipe.output, "overwrite", False)
-        if self.finished() and not overwrite and not resume:
-            raise BadInput(
-                f"{self.path} holds a finished run; set output.overwrite: true "
-                "(or --set output.overwrite=true) or choose another --output",
-                key="output.dir",
-            )
 
     def check_resumable(self) -> None:
         """--resume needs the same recipe as the interrupted run, but for keys safe to change."""
@@ -147,36 +311,62 @@ class RunDir:
                 key=changed[0],
             )
 
+    def check_same_data(self, fingerprints: dict[str, str]) -> None:
+        """--resume needs the data files of the interrupted run, byte for byte (their sha256);
+        files in the recipe's folder are compared by their path in it, so a moved project resumes."""
+        stored = self.stored_manifest() or {}
+        if stored.get("data_files") is None:
+            return  # stopped before its manifest was written: it saw no data yet
+        folder = Path(stored["recipe_file"]).resolve().parent if stored.get("recipe_file") else None
+        before = {_data_key(Path(k), folder): v for k, v in stored["data_files"].items()}
+        for name in sorted(set(before) | set(fingerprints)):
+            if before.get(name) != fingerprints.get(name):
+                what = "changed since the interrupted run read it"
+                if name not in before:
+                    what = "was not read by the interrupted run"
+                elif name not in fingerprints:
+                    what = "was read by the interrupted run and is not read now"
+                raise BadInput(
+                    f"--resume needs the data of the interrupted run, but {name} {what}; "
+                    "start a new run (another --output)",
+                    file=str(self.recipe.source) if self.recipe.source else None,
+                    key="data",
+                )
+
     def claim(self, *, resume: bool = False) -> None:
         """Check that this folder may be used, then take its lock: the first thing a job does,
         so an overlapping run exits 75 before it reads data or loads a model."""
-        self.check_writable(resume=resume)
-        self._created = [p for p in (self.path, *self.path.parents) if not p.exists()]
+        self.check_writable(resume=resume)  # before the lock file: a refused folder is untouched
         self.lock.acquire()
+        try:
+            self.check_writable(resume=resume)  # again under the lock: a run may have ended meanwhile
+        except BaseException:
+            self.lock.discard()
+            raise
 
     def abandon(self) -> None:
         """Release the lock of a run that never opened (bad input, dry run): leave no trace, so
-        folders this claim created are removed again when they hold nothing but the lock."""
-        self.lock.release()
-        for folder in self._created:  # deepest first
-            lock_file = folder / LOCK_NAME
-            if lock_file.exists() and [c.name for c in folder.iterdir()] == [LOCK_NAME]:
-                lock_file.unlink()
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
-        self._created = []
+        the lock file and folders this claim created go again."""
+        self.lock.discard()
 
-    def open(self, *, resume: bool = False, data_files: list[Path] = ()) -> RunDir:
-        """Clear a run being overwritten, write recipe.yaml and the manifest (lock held: claim
-        it first, or open takes it here)."""
+    def open(self, *, resume: bool = False, data_files: Iterable[Path] = ()) -> RunDir:
+        """Check the data files against the run directory (and, on --resume, against the
+        interrupted run's), clear what an earlier run wrote, write the manifest and recipe.yaml
+        (lock held: claim it first, or open takes it here)."""
         if not self.lock.held:
             self.claim(resume=resume)
-        if not resume:
-            for child in self.path.iterdir():
-                if child.name != LOCK_NAME:
-                    shutil.rmtree(child) if child.is_dir() else child.unlink()
-        dump = self.recipe.model_dump(mode="json")
-        atomic_write_text(self.path / "recipe.yaml", yaml.safe_dump(dump, sort_keys=False))
+        files = [Path(p) for p in data_files]
+        try:
+            self.check_reads(files)
+            folder = self.recipe.source.resolve().parent if self.recipe.source else None
+            fingerprints = {_data_key(p.resolve(), folder): fingerprint_file(p) for p in files}
+            if resume:
+                self.check_same_data(fingerprints)
+        except BaseException:
+            self.abandon()
+            raise
+        if not resume and self.stored_manifest() is not None:
+            self._clear()
         self.manifest = {
             "llmtune": _version("llmtune"),
             "kind": self.recipe.kind,
@@ -185,30 +375,57 @@ class RunDir:
             "started": _now(),
             "ended": None,
             "seed": self.recipe.seed,
-            "recipe_file": str(self.recipe.source) if self.recipe.source else None,
+            "recipe_file": str(self.recipe.source.resolve()) if self.recipe.source else None,
             "git_commit": _git_commit(self.recipe.source.parent if self.recipe.source else None),
             "versions": library_versions(),
             "python": platform.python_version(),
-            "data_files": {str(p): fingerprint_file(p) for p in data_files},
+            "data_files": fingerprints,
             "device": device_description(),
         }
+        # the manifest first: from now on the folder is recognisably llmtune's
         atomic_write_json(self.path / "manifest.json", self.manifest)
+        dump = self.recipe.model_dump(mode="json")
+        atomic_write_text(self.path / "recipe.yaml", yaml.safe_dump(dump, sort_keys=False))
         return self
 
+    def _written_by_runs(self) -> list[Path]:
+        """What runs wrote here: the entries RUN_CONTENTS names (symlinks never followed)."""
+        out = []
+        for child in self.path.iterdir():
+            name = child.name + ("/" if child.is_dir() and not child.is_symlink() else "")
+            if any(fnmatch(name, pattern) for pattern in RUN_CONTENTS):
+                out.append(child)
+        return out
+
+    def _clear(self) -> None:
+        """Delete what an earlier run wrote here and nothing else. The manifest stays until the
+        new one replaces it, so that a run killed meanwhile leaves a folder still known as llmtune's."""
+        for child in self._written_by_runs():
+            if child.name != "manifest.json":
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+
     def update_manifest(self, **fields: Any) -> None:
+        """Add `fields` to the manifest and rewrite it."""
         self.manifest.update(fields)
         atomic_write_json(self.path / "manifest.json", self.manifest)
 
     def close(self, status: str, **fields: Any) -> None:
         """Record how the run ended and release the lock."""
         self.update_manifest(status=status, ended=_now(), **fields)
+        # libraries write some files 0600 (safetensors does, in checkpoints too): the user's umask
+        # decides who may read a run, so its files get the modes a plain open would give them
+        with contextlib.suppress(OSError):  # a mode is not worth hiding how the run ended
+            for path in self._written_by_runs():
+                apply_umask(path)
         self.lock.release()
 
     def write_json(self, name: str, data: Any) -> Path:
+        """Write `name` in the run directory atomically, as JSON."""
         atomic_write_json(self.path / name, data)
         return self.path / name
 
     def write_text(self, name: str, text: str) -> Path:
+        """Write `name` in the run directory atomically."""
         atomic_write_text(self.path / name, text)
         return self.path / name
 
@@ -220,7 +437,27 @@ class RunDir:
 
     @property
     def log_file(self) -> Path:
+        """Where a crash's traceback goes."""
         return self.path / "run.log"
+
+
+def _read_paths(recipe: RecipeBase) -> list[Path]:
+    """What the job reads that is known before its data: the recipe file and local model folders."""
+    paths = [recipe.source] if recipe.source else []
+    for value in dict(recipe).values():
+        for ref in value.values() if isinstance(value, dict) else [value]:
+            if isinstance(ref, ModelRef):
+                local = [recipe.resolve_path(p) for p in (ref.path, ref.adapter) if p]
+                paths += [p for p in local if p.exists()]
+    return paths
+
+
+def _data_key(path: Path, folder: Path | None) -> str:
+    """A data file as the manifest names it: by its path in the recipe's folder when it is in it."""
+    if not path.is_absolute():
+        return path.as_posix()
+    real = path.resolve()
+    return real.relative_to(folder).as_posix() if folder and real.is_relative_to(folder) else str(real)
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
