@@ -385,12 +385,25 @@ def env(as_json: JsonOpt = False) -> None:
 
 @app.command()
 def export(
-    run: Annotated[Path, typer.Argument(help="Run directory or adapter folder.")],
-    output: Annotated[Path, typer.Option("--output", help="Where to write the model.")],
-    merge: Annotated[bool, typer.Option("--merge", help="Merge a LoRA adapter into the base.")] = False,
+    run: Annotated[
+        Path, typer.Argument(metavar="RUN_OR_ADAPTER", help="Run directory or model/adapter folder.")
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", metavar="DIR", help="A new or empty folder (or an earlier export).")
+    ],
+    merge: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--merge/--no-merge",
+            help="Merge the adapter into its base weights (default: whenever peft can: LoRA, DoRA, "
+            "IA3, ...); --no-merge copies the adapter as it is.",
+        ),
+    ] = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Write a standalone Hugging Face model (optionally merging a LoRA adapter)."""
+    """Write a run's model as a standalone Hugging Face model: an adapter is merged into its base
+    where peft can merge it; one that cannot (prefix/prompt tuning) is written as an adapter, and
+    the message says how to load it."""
     from llmtune.models.export import export_model
     from llmtune.models.loading import quiet_libraries
 
