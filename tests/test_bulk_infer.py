@@ -30,7 +30,7 @@ from conftest import (
 )
 from conftest import invoke as llmtune
 
-from llmtune.runs.rundir import OutputLock
+from llmtune.runs.outputs import OutputLock
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,7 +20,8 @@ import yaml
 from conftest import Result, assert_bad_input, run_cli, write, write_jsonl
 
 from llmtune.errors import BadInput, LockHeld
-from llmtune.runs.rundir import LOCK_NAME, OutputLock, run_dir_path
+from llmtune.runs.outputs import OutputLock
+from llmtune.runs.rundir import LOCK_NAME, run_dir_path
 
 WORDS = {"pos": ["great", "lovely", "superb", "fine"], "neg": ["awful", "broken", "poor", "rude"]}
 SCRATCH_BERT = "{scratch: {architecture: bert, hidden_size: 32, num_layers: 2, num_heads: 2}}"
@@ -420,3 +421,27 @@ def test_adapter_config_names_the_hub_id_or_the_local_folder(tmp_path: Path) -> 
     assert (result := run_cli("finetune", local)).code == 0, result.stderr[-3000:]
     config = json.loads((tmp_path / "local" / "runs" / "tiny" / "model" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str((tmp_path / "local").resolve() / "models" / "minilm")
+
+
+def test_resume_after_an_upgrade_that_added_recipe_keys(tmp_path: Path) -> None:
+    """A run interrupted under an older llmtune stored a recipe.yaml without keys added since;
+    they take their defaults and do not count as a change."""
+    import yaml
+
+    from llmtune.recipes import load_recipe
+    from llmtune.runs.rundir import RunDir
+
+    path = write(
+        tmp_path / "r.yaml",
+        "kind: finetune\nmodel: {scratch: {architecture: bert}}\ndata: {train: t.jsonl}\noutput: {dir: run}\n",
+    )
+    recipe = load_recipe(path, None)
+    (tmp_path / "run").mkdir()
+    stored = recipe.model_dump(mode="json")
+    del stored["training"]["report_to"]  # as written before report_to existed
+    (tmp_path / "run" / "recipe.yaml").write_text(yaml.safe_dump(stored))
+    RunDir(tmp_path / "run", recipe).check_resumable()  # no BadInput
+    stored["training"]["batch_size"] = 3
+    (tmp_path / "run" / "recipe.yaml").write_text(yaml.safe_dump(stored))
+    with pytest.raises(BadInput, match="training.batch_size was 3"):
+        RunDir(tmp_path / "run", recipe).check_resumable()

@@ -22,7 +22,7 @@ from llmtune.console import say
 from llmtune.errors import BadInput
 from llmtune.models.loading import LoadedModel
 from llmtune.recipes.common import ModelRef, RecipeBase
-from llmtune.runs.rundir import TMP_SUFFIX, apply_umask, atomic_write_json
+from llmtune.runs.outputs import TMP_SUFFIX, apply_umask, atomic_write_json
 
 EXPORT_MARKER = ".llmtune-export.json"
 """Marks a folder `llmtune export` wrote, so that a later export may replace it."""

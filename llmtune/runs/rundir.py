@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import json
-import os
 import platform
 import re
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterable
 from fnmatch import fnmatch
 from pathlib import Path
@@ -28,12 +25,17 @@ from typing import Any
 
 import yaml
 
-from llmtune.errors import BadInput, LockHeld
+from llmtune.errors import BadInput
 from llmtune.recipes.common import ModelRef, RecipeBase
+from llmtune.runs.outputs import (
+    TMP_SUFFIX,
+    OutputLock,
+    apply_umask,
+    atomic_write_json,
+    atomic_write_text,
+)
 
 LOCK_NAME = ".llmtune.lock"
-TMP_SUFFIX = ".llmtune-tmp"
-"""Ends the name of every temp file and folder llmtune makes (atomic writes, model/ being saved)."""
 # What a run writes, the one list of it: the only names llmtune ever deletes from a run
 # directory. A job that writes a new top-level name adds it here; anything else in the folder is
 # the user's and stays. Folders end with "/".
@@ -74,136 +76,6 @@ def run_dir_path(recipe: RecipeBase, output: Path | str | None = None) -> Path:
         raise BadInput(f"a run name cannot be {name!r}: it names no folder of its own", **where)
     values = {"name": name, "date": dt.date.today().isoformat()}
     return recipe.resolve_path(_PLACEHOLDER.sub(lambda m: values[m[1]], template))
-
-
-def umask() -> int:
-    """The process's umask, read without changing it (os.umask would, for a moment, in every thread)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def apply_umask(path: Path) -> None:
-    """Give `path`, and everything in it when a folder, the modes a plain open/mkdir would have:
-    tempfile makes 0600 files and 0700 folders, unreadable to the rest of a shared server."""
-    mask = umask()
-    paths = [path, *path.rglob("*")] if path.is_dir() and not path.is_symlink() else [path]
-    for p in paths:
-        if not p.is_symlink():
-            p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file so that readers see the old content or the new, never half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
-    try:
-        os.fchmod(fd, 0o666 & ~umask())
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    """atomic_write_text of `data` as indented JSON."""
-    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
-def real_lock_path(path: Path) -> Path:
-    """The lock file that guards what `path` names, whatever alias reached it: its folder with
-    symlinks resolved, and for a lock named `X.lock` the lock of the real file behind X."""
-    folder = path.parent.resolve()
-    guarded = folder / path.name.removesuffix(".lock")
-    if path.name.endswith(".lock") and guarded.is_symlink():
-        real = guarded.resolve()
-        return real.parent / f"{real.name}.lock"
-    return folder / path.name
-
-
-class OutputLock:
-    """An exclusive, non-blocking flock: a second holder gets LockHeld (exit 75) at once.
-
-    One output, one lock file, through any alias (see `real_lock_path`). `release()` never deletes
-    the lock file: if it did, a process that opened the old file just before the unlink would
-    lock it while a third process creates and locks a new one, and both would write."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-        self._made_file = False
-        self._made_dirs: list[Path] = []
-
-    def acquire(self) -> None:
-        """Take the lock, or raise LockHeld naming its holder; nothing is touched then."""
-        self.path = real_lock_path(self.path)
-        made_dirs = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, made_file = self._open()
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            holder = self.path.read_text().strip() or "another process"
-            raise LockHeld(f"{self.path} is held by {holder}; nothing was touched") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} since {dt.datetime.now().isoformat(timespec='seconds')}".encode())
-        self._fd, self._made_file, self._made_dirs = fd, made_file, made_dirs
-
-    def _open(self) -> tuple[int, bool]:
-        for _ in range(5):  # the file may vanish between the two opens (a `discard` elsewhere)
-            try:
-                return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), True
-            except FileExistsError:
-                pass
-            try:
-                return os.open(self.path, os.O_RDWR), False
-            except FileNotFoundError:
-                continue
-            except PermissionError:
-                raise BadInput(f"cannot open the lock file {self.path}: permission denied") from None
-        raise LockHeld(f"{self.path} keeps being created and removed by another process")
-
-    @property
-    def held(self) -> bool:
-        """Whether this process holds the lock."""
-        return self._fd is not None
-
-    def release(self) -> None:
-        """Let the next run in; the lock file stays (see the class docstring)."""
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    def discard(self) -> None:
-        """Release, and remove what acquire() created (the lock file, then its new folders while
-        they are empty): for a run that stops on bad input or --dry-run and leaves no trace.
-
-        The file is unlinked while still locked: a process that opened it before the unlink finds
-        it held (exit 75), one that opens it after makes a new file. The one race left: a process
-        that opened it before the unlink and calls flock just after the release locks the
-        orphaned file while a third locks the new one. That window is a few instructions wide and
-        exists only on this no-trace path; ordinary `release` never unlinks."""
-        if self._fd is None:
-            return
-        if self._made_file:
-            self.path.unlink(missing_ok=True)
-        self.release()
-        for folder in self._made_dirs:  # deepest first
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
-        self._made_dirs = []
 
 
 class RunDir:
@@ -294,7 +166,12 @@ class RunDir:
         stored_file = self.path / "recipe.yaml"
         if not stored_file.exists():
             return
-        stored = _flatten(yaml.safe_load(stored_file.read_text()) or {})
+        raw = yaml.safe_load(stored_file.read_text()) or {}
+        try:  # keys added by a newer llmtune take their defaults, as in the current recipe
+            raw = type(self.recipe).model_validate(raw).model_dump(mode="json")
+        except ValueError:
+            pass  # not valid any more: compare as written
+        stored = _flatten(raw)
         current = _flatten(self.recipe.model_dump(mode="json"))
         changed = [
             key

@@ -30,7 +30,7 @@ from llmtune.models.info import ModelInfo, inspect_model
 from llmtune.models.loading import load_model, quiet_libraries
 from llmtune.recipes.bulk_infer import BulkInferRecipe
 from llmtune.runs.options import JobOptions
-from llmtune.runs.rundir import OutputLock
+from llmtune.runs.outputs import OutputLock
 
 
 def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:

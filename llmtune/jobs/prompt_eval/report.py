@@ -9,7 +9,8 @@ from typing import Any
 from llmtune.console import markdown_table, say, table
 from llmtune.metrics import confusion_markdown
 from llmtune.recipes.prompt_eval import PromptEvalRecipe
-from llmtune.runs.rundir import RunDir, atomic_write_text
+from llmtune.runs.outputs import atomic_write_text
+from llmtune.runs.rundir import RunDir
 
 CHART = "chart.png"
 
