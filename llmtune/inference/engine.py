@@ -42,8 +42,9 @@ class ChoiceScores:
 
 def is_sequence_classifier(model: Any) -> bool:
     """A model with a sequence-classification head (PEFT wrappers looked through)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return type(base).__name__.endswith("ForSequenceClassification")
+    from llmtune.models.info import model_head
+
+    return model_head(model) == "classification"
 
 
 class Engine:
@@ -319,12 +320,11 @@ class Engine:
     def _classify_with_head(self, prompts: list[str], labels: list[str]) -> list[dict[str, float]]:
         import torch
 
+        from llmtune.models.info import head_columns
+
         names = self.head_labels()
-        if set(labels) <= set(names):
-            columns = [names.index(label) for label in labels]
-        elif all(n.startswith("LABEL_") for n in names) and len(names) == len(labels):
-            columns = list(range(len(labels)))
-        else:
+        columns = head_columns(names, labels)
+        if columns is None:
             raise BadInput(
                 f"labels {labels} do not match the model's classification head {names}", key="labels"
             )

@@ -20,6 +20,7 @@ from typing import Any
 from llmtune import __version__
 from llmtune.console import say
 from llmtune.errors import BadInput
+from llmtune.models.info import head_of
 from llmtune.models.loading import LoadedModel
 from llmtune.recipes.common import ModelRef, RecipeBase
 from llmtune.runs.outputs import TMP_SUFFIX, apply_umask, atomic_write_json
@@ -158,9 +159,7 @@ def load_for_export(folder: Path) -> tuple[Any, Any]:
     adapter_file = folder / "adapter_config.json"
     adapter = json.loads(adapter_file.read_text()) if adapter_file.exists() else {}
     architectures = config.architectures or []
-    is_classifier = adapter.get("task_type") == "SEQ_CLS" or any(
-        a.endswith("ForSequenceClassification") for a in architectures
-    )
+    is_classifier = head_of(architectures, adapter.get("task_type")) == "classification"
     cls = AutoModelForSequenceClassification if is_classifier else AutoModelForCausalLM
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     if not adapter:
@@ -265,8 +264,8 @@ def _how_to_load(
     output: Path, adapter: dict[str, Any] | None, kind: str | None, merged: bool, merge: bool | None
 ) -> str:
     config = json.loads((output / "config.json").read_text()) if (output / "config.json").exists() else {}
-    classifier = (adapter or {}).get("task_type") == "SEQ_CLS" or any(
-        a.endswith("ForSequenceClassification") for a in config.get("architectures") or []
+    classifier = (
+        head_of(config.get("architectures") or [], (adapter or {}).get("task_type")) == "classification"
     )
     auto = "AutoModelForSequenceClassification" if classifier else "AutoModelForCausalLM"
     if adapter is None or merged:

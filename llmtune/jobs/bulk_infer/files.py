@@ -27,7 +27,7 @@ from typing import Any
 
 from llmtune.errors import BadInput
 from llmtune.jobs.bulk_infer.paths import OutputPaths, id_key
-from llmtune.models.loading import resolve_model_path
+from llmtune.models.info import resolve_model_path
 from llmtune.recipes.bulk_infer import BulkInferRecipe
 from llmtune.runs.outputs import apply_umask, atomic_write_text, umask
 

@@ -26,7 +26,7 @@ from llmtune.errors import BadInput, Interrupted, RowsFailed
 from llmtune.inference.engine import Engine
 from llmtune.jobs.bulk_infer.inputs import InputRow, found_in_journal, read_input
 from llmtune.jobs.bulk_infer.progress import Progress, Tally, summarise
-from llmtune.models.info import ModelInfo, inspect_model
+from llmtune.models.info import ModelInfo, head_columns, inspect_model
 from llmtune.models.loading import load_model, quiet_libraries
 from llmtune.recipes.bulk_infer import BulkInferRecipe
 from llmtune.runs.options import JobOptions
@@ -163,8 +163,7 @@ def check_model(recipe: BulkInferRecipe, engine: Engine) -> None:
         engine.apply_chat_template("")  # raises BadInput when there is no chat template
     if engine.classifier and recipe.labels:
         names = engine.head_labels()
-        generic = all(n.startswith("LABEL_") for n in names) and len(names) == len(recipe.labels)
-        if not generic and not set(recipe.labels) <= set(names):
+        if head_columns(names, recipe.labels) is None:
             raise BadInput(f"labels {recipe.labels} are not the model's labels {names}", key="labels")
 
 
