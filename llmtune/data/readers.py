@@ -13,17 +13,13 @@ csv module's limit, a column that no row has: a wrong `columns` mapping) are alw
 
 from __future__ import annotations
 
-import csv
 import difflib
 import glob
-import io
-import json
-import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from llmtune.data.formats import iter_file, kind_of
 from llmtune.errors import BadInput, Problem
 from llmtune.recipes.common import Data, RecipeBase
 
@@ -32,10 +28,6 @@ FORMATS = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
 SPLIT_NAMES = ("train", "validation", "test")
 MAX_SHOWN = 20  # bad rows listed in one error; the rest are counted
 SKIP_HINT = "fix these rows, or set data.skip_bad_rows: true to skip and count them"
-CSV_TOO_LONG = (
-    "a field is longer than the csv module's limit of {} characters: usually a quote (\") that is never "
-    "closed, in the row starting here; store very long texts in .jsonl or .parquet"
-)
 
 
 @dataclass
@@ -116,9 +108,9 @@ def scan_file(path: Path, columns: dict[str, str], required: tuple[str, ...]) ->
     seen: dict[str, None] = {}  # the file's columns, in order of first appearance
     present = dict.fromkeys(required, 0)
     first = None  # the first row read, named when a column is missing from every row
-    for where, row, problem in _iter_file(path):
+    for where, row, problem in iter_file(path):
         if problem is None and not isinstance(row, dict):
-            problem = f"expected a JSON object per row, got {_kind(row)}"
+            problem = f"expected a JSON object per row, got {kind_of(row)}"
         if problem is None:
             first = first or where
             seen.update(dict.fromkeys(map(str, row)))
@@ -165,153 +157,6 @@ def _no_such_column(name: str, columns: dict[str, str], seen: list[str]) -> str:
     if near is not None:
         return f"{message}; did you mean {near!r}? (data.columns: {{{name}: {near}}})"
     return f"{message}; map the right one with data.columns: {{{name}: COLUMN}}"
-
-
-def _kind(value: Any) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "true/false", type(None): "null"}
-    return names.get(type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
-
-
-def _iter_file(path: Path) -> Iterator[tuple[str, Any, str | None]]:
-    """(where, row, problem) for each row of a file; raises BadInput for a bad file."""
-    suffix = path.suffix.lower()
-    if path.is_dir():
-        return _saved_rows(path)
-    if path.stat().st_size == 0:
-        raise BadInput("the file is empty (0 bytes)", file=str(path))
-    if suffix == ".json":
-        return _json_rows(path)
-    if suffix in (".csv", ".tsv"):
-        return _csv_rows(path, "\t" if suffix == ".tsv" else ",")
-    if suffix == ".parquet":
-        return _parquet_rows(path)
-    return _line_rows(path, as_json=suffix == ".jsonl")
-
-
-def _line_rows(path: Path, as_json: bool) -> Iterator[tuple[str, Any, str | None]]:
-    # bytes, decoded line by line: a bad byte spoils its own line, not the whole file
-    with path.open("rb") as f:
-        for n, raw in enumerate(f, 1):
-            where, line = f"{path}:{n}", raw.removeprefix(b"\xef\xbb\xbf") if n == 1 else raw
-            if problem := _not_utf8(line):
-                yield where, None, problem
-            elif not line.strip():
-                continue
-            elif not as_json:
-                yield where, {"text": line.decode().rstrip("\r\n")}, None
-            else:
-                yield where, *_parse_json(line.decode())
-
-
-def _parse_json(text: str) -> tuple[Any, str | None]:
-    try:
-        return json.loads(text), None
-    except json.JSONDecodeError as exc:
-        return None, f"invalid JSON: {exc.msg} at column {exc.colno}"
-    except RecursionError:
-        return None, "invalid JSON: nested too deeply to read"
-
-
-def _not_utf8(raw: bytes) -> str | None:
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at column {exc.start + 1}"
-    return None
-
-
-def _utf8_text(path: Path) -> str:
-    """The file's text; a bad byte is BadInput with its line (UTF-8 never puts a newline byte
-    inside a character, so lines can be checked one by one)."""
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        with path.open("rb") as f:
-            line, problem = next((n, _not_utf8(raw)) for n, raw in enumerate(f, 1) if _not_utf8(raw))
-        raise BadInput(f"{problem}; save the file as UTF-8", file=str(path), line=line) from None
-
-
-def _json_rows(path: Path) -> Iterator[tuple[str, Any, str | None]]:
-    text = _utf8_text(path)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadInput(
-            f"invalid JSON: {exc.msg} at column {exc.colno}", file=str(path), line=exc.lineno
-        ) from None
-    except RecursionError:
-        raise BadInput("invalid JSON: nested too deeply to read", file=str(path)) from None
-    if isinstance(data, dict) and isinstance(data.get("data"), list):
-        yield from ((f"{path}[data][{i}]", row, None) for i, row in enumerate(data["data"]))
-    elif not isinstance(data, list):
-        message = f'expected a JSON list of row objects (or {{"data": [...]}}), got {_kind(data)}'
-        raise BadInput(f"{message}; one object per line is a .jsonl file", file=str(path), line=1)
-    else:
-        yield from ((f"{path}:{line}", row, None) for line, row in zip(_element_lines(text), data))
-
-
-def _element_lines(text: str) -> Iterator[int]:
-    """The line each element of a (valid) top-level JSON list starts on."""
-    decoder, skip = json.JSONDecoder(), re.compile(r"[\s,]*")
-    pos = text.index("[") + 1
-    line, counted = 1, 0
-    while True:
-        pos = skip.match(text, pos).end()  # type: ignore[union-attr]  # always matches
-        if text[pos] == "]":
-            return
-        line, counted = line + text.count("\n", counted, pos), pos
-        yield line
-        pos = decoder.raw_decode(text, pos)[1]
-
-
-def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[str, Any, str | None]]:
-    text = _utf8_text(path)
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-    last = 1  # the line the last good row ended on: a bad one starts after it
-    try:
-        header = reader.fieldnames or []
-        twice = sorted({name for name in header if header.count(name) > 1})
-        if twice:
-            raise BadInput(f"the header names column {twice[0]!r} twice", file=str(path), line=1)
-        for row in reader:
-            where, last = f"{path}:{reader.line_num}", reader.line_num
-            if None in row or any(v is None for v in row.values()):
-                got = len(header) + len(row.get(None) or []) - sum(v is None for v in row.values())
-                yield where, None, f"expected {len(header)} columns (as in the header), got {got}"
-            else:
-                yield where, dict(row), None
-    except csv.Error as exc:
-        too_long = "field larger than field limit" in str(exc)
-        message = CSV_TOO_LONG.format(csv.field_size_limit()) if too_long else f"unreadable CSV: {exc}"
-        raise BadInput(message, file=str(path), line=last + 1) from None
-
-
-def _parquet_rows(path: Path) -> Iterator[tuple[str, Any, str | None]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        raise BadInput(f"not a readable parquet file: {_first_line(exc)}", file=str(path)) from None
-    for i, row in enumerate(table.to_pylist()):
-        yield f"{path}[{i}]", row, None
-
-
-def _saved_rows(path: Path) -> Iterator[tuple[str, Any, str | None]]:
-    import datasets
-    import pyarrow as pa
-
-    try:
-        dataset = datasets.load_from_disk(str(path))
-    except (pa.ArrowException, OSError, ValueError, KeyError) as exc:
-        raise BadInput(f"not a readable save_to_disk folder: {_first_line(exc)}", file=str(path)) from None
-    for i, row in enumerate(dataset):
-        yield f"{path}[{i}]", dict(row), None
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def read_rows(
