@@ -72,3 +72,25 @@ def test_quickstart_learns_and_loads_with_plain_libraries(tmp_path: Path) -> Non
     assert [p["id"] for p in saved] == [r["id"] for r in rows]
     assert [p["prediction"] for p in saved] == predicted  # row by row, the same predictions
     assert [p["gold"] for p in saved] == [r["sentiment"] for r in rows]
+
+    # peft's one-liner reads the base's config (LABEL_0/1): the README passes the run's label names
+    from peft import AutoPeftModelForSequenceClassification
+
+    one_liner = AutoPeftModelForSequenceClassification.from_pretrained(
+        path, id2label=AutoConfig.from_pretrained(path).id2label
+    ).eval()
+    assert one_liner.config.id2label == {0: "negative", 1: "positive"}
+    with torch.no_grad():
+        batch = tokenizer(
+            [r["review"] for r in rows[:32]],
+            truncation=True,
+            max_length=128,
+            padding=True,
+            return_tensors="pt",
+        )
+        again = [one_liner.config.id2label[int(i)] for i in one_liner(**batch).logits.argmax(-1)]
+    assert again == predicted[:32]
+    # the adapter names its base by hub id, so it loads on any machine that has the model
+    assert (
+        PeftConfig.from_pretrained(path).base_model_name_or_path == "sentence-transformers/all-MiniLM-L6-v2"
+    )
