@@ -350,24 +350,11 @@ def schema(
     kind: Annotated[Optional[str], typer.Argument(help="Recipe kind (default: all kinds).")] = None,
 ) -> None:
     """Print the JSON Schema of a recipe kind (for editors' YAML support)."""
-    from llmtune.recipes import RECIPE_KINDS
+    from llmtune.recipes import RECIPE_KINDS, json_schema
 
     if kind is not None and kind not in RECIPE_KINDS:
         _fail(f"unknown kind {kind!r}; expected one of: {', '.join(RECIPE_KINDS)}", EXIT_BAD_INPUT)
-    if kind is not None:
-        print(json.dumps(RECIPE_KINDS[kind].model_json_schema(), indent=2))
-        return
-    schemas = {k: m.model_json_schema() for k, m in RECIPE_KINDS.items()}
-    print(
-        json.dumps(
-            {
-                "$schema": "https://json-schema.org/draft/2020-12/schema",
-                "title": "llmtune recipe",
-                "oneOf": list(schemas.values()),
-            },
-            indent=2,
-        )
-    )
+    print(json.dumps(json_schema(kind), indent=2))
 
 
 @app.command()

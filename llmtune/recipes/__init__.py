@@ -30,6 +30,7 @@ RECIPE_KINDS: dict[str, type[RecipeBase]] = {
 
 __all__ = [
     "RECIPE_KINDS",
+    "json_schema",
     "RecipeBase",
     "RecipePath",
     "load_recipe",
@@ -81,3 +82,14 @@ def load_recipe(
     # rebased onto this recipe's folder, where everything downstream resolves them
     rebase_paths(recipe, (), raw.declared_in, Path(path).parent.resolve())
     return recipe
+
+
+def json_schema(kind: str | None = None) -> dict:
+    """The JSON Schema of one recipe kind, or of any recipe (one of the kinds), for editors."""
+    if kind is not None:
+        return RECIPE_KINDS[kind].model_json_schema()
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "llmtune recipe",
+        "oneOf": [model.model_json_schema() for model in RECIPE_KINDS.values()],
+    }
