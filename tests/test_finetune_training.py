@@ -139,9 +139,12 @@ def test_merged_export_predicts_what_the_adapter_predicts(tmp_path: Path) -> Non
     assert merged.config.id2label == {0: "neg", 1: "pos"}
 
     copied = tmp_path / "copied"
-    assert invoke("export", tmp_path / "run", "--output", copied).code == 0
+    assert invoke("export", tmp_path / "run", "--output", copied, "--no-merge").code == 0
     assert (copied / "adapter_config.json").exists() and (copied / "base" / "config.json").exists()
-    assert_bad_input(invoke("export", tmp_path / "run", "--output", copied), "not empty")
+    foreign = tmp_path / "foreign"
+    write(foreign / "notes.txt", "mine")
+    assert_bad_input(invoke("export", tmp_path / "run", "--output", foreign), "is not an llmtune export")
+    assert (foreign / "notes.txt").read_text() == "mine" and len(list(foreign.iterdir())) == 1
 
 
 @pytest.mark.slow
