@@ -25,7 +25,7 @@ run: install
 	$(BIN)/llmtune finetune recipes/quickstart.yaml --set output.overwrite=true
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto  # one worker per core (tests use one torch thread each)
 
 lint: install
 	$(BIN)/ruff check .
