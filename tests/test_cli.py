@@ -82,7 +82,9 @@ def test_version_and_fast_help() -> None:
 def test_env_reports_versions() -> None:
     info = json.loads(run_cli("env", "--json").stdout)
     assert info["torch"] and info["transformers"] and info["peft"] and info["trl"]
-    assert info["cuda_available"] in (True, False)
+    import torch
+
+    assert info["cuda_available"] is torch.cuda.is_available()  # what this machine has, not a guess
 
 
 def test_validate_every_shipped_recipe() -> None:

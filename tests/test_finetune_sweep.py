@@ -66,6 +66,8 @@ def test_random_sweep_section_plans_trials_in_a_dry_run(tmp_path: Path) -> None:
             ["sweep.yaml:2", "strategy: random"],
         ),
         ("stratgy: grid\nparams: {method.r: [2]}", ["sweep.yaml:1", "did you mean 'strategy'"]),
+        # a metric the task does not compute was a ValueError, exit 1 ("job failed")
+        ("metric: bleu\nparams: {method.r: [2]}", ["sweep.yaml", "sweep.metric", "eval_bleu"]),
     ],
 )
 def test_bad_sweeps_are_refused_before_anything_runs(

@@ -46,14 +46,19 @@ def pick_device(requested: str) -> str:
     return requested
 
 
+def bf16_ok(device: str) -> bool:
+    """Whether `device` computes in bfloat16: the one rule behind every `auto` dtype/precision."""
+    import torch
+
+    return device.startswith("cuda") and torch.cuda.is_bf16_supported()
+
+
 def pick_dtype(requested: str, device: str) -> Any:
     """auto -> bfloat16 on GPUs that support it, float32 elsewhere."""
     import torch
 
     if requested == "auto":
-        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
+        return torch.bfloat16 if bf16_ok(device) else torch.float32
     return getattr(torch, requested)
 
 

@@ -7,6 +7,7 @@ by `kind`, validate strictly, and raise `BadInput` listing every problem with fi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -15,7 +16,7 @@ from llmtune.recipes.bulk_infer import BulkInferRecipe
 from llmtune.recipes.common import RecipeBase, RecipePath, rebase_paths
 from llmtune.recipes.distill import DistillRecipe
 from llmtune.recipes.finetune import FinetuneRecipe
-from llmtune.recipes.loader import read_recipe
+from llmtune.recipes.loader import RawRecipe, read_recipe, set_value
 from llmtune.recipes.prompt_eval import PromptEvalRecipe
 from llmtune.recipes.rlhf import RlhfRecipe
 from llmtune.recipes.validate import problems_from
@@ -31,6 +32,7 @@ RECIPE_KINDS: dict[str, type[RecipeBase]] = {
 __all__ = [
     "RECIPE_KINDS",
     "json_schema",
+    "with_changes",
     "RecipeBase",
     "RecipePath",
     "load_recipe",
@@ -93,3 +95,19 @@ def json_schema(kind: str | None = None) -> dict:
         "title": "llmtune recipe",
         "oneOf": [model.model_json_schema() for model in RECIPE_KINDS.values()],
     }
+
+
+def with_changes(recipe: RecipeBase, changes: dict[str, Any], where: str) -> RecipeBase:
+    """The validated recipe with dotted keys changed, as `--set` would change them (sweep trials).
+    A key the recipe cannot take is BadInput naming `where` (the file that asked for it)."""
+    raw = RawRecipe(recipe.model_dump(mode="json"), Path(where))
+    for dotted, value in changes.items():
+        set_value(raw, dotted, value, f"{where} params.{dotted}", where)
+    model = type(recipe)
+    try:
+        changed = model.model_validate(raw.data)
+    except ValidationError as exc:
+        raise problems_from(exc, raw, model) from None
+    if recipe.source is not None:
+        changed.attach_source(recipe.source)
+    return changed

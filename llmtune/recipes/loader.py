@@ -314,6 +314,13 @@ def _apply_override(raw: RawRecipe, override: str) -> None:
         if not exc.problems or not exc.problems[0].message.startswith("invalid YAML"):
             raise  # a YAML bomb or a too-deep value is refused, not read as text
         value = text  # `--set template=Review: {{ text }}` means the text itself
+    set_value(raw, dotted, value, where, _SET)
+
+
+def set_value(raw: RawRecipe, dotted: str, value: Any, where: str, file: str) -> None:
+    """Set one dotted key, as --set does (sections made as needed; a key through a value that is
+    not a section is BadInput naming `file`); the key is recorded as written at `where`."""
+    key = tuple(dotted.split("."))
     target = raw.data
     for i, part in enumerate(key[:-1]):
         child = target.get(part)
@@ -322,7 +329,7 @@ def _apply_override(raw: RawRecipe, override: str) -> None:
             raw.positions[key[: i + 1]] = (where, None)
         elif not isinstance(child, dict):
             parent = ".".join(key[: i + 1])
-            raise BadInput(f"{parent} holds {_kind_of(child)}, not a section of keys", file=_SET, key=dotted)
+            raise BadInput(f"{parent} holds {_kind_of(child)}, not a section of keys", file=file, key=dotted)
         target = child
     target[key[-1]] = value
     raw.positions = {k: v for k, v in raw.positions.items() if k[: len(key)] != key}

@@ -20,14 +20,14 @@ from llmtune.runs.rundir import RunDir
 
 def resolve_precision(training: Training, device: str) -> str:
     """auto -> bf16 on GPUs that support it, fp32 elsewhere; bf16/fp16 refused on CPU."""
-    import torch
+    from llmtune.models.loading import bf16_ok
 
     on_cuda = device.startswith("cuda")
     if training.precision == "auto":
-        return "bf16" if on_cuda and torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if bf16_ok(device) else "fp32"
     if training.precision == "fp16" and not on_cuda:
         raise BadInput("precision fp16 needs a CUDA GPU; use fp32 or auto", key="training.precision")
-    if training.precision == "bf16" and on_cuda and not torch.cuda.is_bf16_supported():
+    if training.precision == "bf16" and on_cuda and not bf16_ok(device):
         raise BadInput("this GPU does not support bf16; use fp16 or auto", key="training.precision")
     return training.precision
 

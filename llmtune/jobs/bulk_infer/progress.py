@@ -64,7 +64,9 @@ class Progress:
         self.done += rows
         now = time.monotonic()
         elapsed = max(now - self.started, 1e-9)
-        rate = f"{self.done / elapsed:.1f} rows/s, {new_tokens / elapsed:.0f} tok/s"
+        rate = f"{self.done / elapsed:.1f} rows/s"
+        if new_tokens:  # classification generates no tokens
+            rate += f", {new_tokens / elapsed:.0f} tok/s"
         if self._bar is not None:
             self._bar.update(self._task, advance=rows, rate=rate)
         elif now - self._last_log >= LOG_EVERY_S or self.done == self.total:
@@ -106,6 +108,9 @@ def summarise(
         "prompt_fingerprint": plan["prompt_fingerprint"],
         "exit_code": 3 if tally.failed else 0,
     }
-    rows = [[k, v] for k, v in summary.items() if k != "exit_code"]
-    table("bulk-infer summary", ["item", "value"], rows)
+    # classification generates nothing: no "0 tokens/s" line on the terminal (the JSON keeps it)
+    hidden = {"exit_code"} | (
+        {"generated_tokens", "generated_tokens_per_s"} if not tally.new_tokens else set()
+    )
+    table("bulk-infer summary", ["item", "value"], [[k, v] for k, v in summary.items() if k not in hidden])
     return summary

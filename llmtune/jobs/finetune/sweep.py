@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from llmtune.console import markdown_table, say, table
 from llmtune.errors import BadInput
+from llmtune.recipes import with_changes
 from llmtune.recipes.finetune import FinetuneRecipe, Range, Sweep
 from llmtune.runs.lifecycle import recorded
 from llmtune.runs.options import JobOptions
@@ -108,33 +109,15 @@ def _sample(values: list[Any] | Range, rng: random.Random) -> Any:
 
 
 def trial_recipe(recipe: FinetuneRecipe, changes: dict[str, Any], where: str) -> tuple[dict, FinetuneRecipe]:
-    """The recipe with `changes` applied, validated; a key the recipe does not have is bad input."""
-    data = recipe.model_dump(mode="json", exclude={"sweep"})
-    data.pop("sweep", None)
-    for key, value in changes.items():
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {} if node.get(part) is None else node[part]
-            if not isinstance(node[part], dict):
-                raise BadInput(
-                    f"{key}: {part} is not a section of the recipe", file=where, key=f"params.{key}"
-                )
-            node = node[part]
-        node[parts[-1]] = value
+    """The recipe with `changes` applied as --set applies them, validated (without its sweep)."""
     try:
-        trial = FinetuneRecipe.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
+        trial = with_changes(recipe, {"sweep": None, **changes}, where)
+    except BadInput as exc:
         raise BadInput(
-            f"trial {_show(changes)} is not a valid recipe: {loc}: {first['msg']}", file=where, key="params"
+            f"trial {_show(changes)} is not a valid recipe: {exc}", file=where, key="params"
         ) from None
-    if recipe.source is not None:
-        trial.attach_source(recipe.source)
     trial.name = recipe.name
-    return changes, trial
+    return changes, trial  # type: ignore[return-value]
 
 
 def _run_trials(
