@@ -213,3 +213,24 @@ def test_chat_prompt_needs_a_chat_template_and_gate_a_known_metric(fruits: Path)
     assert_bad_input(result, "prompts.one_shot.chat", "has no chat template")
     assert_bad_input(run_cli("prompt-eval", path, "--fail-under", "bleu=0.3"), "--fail-under", "'bleu'")
     assert not (fruits / "out").exists()
+
+
+def test_example_pool_labels_are_all_reported_with_the_near_label(fruits: Path) -> None:
+    write_jsonl(
+        fruits / "pool.jsonl",
+        [
+            {"fruit": "apple", "family": "pome"},
+            {"fruit": "pear", "family": "Pome"},
+            {"fruit": "lime", "family": "citrus"},
+            {"fruit": "fig", "family": "syconium"},
+        ],
+    )
+    body = (
+        'prompts:\n  few:\n    template: "{{ examples }}{{ text }}:"\n    shots: 2\n'
+        '    examples_from: pool.jsonl\n    example_template: "{{ text }}: {{ label }}\\n"\n'
+        "labels: [drupe, pome, berry, citrus]\n"
+    )
+    result = run_cli("prompt-eval", recipe(fruits, body))
+    assert_bad_input(result, "pool.jsonl:2", "'Pome'", "did you mean 'pome'", "pool.jsonl:4", "'syconium'")
+    assert "pool.jsonl:3" not in result.stderr
+    assert not (fruits / "out").exists()

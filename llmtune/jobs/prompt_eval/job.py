@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from llmtune.console import say
-from llmtune.data.readers import Rows, check_labels, infer_labels, load_splits, read_rows
+from llmtune.data.readers import Rows, check_labels, closest, infer_labels, load_splits, read_rows, refuse
 from llmtune.errors import BadInput, GateFailed, Problem
 from llmtune.inference.batching import free_memory
 from llmtune.jobs.prompt_eval.prompts import PromptBuilder, chat_prompt
@@ -167,18 +167,18 @@ def read_data(
 
 
 def _check_pool_labels(pool: Rows, labels: list[str], key: str) -> None:
-    bad = [(r, w) for r, w in zip(pool.rows, pool.where) if str(r["label"]) not in labels]
-    if bad:
-        row, where = bad[0]
-        raise BadInput(
-            problems=[
-                Problem(
-                    f"{key}: example label {str(row['label'])!r} is not in labels {labels} "
-                    f"({len(bad)} such row(s))",
-                    file=where,
-                )
-            ]
-        )
+    """Every example row whose label is not in `labels`, at once, with the near label."""
+    problems = []
+    for row, where in zip(pool.rows, pool.where):
+        label = str(row["label"])
+        if label not in labels:
+            near = closest(label, labels)
+            hint = f" (did you mean {near!r}?)" if near else ""
+            problems.append(
+                Problem(f"{key}: example label {label!r} is not in labels {labels}{hint}", file=where)
+            )
+    if problems:
+        refuse(problems)
 
 
 def _src(recipe: PromptEvalRecipe) -> str | None:
