@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
 from llmtune.console import live_console, say, stderr_is_terminal
+from llmtune.runs.outputs import apply_umask
 from llmtune.runs.rundir import RunDir
 
 _NOISE = (
@@ -25,7 +27,8 @@ _NOISE = (
 
 
 class MetricsLog(TrainerCallback):
-    """Each Trainer log line goes to metrics.jsonl and, as a plain line, to the console."""
+    """Each Trainer log line goes to metrics.jsonl and, as a plain line, to the console; each saved
+    checkpoint gets the user's umask."""
 
     def __init__(self, run_dir: RunDir) -> None:
         self.run_dir = run_dir
@@ -47,6 +50,11 @@ class MetricsLog(TrainerCallback):
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in logs.items() if k not in _NOISE
         )
         say(f"step {state.global_step}/{state.max_steps}: {shown}")
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # safetensors writes 0600 files: a checkpoint gets the user's umask as soon as it exists,
+        # so other users and services on a shared server can read it during the run too
+        apply_umask(Path(args.output_dir))
 
 
 class GracefulStop(TrainerCallback):
