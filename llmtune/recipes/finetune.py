@@ -6,11 +6,26 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from llmtune.recipes.common import Data, ModelRef, RecipeBase, Section, TemplateSource, Training
+from llmtune.recipes.common import (
+    CANONICAL_FIELDS,
+    Data,
+    ModelRef,
+    RecipeBase,
+    RecipePath,
+    Section,
+    TemplateSource,
+    Training,
+)
 
-Method = Literal["full", "lora", "qlora", "dora", "ia3", "prefix", "prompt", "last_layers"]
+Method = Literal["full", "lora", "qlora", "dora", "ia3", "prefix", "prompt", "last_layers", "adapter"]
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1")
+REGRESSION_METRICS = ("mae", "rmse", "r2", "pearson", "spearman")
 CAUSAL_LM_METRICS = ("exact_match", "perplexity")
+TASK_METRICS = {
+    "classification": CLASSIFICATION_METRICS,
+    "regression": REGRESSION_METRICS,
+    "causal_lm": CAUSAL_LM_METRICS,
+}
 PROMPT_LEARNING = ("prefix", "prompt")
 MERGEABLE = ("lora", "qlora", "dora", "ia3")
 
@@ -35,15 +50,100 @@ class MethodSpec(Section):
     """Prompt tuning: initialise the soft prompt from this text."""
     layers: int = Field(2, ge=1)
     """last_layers: train only the top N blocks and the head."""
+    reduction_factor: int = Field(16, ge=1)
+    """adapter: bottleneck width = hidden size / reduction_factor."""
+    placement: Literal["serial", "parallel"] = "serial"
+    """adapter: serial (after a block's output, Houlsby / Pfeiffer) or parallel (beside the
+    feed-forward block, He et al.)."""
+    sites: list[Literal["attention", "feed_forward"]] = Field(default_factory=lambda: ["feed_forward"])
+    """adapter, serial: after which outputs of each block: [feed_forward] is Pfeiffer's placement,
+    [attention, feed_forward] Houlsby's. parallel adapters sit beside the feed-forward block."""
+    non_linearity: Literal["relu", "gelu", "silu", "tanh"] = "relu"
+    """adapter: activation between the down- and up-projection."""
+    scaling: float = Field(1.0, gt=0)
+    """adapter: the adapter's output is multiplied by this before it is added back."""
+    stack: bool = False
+    """model.path is an earlier run's adapter (LoRA family or adapter layers): false continues
+    training that adapter; true freezes it (merged into the base when it can be) and trains a new
+    one on top."""
+
+    @field_validator("sites")
+    @classmethod
+    def _some_sites(cls, value: list[str]) -> list[str]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("expected one or both of attention, feed_forward, each once")
+        return value
 
 
 class Evaluation(Section):
     """Metrics computed on the test split at the end."""
 
     metrics: list[str] | None = None
-    """classification: accuracy, precision, recall, f1; causal_lm: exact_match, perplexity."""
+    """classification: accuracy, precision, recall, f1; regression: mae, rmse, r2, pearson,
+    spearman; causal_lm: exact_match, perplexity."""
     max_new_tokens: int = Field(32, ge=1)
     """causal_lm exact match: tokens generated per test prompt."""
+    slices: list[str] = Field(default_factory=list)
+    """Columns of the test rows (e.g. language, product_category): every metric is also reported
+    per value of each, with row counts and the gap between the best and the worst slice, because
+    bias in data becomes bias in models. Gate on one with --fail-under f1@language=de=0.8."""
+    retain: RecipePath | list[RecipePath] | None = None
+    """General-data test file(s) measured before and after training (loss, and the task's metrics
+    where they apply), so the report shows what the model forgot."""
+
+
+class Source(Section):
+    """One training source of a mixture: its own file(s), share of the rows and, if needed, its
+    own columns and template."""
+
+    path: RecipePath | list[RecipePath]
+    """File, glob or list, relative to this file."""
+    weight: float = Field(1.0, gt=0)
+    """Sampling probability of this source (weights are normalised to sum to 1)."""
+    name: str | None = None
+    """Name in the report; default: the file's stem."""
+    columns: dict[str, str] | None = None
+    """Canonical field -> column name for this source; default: data.columns."""
+    template: str | None = None
+    """Template for this source's rows; default: data.template."""
+
+    @field_validator("columns")
+    @classmethod
+    def _canonical_names(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        unknown = [k for k in value or {} if k not in CANONICAL_FIELDS]
+        if unknown:
+            raise ValueError(
+                f"unknown canonical field(s) {unknown}; expected some of {', '.join(CANONICAL_FIELDS)}"
+            )
+        return value
+
+
+class Replay(Section):
+    """General rows mixed into every epoch against catastrophic forgetting."""
+
+    path: RecipePath | list[RecipePath]
+    """File, glob or list of general rows, relative to this file."""
+    ratio: float = Field(0.2, gt=0.0, lt=1.0)
+    """Share of each epoch's rows that are replayed general rows."""
+    columns: dict[str, str] | None = None
+    """Canonical field -> column name in the replay files; default: data.columns."""
+    template: str | None = None
+    """Template for the replay rows; default: data.template."""
+
+
+class FinetuneData(Data):
+    """Where rows come from: one training set, or a weighted mixture of sources, plus replay."""
+
+    train: RecipePath | list[RecipePath] | list[Source] | None = None  # type: ignore[assignment]
+    """File, glob or list (relative to this file): .jsonl .json .csv .tsv .parquet .txt, or a
+    datasets save_to_disk folder. A list of {path, weight, columns, template} mixes several
+    sources (multi-task) by weight."""
+    replay: Replay | None = None
+    """{path: general.jsonl, ratio: 0.2}: general rows mixed into every epoch against forgetting."""
+
+    def is_mixture(self) -> bool:
+        """Whether train is a list of weighted sources."""
+        return isinstance(self.train, list) and any(isinstance(s, Source) for s in self.train)
 
 
 class Export(Section):
@@ -54,7 +154,7 @@ class Export(Section):
 
 
 class Range(Section):
-    """A continuous range sampled by a random sweep."""
+    """A continuous range sampled by a random or TPE sweep."""
 
     low: float
     """Smallest value."""
@@ -73,16 +173,24 @@ class Range(Section):
 class Sweep(Section):
     """Hyperparameter search: each trial is a run; the best on the validation metric wins."""
 
-    strategy: Literal["grid", "random"] = "grid"
-    """grid: every combination of the values; random: `trials` samples."""
+    strategy: Literal["grid", "random", "tpe"] = "grid"
+    """grid: every combination of the values; random: `trials` samples; tpe: Optuna's TPE sampler,
+    which proposes each trial from the results so far, with pruning of bad trials."""
     params: dict[str, list[Any] | Range]
-    """Recipe key (dotted, as for --set) -> values to try, or {low, high, log} for random search."""
+    """Recipe key (dotted, as for --set) -> values to try, or {low, high, log} for random / tpe."""
     trials: int | None = Field(None, ge=1)
-    """random: number of trials (default 8); grid: run at most this many combinations."""
+    """random / tpe: number of trials (default 8); grid: run at most this many combinations."""
     metric: str | None = None
     """Validation metric to optimise (default: training.early_stopping.metric, else eval_loss)."""
     seed: int = 0
     """Seed of the random sampler."""
+    pruning: bool = True
+    """tpe: stop a trial early when its validation metric, reported at each evaluation, is worse
+    than the median of earlier trials at the same step (Optuna's MedianPruner)."""
+    timeout: float | None = Field(None, gt=0)
+    """tpe: start no new trial after this many seconds of sweep."""
+    n_jobs: Literal[1] = 1
+    """tpe: trials run one at a time (one process owns the device)."""
 
     @field_validator("params")
     @classmethod
@@ -91,7 +199,9 @@ class Sweep(Section):
             raise ValueError("params needs at least one key to search")
         for key, values in params.items():
             if isinstance(values, Range) and info.data.get("strategy") == "grid":
-                raise ValueError(f"{key}: a {{low, high}} range needs strategy: random; give a list for grid")
+                raise ValueError(
+                    f"{key}: a {{low, high}} range needs strategy: random or tpe; give a list for grid"
+                )
             if isinstance(values, list) and not values:
                 raise ValueError(f"{key}: give at least one value")
         return params
@@ -102,15 +212,21 @@ class FinetuneRecipe(RecipeBase):
 
     kind: Literal["finetune"] = "finetune"
     """Which job this recipe is for."""
-    task: Literal["classification", "causal_lm"] = "classification"
-    """classification: a head with N labels; causal_lm: supervised fine-tuning of a language model."""
+    task: Literal["classification", "regression", "causal_lm"] = "classification"
+    """classification: a head with N labels; regression: a head with one output that predicts a
+    number; causal_lm: supervised fine-tuning of a language model."""
     model: ModelRef
     """The model to adapt."""
     labels: list[str] | None = None
     """classification: the label names in order; inferred from train when omitted."""
+    label_range: tuple[float, float] | None = None
+    """regression: [low, high] of the label; the head learns the label scaled to 0..1 and its
+    predictions are scaled back. Default: no scaling."""
+    loss: Literal["mse", "huber"] = "mse"
+    """regression: mean squared error, or Huber (less hurt by outliers)."""
     method: MethodSpec = Field(default_factory=MethodSpec)
     """How the model is adapted."""
-    data: Data
+    data: FinetuneData
     """Training, validation and test rows."""
     training: Training = Field(default_factory=Training)
     """Optimisation settings."""
@@ -132,9 +248,13 @@ class FinetuneRecipe(RecipeBase):
             raise ValueError("labels must be unique")
         if self.labels is not None and len(self.labels) < 2:
             raise ValueError("labels needs at least two entries")
-        if self.task == "causal_lm" and self.labels:
-            raise ValueError("labels are for task: classification, not causal_lm")
-        allowed = CLASSIFICATION_METRICS if self.task == "classification" else CAUSAL_LM_METRICS
+        if self.task != "classification" and self.labels:
+            raise ValueError(f"labels are for task: classification, not {self.task}")
+        if self.task != "regression" and self.label_range is not None:
+            raise ValueError("label_range is for task: regression")
+        if self.label_range is not None and self.label_range[0] >= self.label_range[1]:
+            raise ValueError("label_range: expected [low, high] with low < high")
+        allowed = TASK_METRICS[self.task]
         bad = [m for m in self.evaluation.metrics or [] if m not in allowed]
         if bad:
             raise ValueError(
@@ -177,8 +297,8 @@ class FinetuneRecipe(RecipeBase):
         """`name` as the Trainer logs it (eval_ prefix), refused when this task does not compute it."""
         name = name if name.startswith("eval_") else f"eval_{name}"
         allowed = ["eval_loss"]
-        if self.task == "classification":
-            allowed += [f"eval_{m}" for m in CLASSIFICATION_METRICS]
+        if self.task != "causal_lm":
+            allowed += [f"eval_{m}" for m in TASK_METRICS[self.task]]
         if name not in allowed:
             raise ValueError(
                 f"validation metric {name!r} is not computed for {self.task}; expected one of {allowed}"
@@ -189,4 +309,4 @@ class FinetuneRecipe(RecipeBase):
         """Metrics to report on the test split."""
         if self.evaluation.metrics:
             return list(self.evaluation.metrics)
-        return list(CLASSIFICATION_METRICS if self.task == "classification" else CAUSAL_LM_METRICS)
+        return list(TASK_METRICS[self.task])
