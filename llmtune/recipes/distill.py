@@ -4,66 +4,119 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from llmtune.recipes.common import Data, ModelRef, RecipeBase, ScratchModel, Section, Training
+from llmtune.recipes.common import Data, ModelRef, RecipeBase, Section, Training
+
+STRATEGIES = {
+    "classification": ("soft_labels", "hard_labels"),
+    "regression": ("scores",),
+    "causal_lm": ("logits", "sequences", "on_policy"),
+}
 
 
 class FromTeacher(Section):
-    """Build the student by keeping some of the teacher's layers."""
+    """Build the student from the teacher: its embeddings, the chosen blocks and its head
+    (DistilBERT's initialisation)."""
 
-    layers: list[int]
-    """Indices of the teacher's blocks the student keeps."""
+    layers: list[int] = Field(min_length=1)
+    """Indices of the teacher's blocks the student keeps, e.g. [0, 2, 4] (every other block of a
+    6-block teacher); each at most once, in increasing order."""
+
+    @field_validator("layers")
+    @classmethod
+    def _increasing(cls, value: list[int]) -> list[int]:
+        if any(i < 0 for i in value) or value != sorted(set(value)):
+            raise ValueError(f"expected distinct block indices >= 0 in increasing order, got {value}")
+        return value
+
+    trim_vocab: bool = False
+    """The same as student.trim_vocab (either turns it on)."""
 
 
-class StudentRef(Section):
-    """The student: a copy of some teacher layers, a model path, or a scratch model."""
+class StudentRef(ModelRef):
+    """The student: teacher blocks (`from_teacher`), a model `path`, or a `scratch` model; its
+    loading settings (dtype, device, ...) as for any model reference."""
 
     from_teacher: FromTeacher | None = None
-    """Keep these teacher layers."""
-    path: str | None = None
-    """Hub id or local directory of the student."""
-    scratch: ScratchModel | None = None
-    """A small model built from scratch."""
+    """Copy the teacher's embeddings, these blocks and the head."""
+    trim_vocab: bool = False
+    """Keep only the vocabulary the transfer, validation and test data use (plus special tokens and
+    single characters, so that any text still encodes): in small encoders the embedding matrix is
+    much of the model. The student saves as a standard model + tokenizer. WordPiece and BPE
+    tokenizers (tokenizer.json)."""
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> StudentRef:
+    def _path_or_scratch(self) -> StudentRef:
+        # overrides ModelRef's rule: from_teacher is a third way to name the student
         given = [x for x in (self.from_teacher, self.path, self.scratch) if x is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of from_teacher, path or scratch")
+        if self.adapter is not None and self.from_teacher is not None:
+            raise ValueError("adapter is for a student given by path")
         return self
+
+    @property
+    def trims_vocab(self) -> bool:
+        """Whether the vocabulary is trimmed (student.trim_vocab or from_teacher.trim_vocab)."""
+        return self.trim_vocab or bool(self.from_teacher and self.from_teacher.trim_vocab)
+
+    def describe(self) -> str:
+        """A short human name for tables and logs."""
+        trimmed = " (vocabulary trimmed)" if self.trims_vocab else ""
+        if self.from_teacher is not None:
+            return f"teacher blocks {self.from_teacher.layers}{trimmed}"
+        return super().describe() + trimmed
 
 
 class DistillRecipe(RecipeBase):
-    """Teacher bulk-labels the transfer set; the student trains on its soft or hard labels."""
+    """Teacher bulk-labels the transfer set; a smaller student trains on its soft or hard labels."""
 
     kind: Literal["distill"] = "distill"
     """Which job this recipe is for."""
-    task: Literal["classification", "causal_lm"] = "classification"
-    """classification: soft/hard labels; causal_lm: token logits or teacher generations."""
+    task: Literal["classification", "regression", "causal_lm"] = "classification"
+    """classification: soft/hard labels; regression: the teacher's scores; causal_lm: token
+    logits, teacher generations, or on-policy generations scored by the teacher."""
     teacher: ModelRef
-    """The model whose quality the student should keep."""
+    """The model whose quality the student should keep (a run's model/, a hub id, + adapter)."""
     student: StudentRef
-    """The smaller model that learns from the teacher."""
+    """The smaller model that learns from the teacher; refused when it is not smaller."""
     labels: list[str] | None = None
-    """classification: label names; default: the teacher's id2label."""
-    strategy: Literal["soft_labels", "hard_labels", "logits", "sequences"] = "soft_labels"
-    """soft_labels | hard_labels (classification); logits | sequences (causal_lm)."""
+    """classification: label names; default: the teacher's head's names. A student given by path
+    must have the same label set."""
+    strategy: Literal["soft_labels", "hard_labels", "scores", "logits", "sequences", "on_policy"] = (
+        "soft_labels"
+    )
+    """soft_labels: KL divergence to the teacher's distribution at `temperature`; hard_labels:
+    cross-entropy on the teacher's argmax (classification); scores: MSE to the teacher's score
+    (regression); logits | sequences | on_policy (causal_lm)."""
     temperature: float = Field(2.0, gt=0)
-    """Softens the teacher's distribution."""
+    """Softens both distributions before they are compared; the KL term is scaled by T^2
+    (Hinton et al.) so that its gradients keep their size."""
     alpha: float = Field(0.5, ge=0.0, le=1.0)
-    """Weight of the distillation loss against gold labels where rows have them."""
+    """Weight of the distillation loss against the gold-label loss on rows that have a gold label
+    (rows without one learn from the teacher alone)."""
+    beta: float = Field(0.0, ge=0.0, le=1.0)
+    """causal_lm logits / on_policy: 0 forward KL, 1 reverse KL, in between the generalised
+    Jensen-Shannon divergence."""
+    baseline: bool = True
+    """Also train the same student on the gold labels alone, to show what distillation bought
+    (needs transfer rows with gold labels; false skips it, for speed)."""
     data: Data
-    """Transfer set (train) and test rows."""
+    """Transfer set (train: may be unlabelled; labelled rows also count as gold), optional
+    validation, and labelled test rows on which teacher and student are compared."""
     training: Training = Field(default_factory=Training)
     """Optimisation settings of the student."""
+    measure_batch_size: int = Field(32, ge=1)
+    """Rows per batch when teacher and student speed are measured on the test rows."""
 
     @model_validator(mode="after")
     def _strategy_fits_task(self) -> DistillRecipe:
-        fits = {"classification": ("soft_labels", "hard_labels"), "causal_lm": ("logits", "sequences")}
-        if self.strategy not in fits[self.task]:
+        if self.strategy not in STRATEGIES[self.task]:
             raise ValueError(
                 f"strategy {self.strategy} does not apply to task {self.task}; "
-                f"expected one of {', '.join(fits[self.task])}"
+                f"expected one of {', '.join(STRATEGIES[self.task])}"
             )
+        if self.labels is not None and self.task != "classification":
+            raise ValueError(f"labels are for task: classification, not {self.task}")
         return self
