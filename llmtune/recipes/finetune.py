@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import PurePath
 from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -92,6 +93,15 @@ class Evaluation(Section):
     where they apply), so the report shows what the model forgot."""
 
 
+def _canonical(columns: dict[str, str] | None) -> dict[str, str] | None:
+    unknown = [k for k in columns or {} if k not in CANONICAL_FIELDS]
+    if unknown:
+        raise ValueError(
+            f"unknown canonical field(s) {unknown}; expected some of {', '.join(CANONICAL_FIELDS)}"
+        )
+    return columns
+
+
 class Source(Section):
     """One training source of a mixture: its own file(s), share of the rows and, if needed, its
     own columns and template."""
@@ -110,12 +120,14 @@ class Source(Section):
     @field_validator("columns")
     @classmethod
     def _canonical_names(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        unknown = [k for k in value or {} if k not in CANONICAL_FIELDS]
-        if unknown:
-            raise ValueError(
-                f"unknown canonical field(s) {unknown}; expected some of {', '.join(CANONICAL_FIELDS)}"
-            )
-        return value
+        return _canonical(value)
+
+    def label(self) -> str:
+        """The source's name in the report: `name`, else the stem of its (first) file."""
+        if self.name:
+            return self.name
+        first = self.path if isinstance(self.path, str) else self.path[0]
+        return PurePath(first).stem or "train"
 
 
 class Replay(Section):
@@ -129,6 +141,11 @@ class Replay(Section):
     """Canonical field -> column name in the replay files; default: data.columns."""
     template: str | None = None
     """Template for the replay rows; default: data.template."""
+
+    @field_validator("columns")
+    @classmethod
+    def _canonical_names(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return _canonical(value)
 
 
 class FinetuneData(Data):
@@ -144,6 +161,22 @@ class FinetuneData(Data):
     def is_mixture(self) -> bool:
         """Whether train is a list of weighted sources."""
         return isinstance(self.train, list) and any(isinstance(s, Source) for s in self.train)
+
+    def is_composite(self) -> bool:
+        """Whether the training rows are drawn from several sources (a mixture, or replay): every
+        row then carries its source, and a head task's rows arrive with their model input
+        rendered (`llmtune.data.mixture`)."""
+        return self.is_mixture() or self.replay is not None
+
+    @model_validator(mode="after")
+    def _distinct_sources(self) -> FinetuneData:
+        names = [s.label() for s in self.train if isinstance(s, Source)] if self.is_mixture() else []
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"two data.train sources are named {twice[0]!r}: give each a distinct `name`")
+        if self.replay is not None and "replay" in names:
+            raise ValueError("the source name 'replay' is taken by data.replay: rename that source")
+        return self
 
 
 class Export(Section):
