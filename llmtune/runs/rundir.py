@@ -41,7 +41,7 @@ LOCK_NAME = ".llmtune.lock"
 # the user's and stays. Folders end with "/".
 RUN_CONTENTS = (
     *"recipe.yaml manifest.json metrics.jsonl eval.json predictions.jsonl results.json".split(),
-    *"report.md sweep.json best.yaml run.log *.png model/ checkpoints/ trials/".split(),
+    *"report.md sweep.json study.db study.db-journal best.yaml run.log *.png model/ checkpoints/ trials/".split(),
     *"teacher_labels.jsonl teacher_generations.jsonl".split(),  # distill: the teacher's journal
     f"*{TMP_SUFFIX}",
     f"*{TMP_SUFFIX}/",
