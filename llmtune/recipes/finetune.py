@@ -187,11 +187,13 @@ class Export(Section):
 
 
 class Range(Section):
-    """A continuous range sampled by a random or TPE sweep."""
+    """A range sampled by a random or TPE sweep. Bounds written as integers (`{low: 4, high: 32}`)
+    give integers (ranks, batch sizes); a bound with a decimal point or exponent
+    (`{low: 1.0e-5, high: 1.0e-3}`) gives floats."""
 
-    low: float
+    low: int | float
     """Smallest value."""
-    high: float
+    high: int | float
     """Largest value."""
     log: bool = False
     """Sample on a log scale (learning rates)."""
@@ -202,13 +204,32 @@ class Range(Section):
             raise ValueError("expected low < high (and low > 0 with log: true)")
         return self
 
+    def integers(self) -> bool:
+        """Whether the range holds integers (both bounds written as integers)."""
+        return isinstance(self.low, int) and isinstance(self.high, int)
+
+
+class Pruning(Section):
+    """tpe: when a trial is stopped early. At each evaluation the trial's validation metric is
+    compared with earlier finished trials at the same step (Optuna's PercentilePruner; 50 is
+    Optuna's MedianPruner)."""
+
+    percentile: float = Field(50.0, gt=0.0, lt=100.0)
+    """Stop a trial worse than this percentile of finished trials at the same step (50: the median;
+    25: stop more, keeping only trials in the best quarter)."""
+    min_trials: int = Field(5, ge=1)
+    """Finished trials needed before any trial is stopped."""
+    warmup_steps: int = Field(0, ge=0)
+    """Optimizer steps of each trial before it may be stopped."""
+
 
 class Sweep(Section):
     """Hyperparameter search: each trial is a run; the best on the validation metric wins."""
 
     strategy: Literal["grid", "random", "tpe"] = "grid"
     """grid: every combination of the values; random: `trials` samples; tpe: Optuna's TPE sampler,
-    which proposes each trial from the results so far, with pruning of bad trials."""
+    which proposes each trial from the results so far, with pruning of bad trials; its study is
+    kept in <run>/study.db, so an interrupted sweep continues with --resume."""
     params: dict[str, list[Any] | Range]
     """Recipe key (dotted, as for --set) -> values to try, or {low, high, log} for random / tpe."""
     trials: int | None = Field(None, ge=1)
@@ -216,12 +237,18 @@ class Sweep(Section):
     metric: str | None = None
     """Validation metric to optimise (default: training.early_stopping.metric, else eval_loss)."""
     seed: int = 0
-    """Seed of the random sampler."""
-    pruning: bool = True
+    """Seed of the random / TPE sampler."""
+    pruning: bool | Pruning = True
     """tpe: stop a trial early when its validation metric, reported at each evaluation, is worse
-    than the median of earlier trials at the same step (Optuna's MedianPruner)."""
+    than the median of earlier trials at the same step (Optuna's MedianPruner); false: never;
+    {percentile, min_trials, warmup_steps} to tune it. Set training.eval_steps so that trials
+    evaluate more than once."""
+    startup_trials: int | None = Field(None, ge=1)
+    """tpe: trials sampled at random before TPE models the results (default: a quarter of
+    `trials`, at least 2; Optuna's own default of 10 would make a small sweep purely random)."""
     timeout: float | None = Field(None, gt=0)
-    """tpe: start no new trial after this many seconds of sweep."""
+    """Start no new trial after this many seconds of this invocation (the first trial always
+    runs; a resumed sweep counts again from its start)."""
     n_jobs: Literal[1] = 1
     """tpe: trials run one at a time (one process owns the device)."""
 
@@ -237,7 +264,22 @@ class Sweep(Section):
                 )
             if isinstance(values, list) and not values:
                 raise ValueError(f"{key}: give at least one value")
+            if info.data.get("strategy") == "tpe" and isinstance(values, list):
+                nested = [v for v in values if not isinstance(v, str | int | float | bool | None)]
+                if nested:
+                    raise ValueError(
+                        f"{key}: tpe chooses among plain values (numbers, strings, booleans, null), "
+                        f"not {nested[0]!r}; use strategy: grid or random for lists and mappings"
+                    )
         return params
+
+    @model_validator(mode="after")
+    def _tpe_only(self) -> Sweep:
+        if self.strategy != "tpe" and self.startup_trials is not None:
+            raise ValueError("startup_trials is for strategy: tpe")
+        if self.strategy != "tpe" and isinstance(self.pruning, Pruning):
+            raise ValueError("pruning settings are for strategy: tpe")
+        return self
 
 
 class FinetuneRecipe(RecipeBase):
