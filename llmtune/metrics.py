@@ -1,4 +1,5 @@
-"""Classification metrics from scikit-learn, in the shape every job reports them."""
+"""Classification and regression metrics from scikit-learn and scipy, in the shape every job
+reports them."""
 
 from __future__ import annotations
 
@@ -58,3 +59,40 @@ def confusion_markdown(metrics: dict[str, Any]) -> str:
     for label, row in zip(cm["labels"], cm["matrix"]):
         lines.append(f"| {label} | " + " | ".join(str(x) for x in row) + " |")
     return "\n".join(lines) + "\n"
+
+
+# metrics where a smaller value is the better model (every other one: larger is better)
+LOWER_IS_BETTER = ("loss", "mae", "rmse", "perplexity")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller `metric` (with or without the eval_ / test_ prefix) is better: the one
+    rule for early stopping, keeping the best checkpoint and ranking sweep trials."""
+    return metric.removeprefix("eval_").removeprefix("test_").endswith(LOWER_IS_BETTER)
+
+
+def regression_metrics(gold: list[float], predicted: list[float]) -> dict[str, Any]:
+    """MAE, RMSE and R² (scikit-learn), Pearson's and Spearman's correlation (scipy). A
+    correlation is None where it is undefined: fewer than two rows, or constant predictions
+    (a model that has not learned to tell the rows apart)."""
+    from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_error
+
+    return {
+        "mae": float(mean_absolute_error(gold, predicted)),
+        "rmse": float(root_mean_squared_error(gold, predicted)),
+        "r2": float(r2_score(gold, predicted)) if len(gold) > 1 else None,
+        "pearson": _correlation("pearsonr", gold, predicted),
+        "spearman": _correlation("spearmanr", gold, predicted),
+        "n": len(gold),
+    }
+
+
+def _correlation(name: str, gold: list[float], predicted: list[float]) -> float | None:
+    import math
+
+    import scipy.stats
+
+    if len(gold) < 2 or len(set(gold)) < 2 or len(set(predicted)) < 2:
+        return None  # scipy would warn and answer nan
+    value = float(getattr(scipy.stats, name)(gold, predicted).statistic)
+    return None if math.isnan(value) else value

@@ -2,8 +2,9 @@
 from its files without loading weights, so that a job refuses a wrong model (exit 2, naming the
 file and what is wrong) before it writes anything, instead of crashing or answering wrongly.
 
-The one rule for "is this a classifier" (`head_of`) and for generic `LABEL_n` names
-(`named_labels`, `head_columns`) lives here too; `loading.load_model` runs the same checks.
+The one rule for "is this a classifier" (`head_of`), for "is this head a regression" (`is_regression`,
+with its `label_range` scaling) and for generic `LABEL_n` names (`named_labels`, `head_columns`)
+lives here too; `loading.load_model` runs the same checks.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from llmtune.errors import BadInput
+from llmtune.models.regression_head import is_regression, label_range_of
 from llmtune.recipes.common import ModelRef, RecipeBase
 
 Head = Literal["causal_lm", "classification"]
@@ -48,6 +50,8 @@ class ModelInfo:
     architectures: list[str]
     path: Path | None = None  # the base model's folder (None: a scratch model)
     adapter: Path | None = None
+    regression: bool = False  # a head with one output that predicts a number (task: regression)
+    label_range: tuple[float, float] | None = None  # regression: the head predicts 0..1 of this
 
     @property
     def tokenizer_dir(self) -> Path | None:
@@ -83,7 +87,15 @@ def inspect_model(ref: ModelRef, recipe: RecipeBase, key: str) -> ModelInfo:
     check_tokenizer(tokenizer_dir, ref)
     architectures = list(config.get("architectures") or [])
     head = head_of(architectures, adapter_config.get("task_type"))
-    return ModelInfo(head, named_labels(config.get("id2label"), config_file), architectures, path, adapter)
+    return ModelInfo(
+        head,
+        named_labels(config.get("id2label"), config_file),
+        architectures,
+        path,
+        adapter,
+        regression=head == "classification" and is_regression(config),
+        label_range=label_range_of(config, config_file),
+    )
 
 
 def resolve_model_path(ref: ModelRef, recipe: RecipeBase, key: str) -> str:

@@ -10,36 +10,20 @@ graceful stop and status around them.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from llmtune.console import markdown_table, say, table
-from llmtune.data.readers import Rows, Splits, check_labels, infer_labels, load_splits
+from llmtune.console import markdown_table, table
+from llmtune.data.readers import Splits, check_labels, infer_labels
 from llmtune.data.templates import Template
 from llmtune.errors import BadInput
+from llmtune.jobs.finetune import heads
 from llmtune.metrics import classification_metrics, confusion_markdown
-from llmtune.models.loading import LoadedModel, load_model
-from llmtune.models.methods import apply_method
 from llmtune.recipes.finetune import FinetuneRecipe
-from llmtune.runs.lifecycle import (
-    Metrics,
-    Outcome,
-    Plan,
-    count_parameters,
-    run_training,
-    warnings_markdown,
-)
+from llmtune.runs.lifecycle import Metrics, Outcome, Plan, run_training
 from llmtune.runs.options import JobOptions
 from llmtune.runs.rundir import RunDir
-from llmtune.runs.training import (
-    callbacks,
-    planned_steps,
-    preflight,
-    resolve_precision,
-    resolve_training,
-    training_arguments,
-)
+from llmtune.runs.training import preflight
 
 HEADLINE = ("accuracy", "precision", "recall", "f1")
 
@@ -54,9 +38,7 @@ class ClassificationJob:
 
     def __init__(self, recipe: FinetuneRecipe) -> None:
         self.recipe = recipe
-        self.template = (
-            Template(recipe.data.template, where="data.template") if recipe.data.template else None
-        )
+        self.template = heads.template_of(recipe)
 
     def preflight(self) -> list[Path]:
         self.splits, self.labels = read_data(self.recipe, self.template)
@@ -64,101 +46,50 @@ class ClassificationJob:
         return self.splits.files
 
     def setup(self, run_dir: Path, dry_run: bool = False) -> Plan:
-        recipe = self.recipe
-        self.loaded = load_model(
-            recipe.model,
-            recipe,
-            head="classification",
+        index = {name: i for i, name in enumerate(self.labels)}
+        self.prepared = heads.prepare(
+            self.recipe,
+            self.splits,
+            self.template,
             labels=self.labels,
-            corpus=(r["text"] for r in self.splits.train.rows if "text" in r),
-            for_training=True,
-            method=recipe.method.type,
-            empty_weights=dry_run,  # a dry run only counts parameters: no weights read
+            target=lambda row: index[str(row["label"])],
+            dry_run=dry_run,
         )
-        if recipe.method.type == "prompt":
-            # the soft prompt is prepended as embeddings, so the head cannot find the last real
-            # token past right padding: pad on the left instead
-            self.loaded.tokenizer.padding_side = "left"
-        from llmtune.models.export import snapshot_base
-
-        self.base = snapshot_base(self.loaded.model, recipe)
-        self.model = apply_method(self.loaded.model, recipe.method, "classification", self.loaded.tokenizer)
-        self.encoded = {
-            name: encode(getattr(self.splits, name), self.template, self.loaded, self.labels, recipe)
-            for name in ("train", "validation", "test")
-        }
-        trainable, total = count_parameters(self.model)
-        self.training = resolve_training(
-            recipe.training, recipe.method.type, recipe.task, len(self.splits.train)
-        )
-        return Plan(
-            run_dir=run_dir,
-            task=recipe.task,
-            method=recipe.method.type,
-            model=recipe.model.describe(),
-            rows=self.splits.counts(),
-            skipped_rows=self.splits.skipped(),
-            trainable_params=trainable,
-            total_params=total,
-            planned_steps=planned_steps(self.training, len(self.splits.train)),
-            device=self.loaded.device,
-            precision=resolve_precision(recipe.training, self.loaded.device),
-            details={
-                "labels": self.labels,
-                "epochs": self.training.epochs,
-                "learning_rate": self.training.learning_rate,
-            },
-        )
+        return heads.plan(self.recipe, run_dir, self.splits, self.prepared, {"labels": self.labels})
 
     def trainer(self, run_dir: RunDir) -> Any:
-        from transformers import DataCollatorWithPadding, Trainer
-
-        from llmtune.runs.callbacks import keep_stdout_clean
-
-        has_validation = self.encoded["validation"] is not None
-        trainer = Trainer(
-            model=self.model,
-            args=training_arguments(
-                self.training,
-                run_dir.path,
-                device=self.loaded.device,
-                seed=self.recipe.seed,
-                has_validation=has_validation,
-            ),
-            train_dataset=self.encoded["train"],
-            eval_dataset=self.encoded["validation"],
-            data_collator=DataCollatorWithPadding(self.loaded.tokenizer),
-            compute_metrics=eval_metrics(self.labels),
-            callbacks=callbacks(self.training, run_dir, has_validation),
-        )
-        keep_stdout_clean(trainer)
-        return trainer
+        return heads.build_trainer(self.recipe, self.prepared, run_dir, eval_metrics(self.labels))
 
     def evaluate(self, trainer: Any) -> Metrics | None:
-        if self.encoded["test"] is None:
+        if self.prepared.encoded["test"] is None:
             return None
-        metrics, self.probabilities = predict(trainer, self.encoded["test"], self.labels)
-        return metrics
+        metrics, self.probabilities = predict(trainer, self.prepared.encoded["test"], self.labels)
+        gold = [str(row["label"]) for row in self.splits.test.rows]
+        chosen = [
+            prediction(g, probs, self.labels)["prediction"] for g, probs in zip(gold, self.probabilities)
+        ]
+
+        def measure(indices: list[int]) -> Metrics:
+            return classification_metrics(
+                [gold[i] for i in indices], [chosen[i] for i in indices], self.labels
+            )
+
+        return heads.with_slices(self.recipe, self.splits.test, metrics, measure)
 
     def save(self, trainer: Any, run_dir: RunDir) -> None:
-        from llmtune.models.export import save_trained_model
-
+        encoded = self.prepared.encoded
         self.validation_predicted = None
-        if self.encoded["validation"] is not None:
-            self.validation_predicted = predict(trainer, self.encoded["validation"], self.labels)[0][
+        if encoded["validation"] is not None:
+            self.validation_predicted = predict(trainer, encoded["validation"], self.labels)[0][
                 "predicted_labels"
             ]
-        if self.encoded["test"] is not None:
-            write_predictions(run_dir, self.splits.test, self.template, self.probabilities, self.labels)
-        save_trained_model(
-            trainer.model,
-            self.loaded,
-            run_dir.path / "model",
-            self.recipe,
-            labels=self.labels,
-            merge=self.recipe.export.merge_adapter,
-            base=self.base,
-        )
+        if encoded["test"] is not None:
+            results = [
+                prediction(str(row["label"]), probs, self.labels)
+                for row, probs in zip(self.splits.test.rows, self.probabilities, strict=True)
+            ]
+            heads.write_predictions(run_dir, self.splits.test, self.template, results)
+        heads.save_model(trainer, self.prepared, run_dir, self.recipe, self.labels)
 
     def report(self, run_dir: RunDir, outcome: Outcome) -> None:
         from llmtune.runs.plots import training_curves
@@ -170,7 +101,7 @@ class ClassificationJob:
     def headline(self, metrics: Metrics | None) -> dict[str, Any] | None:
         if metrics is None:
             return None
-        return {**{k: round(metrics[k], 4) for k in HEADLINE}, "accuracy_ci95": metrics["accuracy_ci95"]}
+        return {**heads.rounded(metrics, HEADLINE), "accuracy_ci95": metrics["accuracy_ci95"]}
 
     def warnings(self, outcome: Outcome) -> list[str]:
         return classification_warnings(outcome.test, self.validation_predicted)
@@ -205,44 +136,14 @@ def classification_warnings(test: Metrics | None, validation_predicted: list[str
 
 def read_data(recipe: FinetuneRecipe, template: Template | None) -> tuple[Splits, list[str]]:
     """Rows with text and label; labels given or inferred; every label checked."""
-    required = ("label",) if template else ("text", "label")
-    splits = load_splits(recipe, recipe.data, required=required, label_field="label")
-    if template is not None:
-        template.check_fields(set(splits.train.rows[0]), file=splits.train.where[0].rsplit(":", 1)[0])
+    splits = heads.read_rows(recipe, template)
     labels = recipe.labels or infer_labels(splits.train)
     if len(labels) < 2:
         raise BadInput(
             f"training rows have only one label ({labels[0]}); classification needs two", key="labels"
         )
     check_labels(splits, labels)
-    if not splits.test.rows:
-        say("no test split (data.test or data.split.test): only training metrics will be reported")
     return splits, labels
-
-
-def encode(
-    rows: Rows, template: Template | None, loaded: LoadedModel, labels: list[str], recipe: FinetuneRecipe
-) -> Any:
-    """A datasets.Dataset of input_ids / attention_mask / labels for one split (None when empty)."""
-    import datasets
-
-    if not rows.rows:
-        return None
-    texts = [model_input(r, template, w) for r, w in zip(rows.rows, rows.where)]
-    enc = loaded.tokenizer(texts, truncation=True, max_length=recipe.data.max_length)
-    index = {name: i for i, name in enumerate(labels)}
-    return datasets.Dataset.from_dict(
-        {
-            "input_ids": enc["input_ids"],
-            "attention_mask": enc["attention_mask"],
-            "labels": [index[str(r["label"])] for r in rows.rows],
-        }
-    )
-
-
-def model_input(row: dict[str, Any], template: Template | None, where: str | None = None) -> str:
-    """The text the model sees for a row: the template's output, else the text field."""
-    return template.render(row, where=where) if template else str(row["text"])
 
 
 def eval_metrics(labels: list[str]) -> Any:
@@ -263,58 +164,27 @@ def predict(trainer: Any, dataset: Any, labels: list[str]) -> tuple[Metrics, lis
     """Metrics of the trainer's current model on `dataset`, and each row's probability per label."""
     import torch
 
-    out = trainer.predict(dataset, metric_key_prefix="test")
-    logits = out.predictions[0] if isinstance(out.predictions, tuple) else out.predictions
-    gold = [labels[i] for i in out.label_ids]
+    logits, label_ids = heads.head_outputs(trainer, dataset)
+    gold = [labels[i] for i in label_ids]
     metrics = classification_metrics(gold, [labels[i] for i in logits.argmax(-1)], labels)
     return metrics, torch.softmax(torch.as_tensor(logits).float(), dim=-1).tolist()
 
 
-def write_predictions(
-    run_dir: RunDir,
-    rows: Rows,
-    template: Template | None,
-    probabilities: list[list[float]],
-    labels: list[str],
-) -> None:
-    """predictions.jsonl: each test row's id (its id column, else file:line), the input as the
-    model saw it, gold label, prediction and probabilities, to see which rows the model gets wrong."""
-    lines = []
-    for row, where, probs in zip(rows.rows, rows.where, probabilities, strict=True):
-        best = max(range(len(labels)), key=lambda j: probs[j])
-        record = {
-            "id": row["id"] if row.get("id") is not None else where,
-            "text": model_input(row, template, where),
-            "gold": str(row["label"]),
-            "prediction": labels[best],
-            "scores": dict(zip(labels, probs, strict=True)),
-        }
-        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-    run_dir.write_text("predictions.jsonl", "".join(lines))
+def prediction(gold: str, probabilities: list[float], labels: list[str]) -> dict[str, Any]:
+    """A predictions.jsonl row's result: gold label, predicted label, probability per label."""
+    best = max(range(len(labels)), key=lambda j: probabilities[j])
+    return {"gold": gold, "prediction": labels[best], "scores": dict(zip(labels, probabilities, strict=True))}
 
 
 def _rows(outcome: Outcome) -> list[list[Any]]:
-    before, after = outcome.test_before, outcome.test
-    assert after is not None
-    rows = [[m, before[m] if before else "-", after[m]] for m in HEADLINE]
-    interval = [(m or {}).get("accuracy_ci95") for m in (before, after)]
+    rows = heads.before_after(HEADLINE, outcome)
+    interval = [(m or {}).get("accuracy_ci95") for m in (outcome.test_before, outcome.test)]
     rows.insert(1, ["accuracy 95% CI", *(f"[{i[0]:.3f}, {i[1]:.3f}]" if i else "-" for i in interval)])
     return rows
 
 
 def _report(recipe: FinetuneRecipe, outcome: Outcome) -> str:
-    plan = outcome.plan
-    lines = [
-        f"# {recipe.name}: finetune ({recipe.task}, {recipe.method.type})",
-        "",
-        f"- model: `{plan.model}`",
-        f"- trainable parameters: {plan.trainable_params:,} of {plan.total_params:,} "
-        f"({100 * plan.trainable_share:.2f}%)",
-        f"- rows: {plan.rows}",
-        f"- steps: {outcome.steps}, training time: {outcome.train_seconds:.2f} s on {plan.device}",
-        "",
-        *warnings_markdown(outcome),
-    ]
+    lines = heads.report_header(recipe, outcome)
     after = outcome.test
     if after is not None:
         lines += [
@@ -333,5 +203,6 @@ def _report(recipe: FinetuneRecipe, outcome: Outcome) -> str:
             "## Confusion matrix (after training)",
             "",
             confusion_markdown(after),
+            *heads.slices_section(after),
         ]
     return "\n".join(lines)
