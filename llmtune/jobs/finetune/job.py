@@ -25,6 +25,10 @@ def run_one(recipe: FinetuneRecipe, options: JobOptions) -> dict[str, Any]:
         from llmtune.jobs.finetune.sft import run as run_sft
 
         return run_sft(recipe, options)
+    if recipe.task == "regression":
+        from llmtune.jobs.finetune.regression import run as run_regression
+
+        return run_regression(recipe, options)
     from llmtune.jobs.finetune.classification import run as run_classification
 
     return run_classification(recipe, options)
