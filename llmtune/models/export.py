@@ -20,6 +20,7 @@ from typing import Any
 from llmtune import __version__
 from llmtune.console import say
 from llmtune.errors import BadInput
+from llmtune.models.adapters import ADAPTER_CONFIG, adapter_sets, is_adapter_folder, save_adapter_folder
 from llmtune.models.info import head_of
 from llmtune.models.loading import LoadedModel
 from llmtune.recipes.common import ModelRef, RecipeBase
@@ -30,11 +31,21 @@ EXPORT_MARKER = ".llmtune-export.json"
 
 
 def snapshot_base(model: Any, recipe: RecipeBase) -> Any | None:
-    """A copy of a scratch model before the method wraps it: its random weights exist nowhere else.
+    """A copy of the base model before the method wraps it, when its weights exist nowhere else:
+    a scratch model's random ones, or an earlier run's mergeable adapter merged into its base
+    (`method.stack: true`), which the new adapter is trained on.
 
     Hub and local bases are not copied; the adapter names them instead.
     """
     ref = getattr(recipe, "model", None)
+    method = getattr(recipe, "method", None)
+    if method is not None and method.stack and hasattr(model, "peft_config"):
+        from llmtune.models.methods import PEFT_TYPES
+        from llmtune.recipes.finetune import MERGEABLE
+
+        kinds = {PEFT_TYPES[m] for m in MERGEABLE}
+        if str(getattr(model.peft_config["default"].peft_type, "value", "")) in kinds:
+            return copy.deepcopy(model).merge_and_unload()
     if ref is None or ref.scratch is None:
         return None
     return copy.deepcopy(model)
@@ -61,6 +72,10 @@ def save_trained_model(
     is_peft = isinstance(model, PeftModel)
     if is_peft and merge:
         model, is_peft = model.merge_and_unload(), False
+    if adapter_sets(model):
+        return _write_folder(
+            target, lambda tmp: _save_adapter_layers(model, loaded, tmp, target, recipe, base)
+        )
 
     def write(tmp: Path) -> None:
         model.save_pretrained(str(tmp))
@@ -80,6 +95,25 @@ def save_trained_model(
     return _write_folder(target, write)
 
 
+def _save_adapter_layers(
+    model: Any, loaded: LoadedModel, tmp: Path, target: Path, recipe: RecipeBase, base: Any | None
+) -> None:
+    """model/ of an adapter-layers run: their weights and the head's, the settings naming the
+    base (as for a peft adapter), the tokenizer, and config.json (head, labels)."""
+    model.config.architectures = [type(model).__name__]  # scratch configs have none
+    model.config.save_pretrained(str(tmp))
+    loaded.tokenizer.save_pretrained(str(tmp))
+    if base is not None:
+        base.save_pretrained(str(tmp / "base"))
+        loaded.tokenizer.save_pretrained(str(tmp / "base"))
+        named: tuple[str, str | None] | None = (str((target / "base").resolve()), None)
+    else:
+        named = _base_reference(recipe)
+    if named is None:
+        raise RuntimeError("adapter layers trained on a model whose base cannot be named")
+    save_adapter_folder(model, tmp, *named)
+
+
 def _base_reference(recipe: RecipeBase) -> tuple[str, str | None] | None:
     """(name, revision) of the base the recipe trained an adapter on, as peft should record it:
     a hub id with its revision; a local model folder's absolute path; or, when the recipe's
@@ -92,23 +126,23 @@ def _base_reference(recipe: RecipeBase) -> tuple[str, str | None] | None:
         return ref.path, ref.revision
     if (local / "base" / "config.json").exists():
         return str((local / "base").absolute()), None
-    adapter = _adapter_config(local)
+    adapter = _adapter_config(local) or _adapter_config(local, ADAPTER_CONFIG)
     if adapter is None:
         return str(local.absolute()), None
     name = adapter.get("base_model_name_or_path")
     return (name, adapter.get("revision")) if name else None
 
 
-def _name_base(folder: Path, name: str, revision: str | None) -> None:
-    config_path = folder / "adapter_config.json"
+def _name_base(folder: Path, name: str, revision: str | None, file: str = "adapter_config.json") -> None:
+    config_path = folder / file
     config = json.loads(config_path.read_text())
     config["base_model_name_or_path"] = name
     config["revision"] = revision
     atomic_write_json(config_path, config)
 
 
-def _adapter_config(folder: Path) -> dict[str, Any] | None:
-    path = folder / "adapter_config.json"
+def _adapter_config(folder: Path, file: str = "adapter_config.json") -> dict[str, Any] | None:
+    path = folder / file
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -196,6 +230,8 @@ def export_model(run: Path, output: Path, merge: bool | None = None) -> Path:
     """
     folder = model_folder(run)
     target = _export_target(folder, output)
+    if is_adapter_folder(folder):
+        return _export_adapter_layers(folder, target, output, merge)
     adapter = _adapter_config(folder)
     kind = str(adapter.get("peft_type", "unknown")) if adapter else None
     if merge and adapter is None:
@@ -228,6 +264,41 @@ def export_model(run: Path, output: Path, merge: bool | None = None) -> Path:
         say(f"replacing the earlier export in {output}")
     _write_folder(target, write)
     say(_how_to_load(output, adapter, kind, merging, merge))
+    return output
+
+
+def _export_adapter_layers(folder: Path, target: Path, output: Path, merge: bool | None) -> Path:
+    """Adapter layers cannot be merged (they are non-linear): --merge is refused, and otherwise the
+    folder is copied as it is, with the message saying how to load it."""
+    how = (
+        "use the folder as model.path in an llmtune recipe (finetune, bulk-infer, prompt-eval), or in "
+        "Python: from llmtune.models.adapters import load_adapter_folder; "
+        f"model, tokenizer = load_adapter_folder({str(output)!r})"
+    )
+    if merge:
+        raise BadInput(
+            f"{folder} holds adapter layers, which cannot be merged into the base weights: they are small "
+            "non-linear networks (down-projection, activation, up-projection) added to each block, not a "
+            "change of the base's weights, and transformers cannot load them without custom code. Export "
+            f"without --merge to copy them; then {how}",
+            key="--merge",
+        )
+
+    def write(tmp: Path) -> None:
+        ignore = shutil.ignore_patterns(EXPORT_MARKER)
+        shutil.copytree(folder, tmp, dirs_exist_ok=True, copy_function=shutil.copyfile, ignore=ignore)
+        if (tmp / "base" / "config.json").exists():
+            _name_base(tmp, str(target / "base"), None, ADAPTER_CONFIG)
+        marker = {"exported_from": str(folder.resolve()), "merged": False, "llmtune": __version__}
+        atomic_write_json(tmp / EXPORT_MARKER, marker)
+
+    if target.is_dir() and any(target.iterdir()):
+        say(f"replacing the earlier export in {output}")
+    _write_folder(target, write)
+    say(
+        f"{output} holds adapter layers, not a standalone model: they are non-linear and cannot be merged "
+        f"into the weights (transformers alone cannot load them); {how}"
+    )
     return output
 
 

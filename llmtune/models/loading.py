@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from llmtune.errors import BadInput
+from llmtune.models import info
+from llmtune.models.adapters import inspect_adapter_folder, is_adapter_folder, load_adapter_layers
 from llmtune.models.info import Head as Head  # re-exported: callers import it from here
-from llmtune.models.info import inspect_model
+from llmtune.models.info import ModelInfo
 from llmtune.models.info import resolve_model_path as resolve_model_path  # re-exported
 from llmtune.recipes.common import ModelRef, RecipeBase, ScratchModel
 
@@ -98,23 +100,31 @@ def load_model(
         model.to(device)
         return LoadedModel(model, tokenizer, ref.describe(), device)
     _check_hardware(ref, quantization, device, key)
-    info = inspect_model(ref, recipe, key)
-    assert info.path is not None and info.tokenizer_dir is not None
-    tokenizer = _load_tokenizer(info.tokenizer_dir, ref)
+    found = inspect_model(ref, recipe, key)
+    assert found.path is not None and found.tokenizer_dir is not None
+    tokenizer = _load_tokenizer(found.tokenizer_dir, ref)
     head_kwargs = _head_kwargs(head, labels)
     if empty_weights:
-        model = _empty_model(str(info.path), ref, head, head_kwargs)
+        model = _empty_model(str(found.path), ref, head, head_kwargs)
     else:
         kwargs = {**pretrained_kwargs(ref, device, method), **head_kwargs}
-        model = _load_pretrained(str(info.path), head, kwargs, key)
+        model = _load_pretrained(str(found.path), head, kwargs, key)
     if head == "classification" and model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    if info.adapter is not None:
-        model = _apply_adapter(model, info.adapter, for_training, empty_weights)
+    if found.adapter is not None and is_adapter_folder(found.adapter):
+        model = load_adapter_layers(model, found.adapter, empty_weights=empty_weights)
+    elif found.adapter is not None:
+        model = _apply_adapter(model, found.adapter, for_training, empty_weights)
     if quantization == "none" and not empty_weights:
         model.to(device)
-    base_path = str(info.path) if info.adapter is not None else None
+    base_path = str(found.path) if found.adapter is not None else None
     return LoadedModel(model, tokenizer, ref.describe(), device, base_path=base_path)
+
+
+def inspect_model(ref: ModelRef, recipe: RecipeBase, key: str) -> ModelInfo:
+    """`info.inspect_model`, adapter-layer folders (`llmtune.models.adapters`) included: their
+    `path` is the base model's folder and `adapter` the adapter folder."""
+    return inspect_adapter_folder(ref, recipe, key) or info.inspect_model(ref, recipe, key)
 
 
 def quantization_for(ref: ModelRef, method: str | None) -> str:

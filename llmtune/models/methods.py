@@ -1,15 +1,32 @@
-"""Which weights train: peft adapters (LoRA, QLoRA, DoRA, IA3, prefix, prompt tuning), all of
-them, or only the top blocks. Shared by finetune, distill and rlhf."""
+"""Which weights train: peft adapters (LoRA, QLoRA, DoRA, IA3, prefix, prompt tuning), adapter
+layers (ours: `llmtune.models.adapters`), all of them, or only the top blocks. Shared by finetune,
+distill and rlhf.
+
+A model that already carries an earlier run's adapter (model.path is that run's model/) is
+continued: `method.stack: false` trains the same adapter further, `true` freezes it (merged into
+the base where it can be) and trains a new one on top."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from llmtune.console import say
 from llmtune.errors import BadInput
+from llmtune.models.adapters import adapter_sets, apply_adapter_layers
+from llmtune.models.adapters import transformer_blocks as transformer_blocks  # re-exported
 from llmtune.models.info import Head
-from llmtune.recipes.finetune import MethodSpec
+from llmtune.recipes.finetune import MERGEABLE, MethodSpec
 
 HEAD_NAMES = ("classifier", "score", "lm_head", "pre_classifier", "pooler")
+# the peft_type each method trains, to tell whether an earlier run's adapter can be continued
+PEFT_TYPES = {
+    "lora": "LORA",
+    "qlora": "LORA",
+    "dora": "LORA",
+    "ia3": "IA3",
+    "prefix": "PREFIX_TUNING",
+    "prompt": "PROMPT_TUNING",
+}
 
 
 def peft_config(method: MethodSpec, head: Head, tokenizer_path: str | None = None) -> Any:
@@ -53,6 +70,21 @@ def apply_method(model: Any, method: MethodSpec, head: Head, tokenizer: Any = No
     `tokenizer` (an object or a folder) is needed only to initialise a soft prompt from
     `method.init_text`.
     """
+    if adapter_sets(model):
+        return _after_adapter_layers(model, method, head)
+    if hasattr(model, "peft_config"):  # an earlier run's peft adapter, loaded by load_model
+        model = _after_peft_adapter(model, method)
+        if hasattr(model, "peft_config"):
+            return model
+        method = method.model_copy(update={"stack": False})  # merged: a plain base from here on
+    if method.stack:
+        raise BadInput(
+            "method.stack: true stacks a new adapter on an earlier run's; model.path must then be that "
+            "run's model/ folder (an adapter), but it is a plain model",
+            key="method.stack",
+        )
+    if method.type == "adapter":
+        return apply_adapter_layers(model, method, head)
     if method.type == "full":
         for p in model.parameters():
             p.requires_grad = True
@@ -73,6 +105,58 @@ def apply_method(model: Any, method: MethodSpec, head: Head, tokenizer: Any = No
     return get_peft_model(model, peft_config(method, head, tokenizer))
 
 
+def previous_adapter(model: Any) -> str | None:
+    """The kind of adapter an earlier run left on `model` (a peft type such as LORA, or "adapter"
+    for adapter layers), or None for a plain model."""
+    if adapter_sets(model):
+        return "adapter"
+    config = getattr(model, "peft_config", {}).get("default")
+    return None if config is None else str(getattr(config.peft_type, "value", config.peft_type))
+
+
+def _after_adapter_layers(model: Any, method: MethodSpec, head: Head) -> Any:
+    if method.type != "adapter":
+        raise BadInput(
+            f"model.path holds an earlier run's adapter layers; method.type {method.type} cannot build on "
+            "them: adapter layers are non-linear and cannot be merged into the weights. Use method.type: "
+            "adapter (stack: false trains them further, stack: true adds new ones on top)",
+            key="method.type",
+        )
+    say(
+        "adapter layers: "
+        + ("a new set on top of the earlier run's" if method.stack else "training the earlier run's further")
+    )
+    return apply_adapter_layers(model, method, head)
+
+
+def _after_peft_adapter(model: Any, method: MethodSpec) -> Any:
+    """Continue the earlier run's peft adapter (returned, trainable), or merge it into the base
+    for a new method to train on top (the merged base model is returned)."""
+    kind = previous_adapter(model)
+    config = model.peft_config["default"]
+    same = PEFT_TYPES.get(method.type) == kind and getattr(config, "use_dora", False) == (
+        method.type == "dora"
+    )
+    if not method.stack:
+        if not same:
+            raise BadInput(
+                f"model.path is an earlier run's {kind} adapter; method.type {method.type} cannot continue it. "
+                f"Use the method it was trained with to train it further, or method.stack: true to merge it "
+                f"into the base and train a new {method.type} on top",
+                key="method.type",
+            )
+        say(f"continuing the earlier run's {kind} adapter (its own settings: the recipe's are not used)")
+        return model
+    if kind not in {PEFT_TYPES[m] for m in MERGEABLE}:
+        raise BadInput(
+            f"model.path is an earlier run's {kind} adapter, which cannot be merged into the weights, so "
+            "nothing can be stacked on it; train it further with method.stack: false",
+            key="method.stack",
+        )
+    say(f"merging the earlier run's {kind} adapter into the base; training a new {method.type} on top")
+    return model.merge_and_unload()
+
+
 def _prepare_quantized(model: Any) -> Any:
     """peft's preparation of a k-bit base for training. On a base that was loaded unquantized it
     would upcast every weight to fp32: the opposite of QLoRA, so that is refused as a bug."""
@@ -85,25 +169,6 @@ def _prepare_quantized(model: Any) -> Any:
     raise RuntimeError(
         "qlora: the base model was loaded unquantized; load it with load_model(..., method='qlora')"
     )
-
-
-def transformer_blocks(model: Any) -> Any:
-    """The ModuleList of transformer blocks (layers / h / layer / blocks)."""
-    import torch
-
-    best = None
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and name.split(".")[-1] in (
-            "layers",
-            "h",
-            "layer",
-            "blocks",
-        ):
-            if best is None or len(module) > len(best):
-                best = module
-    if best is None:
-        raise BadInput("last_layers: cannot find the transformer blocks of this model", key="method.type")
-    return best
 
 
 def freeze_all_but_top(model: Any, n_layers: int) -> Any:
