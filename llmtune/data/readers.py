@@ -54,9 +54,14 @@ class Splits:
     test: Rows
     files: list[Path] = field(default_factory=list)
     skip_bad_rows: bool = False  # the data's policy, so that later row checks follow it too
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Mixtures and replay: per source, its weight (or replay ratio), rows and rows drawn."""
+    retain: Rows = field(default_factory=Rows)
+    """evaluation.retain: general rows measured before and after training."""
 
     def counts(self) -> dict[str, int]:
-        return {"train": len(self.train), "validation": len(self.validation), "test": len(self.test)}
+        counts = {"train": len(self.train), "validation": len(self.validation), "test": len(self.test)}
+        return {**counts, "retain": len(self.retain)} if self.retain.rows else counts
 
     def skipped(self) -> int:
         """Bad rows skipped in all splits (data.skip_bad_rows)."""
@@ -200,9 +205,38 @@ def map_columns(row: Row, columns: dict[str, str]) -> Row:
 
 
 def load_splits(
-    recipe: RecipeBase, data: Data, *, required: tuple[str, ...] = (), label_field: str | None = None
+    recipe: RecipeBase,
+    data: Data,
+    *,
+    required: tuple[str, ...] = (),
+    label_field: str | None = None,
+    render_into: str | None = "text",
 ) -> Splits:
-    """train/validation/test rows: read, carve missing splits from train, apply `limit`."""
+    """train/validation/test rows: read, carve missing splits from train, apply `limit`; and the
+    retain rows of a finetune recipe's evaluation.retain.
+
+    A finetune recipe whose train is a mixture of sources, or that replays general rows, is drawn
+    by `llmtune.data.mixture`: each row then carries its source, and when `render_into` is a field
+    (head tasks: "text") each row's model input is rendered into it with its source's template,
+    so that the job needs no template of its own (None: the job renders per source, as SFT does).
+    """
+    from llmtune.data import mixture
+
+    if mixture.is_composite(data):
+        splits = mixture.load_composite(recipe, data, required, label_field, render_into)
+    else:
+        splits = _load_plain(recipe, data, required, label_field)
+    if data.limit is not None:
+        for name in SPLIT_NAMES:
+            rows = getattr(splits, name)
+            setattr(splits, name, rows.subset(list(range(min(data.limit, len(rows)))), rows.skipped))
+    mixture.count_sources(splits)
+    splits.retain, used = mixture.read_retain(recipe, data, label_field, render_into)
+    splits.files.extend(used)
+    return splits
+
+
+def _load_plain(recipe: RecipeBase, data: Data, required: tuple[str, ...], label_field: str | None) -> Splits:
     read, files = {name: Rows() for name in SPLIT_NAMES}, []
     options = {"columns": data.columns, "required": required, "skip_bad_rows": data.skip_bad_rows}
     for name in SPLIT_NAMES:
@@ -217,12 +251,7 @@ def load_splits(
             if fraction and not read[name].rows:  # fractions are of all train rows
                 held = round(total * fraction)
                 train, read[name] = carve(train, held, data.split.seed, label_field, f"data.split.{name}")
-    splits = Splits(train, read["validation"], read["test"], files, data.skip_bad_rows)
-    if data.limit is not None:
-        for name in SPLIT_NAMES:
-            rows = getattr(splits, name)
-            setattr(splits, name, rows.subset(list(range(min(data.limit, len(rows)))), rows.skipped))
-    return splits
+    return Splits(train, read["validation"], read["test"], files, data.skip_bad_rows)
 
 
 def carve(rows: Rows, n_held: int, seed: int, label_field: str | None, what: str) -> tuple[Rows, Rows]:

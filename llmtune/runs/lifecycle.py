@@ -9,6 +9,11 @@ setup, the trainer, evaluation, saving and the report; the lifecycle does
 
     lock -> preflight -> setup -> dry run (plan, nothing written) or open -> measure before ->
     train (resume, graceful stop on SIGTERM/SIGINT) -> validate -> evaluate -> save -> report -> status
+
+Two optional measurements a job may supply: `retain(trainer)`, its model on general data
+(evaluation.retain) before and after training, so that the report shows what was forgotten; and
+`sources(trainer)`, rows and losses per data source of a mixture. The lifecycle records both in
+the summary and eval.json, prints them and adds them to report.md.
 """
 
 from __future__ import annotations
@@ -70,12 +75,18 @@ class Outcome:
     validation: Metrics | None = None
     test_before: Metrics | None = None
     test: Metrics | None = None
+    retain: dict[str, Metrics | None] | None = None
+    """evaluation.retain: {before, after, change} on the general rows."""
+    sources: dict[str, Metrics] | None = None
+    """Mixtures and replay: per source, its weight, rows drawn and the final model's loss."""
     warnings: list[str] = field(default_factory=list)
     """Why the result may not mean much (too few steps, loss not falling, one class predicted...)."""
 
     def as_dict(self, headline: Callable[[Metrics | None], Any] = lambda m: m) -> dict[str, Any]:
+        extra = {name: value for name in ("retain", "sources") if (value := getattr(self, name))}
         return {
             **self.plan.as_dict(),
+            **extra,
             "status": "completed",
             "train_seconds": round(self.train_seconds, 2),
             "train_loss": self.train_loss,
@@ -117,6 +128,8 @@ class TrainingJob(Protocol):
 
     # optional: def warnings(self, outcome: Outcome) -> list[str], the job's own reasons to
     # distrust the result (e.g. a single class predicted)
+    # optional: def retain(self, trainer) -> Metrics | None, the model on evaluation.retain's rows
+    # optional: def sources(self, trainer) -> dict[str, Metrics] | None, per-source rows and losses
 
 
 def run_training(job: TrainingJob, options: JobOptions) -> dict[str, Any]:
@@ -142,6 +155,11 @@ def run_training(job: TrainingJob, options: JobOptions) -> dict[str, Any]:
         before = measured_once(run_dir.path, "test_before", lambda: job.evaluate(trainer))
         if before is not None:
             say(f"test before training: {_shown(before)}")
+        retained = None
+        if hasattr(job, "retain"):  # optional: general data measured before and after
+            retained = measured_once(run_dir.path, "retain_before", lambda: job.retain(trainer))
+        if retained is not None:
+            say(f"retain (general data) before training: {_shown(retained)}")
         started = time.monotonic()
         with watch_signals(trainer):
             result = trainer.train(resume_from_checkpoint=resume_point(run_dir.path, options.resume))
@@ -155,20 +173,103 @@ def run_training(job: TrainingJob, options: JobOptions) -> dict[str, Any]:
         if trainer.eval_dataset is not None:
             outcome.validation = validation_metrics(trainer)
         outcome.test = job.evaluate(trainer)
+        if retained is not None:
+            outcome.retain = forgetting(retained, job.retain(trainer))
+        if hasattr(job, "sources"):
+            outcome.sources = job.sources(trainer)
         job.save(trainer, run_dir)
-        if outcome.test is not None:
-            run_dir.write_json(
-                "eval.json", {"split": "test", "metrics": outcome.test, "before_training": before}
-            )
+        write_eval(run_dir, outcome)
         outcome.warnings = training_warnings(outcome, run_dir.path)
         if hasattr(job, "warnings"):  # optional: the job's own reasons to distrust the result
             outcome.warnings += job.warnings(outcome)
         job.report(run_dir, outcome)
+        show_retain_and_sources(run_dir, outcome)
         for line in outcome.warnings:
             say(f"warning: {line}")
         return outcome.as_dict(job.headline)
 
     return recorded(run_dir, options, files, train)
+
+
+def write_eval(run_dir: RunDir, outcome: Outcome) -> None:
+    """eval.json: the test split's metrics before and after training, retain and per-source
+    results (written when there is any of them)."""
+    evaluation: dict[str, Any] = {}
+    if outcome.test is not None:
+        evaluation = {"split": "test", "metrics": outcome.test, "before_training": outcome.test_before}
+    if outcome.retain is not None:
+        evaluation["retain"] = outcome.retain
+    if outcome.sources:
+        evaluation["sources"] = outcome.sources
+    if evaluation:
+        run_dir.write_json("eval.json", evaluation)
+
+
+def forgetting(before: Metrics, after: Metrics | None) -> dict[str, Metrics | None]:
+    """{before, after, change}: change is after - before for every number both have (a loss that
+    rose, an accuracy that fell: what training made the model forget)."""
+    after = after or {}
+    change = {
+        k: after[k] - v
+        for k, v in before.items()
+        if k != "n" and isinstance(v, int | float) and isinstance(after.get(k), int | float)
+    }
+    return {"before": before, "after": after, "change": change}
+
+
+def _retain_rows(retain: dict[str, Metrics | None]) -> list[list[Any]]:
+    before, after, change = (retain[k] or {} for k in ("before", "after", "change"))
+    return [[k, before[k], after[k], change[k]] for k in change]
+
+
+def _source_rows(sources: dict[str, Metrics]) -> tuple[list[str], list[list[Any]]]:
+    measured = sorted({k for s in sources.values() for k in s.get("metrics", {}) if k != "n"})
+    columns = ["source", "weight / ratio", "rows", "drawn", "share of epoch", "measured on", *measured]
+    rows = []
+    for name, s in sources.items():
+        share = s["weight"] if s.get("weight") is not None else f"replay {s.get('ratio')}"
+        metrics = s.get("metrics", {})
+        on = f"{s['measured_on']} ({metrics.get('n', 0)} rows)" if s.get("measured_on") else "-"
+        values = [metrics.get(k, "-") for k in measured]
+        rows.append([name, share, s.get("rows"), s.get("drawn"), s.get("share"), on, *values])
+    return columns, rows
+
+
+def show_retain_and_sources(run_dir: RunDir, outcome: Outcome) -> None:
+    """The retain and per-source tables on the console, and added to report.md."""
+    from llmtune.console import markdown_table
+
+    lines = []
+    if outcome.sources:
+        columns, rows = _source_rows(outcome.sources)
+        table("data sources (one epoch)", columns, rows)
+        lines += ["## Data sources", "", MIXTURE_NOTE, "", markdown_table(columns, rows)]
+    if outcome.retain is not None:
+        rows = _retain_rows(outcome.retain)
+        table("retain: general data", ["metric", "before training", "after training", "change"], rows)
+        lines += [
+            "## Retained: general data (evaluation.retain)",
+            "",
+            RETAIN_NOTE,
+            "",
+            markdown_table(["metric", "before training", "after training", "change"], rows),
+        ]
+    report = run_dir.path / "report.md"
+    if lines and report.exists():
+        run_dir.write_text(
+            "report.md", report.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + "\n".join(lines)
+        )
+
+
+MIXTURE_NOTE = (
+    "Each epoch draws as many task rows as the sources hold together, each from a source with "
+    "probability equal to its weight, plus replay rows at their ratio; the draw is seeded and made "
+    "once per run. Losses are the final model's on the rows named under *measured on*."
+)
+RETAIN_NOTE = (
+    "The model on general rows before and after training: a rising loss (or falling accuracy) "
+    "is what fine-tuning made it forget."
+)
 
 
 def recorded(

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from llmtune.console import table
+from llmtune.jobs.finetune.retain import measure, measured_split, source_metrics
 from llmtune.jobs.finetune.sft_data import (
     SftData,
     SftSplit,
@@ -77,7 +78,7 @@ class SftJob:
             method=recipe.method.type,
             empty_weights=dry_run,  # a dry run only counts parameters: no weights read
         )
-        if self.data.format == "messages":
+        if "messages" in (self.data.format, self.data.retain_format):
             use_chat_template(recipe, self.loaded.tokenizer)
         from llmtune.models.export import snapshot_base
 
@@ -91,6 +92,7 @@ class SftJob:
             )
             for name in ("train", "validation", "test")
         }
+        self.retain_split = self._retain_split()
         trainable, total = count_parameters(self.model)
         train_rows = len(self.splits["train"].rows)
         self.training = resolve_training(recipe.training, recipe.method.type, recipe.task, train_rows)
@@ -110,8 +112,20 @@ class SftJob:
                 "data_format": self.data.format,
                 "epochs": self.training.epochs,
                 "learning_rate": self.training.learning_rate,
+                **({"sources": splits.sources} if splits.sources else {}),
             },
         )
+
+    def _retain_split(self) -> SftSplit | None:
+        """evaluation.retain's general rows, each in its own format (no template)."""
+        fmt = self.data.retain_format
+        if fmt is None:
+            return None
+        data = SftData(self.data.splits, fmt, None)
+        tokenizer = self.loaded.tokenizer
+        chat_template = trl_chat_template(tokenizer) if fmt == "messages" else None
+        rows = self.data.splits.retain
+        return sft_dataset(rows, data, tokenizer, self.recipe.data.max_length, "retain", chat_template)
 
     def trainer(self, run_dir: RunDir) -> Any:
         return _trainer(
@@ -121,6 +135,22 @@ class SftJob:
     def evaluate(self, trainer: Any) -> Metrics | None:
         test = self.splits["test"]
         return None if test is None else evaluate_lm(trainer, self.recipe, self.data, self.loaded, test)
+
+    def retain(self, trainer: Any) -> Metrics | None:
+        """Loss, perplexity and token accuracy on evaluation.retain's general rows."""
+        return (
+            None
+            if self.retain_split is None
+            else measure(trainer, self.retain_split.dataset, perplexity=True)
+        )
+
+    def sources(self, trainer: Any) -> dict[str, Metrics] | None:
+        """Per source of a mixture: weight, rows drawn, and the final model's loss on its rows."""
+        splits = self.data.splits
+        split = measured_split(splits)
+        chosen = self.splits[split]
+        dataset, rows = (chosen.dataset, chosen.rows) if chosen else (None, [])
+        return source_metrics(trainer, splits, split, dataset, rows, perplexity=True)
 
     def save(self, trainer: Any, run_dir: RunDir) -> None:
         from llmtune.models.export import save_trained_model
@@ -196,8 +226,10 @@ def evaluate_lm(
     completions of the split's prompts."""
     loss = trainer.evaluate(split.dataset, metric_key_prefix="test")["test_loss"]
     out: dict[str, Any] = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "n": len(split.rows)}
-    if data.format != "text" and "exact_match" in recipe.metric_names():
-        out.update(exact_match(replace(loaded, model=trainer.model), recipe, data, split.rows))
+    # exact match is for rows with an answer: a text row (replayed general text) has none
+    answered = [r for r in split.rows if data.format_of(r) != "text"]
+    if answered and "exact_match" in recipe.metric_names():
+        out.update(exact_match(replace(loaded, model=trainer.model), recipe, data, answered))
     return out
 
 

@@ -5,10 +5,12 @@ to learn within data.max_length dropped and counted."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from llmtune.console import say
+from llmtune.data.mixture import SOURCE, templates
+from llmtune.data.mixture import is_composite as _composite
 from llmtune.data.readers import Rows, Splits, load_splits
 from llmtune.data.templates import Template
 from llmtune.errors import BadInput
@@ -19,11 +21,25 @@ FORMATS = {"messages": ("messages",), "prompt_completion": ("prompt", "completio
 
 @dataclass
 class SftData:
-    """Rows of every split, which of the three row formats they use, and the chat template."""
+    """Rows of every split, which of the three row formats they use, and the template(s)."""
 
     splits: Splits
     format: str
     template: Template | None
+    by_source: dict[str, Template | None] = field(default_factory=dict)
+    """Mixtures and replay: each source's template (its own, else data.template)."""
+    formats: dict[Any, str] = field(default_factory=dict)
+    """Source name (None: rows of no source) -> the format of its rows."""
+    retain_format: str | None = None
+    """evaluation.retain: the format of the general rows (their own; no template)."""
+
+    def format_of(self, row: dict[str, Any]) -> str:
+        """The row's own format (a text row in a prompt/completion run stays text)."""
+        return self.formats.get(row.get(SOURCE), self.format)
+
+    def template_for(self, row: dict[str, Any]) -> Template | None:
+        """The template of the row's source; data.template for rows of no source."""
+        return self.by_source.get(row[SOURCE], self.template) if SOURCE in row else self.template
 
 
 @dataclass
@@ -35,44 +51,89 @@ class SftSplit:
 
 
 def setup_sft_data(recipe: FinetuneRecipe) -> SftData:
-    """Read the rows, decide their format from the first train row, check that every row has it."""
-    splits = load_splits(recipe, recipe.data)
-    first = splits.train.rows[0]
+    """Read the rows (each source of a mixture with its own columns and template), decide each
+    source's format from its first row, check that every row has it.
+
+    Sources may mix text and prompt/completion rows (e.g. general text replayed into a
+    prompt/completion task): the run then trains on prompt/completion, a text row being a
+    completion with an empty prompt, so its every token is learnt as in plain language modelling."""
+    splits = load_splits(recipe, recipe.data, render_into=None)  # templates apply per source here
     template = Template(recipe.data.template, where="data.template") if recipe.data.template else None
-    if "messages" in first:
-        fmt = "messages"
-    elif "completion" in first and ("prompt" in first or template is not None):
-        fmt = "prompt_completion"
-    elif "text" in first or template is not None:
-        fmt = "text"
-    else:
-        raise BadInput(
-            f"causal_lm rows need messages, prompt + completion, or text (or data.template); "
-            f"the first row has {', '.join(sorted(first))}",
-            file=splits.train.where[0],
-        )
-    if template is not None:
-        template.check_fields(set(first), file=splits.train.where[0].rsplit(":", 1)[0])
-    needed = FORMATS[fmt] if template is None else FORMATS[fmt][1:]
+    data = SftData(splits, "text", template)
+    if _composite(recipe.data):
+        data.by_source = {
+            name: Template(text, where=f"template of source {name!r}") if text else None
+            for name, text in templates(recipe.data).items()
+        }
+    first: dict[Any, tuple[dict[str, Any], str]] = {}  # source -> its first row and where
     for name in ("train", "validation", "test"):
-        _check_rows(getattr(splits, name), needed, fmt)
-    return SftData(splits, fmt, template)
+        rows = getattr(splits, name)
+        for row, where in zip(rows.rows, rows.where):
+            first.setdefault(row.get(SOURCE), (row, where))
+    for source, (row, where) in first.items():
+        row_template = data.template_for(row)
+        data.formats[source] = row_format(row, row_template is not None, where)
+        if row_template is not None:
+            row_template.check_fields(set(row), file=where.rsplit(":", 1)[0])
+    data.format = _run_format(data.formats, first)
+    for name in ("train", "validation", "test"):
+        rows = getattr(splits, name)
+        for row, where in zip(rows.rows, rows.where):
+            fmt = data.format_of(row)
+            _check_row(row, where, FORMATS[fmt][1:] if data.template_for(row) else FORMATS[fmt], fmt)
+    if splits.retain.rows:
+        retain = splits.retain
+        data.retain_format = row_format(retain.rows[0], False, retain.where[0])
+        for row, where in zip(retain.rows, retain.where):
+            _check_row(row, where, FORMATS[data.retain_format], data.retain_format)
+    return data
 
 
-def _check_rows(rows: Rows, needed: tuple[str, ...], fmt: str) -> None:
-    for row, where in zip(rows.rows, rows.where):
-        missing = [f for f in needed if row.get(f) in (None, "", [])]
-        if missing:
-            raise BadInput(f"{fmt} row has no {', '.join(missing)}", file=where)
-        if fmt == "messages":
-            messages = row["messages"]
-            ok = isinstance(messages, list) and all(
-                isinstance(m, dict) and "role" in m and "content" in m for m in messages
+def _run_format(formats: dict[Any, str], first: dict[Any, tuple[dict[str, Any], str]]) -> str:
+    """The format the run trains on: the sources' own, or prompt/completion for a mix of
+    prompt/completion and text; conversations do not mix with the others."""
+    found = set(formats.values())
+    if len(found) == 1:
+        return found.pop()
+    if "messages" in found:
+        odd = next(s for s, f in formats.items() if f != "messages")
+        raise BadInput(
+            f"messages rows cannot be mixed with {formats[odd]} rows in one run (source {odd!r}); "
+            "give every source the same format, e.g. with its own columns or template",
+            file=first[odd][1],
+        )
+    return "prompt_completion"
+
+
+def row_format(row: dict[str, Any], templated: bool, where: str) -> str:
+    """messages, prompt_completion or text, from a row's fields (and whether a template makes its
+    prompt or text)."""
+    if "messages" in row:
+        return "messages"
+    if "completion" in row and ("prompt" in row or templated):
+        return "prompt_completion"
+    if "text" in row or templated:
+        return "text"
+    raise BadInput(
+        f"causal_lm rows need messages, prompt + completion, or text (or data.template); "
+        f"the first row has {', '.join(sorted(k for k in row if k != SOURCE))}",
+        file=where,
+    )
+
+
+def _check_row(row: dict[str, Any], where: str, needed: tuple[str, ...], fmt: str) -> None:
+    missing = [f for f in needed if row.get(f) in (None, "", [])]
+    if missing:
+        raise BadInput(f"{fmt} row has no {', '.join(missing)}", file=where)
+    if fmt == "messages":
+        messages = row["messages"]
+        ok = isinstance(messages, list) and all(
+            isinstance(m, dict) and "role" in m and "content" in m for m in messages
+        )
+        if not ok or not any(m["role"] == "assistant" for m in messages):
+            raise BadInput(
+                "messages must be a list of {role, content} with at least one assistant turn", file=where
             )
-            if not ok or not any(m["role"] == "assistant" for m in messages):
-                raise BadInput(
-                    "messages must be a list of {role, content} with at least one assistant turn", file=where
-                )
 
 
 def use_chat_template(recipe: FinetuneRecipe, tokenizer: Any) -> None:
@@ -133,15 +194,16 @@ def _columns(
     """The split's columns for TRL, and for each row the position of its first trained token."""
     if data.format == "text":
         texts = [
-            data.template.render(r, where=w) if data.template else str(r["text"])
+            template.render(r, where=w) if (template := data.template_for(r)) else str(r["text"])
             for r, w in zip(rows.rows, rows.where)
         ]
         return {"text": texts}, [0] * len(texts)
     if data.format == "prompt_completion":
         prompts = [prompt_text(r, data) for r in rows.rows]
+        completions = [_completion(r, w, data) for r, w in zip(rows.rows, rows.where)]
         # TRL tokenizes the prompt alone the same way: the completion's tokens start after it
         starts = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
-        return {"prompt": prompts, "completion": [str(r["completion"]) for r in rows.rows]}, starts
+        return {"prompt": prompts, "completion": completions}, starts
     conversations = [r["messages"] for r in rows.rows]
     if chat_template is not None:
         # the mask TRL's assistant_only_loss builds, read here only for where the loss starts
@@ -166,8 +228,19 @@ def _first_one(mask: list[int]) -> int:
 
 
 def prompt_text(row: dict[str, Any], data: SftData) -> str:
-    """The prompt of a prompt/completion row (the template's output when there is one)."""
-    return data.template.render(row) if data.template else str(row["prompt"])
+    """The prompt of a prompt/completion row (its template's output when it has one); empty for a
+    text row, whose whole text is the completion."""
+    if data.format_of(row) == "text":
+        return ""
+    template = data.template_for(row)
+    return template.render(row) if template else str(row["prompt"])
+
+
+def _completion(row: dict[str, Any], where: str, data: SftData) -> str:
+    if data.format_of(row) != "text":
+        return str(row["completion"])
+    template = data.template_for(row)
+    return template.render(row, where=where) if template else str(row["text"])
 
 
 def trl_chat_template(tokenizer: Any) -> str | None:
