@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,29 @@ class GracefulStop(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.signum is not None:
             control.should_save = True
+            control.should_training_stop = True
+
+
+class EvaluationReport(TrainerCallback):
+    """Hands each validation during training to a hook (a sweep's pruner) and stops training,
+    as max_steps would, when the hook says so. Evaluations after training (the final validation)
+    are not reported: the trial's result is its summary."""
+
+    def __init__(self, hook: Callable[[int, dict[str, float]], bool]) -> None:
+        self.hook = hook
+        self.training = False
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.training = True
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.training = False
+
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kwargs: Any
+    ) -> None:
+        if self.training and metrics and self.hook(state.global_step, metrics):
+            say(f"step {state.global_step}: stopped early (the sweep pruned this trial)")
             control.should_training_stop = True
 
 

@@ -9,6 +9,7 @@ import math
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -169,13 +170,35 @@ def training_arguments(
     return (args_class or TrainingArguments)(**kwargs)
 
 
+EvaluationHook = Callable[[int, dict[str, float]], bool]
+"""hook(step, validation metrics) -> True to stop the training run now (as if at max_steps)."""
+_evaluation_hook: ContextVar[EvaluationHook | None] = ContextVar("evaluation_hook", default=None)
+
+
+@contextmanager
+def evaluations_heard_by(hook: EvaluationHook) -> Iterator[None]:
+    """Training runs started in this block call `hook(step, metrics)` at each validation during
+    training, and stop gracefully (checkpoint, evaluation, model saved) when it returns True.
+    How a sweep prunes a bad trial: the trial stays an ordinary fine-tune that knows nothing of
+    sweeps, and the jobs' trainers need no extra argument."""
+    token = _evaluation_hook.set(hook)
+    try:
+        yield
+    finally:
+        _evaluation_hook.reset(token)
+
+
 def callbacks(training: Training, run_dir: RunDir, has_validation: bool) -> list[Any]:
-    """Logging, graceful stop, and early stopping when asked for."""
+    """Logging, graceful stop, early stopping when asked for, and the evaluation hook of an
+    enclosing `evaluations_heard_by` (a sweep's pruner)."""
     from transformers import EarlyStoppingCallback
 
-    from llmtune.runs.callbacks import GracefulStop, MetricsLog
+    from llmtune.runs.callbacks import EvaluationReport, GracefulStop, MetricsLog
 
     out: list[Any] = [MetricsLog(run_dir), GracefulStop()]
+    hook = _evaluation_hook.get()
+    if hook is not None and has_validation:
+        out.append(EvaluationReport(hook))
     if "tensorboard" in training.report_to:
         from transformers.integrations import TensorBoardCallback
 

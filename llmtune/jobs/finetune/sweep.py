@@ -2,24 +2,29 @@
 
 Each trial is an ordinary fine-tune of the recipe with some keys changed (as `--set` would),
 written to `<run>/trials/NNN/`. Trials are ranked on the validation metric; the table is printed,
-saved to sweep.json and report.md, and the best trial's full recipe is saved as best.yaml.
-Grid and random search need nothing more than the standard library.
+saved to sweep.json and report.md (with the importance of each parameter), and the best trial's
+full recipe is saved as best.yaml. Grid and random search are planned here up front; tpe asks
+Optuna for each trial as the results come in (sweep_tpe.py).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import random
+import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
-from llmtune.console import markdown_table, say, table
+from llmtune.console import say, table
 from llmtune.errors import BadInput
+from llmtune.jobs.finetune import sweep_tpe
+from llmtune.jobs.finetune.sweep_report import TrialResult, show, summarise
 from llmtune.recipes import with_changes
 from llmtune.recipes.finetune import FinetuneRecipe, Range, Sweep
 from llmtune.runs.lifecycle import recorded
@@ -37,22 +42,35 @@ def run(recipe: FinetuneRecipe, options: JobOptions, run_trial: RunTrial) -> dic
     try:
         sweep, where = load_sweep(recipe, options.sweep)
         metric = _ranking_metric(recipe, sweep, where)
-        trials = [trial_recipe(recipe, changes, where) for changes in plan_trials(sweep)]
-        say(f"sweep: {len(trials)} trials ({sweep.strategy}), ranked on validation {metric}")
-        if options.dry_run:
-            rows = [[i, _show(changes)] for i, (changes, _) in enumerate(trials)]
-            table("sweep plan (dry run: nothing written)", ["trial", "changes"], rows)
-            run_dir.abandon()
-            return {"dry_run": True, "trials": [c for c, _ in trials], "metric": metric}
+        recipe_of = partial(_trial_recipe_only, recipe, where)
+        if sweep.strategy == "tpe":
+            sweep_tpe.check_space(sweep, recipe_of)
+            if options.dry_run:
+                run_dir.abandon()
+                return sweep_tpe.show_plan(sweep, metric)
+            if options.resume:
+                sweep_tpe.check_resumable(run_dir, sweep, metric, where)
+            say(f"sweep: up to {sweep_tpe.budget(sweep)} trials (tpe), on validation {metric}")
+        else:
+            trials = [trial_recipe(recipe, changes, where) for changes in plan_trials(sweep)]
+            say(f"sweep: {len(trials)} trials ({sweep.strategy}), ranked on validation {metric}")
+            if options.dry_run:
+                rows = [[i, show(changes)] for i, (changes, _) in enumerate(trials)]
+                table("sweep plan (dry run: nothing written)", ["trial", "changes"], rows)
+                run_dir.abandon()
+                return {"dry_run": True, "trials": [c for c, _ in trials], "metric": metric}
     except BaseException:
         run_dir.abandon()
         raise
-    return recorded(
-        run_dir,
-        options,
-        [],
-        lambda: _summarise(_run_trials(trials, run_dir.path, options, metric, run_trial), metric, run_dir),
-    )
+
+    def work() -> dict[str, Any]:
+        if sweep.strategy == "tpe":
+            results = sweep_tpe.run_study(sweep, metric, run_dir, options, run_trial, recipe_of)
+        else:
+            results = _run_trials(trials, run_dir.path, options, metric, run_trial, sweep.timeout)
+        return summarise(results, metric, run_dir, sweep.params, recipe_of, {"strategy": sweep.strategy})
+
+    return recorded(run_dir, options, [], work)
 
 
 def _ranking_metric(recipe: FinetuneRecipe, sweep: Sweep, where: str) -> str:
@@ -103,9 +121,12 @@ def plan_trials(sweep: Sweep) -> list[dict[str, Any]]:
 def _sample(values: list[Any] | Range, rng: random.Random) -> Any:
     if isinstance(values, list):
         return rng.choice(values)
-    if values.log:
-        return float(f"{math.exp(rng.uniform(math.log(values.low), math.log(values.high))):.4g}")
-    return float(f"{rng.uniform(values.low, values.high):.4g}")
+    low, high = float(values.low), float(values.high)
+    drawn = math.exp(rng.uniform(math.log(low), math.log(high))) if values.log else rng.uniform(low, high)
+    if values.integers():
+        return min(int(values.high), max(int(values.low), round(drawn)))
+    # four significant figures read better in the table; rounding never leaves the range
+    return min(high, max(low, float(f"{drawn:.4g}")))
 
 
 def trial_recipe(recipe: FinetuneRecipe, changes: dict[str, Any], where: str) -> tuple[dict, FinetuneRecipe]:
@@ -114,10 +135,14 @@ def trial_recipe(recipe: FinetuneRecipe, changes: dict[str, Any], where: str) ->
         trial = with_changes(recipe, {"sweep": None, **changes}, where)
     except BadInput as exc:
         raise BadInput(
-            f"trial {_show(changes)} is not a valid recipe: {exc}", file=where, key="params"
+            f"trial {show(changes)} is not a valid recipe: {exc}", file=where, key="params"
         ) from None
     trial.name = recipe.name
     return changes, trial  # type: ignore[return-value]
+
+
+def _trial_recipe_only(recipe: FinetuneRecipe, where: str, changes: dict[str, Any]) -> FinetuneRecipe:
+    return trial_recipe(recipe, changes, where)[1]
 
 
 def _run_trials(
@@ -126,59 +151,21 @@ def _run_trials(
     options: JobOptions,
     metric: str,
     run_trial: RunTrial,
-) -> list[dict[str, Any]]:
+    timeout: float | None,
+) -> list[TrialResult]:
     results = []
+    started = time.monotonic()
     for i, (changes, trial) in enumerate(trials):
-        say(f"trial {i + 1}/{len(trials)}: {_show(changes)}")
+        if results and timeout is not None and time.monotonic() - started >= timeout:
+            say(f"sweep: timeout of {timeout:g} s reached; {len(trials) - i} trial(s) not started")
+            break
+        say(f"trial {i + 1}/{len(trials)}: {show(changes)}")
         folder = root / "trials" / f"{i:03d}"
         trial_options = JobOptions(output=folder, resume=options.resume, debug=options.debug)
         if options.resume and (folder / "manifest.json").exists() and RunDir(folder, trial).finished():
-            import json
-
             summary = json.loads((folder / "manifest.json").read_text())["summary"]
         else:
             summary = run_trial(trial, trial_options)
         value = (summary.get("validation") or {}).get(metric)
-        results.append(
-            {"trial": i, "changes": changes, metric: value, "run_dir": str(folder), "_recipe": trial}
-        )
+        results.append(TrialResult(i, changes, value, "complete", folder, summary.get("steps")))
     return results
-
-
-def _summarise(results: list[dict[str, Any]], metric: str, run_dir: RunDir) -> dict[str, Any]:
-    lower_is_better = metric.endswith("loss")
-    scored = [r for r in results if r[metric] is not None]
-    if not scored:
-        raise BadInput(f"no trial reported validation {metric}", key="sweep.metric")
-    best = min(scored, key=lambda r: r[metric] if lower_is_better else -r[metric])
-    keys = list(results[0]["changes"])
-    rows = [
-        [r["trial"], *[r["changes"][k] for k in keys], r[metric], "*" if r is best else ""] for r in results
-    ]
-    columns = ["trial", *keys, metric, "best"]
-    table(f"sweep results (validation {metric})", columns, rows)
-    best_recipe = best["_recipe"].model_dump(mode="json")
-    best_recipe.pop("sweep", None)
-    folder = best["_recipe"].source.parent if best["_recipe"].source else "the recipe's folder"
-    header = f"# best trial ({best['trial']}) of the sweep on validation {metric}; paths are relative to {folder}\n"
-    run_dir.write_text("best.yaml", header + yaml.safe_dump(best_recipe, sort_keys=False))
-    clean = [{k: v for k, v in r.items() if k != "_recipe"} for r in results]
-    run_dir.write_json("sweep.json", {"metric": metric, "trials": clean, "best": best["trial"]})
-    run_dir.write_text(
-        "report.md",
-        f"# Sweep on validation {metric}\n\n{markdown_table(columns, rows)}\n"
-        f"Best: trial {best['trial']} ({_show(best['changes'])}); recipe in best.yaml\n",
-    )
-    say(
-        f"best: trial {best['trial']} ({_show(best['changes'])}), {metric} {best[metric]:.4g}; recipe: best.yaml"
-    )
-    return {
-        "run_dir": str(run_dir.path),
-        "metric": metric,
-        "best": {k: v for k, v in best.items() if k != "_recipe"},
-        "trials": clean,
-    }
-
-
-def _show(changes: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in changes.items())
