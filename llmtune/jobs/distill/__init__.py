@@ -1,0 +1,33 @@
+"""`llmtune distill`: a smaller student learns from a teacher (SPEC section 3, distill).
+
+classification (`classification.py`): soft or hard teacher labels. The teacher labels the rows
+through the shared inference engine into a resumable journal (`labelling.py`); the losses are in
+`losses.py`; the side-by-side measurements and the report in `compare.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmtune.errors import BadInput
+from llmtune.recipes.distill import DistillRecipe
+from llmtune.runs.options import JobOptions
+
+
+def run(recipe: DistillRecipe, options: JobOptions) -> dict[str, Any]:
+    """Distill the recipe's teacher into its student; returns the summary (for --json)."""
+    from llmtune.models.loading import quiet_libraries
+
+    quiet_libraries(options.debug)
+    if recipe.task == "classification":
+        from llmtune.jobs.distill.classification import run as run_classification
+
+        return run_classification(recipe, options)
+    raise BadInput(
+        f"distill task {recipe.task} is not built yet in this version; task: classification is",
+        file=str(recipe.source) if recipe.source else None,
+        key="task",
+    )
+
+
+__all__ = ["run"]
