@@ -75,6 +75,15 @@ class MethodSpec(Section):
             raise ValueError("expected one or both of attention, feed_forward, each once")
         return value
 
+    @model_validator(mode="after")
+    def _parallel_beside_feed_forward(self) -> MethodSpec:
+        if self.placement == "parallel" and "attention" in self.sites:
+            raise ValueError(
+                "placement: parallel puts the adapter beside the feed-forward block; sites [attention, ...] "
+                "is for placement: serial (Houlsby)"
+            )
+        return self
+
 
 class Evaluation(Section):
     """Metrics computed on the test split at the end."""
