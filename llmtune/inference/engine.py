@@ -9,7 +9,8 @@ What it does for speed, and why each is safe:
 - `batch_size="auto"` starts from the token budget and halves the batch on out-of-memory
   instead of crashing, remembering the size that fits;
 - generation goes through HF `generate` (KV cache, sampling, stop strings);
-- `classify` runs each prompt once and scores every label's tokens from that prompt's KV cache.
+- `classify` runs each prompt once and scores every label's tokens from that prompt's KV cache;
+- `score` runs a regression head (one output) and returns its number in the label's units.
 """
 
 from __future__ import annotations
@@ -57,13 +58,20 @@ class Engine:
         batch_size: int | Literal["auto"] = "auto",
         max_batch_tokens: int = 16384,
         max_length: int = 2048,
+        label_range: tuple[float, float] | None = None,
     ) -> None:
-        """`max_length`: longest prompt in tokens; longer prompts keep their last tokens."""
+        """`max_length`: longest prompt in tokens; longer prompts keep their last tokens.
+        `label_range`: a regression head trained on labels scaled to 0..1 of this range (its
+        config.json says so; `models.info.inspect_model` reads it): `score` scales back."""
+        from llmtune.models.regression_head import is_regression
+
         self.model = loaded.model.eval()
         self.tokenizer = loaded.tokenizer
         self.device = loaded.device
         self.max_length = max_length
         self.classifier = is_sequence_classifier(self.model)
+        self.regression = self.classifier and is_regression(self.model.config.to_dict())
+        self.label_range = label_range
         self.batcher = TokenBudgetBatcher(max_batch_tokens, batch_size)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
@@ -328,22 +336,42 @@ class Engine:
             raise BadInput(
                 f"labels {labels} do not match the model's classification head {names}", key="labels"
             )
+        out = []
+        for logits in self._head_outputs(prompts):
+            probs = torch.softmax(torch.tensor(logits)[columns], dim=-1).tolist()
+            out.append(dict(zip(labels, probs)))
+        return out
+
+    # ----------------------------------------------------------------- score
+    def score(self, prompts: list[str]) -> list[float]:
+        """The number a regression head (one output) predicts for each prompt, in input order,
+        in the label's own units (scaled back from 0..1 when the model has a label_range)."""
+        from llmtune.models.regression_head import from_unit
+
+        if not self.regression:
+            raise ValueError("score needs a regression head (one output); this model has none")
+        return [from_unit(outputs[0], self.label_range) for outputs in self._head_outputs(prompts)]
+
+    def _head_outputs(self, prompts: list[str]) -> list[list[float]]:
+        """The sequence-classification head's raw outputs (float32) for each prompt, in input
+        order; prompts longer than max_length keep their start, as in training."""
+        import torch
+
         unique, where = _dedupe(prompts)
         encoded = [
             self.tokenizer(p, truncation=True, max_length=self.max_length)["input_ids"] for p in unique
         ]
-        results: list[dict[str, float] | None] = [None] * len(unique)
+        results: list[list[float] | None] = [None] * len(unique)
 
         def run(batch: list[int]) -> None:
             padded = self.tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt")
             with torch.inference_mode():
                 logits = self.model(**{k: v.to(self.device) for k, v in padded.items()}).logits
-            probs = torch.softmax(logits.float()[:, columns], dim=-1).tolist()
-            for i, row in zip(batch, probs):
-                results[i] = dict(zip(labels, row))
+            for i, row in zip(batch, logits.float().tolist()):
+                results[i] = row
 
         self.batcher.run([len(e) for e in encoded], 0, 1, run)
-        return [dict(results[j]) for j in where]  # type: ignore[arg-type]
+        return [list(results[j]) for j in where]  # type: ignore[arg-type]
 
 
 class _StopInNewText:

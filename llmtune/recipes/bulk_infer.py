@@ -96,8 +96,9 @@ class BulkInferRecipe(RecipeBase):
     """Apply the tokenizer's chat template to the prompt (as the user turn)."""
     system: str | None = None
     """System message for chat: true."""
-    task: Literal["generate", "classify"] = "generate"
-    """generate: text; classify: a label plus a probability per label (soft labels)."""
+    task: Literal["generate", "classify", "score"] = "generate"
+    """generate: text; classify: a label plus a probability per label (soft labels); score: the
+    number a regression head predicts (a model from `llmtune finetune` with task: regression)."""
     labels: list[str] | None = None
     """classify: the label names (scored by log-likelihood, or the model's classification head)."""
     generation: Generation = Field(default_factory=Generation)
@@ -120,6 +121,8 @@ class BulkInferRecipe(RecipeBase):
     def _labels_for_classify(self) -> BulkInferRecipe:
         if self.task == "classify" and not self.labels:
             raise ValueError("task: classify needs labels")
+        if self.task != "classify" and self.labels:
+            raise ValueError(f"labels are for task: classify, not {self.task}")
         if self.system and not self.chat:
             raise ValueError("system is only used with chat: true")
         if self.generation.num_return_sequences > 1 and self.generation.temperature == 0:
@@ -145,7 +148,7 @@ class BulkInferRecipe(RecipeBase):
         }
         if self.task == "classify":
             parts["labels"] = self.labels
-        else:
+        elif self.task == "generate":
             parts["generation"] = self.generation.model_dump()
             if self.generation.temperature > 0:
                 parts["seed"] = self.seed

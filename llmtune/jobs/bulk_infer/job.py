@@ -118,7 +118,7 @@ def merge(paths: bulk_paths.OutputPaths, shard: tuple[int, int] | None, *, dry_r
 
 def model_info(recipe: BulkInferRecipe) -> ModelInfo:
     """The model's head and label names, from its config (refusing models that are neither a
-    causal LM nor a classifier)."""
+    causal LM nor a classifier, and a task the head cannot do)."""
     info = inspect_model(recipe.model, recipe, "model")
     if info.head is None:
         raise BadInput(
@@ -127,20 +127,21 @@ def model_info(recipe: BulkInferRecipe) -> ModelInfo:
             "or use a causal LM",
             key="model.path",
         )
+    _head_labels(recipe, info)  # a task the head cannot do is refused before anything loads
     return info
 
 
 def setup_model(recipe: BulkInferRecipe, info: ModelInfo) -> Engine:
     """Load the model with the right head, fold adapters in, and check it can serve the recipe."""
-    labels = recipe.labels if recipe.task == "classify" else None
     assert info.head is not None
-    loaded = load_model(recipe.model, recipe, head=info.head, labels=_head_labels(recipe, info, labels))
+    loaded = load_model(recipe.model, recipe, head=info.head, labels=_head_labels(recipe, info))
     loaded.model = _merged_for_inference(loaded.model)
     engine = Engine(
         loaded,
         batch_size=recipe.batching.batch_size,
         max_batch_tokens=recipe.batching.max_batch_tokens,
         max_length=recipe.max_length,
+        label_range=info.label_range,
     )
     check_model(recipe, engine)
     return engine
@@ -167,13 +168,26 @@ def check_model(recipe: BulkInferRecipe, engine: Engine) -> None:
             raise BadInput(f"labels {recipe.labels} are not the model's labels {names}", key="labels")
 
 
-def _head_labels(recipe: BulkInferRecipe, info: ModelInfo, labels: list[str] | None) -> list[str] | None:
+def _head_labels(recipe: BulkInferRecipe, info: ModelInfo) -> list[str] | None:
+    """The label names to load the head with; BadInput when the task does not fit the head."""
     if info.head != "classification":
+        if recipe.task == "score":
+            raise BadInput(
+                f"task: score needs a model with a regression head (llmtune finetune with task: "
+                f"regression); {recipe.model.describe()} is a causal LM: use task: generate or classify",
+                key="task",
+            )
         return None
-    if recipe.task != "classify":
-        raise BadInput("this model has a classification head: use task: classify", key="task")
+    if info.regression and recipe.task != "score":
+        raise BadInput(
+            "this model has a regression head (one output that predicts a number): use task: score",
+            key="task",
+        )
+    if not info.regression and recipe.task != "classify":
+        hint = " (it has no regression head to score with)" if recipe.task == "score" else ""
+        raise BadInput(f"this model has a classification head{hint}: use task: classify", key="task")
     # load with the head's own label names (a fine-tuned adapter folder records them)
-    return info.head_labels or labels
+    return info.head_labels or recipe.labels
 
 
 def _journals(paths: bulk_paths.OutputPaths) -> list[Path]:
@@ -307,6 +321,8 @@ def _run_chunk(
 
 
 def _results(recipe: BulkInferRecipe, engine: Engine, prompts: list[str]) -> list[dict[str, Any]]:
+    if recipe.task == "score":
+        return [{"score": score} for score in engine.score(prompts)]
     if recipe.task == "classify":
         assert recipe.labels is not None
         out = []

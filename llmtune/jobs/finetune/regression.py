@@ -195,7 +195,7 @@ def check_numeric_labels(splits: Splits, label_range: tuple[float, float] | None
             continue
         bad += [Problem(problem, file=rows.where[i], key="label") for i, problem in problems.items()]
     if bad:
-        refuse(bad, f"{len(bad)} bad row(s): task: regression needs a numeric label; {SKIP_HINT}")
+        refuse(bad, f"{len(bad)} bad row(s): {SKIP_HINT}")
     values = set(golds(splits.train))
     if len(values) < 2:
         raise BadInput(
