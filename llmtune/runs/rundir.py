@@ -260,6 +260,8 @@ class RunDir:
             "data_files": fingerprints,
             "device": device_description(),
         }
+        if history := lineage(self.recipe):
+            self.manifest["lineage"] = history
         # the manifest first: from now on the folder is recognisably llmtune's
         atomic_write_json(self.path / "manifest.json", self.manifest)
         dump = self.recipe.model_dump(mode="json")
@@ -317,6 +319,38 @@ class RunDir:
     def log_file(self) -> Path:
         """Where a crash's traceback goes."""
         return self.path / "run.log"
+
+
+def lineage(recipe: RecipeBase) -> list[dict[str, Any]]:
+    """The earlier runs this one continues, oldest first: when `model.path` (or `model.adapter`)
+    is the model/ folder of an llmtune run, that run's own lineage and then that run."""
+    ref = getattr(recipe, "model", None)
+    if not isinstance(ref, ModelRef) or ref.scratch is not None:
+        return []
+    for folder in [recipe.resolve_path(v) for v in (ref.adapter, ref.path) if v]:
+        earlier = RunDir(folder.parent, recipe).stored_manifest()
+        if earlier is None or not (folder / "config.json").exists():
+            continue
+        keys = {
+            "name": "name",
+            "kind": "kind",
+            "recipe_file": "recipe_file",
+            "status": "status",
+            "finished": "ended",
+        }
+        step = {"run_dir": str(folder.parent.resolve()), **{k: earlier.get(v) for k, v in keys.items()}}
+        step["method"] = _method_of(folder.parent)
+        history = earlier.get("lineage")
+        return [*(history if isinstance(history, list) else []), step]
+    return []
+
+
+def _method_of(run: Path) -> str | None:
+    try:
+        method = (yaml.safe_load((run / "recipe.yaml").read_text()) or {}).get("method")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return method.get("type") if isinstance(method, dict) else None
 
 
 def _read_paths(recipe: RecipeBase) -> list[Path]:
