@@ -73,6 +73,15 @@ DryRunOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout at the end.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and library logs.")]
+FailUnderOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--fail-under",
+        metavar="METRIC=VALUE",
+        help="Quality gate: exit 1 when the test METRIC (prompt-eval: the best pair's) is below VALUE; "
+        "METRIC@COLUMN=VALUE gates every slice of COLUMN, METRIC@COLUMN=SLICE=VALUE one. Repeatable.",
+    ),
+]
 # jobs without checkpoints accept --resume (the SPEC's shared options) but do not offer it
 NoResumeOpt = Annotated[bool, typer.Option("--resume", hidden=True)]
 
@@ -178,9 +187,11 @@ def finetune(
             "--sweep", metavar="FILE", help="Sweep file: search hyperparameters on the validation metric."
         ),
     ] = None,
+    fail_under: FailUnderOpt = None,
 ) -> None:
     """Adapt a model on task examples (full, LoRA, QLoRA, DoRA, IA3, prefix, prompt, last layers)."""
-    run_job("finetune", recipe, set_, _options(output, resume, dry_run, as_json, debug, sweep=sweep))
+    options = _options(output, resume, dry_run, as_json, debug, sweep=sweep, fail_under=fail_under or [])
+    run_job("finetune", recipe, set_, options)
 
 
 @app.command()
@@ -220,14 +231,7 @@ def prompt_eval(
     dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
-    fail_under: Annotated[
-        Optional[list[str]],
-        typer.Option(
-            "--fail-under",
-            metavar="METRIC=VALUE",
-            help="Quality gate: exit 1 when the best pair's METRIC is below VALUE. Repeatable.",
-        ),
-    ] = None,
+    fail_under: FailUnderOpt = None,
 ) -> None:
     """Compare zero-, one- and few-shot prompts and models on a labelled set."""
     run_job(

@@ -91,7 +91,8 @@ class RowsFailed(Incomplete):
 
 
 class GateFailed(Incomplete):
-    """prompt-eval: a pair is below `--fail-under` / `fail_under`. Exit code 1."""
+    """A quality gate (`--fail-under`, prompt-eval's `fail_under`) is not met: a metric, or a slice's
+    metric, is below its threshold. Exit code 1; the run itself is recorded as completed."""
 
     def __init__(self, failures: list[str], summary: dict[str, Any]) -> None:
         super().__init__("\n".join(f"fail-under: {line}" for line in failures), summary)

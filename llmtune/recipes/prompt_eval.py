@@ -8,12 +8,11 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from llmtune.recipes.common import Data, ModelRef, RecipeBase, RecipePath, Section
+from llmtune.slices import recipe_gates
 
 Metric = Literal["accuracy", "precision", "recall", "f1", "invalid_rate", "exact_match", "contains"]
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "invalid_rate")
 FREE_TEXT_METRICS = ("exact_match", "contains")
-# metrics where higher is better: the only ones a --fail-under gate makes sense for
-GATE_METRICS = ("accuracy", "precision", "recall", "f1", "exact_match", "contains")
 
 
 def template_variables(source: str) -> set[str] | None:
@@ -107,9 +106,13 @@ class PromptEvalRecipe(RecipeBase):
     is scored by its classification head, anything else as a causal LM)."""
     batching: Batching = Field(default_factory=Batching)
     """How rows are grouped into batches by the shared inference engine."""
+    slices: list[str] = Field(default_factory=list)
+    """Columns of the scored rows (e.g. language, product_category): every metric is also reported
+    per value of each, for every pair, with row counts and the gap between the best and the worst
+    slice, because bias in data becomes bias in answers."""
     fail_under: dict[str, float] = Field(default_factory=dict)
-    """Quality gate, e.g. {accuracy: 0.8}; merged with --fail-under METRIC=VALUE. Exit code 1 when
-    it is not met."""
+    """Quality gate, e.g. {accuracy: 0.8, f1@language: 0.6, f1@language=de: 0.7} (a metric, every
+    slice of a column, one slice); merged with --fail-under. Exit code 1 when it is not met."""
     fail_when: Literal["best", "any"] = "best"
     """best: the gate fails when even the best pair is below; any: when any pair is below."""
 
@@ -155,13 +158,12 @@ class PromptEvalRecipe(RecipeBase):
         wrong = [m for m in self.metrics if m not in allowed]
         if wrong:
             raise ValueError(f"metrics {wrong} do not apply to task {self.task}; use some of {list(allowed)}")
-        check_gate(self.fail_under, self.task)
+        if len(set(self.slices)) != len(self.slices):
+            raise ValueError(f"slices {self.slices} name a column twice")
+        recipe_gates(self.fail_under, gate_metrics(self.task), self.slices)
         return self
 
 
-def check_gate(gate: dict[str, float], task: str) -> None:
-    """Refuse a quality gate on a metric the task does not compute (or where lower is better)."""
-    allowed = [m for m in GATE_METRICS if (m in FREE_TEXT_METRICS) == (task == "free_text")]
-    for metric in gate:
-        if metric not in allowed:
-            raise ValueError(f"cannot gate on {metric!r}; expected one of {', '.join(allowed)}")
+def gate_metrics(task: str) -> tuple[str, ...]:
+    """The metrics a quality gate may name for `task` (the gate refuses lower-is-better ones)."""
+    return CLASSIFICATION_METRICS if task == "classification" else FREE_TEXT_METRICS

@@ -1,22 +1,29 @@
-"""Which fine-tune a recipe asks for: a sweep of trials, or one run of its task."""
+"""Which fine-tune a recipe asks for: a sweep of trials, or one run of its task; and the quality
+gate (`--fail-under`) on the finished run's test metrics, overall or per slice."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from llmtune.errors import BadInput, GateFailed
 from llmtune.models.loading import quiet_libraries
-from llmtune.recipes.finetune import FinetuneRecipe
+from llmtune.recipes.finetune import TASK_METRICS, FinetuneRecipe
 from llmtune.runs.options import JobOptions
+from llmtune.slices import GATE_KEY, Gate, gate_failures, gates_summary, parse_gates
 
 
 def run(recipe: FinetuneRecipe, options: JobOptions) -> dict[str, Any]:
     """Run one fine-tune, or a sweep of them, from a validated recipe; returns the summary."""
     quiet_libraries(options.debug)
+    gates = finetune_gates(recipe, options)  # a bad gate is refused before anything loads
     if options.sweep is not None or recipe.sweep is not None:
         from llmtune.jobs.finetune.sweep import run as run_sweep
 
         return run_sweep(recipe, options, run_trial=run_one)
-    return run_one(recipe, options)
+    summary = run_one(recipe, options)
+    if gates and not summary.get("dry_run"):
+        apply_gates(gates, summary)
+    return summary
 
 
 def run_one(recipe: FinetuneRecipe, options: JobOptions) -> dict[str, Any]:
@@ -32,3 +39,37 @@ def run_one(recipe: FinetuneRecipe, options: JobOptions) -> dict[str, Any]:
     from llmtune.jobs.finetune.classification import run as run_classification
 
     return run_classification(recipe, options)
+
+
+def finetune_gates(recipe: FinetuneRecipe, options: JobOptions) -> list[Gate]:
+    """--fail-under checked against the recipe: a metric the task reports on its test split
+    (higher is better), a column of evaluation.slices, a test split to measure, and no sweep."""
+    if not options.fail_under:
+        return []
+    gates = parse_gates(options.fail_under, TASK_METRICS[recipe.task], recipe.evaluation.slices)
+    src = str(recipe.source) if recipe.source else None
+    if options.sweep is not None or recipe.sweep is not None:
+        raise BadInput(
+            "a sweep ranks its trials on validation rows and has no test result to gate; gate the "
+            "best trial by running its best.yaml with --fail-under",
+            file=src,
+            key=GATE_KEY,
+        )
+    data = recipe.data
+    if data.test is None and not (data.split and data.split.test):
+        raise BadInput(
+            "the gate is measured on the test split: set data.test or data.split.test",
+            file=src,
+            key=GATE_KEY,
+        )
+    return gates
+
+
+def apply_gates(gates: list[Gate], summary: dict[str, Any]) -> None:
+    """Compare the finished run's test metrics with the gates; GateFailed (exit 1, the run stays
+    recorded as completed) names the metric, slice, value and threshold of each failure."""
+    test = summary.get("test") or {}
+    failures = gate_failures(gates, {"the test split": (test, test.get("slices"))})
+    summary["gate"] = gates_summary(gates, failures)
+    if failures:
+        raise GateFailed(failures, summary)

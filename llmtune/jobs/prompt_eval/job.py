@@ -3,8 +3,10 @@
 Steps: read the scored rows and the example pools, check labels and templates, build every prompt
 and find each model's head (all before anything is written), then open the run directory and load
 each model once, score every prompt on the same rows through the shared engine, and write
-results.json, predictions.jsonl, report.md and a chart. A quality gate (`--fail-under METRIC=VALUE`
-or `fail_under:`) makes the run exit 1 when it is not met, naming the pair and metric.
+results.json, predictions.jsonl, report.md and a chart; with `slices:`, every metric also per value
+of each slice column. A quality gate (`--fail-under METRIC=VALUE`, `METRIC@COLUMN=VALUE`,
+`METRIC@COLUMN=SLICE=VALUE`, or `fail_under:`) makes the run exit 1 when it is not met, naming the
+pair, metric and slice.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from llmtune.jobs.prompt_eval.scoring import normalise, pair_metrics, score_prom
 from llmtune.models.info import inspect_model
 from llmtune.models.loading import load_model, quiet_libraries
 from llmtune.recipes.common import ModelRef
-from llmtune.recipes.prompt_eval import PromptEvalRecipe, PromptSpec, check_gate
+from llmtune.recipes.prompt_eval import PromptEvalRecipe, PromptSpec, gate_metrics
 from llmtune.runs.lifecycle import recorded, show_plan
 from llmtune.runs.options import JobOptions
 from llmtune.runs.rundir import RunDir, run_dir_path
+from llmtune.slices import Gate, check_slice_columns, parse_gates, slice_metrics, slice_values
 
 
 def run(recipe: PromptEvalRecipe, options: JobOptions) -> dict[str, Any]:
@@ -37,8 +40,11 @@ def run(recipe: PromptEvalRecipe, options: JobOptions) -> dict[str, Any]:
     run_dir = RunDir(run_dir_path(recipe, options.output), recipe)
     run_dir.claim()  # first: an overlapping run exits 75 before reading anything
     try:
-        gate = parse_gate(options.fail_under, recipe)
+        gates = parse_gates(
+            options.fail_under, gate_metrics(recipe.task), recipe.slices, defaults=recipe.fail_under
+        )
         rows, labels, pools, files = read_data(recipe)
+        check_slices(recipe, rows, gates)
         builders = {
             name: PromptBuilder(
                 name,
@@ -78,7 +84,7 @@ def run(recipe: PromptEvalRecipe, options: JobOptions) -> dict[str, Any]:
             run_dir, recipe, pairs, predictions, {n: p.head for n, p in plans.items()}, labels, len(rows)
         )
         print_table(recipe, pairs)
-        return {**result["summary"], "gate": evaluate_gate(pairs, gate, recipe.fail_when)}
+        return {**result["summary"], "gate": evaluate_gate(pairs, gates, recipe.fail_when)}
 
     summary = recorded(run_dir, options, files, evaluate)
     if summary["gate"]["failures"]:
@@ -111,22 +117,20 @@ def _describe_prompt(spec: PromptSpec) -> str:
     return f"{spec.shots}-shot, {spec.selection}{chat}" if spec.shots else f"zero-shot{chat}"
 
 
-def parse_gate(flags: list[str], recipe: PromptEvalRecipe) -> dict[str, float]:
-    """The recipe's fail_under, overridden by each --fail-under METRIC=VALUE."""
-    gate = dict(recipe.fail_under)
-    for flag in flags:
-        metric, _, value = flag.partition("=")
-        try:
-            gate[metric.strip()] = float(value)
-        except ValueError:
+def check_slices(recipe: PromptEvalRecipe, rows: Rows, gates: list[Gate]) -> None:
+    """Every scored row has each slice column, and a gate on one slice names a value that occurs
+    (a misspelt slice would otherwise fail every run, or never be checked)."""
+    check_slice_columns(rows.rows, rows.where, recipe.slices, key="slices")
+    for gate in gates:
+        if gate.slice is None:
+            continue
+        values = slice_values(rows.rows, gate.column or "")
+        if gate.slice not in values:
             raise BadInput(
-                f"expected METRIC=VALUE such as accuracy=0.8, got {flag!r}", key="--fail-under"
-            ) from None
-    try:
-        check_gate(gate, recipe.task)
-    except ValueError as exc:
-        raise BadInput(str(exc), key="--fail-under") from None
-    return gate
+                f"{gate.target}: no scored row has {gate.column}={gate.slice}; "
+                f"the values are {', '.join(values)}",
+                key="--fail-under",
+            )
 
 
 def read_data(
@@ -249,7 +253,9 @@ def score_all(
     from llmtune.inference.engine import Engine
 
     gold = [str(r["label"]) for r in rows.rows]
-    ids = [str(r["id"]) if r.get("id") is not None else str(i) for i, r in enumerate(rows.rows)]
+    # the data's own id (else the row's file:line), so anyone can join a prediction to its row
+    ids = [str(r["id"]) if r.get("id") is not None else w for r, w in zip(rows.rows, rows.where)]
+    groups = {c: [str(r[c]) for r in rows.rows] for c in recipe.slices}
     pairs, predictions = [], []
     for model_name, ref in recipe.models.items():
         plan = plans[model_name]
@@ -270,7 +276,8 @@ def score_all(
             started = time.monotonic()
             scored = score_prompts(engine, method, recipe, texts, labels, chat=builder.spec.chat)
             seconds = time.monotonic() - started
-            metrics = pair_metrics(gold, [s.prediction for s in scored], labels, method)
+            predicted = [s.prediction for s in scored]
+            metrics = pair_metrics(gold, predicted, labels, method)
             pairs.append(
                 {
                     "model": model_name,
@@ -278,6 +285,7 @@ def score_all(
                     "scoring": method,
                     "n": len(texts),
                     "metrics": metrics,
+                    **_pair_slices(recipe, rows, gold, predicted, labels, method),
                     "truncated_prompts": truncated,
                     "seconds": round(seconds, 3),
                     "rows_per_second": round(len(texts) / seconds, 2) if seconds > 0 else None,
@@ -304,9 +312,28 @@ def score_all(
                         if labels is not None
                         else normalise(s.prediction or "") == normalise(gold[i]),
                         "scores": s.scores,
+                        **({"slices": {c: v[i] for c, v in groups.items()}} if groups else {}),
                         **s.extra,
                     }
                 )
         del engine, loaded
         free_memory()
     return pairs, predictions
+
+
+def _pair_slices(
+    recipe: PromptEvalRecipe,
+    rows: Rows,
+    gold: list[str],
+    predicted: list[str | None],
+    labels: list[str] | None,
+    method: str,
+) -> dict[str, Any]:
+    """{"slices": ...}: the pair's metrics per slice, each computed on that slice's rows alone."""
+    if not recipe.slices:
+        return {}
+
+    def on(indices: list[int]) -> dict[str, Any]:
+        return pair_metrics([gold[i] for i in indices], [predicted[i] for i in indices], labels, method)
+
+    return {"slices": slice_metrics(rows.rows, recipe.slices, on)}

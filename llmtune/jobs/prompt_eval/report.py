@@ -1,5 +1,6 @@
 """What prompt-eval shows and writes: the terminal table, results.json, predictions.jsonl,
-report.md with confusion matrices, a bar chart, and the verdict of the quality gate."""
+report.md with confusion matrices and slice tables, a bar chart, and the verdict of the quality
+gate."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from llmtune.metrics import confusion_markdown
 from llmtune.recipes.prompt_eval import PromptEvalRecipe
 from llmtune.runs.outputs import atomic_write_text
 from llmtune.runs.rundir import RunDir
+from llmtune.slices import Gate, gate_failures, gates_summary, slices_markdown
 
 CHART = "chart.png"
 
@@ -49,23 +51,10 @@ def print_table(recipe: PromptEvalRecipe, pairs: list[dict[str, Any]]) -> None:
     say(f"best: {best['model']} x {best['prompt']} ({metric} {best['metrics'][metric]:.4f})")
 
 
-def evaluate_gate(pairs: list[dict[str, Any]], gate: dict[str, float], when: str) -> dict[str, Any]:
-    """Which pairs fall below the thresholds: the best pair per metric (best) or every pair (any)."""
-    failures = []
-    for metric, threshold in gate.items():
-        if when == "best":
-            best = best_pair(pairs, metric)
-            candidates = [best]
-        else:
-            candidates = pairs
-        for pair in candidates:
-            value = pair["metrics"][metric]
-            if value < threshold:
-                who = "best pair" if when == "best" else "pair"
-                failures.append(
-                    f"{metric} of {who} {pair['model']} x {pair['prompt']} is {value:.4f}, below {threshold}"
-                )
-    return {"thresholds": gate, "when": when, "passed": not failures, "failures": failures}
+def evaluate_gate(pairs: list[dict[str, Any]], gates: list[Gate], when: str) -> dict[str, Any]:
+    """Which pairs fall below the thresholds: the best pair per gate (best) or every pair (any)."""
+    candidates = {f"pair {p['model']} x {p['prompt']}": (p["metrics"], p.get("slices")) for p in pairs}
+    return gates_summary(gates, gate_failures(gates, candidates, when), when)
 
 
 def write_outputs(
@@ -105,13 +94,23 @@ def write_outputs(
         examples.setdefault(f"{p['prompt']} ({p['model']})" if chat else p["prompt"], p["prompt_text"])
     run_dir.write_text("report.md", report(recipe, results, chart, examples))
     headline = [
-        {"model": p["model"], "prompt": p["prompt"], **{m: round(p["metrics"][m], 4) for m in recipe.metrics}}
+        {
+            "model": p["model"],
+            "prompt": p["prompt"],
+            **{m: round(p["metrics"][m], 4) for m in recipe.metrics},
+            **({"slices": _slice_headline(p["slices"])} if "slices" in p else {}),
+        }
         for p in pairs
     ]
     return {
         **results,
         "summary": {"rows": n_rows, "metric": metric, "best": results["best"], "pairs": headline},
     }
+
+
+def _slice_headline(slices: dict[str, Any]) -> dict[str, Any]:
+    """Per slice column: the worst slice and the gap per metric (the full table is in results.json)."""
+    return {column: {"worst": s["worst"], "gap": s["gap"]} for column, s in slices.items()}
 
 
 def write_chart(
@@ -199,6 +198,10 @@ def report(
         lines += ["## What the model reads (first row)", ""]
         for name, text in examples.items():
             lines += [f"### {name}", "", "````text", text, "````", ""]
+    if recipe.slices:
+        lines += ["## Slices", "", "Every metric on the rows of each value alone, per pair.", ""]
+        for p in pairs:
+            lines += [f"### {p['model']} x {p['prompt']}", "", slices_markdown(p["slices"], level=4)]
     if results["labels"]:
         lines += ["## Confusion matrices", ""]
         for p in pairs:
