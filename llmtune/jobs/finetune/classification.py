@@ -13,11 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import llmtune.jobs.finetune.heads as heads
 from llmtune.console import markdown_table, table
 from llmtune.data.readers import Splits, check_labels, infer_labels
 from llmtune.data.templates import Template
 from llmtune.errors import BadInput
-from llmtune.jobs.finetune import heads
 from llmtune.metrics import classification_metrics, confusion_markdown
 from llmtune.recipes.finetune import FinetuneRecipe
 from llmtune.runs.lifecycle import Metrics, Outcome, Plan, run_training

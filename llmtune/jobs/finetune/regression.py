@@ -15,10 +15,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+import llmtune.jobs.finetune.heads as heads
 from llmtune.console import markdown_table, table
 from llmtune.data.readers import SKIP_HINT, SPLIT_NAMES, Row, Rows, Splits, refuse
 from llmtune.errors import BadInput, Problem
-from llmtune.jobs.finetune import heads
 from llmtune.metrics import lower_is_better, regression_metrics
 from llmtune.models.regression_head import LABEL_RANGE, from_unit, to_unit
 from llmtune.recipes.finetune import REGRESSION_METRICS, FinetuneRecipe
