@@ -257,7 +257,7 @@ labels: [neg, pos]
 output: {path: out/labels.jsonl}
 """,
     )
-    bulk = run_cli("bulk-infer", tmp_path / "bulk.yaml")
+    bulk = invoke("bulk-infer", tmp_path / "bulk.yaml")
     assert bulk.code == 0, bulk.stderr[-3000:]
     for row in read_jsonl(tmp_path / "out" / "labels.jsonl"):
         assert row["scores"] == pytest.approx(predictions[row["id"]]["scores"], abs=1e-4)
@@ -271,7 +271,7 @@ prompts: {plain: {template: "{{ text }}"}}
 output: {dir: eval}
 """,
     )
-    evaluated = run_cli("prompt-eval", tmp_path / "eval.yaml")
+    evaluated = invoke("prompt-eval", tmp_path / "eval.yaml")
     assert evaluated.code == 0, evaluated.stderr[-3000:]
     rows = {p["id"]: p for p in read_jsonl(tmp_path / "eval" / "predictions.jsonl")}
     assert {i: r["prediction"] for i, r in rows.items()} == {
@@ -286,7 +286,7 @@ def test_an_sft_run_with_parallel_adapters_learns_and_continues(tmp_path: Path) 
     assert invoke("finetune", recipe).code == 0
     first = tmp_path / "sft"
     curve = losses(first)
-    assert sum(curve[-3:]) / 3 < sum(curve[:3]) / 3 * 0.9, curve
+    assert sum(curve[-3:]) / 3 < sum(curve[:3]) / 3 - 0.1, curve
 
     # a later run continues the same adapter layers (stack: false), then stacks new ones on them
     model = "{path: sft/model}"

@@ -318,7 +318,8 @@ def base_of(folder: Path, recipe: RecipeBase, key: str) -> Path:
     config = read_adapter_config(folder)
     name = config["base_model_name_or_path"]
     try:
-        return Path(resolve_model_path(ModelRef(path=name, revision=config.get("revision")), recipe, key))
+        revision = {"revision": config["revision"]} if config.get("revision") else {}
+        return Path(resolve_model_path(ModelRef(path=name, **revision), recipe, key))
     except BadInput as exc:
         raise BadInput(
             f"the adapter's base model {name!r} cannot be found: {exc}", file=str(folder / ADAPTER_CONFIG)
