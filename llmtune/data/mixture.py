@@ -1,6 +1,6 @@
-"""Training rows drawn from several sources: a weighted mixture (several tasks in one run) and
-replay of general rows against catastrophic forgetting; and the general rows that measure the
-forgetting (evaluation.retain).
+"""The rule that draws an epoch's training rows from several sources: a weighted mixture (several
+tasks in one run) and replay of general rows against catastrophic forgetting. The sources are
+read by `llmtune.data.readers.load_splits`; this module only decides which rows an epoch holds.
 
 What one epoch holds:
 - each source is read with its own columns; `data.split` carves validation and test rows from
@@ -20,14 +20,10 @@ Each row carries its source's name under `SOURCE`, so that whatever filters the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from llmtune.data.readers import Rows, Splits, carve, read_rows
-from llmtune.data.templates import Template
-from llmtune.errors import BadInput
-from llmtune.recipes.common import Data, RecipeBase
-from llmtune.recipes.finetune import FinetuneData, FinetuneRecipe, Source
+from llmtune.recipes.common import Data
+from llmtune.recipes.finetune import FinetuneData, Source
 
 SOURCE = "_source"
 REPLAY = "replay"
@@ -35,10 +31,10 @@ REPLAY = "replay"
 
 @dataclass
 class Pool:
-    """The training rows of one source, and its share of an epoch."""
+    """One source's training rows (how many), and its share of an epoch."""
 
     name: str
-    rows: Rows
+    size: int
     weight: float | None = None  # a task source's sampling weight
     ratio: float | None = None  # replay: share of the epoch
 
@@ -63,146 +59,34 @@ def templates(data: FinetuneData) -> dict[str, str | None]:
     return out
 
 
-def load_composite(
-    recipe: RecipeBase,
-    data: FinetuneData,
-    required: tuple[str, ...],
-    label_field: str | None,
-    render_into: str | None,
-) -> Splits:
-    """Read every source, carve held-out rows from each, and draw the epoch's training rows."""
-    pools, files = [], []
-    held = {name: Rows() for name in ("validation", "test")}
-    for key, source in task_sources(data):
-        template = source.template or data.template
-        read = _read_source(recipe, data, key, source.path, source.columns, template, required, render_into)
-        files += read.files
-        rows = _carve_each(_tagged(read.rows_read, source.label()), data, label_field, held, key)
-        pools.append(Pool(source.label(), rows, weight=source.weight))
-    for name in ("validation", "test"):
-        spec = getattr(data, name)
-        fraction = getattr(data.split, name) if data.split else 0
-        if spec is None and fraction and not held[name].rows:
-            raise BadInput(
-                f"data.split.{name}: {fraction} of each source holds out no rows (sources too small); "
-                f"raise it or give data.{name}",
-                key=f"data.split.{name}",
-            )
-        if spec is not None:
-            read = _read_source(
-                recipe, data, f"data.{name}", spec, None, data.template, required, render_into
-            )
-            files += read.files
-            held[name] = read.rows_read
-    replay = None
-    if data.replay is not None:
-        template = data.replay.template or data.template
-        spec, columns = data.replay.path, data.replay.columns
-        read = _read_source(recipe, data, "data.replay.path", spec, columns, template, required, render_into)
-        files += read.files
-        replay = Pool(REPLAY, _tagged(read.rows_read, REPLAY), ratio=data.replay.ratio)
-    train = draw(pools, replay, recipe.seed)
-    splits = Splits(train, held["validation"], held["test"], files, data.skip_bad_rows)
-    total = sum(p.weight or 0 for p in pools)
-    splits.sources = {
-        p.name: {"weight": round((p.weight or 0) / total, 4), "ratio": None, "rows": len(p.rows)}
-        for p in pools
-    }
-    if replay is not None:
-        splits.sources[REPLAY] = {"weight": None, "ratio": replay.ratio, "rows": len(replay.rows)}
-    return splits
-
-
-@dataclass
-class _Read:
-    rows_read: Rows
-    files: list[Path]
-
-
-def _read_source(
-    recipe: RecipeBase,
-    data: Data,
-    key: str,
-    spec: str | list[str],
-    columns: dict[str, str] | None,
-    template: str | None,
-    required: tuple[str, ...],
-    render_into: str | None,
-) -> _Read:
-    """One source's rows with its columns; with `render_into`, its model input rendered there."""
-    needed = required
-    if render_into is not None and template is not None:  # the template makes that field
-        needed = tuple(f for f in required if f != render_into)
-    columns = data.columns if columns is None else columns
-    rows, files = read_rows(
-        recipe, spec, key, columns=columns, required=needed, skip_bad_rows=data.skip_bad_rows
-    )
-    if render_into is not None and template is not None:
-        render_inputs(rows, Template(template, where=_template_key(key)), render_into)
-    return _Read(rows, files)
-
-
-def _template_key(key: str) -> str:
+def template_key(key: str) -> str:
+    """The recipe key of the template that renders the rows read under `key`."""
     if key.startswith("data.train["):
         return f"{key}.template"
     return "data.replay.template" if key.startswith("data.replay") else "data.template"
 
 
-def render_inputs(rows: Rows, template: Template, field: str) -> None:
-    """Each row's model input, rendered from its own fields, into `field` (BadInput names file:line)."""
-    if rows.rows:
-        template.check_fields(set(rows.rows[0]), file=rows.where[0].rsplit(":", 1)[0])
-    for row, where in zip(rows.rows, rows.where):
-        row[field] = template.render(row, where=where)
-
-
-def _tagged(rows: Rows, name: str) -> Rows:
-    for row in rows.rows:
+def tag(rows: list[dict[str, Any]], name: str) -> None:
+    """Mark each row with its source."""
+    for row in rows:
         row[SOURCE] = name
-    return rows
 
 
-def _carve_each(
-    rows: Rows, data: FinetuneData, label_field: str | None, held: dict[str, Rows], key: str
-) -> Rows:
-    """Carve data.split's fractions of this source's rows (as load_splits does for one train set)."""
-    if data.split is None:
-        return rows
-    total = len(rows)
-    for name in ("validation", "test"):
-        fraction = getattr(data.split, name)
-        if not fraction or getattr(data, name) is not None:
-            continue
-        n_held = round(total * fraction)
-        if n_held == 0:  # a small source gives no held-out rows; the others may
-            continue
-        rows, out = carve(rows, n_held, data.split.seed, label_field, f"data.split.{name} ({key})")
-        held[name].rows.extend(out.rows)
-        held[name].where.extend(out.where)
-    return rows
-
-
-def draw(pools: list[Pool], replay: Pool | None, seed: int) -> Rows:
-    """The epoch's training rows: N task rows drawn by weight, plus replay at its ratio (see the
-    module's docstring), in a random order."""
+def draw(pools: list[Pool], seed: int) -> list[tuple[int, int]]:
+    """The epoch's rows as (pool, row) positions in a random order: N task rows drawn by weight,
+    plus replay at its ratio (see the module's docstring)."""
     import numpy
 
     rng = numpy.random.default_rng(seed)
-    n = sum(len(p.rows) for p in pools)
-    weights = numpy.array([p.weight for p in pools], dtype=float)
-    counts = rng.multinomial(n, weights / weights.sum()).tolist()
-    parts = [(pool, count) for pool, count in zip(pools, counts)]
-    if replay is not None:
-        assert replay.ratio is not None
-        parts.append((replay, round(n * replay.ratio / (1 - replay.ratio))))
-    rows, where = [], []
-    for pool, count in parts:
-        for i in _take(len(pool.rows), count, rng):
-            rows.append(pool.rows.rows[i])
-            where.append(pool.rows.where[i])
-    order = rng.permutation(len(rows)).tolist()
-    skipped = sum(p.rows.skipped for p, _ in parts)
-    return Rows([rows[i] for i in order], [where[i] for i in order], skipped)
+    tasks = [p for p in pools if p.ratio is None]
+    n = sum(p.size for p in tasks)
+    weights = numpy.array([p.weight for p in tasks], dtype=float)
+    counts = iter(rng.multinomial(n, weights / weights.sum()).tolist())
+    chosen = []
+    for index, pool in enumerate(pools):
+        count = next(counts) if pool.ratio is None else round(n * pool.ratio / (1 - pool.ratio))
+        chosen += [(index, row) for row in _take(pool.size, count, rng)]
+    return [chosen[i] for i in rng.permutation(len(chosen)).tolist()]
 
 
 def _take(size: int, count: int, rng: Any) -> list[int]:
@@ -213,38 +97,28 @@ def _take(size: int, count: int, rng: Any) -> list[int]:
     return out[:count]
 
 
-def count_sources(splits: Splits) -> None:
-    """Record the rows drawn per source (after data.limit) and their share of the epoch."""
-    if not splits.sources:
-        return
-    drawn = dict.fromkeys(splits.sources, 0)
-    for row in splits.train.rows:
+def source_table(pools: list[Pool]) -> dict[str, dict[str, Any]]:
+    """Per source: its normalised weight (or replay ratio) and training rows."""
+    total = sum(p.weight or 0 for p in pools)
+    return {
+        p.name: {
+            "weight": None if p.ratio else round((p.weight or 0) / total, 4),
+            "ratio": p.ratio,
+            "rows": p.size,
+        }
+        for p in pools
+    }
+
+
+def count_sources(
+    sources: dict[str, dict[str, Any]], train: list[dict[str, Any]], held: dict[str, list[dict[str, Any]]]
+) -> None:
+    """Add to `sources` the rows drawn per source (after data.limit), their share of the epoch, and
+    each source's held-out rows."""
+    drawn = dict.fromkeys(sources, 0)
+    for row in train:
         drawn[row[SOURCE]] += 1
-    total = max(len(splits.train), 1)
-    for name, entry in splits.sources.items():
-        entry.update(drawn=drawn[name], share=round(drawn[name] / total, 4))
-        for split in ("validation", "test"):
-            entry[split] = sum(r.get(SOURCE) == name for r in getattr(splits, split).rows)
-
-
-def read_retain(
-    recipe: RecipeBase, data: Data, label_field: str | None, render_into: str | None
-) -> tuple[Rows, list[Path]]:
-    """evaluation.retain's general rows (data.columns), read before any model loads so that a bad
-    file is refused before training. Head tasks need a label, and their input as the training
-    rows have it: rendered here for composite data, else by the job's data.template or the text
-    field. SFT (`render_into` None) decides each row's format itself."""
-    if not isinstance(recipe, FinetuneRecipe) or recipe.evaluation.retain is None:
-        return Rows(), []
-    required: tuple[str, ...] = ()
-    template = None
-    if render_into is not None and label_field:
-        required = (label_field,)
-        if is_composite(data):
-            template, required = data.template, (render_into, label_field)
-        elif data.template is None:
-            required = (render_into, label_field)
-    read = _read_source(
-        recipe, data, "evaluation.retain", recipe.evaluation.retain, None, template, required, render_into
-    )
-    return read.rows_read, read.files
+    for name, entry in sources.items():
+        entry.update(drawn=drawn[name], share=round(drawn[name] / max(len(train), 1), 4))
+        for split, rows in held.items():
+            entry[split] = sum(r.get(SOURCE) == name for r in rows)
