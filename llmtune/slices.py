@@ -125,6 +125,8 @@ def slices_markdown(slices: dict[str, SliceReport], *, level: int = 2) -> str:
             continue
         parts = [
             f"{m} {report['gap'][m]:.4f} (worst: {report['worst'][m]}, best: {report['best'][m]})"
+            if report["gap"][m]
+            else f"{m} 0 (every slice equal)"
             for m in metrics
             if m in report["gap"]
         ]

@@ -351,3 +351,42 @@ def test_finetune_refuses_gates_it_cannot_check_before_anything_loads(tmp_path: 
     result = run_cli("finetune", path, "--sweep", sweep, "--fail-under", "f1=0.5")
     assert_bad_input(result, "a sweep ranks its trials")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_finetune_slices_equal_metrics_on_the_filtered_predictions_and_gate_on_a_slice(
+    tmp_path: Path,
+) -> None:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    path = classification_recipe(tmp_path, "evaluation: {slices: [lang]}\n")
+    result = run_cli(
+        "finetune", path, "--json", "--fail-under", "f1@lang=de=1.01", "--fail-under", "f1@lang=xx=0.5"
+    )
+    assert result.code == 1, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "eval.json").read_text())["metrics"]
+    report = metrics["slices"]["lang"]
+    data = {r["id"]: r for r in read_jsonl(tmp_path / "test.jsonl")}
+    predictions = read_jsonl(tmp_path / "run" / "predictions.jsonl")
+    assert sorted(p["id"] for p in predictions) == sorted(data)  # the data's own ids
+    for lang in ("de", "en"):
+        rows = [p for p in predictions if data[p["id"]]["lang"] == lang]
+        gold, pred = [r["gold"] for r in rows], [r["prediction"] for r in rows]
+        stats = report["values"][lang]
+        assert stats["n"] == len(rows) > 0
+        assert stats["accuracy"] == pytest.approx(accuracy_score(gold, pred))
+        assert stats["f1"] == pytest.approx(
+            f1_score(gold, pred, labels=["neg", "pos"], average="macro", zero_division=0)
+        )
+    f1 = {v: s["f1"] for v, s in report["values"].items()}
+    assert report["gap"]["f1"] == pytest.approx(abs(f1["de"] - f1["en"]))
+    n_de = report["values"]["de"]["n"]
+    assert (
+        f"fail-under: f1 of slice lang=de ({n_de} rows) of the test split is {f1['de']:.4f}, below 1.01"
+        in result.stderr
+    )
+    assert (
+        "f1 of slice lang=xx (no scored row has lang=xx) of the test split was not measured" in result.stderr
+    )
+    assert result.json()["gate"]["passed"] is False
+    assert "Slices by `lang`" in (tmp_path / "run" / "report.md").read_text()

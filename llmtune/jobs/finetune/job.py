@@ -3,6 +3,8 @@ gate (`--fail-under`) on the finished run's test metrics, overall or per slice."
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from llmtune.errors import BadInput, GateFailed
@@ -55,6 +57,13 @@ def finetune_gates(recipe: FinetuneRecipe, options: JobOptions) -> list[Gate]:
             file=src,
             key=GATE_KEY,
         )
+    if recipe.task == "causal_lm" and any(g.column is not None for g in gates):
+        raise BadInput(
+            "slices are measured for task classification and regression; gate causal_lm runs on "
+            "the whole test split (e.g. exact_match=0.5)",
+            file=src,
+            key=GATE_KEY,
+        )
     data = recipe.data
     if data.test is None and not (data.split and data.split.test):
         raise BadInput(
@@ -67,8 +76,14 @@ def finetune_gates(recipe: FinetuneRecipe, options: JobOptions) -> list[Gate]:
 
 def apply_gates(gates: list[Gate], summary: dict[str, Any]) -> None:
     """Compare the finished run's test metrics with the gates; GateFailed (exit 1, the run stays
-    recorded as completed) names the metric, slice, value and threshold of each failure."""
+    recorded as completed) names the metric, slice, value and threshold of each failure.
+
+    The metrics are eval.json's, the numbers the user reads (unrounded, slices included), else the
+    summary's test headline."""
     test = summary.get("test") or {}
+    eval_file = Path(summary.get("run_dir", "")) / "eval.json"
+    if "run_dir" in summary and eval_file.is_file():
+        test = json.loads(eval_file.read_text(encoding="utf-8")).get("metrics") or test
     failures = gate_failures(gates, {"the test split": (test, test.get("slices"))})
     summary["gate"] = gates_summary(gates, failures)
     if failures:
