@@ -40,19 +40,27 @@ def test_grid_sweep_runs_every_trial_and_saves_the_best_recipe(tmp_path: Path) -
         == trials[summary["best"]["trial"]]["changes"]["training.learning_rate"]
     )
     assert "sweep" not in best
+    # one parameter varied: Optuna's evaluator gives it all the importance
+    assert json.loads((run / "sweep.json").read_text())["importances"] == {"training.learning_rate": 1.0}
+    assert "## Parameter importance" in (run / "report.md").read_text()
     for trial in trials:
         assert json.loads((Path(trial["run_dir"]) / "manifest.json").read_text())["status"] == "completed"
 
 
 def test_random_sweep_section_plans_trials_in_a_dry_run(tmp_path: Path) -> None:
     path = sweep_recipe(tmp_path)
-    section = "sweep: {strategy: random, trials: 3, params: {training.learning_rate: {low: 1.0e-5, high: 1.0e-2, log: true}}}"
+    section = (
+        "sweep: {strategy: random, trials: 3, params: {training.learning_rate: "
+        "{low: 1.0e-5, high: 1.0e-2, log: true}, method.r: {low: 2, high: 8}}}"
+    )
     write(path, path.read_text() + section + "\n")
     result = invoke("finetune", path, "--dry-run", "--json")
     assert result.code == 0, result.stderr[-3000:]
     trials = result.json()["trials"]
     assert len(trials) == 3
     assert all(1e-5 <= t["training.learning_rate"] <= 1e-2 for t in trials)
+    # integer bounds sample integers (a LoRA rank of 4.37 is no recipe)
+    assert all(isinstance(t["method.r"], int) and 2 <= t["method.r"] <= 8 for t in trials)
     assert not (tmp_path / "run").exists()
 
 
