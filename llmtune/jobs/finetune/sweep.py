@@ -23,8 +23,8 @@ from pydantic import ValidationError
 
 from llmtune.console import say, table
 from llmtune.errors import BadInput
-from llmtune.jobs.finetune import sweep_tpe
 from llmtune.jobs.finetune.sweep_report import TrialResult, show, summarise
+from llmtune.jobs.finetune.sweep_tpe import budget, check_resumable, check_space, run_study, show_plan
 from llmtune.recipes import with_changes
 from llmtune.recipes.finetune import FinetuneRecipe, Range, Sweep
 from llmtune.runs.lifecycle import recorded
@@ -44,13 +44,13 @@ def run(recipe: FinetuneRecipe, options: JobOptions, run_trial: RunTrial) -> dic
         metric = _ranking_metric(recipe, sweep, where)
         recipe_of = partial(_trial_recipe_only, recipe, where)
         if sweep.strategy == "tpe":
-            sweep_tpe.check_space(sweep, recipe_of)
+            check_space(sweep, recipe_of)
             if options.dry_run:
                 run_dir.abandon()
-                return sweep_tpe.show_plan(sweep, metric)
+                return show_plan(sweep, metric)
             if options.resume:
-                sweep_tpe.check_resumable(run_dir, sweep, metric, where)
-            say(f"sweep: up to {sweep_tpe.budget(sweep)} trials (tpe), on validation {metric}")
+                check_resumable(run_dir, sweep, metric, where)
+            say(f"sweep: up to {budget(sweep)} trials (tpe), on validation {metric}")
         else:
             trials = [trial_recipe(recipe, changes, where) for changes in plan_trials(sweep)]
             say(f"sweep: {len(trials)} trials ({sweep.strategy}), ranked on validation {metric}")
@@ -65,7 +65,7 @@ def run(recipe: FinetuneRecipe, options: JobOptions, run_trial: RunTrial) -> dic
 
     def work() -> dict[str, Any]:
         if sweep.strategy == "tpe":
-            results = sweep_tpe.run_study(sweep, metric, run_dir, options, run_trial, recipe_of)
+            results = run_study(sweep, metric, run_dir, options, run_trial, recipe_of)
         else:
             results = _run_trials(trials, run_dir.path, options, metric, run_trial, sweep.timeout)
         return summarise(results, metric, run_dir, sweep.params, recipe_of, {"strategy": sweep.strategy})
