@@ -67,7 +67,7 @@ def summarise(
     best = min(scored, key=lambda r: sign * r.value)  # type: ignore[operator]
     keys = list(space)
     rows = [
-        [r.trial, *[r.changes.get(k) for k in keys], r.value, r.state, "*" if r is best else ""]
+        [r.trial, *[_cell(r.changes.get(k)) for k in keys], r.value, r.state, "*" if r is best else ""]
         for r in results
     ]
     columns = ["trial", *keys, metric, "state", "best"]
@@ -153,6 +153,11 @@ def _distribution(values: list[Any] | Range) -> Any:
 def _plain(value: Any) -> Any:
     """Optuna's categorical values are plain; a grid's lists and mappings are compared as text."""
     return value if isinstance(value, str | int | float | bool | None) else repr(value)
+
+
+def _cell(value: Any) -> Any:
+    # learning rates such as 1.3e-05 would print as 0 at the tables' four decimals
+    return f"{value:.4g}" if isinstance(value, float) else value
 
 
 def show(changes: dict[str, Any]) -> str:
