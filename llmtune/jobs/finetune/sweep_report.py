@@ -126,6 +126,7 @@ def parameter_importances(
     if not varied:
         return None, "no parameter takes more than one value"
     distributions = {k: _distribution(space[k]) for k in varied}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no INFO line for this scratch study
     study = optuna.create_study(direction="minimize" if lower_is_better(metric) else "maximize")
     try:
         for r in done:
