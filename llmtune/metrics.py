@@ -62,7 +62,7 @@ def confusion_markdown(metrics: dict[str, Any]) -> str:
 
 
 # metrics where a smaller value is the better model (every other one: larger is better)
-LOWER_IS_BETTER = ("loss", "mae", "rmse", "perplexity")
+LOWER_IS_BETTER = ("loss", "mae", "mse", "rmse", "perplexity", "invalid_rate")
 
 
 def lower_is_better(metric: str) -> bool:

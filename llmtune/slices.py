@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmtune.errors import BadInput
+from llmtune.metrics import lower_is_better
 
-# metrics where a lower value is better: the worst slice is the highest, and a --fail-under gate
-# on them would read backwards, so gates refuse them
-LOWER_IS_BETTER = frozenset({"mae", "rmse", "mse", "loss", "eval_loss", "invalid_rate", "perplexity"})
+# for metrics where a lower value is better (metrics.lower_is_better) the worst slice is the
+# highest, and a --fail-under gate on them would read backwards, so gates refuse them
 GATE_KEY = "--fail-under"
 GATE_FORMS = "METRIC=VALUE, METRIC@COLUMN=VALUE or METRIC@COLUMN=SLICE=VALUE (e.g. f1@language=de=0.8)"
 
@@ -100,7 +100,7 @@ def _extremes(values: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         measured = {v: s[metric] for v, s in values.items() if isinstance(s.get(metric), float | int)}
         if not measured:
             continue
-        sign = -1 if metric in LOWER_IS_BETTER else 1
+        sign = -1 if lower_is_better(metric) else 1
         # ties go to the first value in sorted order, so the report is stable
         worst[metric] = min(measured, key=lambda v: sign * measured[v])
         best[metric] = max(measured, key=lambda v: sign * measured[v])
@@ -207,7 +207,7 @@ def parse_gate(text: str) -> Gate:
 def check_gate(gate: Gate, metrics: Sequence[str], slices: Sequence[str]) -> None:
     """Refuse a gate on a metric the job does not compute, on a lower-is-better metric, or on a
     column that is not one of the recipe's slices (ValueError)."""
-    if gate.metric in LOWER_IS_BETTER:
+    if lower_is_better(gate.metric):
         raise ValueError(
             f"cannot gate on {gate.metric!r}: lower is better, and --fail-under fails when a value is "
             f"below its threshold; gate on one of {', '.join(_gateable(metrics))}"
@@ -222,7 +222,7 @@ def check_gate(gate: Gate, metrics: Sequence[str], slices: Sequence[str]) -> Non
 
 
 def _gateable(metrics: Iterable[str]) -> list[str]:
-    return [m for m in metrics if m not in LOWER_IS_BETTER]
+    return [m for m in metrics if not lower_is_better(m)]
 
 
 def recipe_gates(gates: dict[str, float], metrics: Sequence[str], slices: Sequence[str]) -> list[Gate]:

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TRAINING, assert_bad_input, invoke, recipe
+from conftest import ROOT, TRAINING, assert_bad_input, invoke, read_jsonl, recipe, write_jsonl
 
 METHODS = ["full", "lora", "dora", "ia3", "prefix", "prompt", "last_layers"]
 
@@ -129,17 +129,17 @@ def test_a_shipped_recipe_shows_every_method() -> None:
     from llmtune.recipes import load_recipe
 
     methods = {load_recipe(p, None).method.type for p in (ROOT / "recipes").glob("finetune-*.yaml")}
-    assert methods >= {"full", "lora", "qlora", "dora", "ia3", "prefix", "prompt", "last_layers"}
+    assert methods >= {"full", "lora", "qlora", "dora", "ia3", "prefix", "prompt", "last_layers", "adapter"}
 
 
-@pytest.mark.parametrize("task", ["classification", "causal_lm"])
+@pytest.mark.parametrize("task", ["classification", "regression", "causal_lm"])
 def test_the_method_reaches_model_loading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, task: str) -> None:
     """qlora's 4-bit loading is decided from the method (tests/test_model_errors.py pins the
     from_pretrained arguments); here: every finetune job hands its method and the dry run over."""
-    import llmtune.jobs.finetune.classification as classification
+    import llmtune.jobs.finetune.heads as heads
     import llmtune.jobs.finetune.sft as sft
 
-    module = classification if task == "classification" else sft
+    module = sft if task == "causal_lm" else heads  # both head tasks load through heads.prepare
     seen: dict = {}
     real = module.load_model
 
@@ -148,5 +148,13 @@ def test_the_method_reaches_model_loading(tmp_path: Path, monkeypatch: pytest.Mo
         return real(*args, **kwargs)
 
     monkeypatch.setattr(module, "load_model", spy)
-    assert invoke("finetune", recipe(tmp_path, task, "dora"), "--dry-run").code == 0
+    if task == "regression":  # the classification recipe, with a number for each row's label
+        path = recipe(tmp_path, "classification", "dora", extra="label_range: [0, 1]\n")
+        for name in ("cls_train.jsonl", "cls_test.jsonl"):
+            rows = read_jsonl(tmp_path / name)
+            write_jsonl(tmp_path / name, [{**r, "label": float(i % 2)} for i, r in enumerate(rows)])
+        path.write_text(path.read_text().replace("task: classification", "task: regression"))
+    else:
+        path = recipe(tmp_path, task, "dora")
+    assert invoke("finetune", path, "--dry-run").code == 0
     assert seen["method"] == "dora" and seen["empty_weights"] is True

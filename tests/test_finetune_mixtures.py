@@ -166,20 +166,53 @@ data:
   train:
     - {{path: reviews.jsonl, columns: {{text: review}}}}
     - {{path: tickets.jsonl, template: "{{{{ subject }}}}: {{{{ body }}}}"}}
+  template: "review: {{{{ text }}}}"
   split: {{test: 0.25}}
   max_length: 32
+evaluation: {{retain: general.jsonl}}
 training: {TRAINING}
 output: {{dir: run}}
 """,
     )
+    write_jsonl(tmp_path / "general.jsonl", [{"text": f"{w} at {w}", "label": "pos"} for w in WORDS[:6]])
     result = invoke("finetune", path, "--json")
     assert result.code == 0, result.stderr[-3000:]
     predictions = [
         json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()
     ]
     texts = {p["gold"]: p["text"] for p in predictions}
-    assert texts["neg"].endswith(": broken again") and texts["pos"].endswith(" is fine")
-    assert result.json()["rows"]["train"] == 36
+    # each source rendered once, by its own template (data.template for the first): never twice
+    assert texts["neg"].endswith(": broken again") and not texts["neg"].startswith("review:")
+    assert texts["pos"].startswith("review: ") and texts["pos"].endswith(" is fine")
+    assert not texts["pos"].startswith("review: review:")
+    summary = result.json()
+    assert summary["rows"]["train"] == 36
+    # the classifier's general rows measured before and after training, and a loss per source
+    retain = json.loads((tmp_path / "run" / "eval.json").read_text())["retain"]
+    assert retain["before"]["n"] == 6 and "accuracy" in retain["after"]
+    assert retain["before"]["loss"] != retain["after"]["loss"]
+    assert set(summary["sources"]) == {"reviews", "tickets"}
+    assert all(s["metrics"]["n"] > 0 for s in summary["sources"].values())
+
+
+def test_a_retain_row_outside_the_label_set_is_refused_before_training(tmp_path: Path) -> None:
+    write_jsonl(
+        tmp_path / "train.jsonl", [{"text": w, "label": ["pos", "neg"][i % 2]} for i, w in enumerate(WORDS)]
+    )
+    write_jsonl(tmp_path / "general.jsonl", [{"text": "a", "label": "pos"}, {"text": "b", "label": "sports"}])
+    path = write(
+        tmp_path / "cls.yaml",
+        f"""kind: finetune
+task: classification
+model: {MODEL}
+data: {{train: train.jsonl, max_length: 32}}
+evaluation: {{retain: general.jsonl}}
+training: {TRAINING}
+output: {{dir: run}}
+""",
+    )
+    assert_bad_input(invoke("finetune", path), "general.jsonl:2", "sports")
+    assert not (tmp_path / "run").exists()
 
 
 # ---- bad input: exit 2, the file (and line) named, nothing written

@@ -381,7 +381,7 @@ def check_labels(splits: Splits, labels: list[str], label_field: str = "label") 
     empty; otherwise every one is reported at once (exit 2)."""
     bad: list[Problem] = []
     hint = SKIP_HINT
-    for name in SPLIT_NAMES:
+    for name in (*SPLIT_NAMES, "retain"):  # retain rows are scored by the same head
         rows: Rows = getattr(splits, name)
         values = [str(r.get(label_field)) for r in rows.rows]
         good = [i for i, value in enumerate(values) if value in labels]

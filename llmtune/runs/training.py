@@ -15,6 +15,7 @@ from typing import Any
 
 from llmtune.console import say
 from llmtune.errors import BadInput, Interrupted
+from llmtune.metrics import lower_is_better
 from llmtune.recipes.common import ModelRef, Training
 from llmtune.runs.rundir import RunDir
 
@@ -153,7 +154,7 @@ def training_arguments(
         save_total_limit=training.save_total_limit,
         load_best_model_at_end=has_validation,
         metric_for_best_model=watched if has_validation else None,
-        greater_is_better=None if not has_validation else not watched.endswith("loss"),
+        greater_is_better=None if not has_validation else not lower_is_better(watched),
         logging_steps=training.logging_steps,
         # tensorboard is added by `callbacks` (it writes into the run directory, not checkpoints/)
         report_to=[t for t in training.report_to if t != "tensorboard"],

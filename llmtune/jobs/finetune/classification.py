@@ -47,18 +47,25 @@ class ClassificationJob:
 
     def setup(self, run_dir: Path, dry_run: bool = False) -> Plan:
         index = {name: i for i, name in enumerate(self.labels)}
+
+        def target(row: dict[str, Any]) -> int:
+            return index[str(row["label"])]
+
         self.prepared = heads.prepare(
-            self.recipe,
-            self.splits,
-            self.template,
-            labels=self.labels,
-            target=lambda row: index[str(row["label"])],
-            dry_run=dry_run,
+            self.recipe, self.splits, self.template, labels=self.labels, target=target, dry_run=dry_run
         )
-        return heads.plan(self.recipe, run_dir, self.splits, self.prepared, {"labels": self.labels})
+        self.retain_data = heads.encode_retain(self.recipe, self.splits, self.template, self.prepared, target)
+        details = {"labels": self.labels, **({"sources": self.splits.sources} if self.splits.sources else {})}
+        return heads.plan(self.recipe, run_dir, self.splits, self.prepared, details)
 
     def trainer(self, run_dir: RunDir) -> Any:
         return heads.build_trainer(self.recipe, self.prepared, run_dir, eval_metrics(self.labels))
+
+    def retain(self, trainer: Any) -> Metrics | None:
+        return heads.retain_metrics(trainer, self.retain_data)
+
+    def sources(self, trainer: Any) -> dict[str, Metrics] | None:
+        return heads.source_losses(trainer, self.splits, self.prepared) if self.splits.sources else None
 
     def evaluate(self, trainer: Any) -> Metrics | None:
         if self.prepared.encoded["test"] is None:

@@ -68,8 +68,12 @@ def slices_section(metrics: Metrics | None) -> list[str]:
 
 
 def template_of(recipe: FinetuneRecipe) -> Template | None:
-    """The recipe's data.template, compiled (None: the model reads the text field)."""
-    return Template(recipe.data.template, where="data.template") if recipe.data.template else None
+    """The recipe's data.template, compiled (None: the model reads the text field). Mixed or
+    replayed rows arrive with their input already rendered into text, each by its source's
+    template, so the job renders nothing again."""
+    if recipe.data.template is None or recipe.data.is_composite():
+        return None
+    return Template(recipe.data.template, where="data.template")
 
 
 def model_input(row: Row, template: Template | None, where: str | None = None) -> str:
@@ -284,3 +288,32 @@ def rounded(metrics: Metrics, names: list[str] | tuple[str, ...]) -> dict[str, A
     if "slices" in metrics:
         out["slices"] = metrics["slices"]
     return out
+
+
+def encode_retain(
+    recipe: FinetuneRecipe,
+    splits: Splits,
+    template: Template | None,
+    prepared: Prepared,
+    target: Callable[[Row], float | int],
+) -> Any:
+    """evaluation.retain's general rows encoded like the test split (None without them); done in
+    setup, so that a retain row the head cannot score is refused before training."""
+    return encode(splits.retain, template, prepared.loaded, recipe.data.max_length, target)
+
+
+def retain_metrics(trainer: Any, dataset: Any) -> Metrics | None:
+    """The lifecycle's optional `retain` step for a head task: loss and the task's metrics."""
+    from llmtune.jobs.finetune.retain import measure
+
+    return None if dataset is None else measure(trainer, dataset, perplexity=False)
+
+
+def source_losses(trainer: Any, splits: Splits, prepared: Prepared) -> dict[str, Metrics] | None:
+    """The lifecycle's optional `sources` step for a head task: per source of a mixture, its rows
+    and the final model's loss on its held-out rows."""
+    from llmtune.jobs.finetune.retain import measured_split, source_metrics
+
+    split = measured_split(splits)
+    rows = getattr(splits, split).rows
+    return source_metrics(trainer, splits, split, prepared.encoded[split], rows, perplexity=False)

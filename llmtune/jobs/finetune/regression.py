@@ -55,14 +55,29 @@ class RegressionJob:
             self.splits,
             self.template,
             labels=HEAD_LABELS,
-            target=lambda row: to_unit(label_value(row), self.label_range),
+            target=self.target,
             dry_run=dry_run,
             problem_type="regression",
         )
         if self.label_range is not None:  # in config.json: whoever runs the model scales back
             setattr(self.prepared.loaded.model.config, LABEL_RANGE, list(self.label_range))
+        self.retain_data = heads.encode_retain(
+            self.recipe, self.splits, self.template, self.prepared, self.target
+        )
         details = {"loss": self.recipe.loss, "label_range": self.label_range}
+        if self.splits.sources:
+            details["sources"] = self.splits.sources
         return heads.plan(self.recipe, run_dir, self.splits, self.prepared, details)
+
+    def target(self, row: Row) -> float:
+        """What the head learns for a row: its label, scaled to 0..1 of label_range when given."""
+        return to_unit(label_value(row), self.label_range)
+
+    def retain(self, trainer: Any) -> Metrics | None:
+        return heads.retain_metrics(trainer, self.retain_data)
+
+    def sources(self, trainer: Any) -> dict[str, Metrics] | None:
+        return heads.source_losses(trainer, self.splits, self.prepared) if self.splits.sources else None
 
     def trainer(self, run_dir: RunDir) -> Any:
         training = self.prepared.training
@@ -181,7 +196,7 @@ def check_numeric_labels(splits: Splits, label_range: tuple[float, float] | None
     row's file:line; with data.skip_bad_rows such rows are dropped and counted instead, unless a
     split would be left empty. Training needs at least two different labels."""
     bad: list[Problem] = []
-    for name in SPLIT_NAMES:
+    for name in (*SPLIT_NAMES, "retain"):  # retain rows are scored by the same head
         rows: Rows = getattr(splits, name)
         problems = {
             i: problem for i, row in enumerate(rows.rows) if (problem := _label_problem(row, label_range))

@@ -13,16 +13,9 @@ import yaml
 
 from llmtune.console import markdown_table, say, table
 from llmtune.errors import BadInput
+from llmtune.metrics import lower_is_better
 from llmtune.recipes.finetune import FinetuneRecipe, Range
 from llmtune.runs.rundir import RunDir
-
-# validation metrics where smaller is better; every other one (accuracy, f1, r2...) is maximised
-LOWER_IS_BETTER = ("eval_mae", "eval_rmse", "eval_perplexity")
-
-
-def lower_is_better(metric: str) -> bool:
-    """Whether a smaller value of this validation metric is the better one."""
-    return metric.endswith("loss") or metric in LOWER_IS_BETTER
 
 
 @dataclass

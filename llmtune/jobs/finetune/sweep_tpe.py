@@ -17,7 +17,8 @@ from typing import Any
 
 from llmtune.console import say, table
 from llmtune.errors import BadInput
-from llmtune.jobs.finetune.sweep_report import TrialResult, lower_is_better, show
+from llmtune.jobs.finetune.sweep_report import TrialResult, show
+from llmtune.metrics import lower_is_better
 from llmtune.recipes.finetune import FinetuneRecipe, Pruning, Range, Sweep
 from llmtune.runs.options import JobOptions
 from llmtune.runs.rundir import RunDir
