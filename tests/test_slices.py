@@ -390,3 +390,17 @@ def test_finetune_slices_equal_metrics_on_the_filtered_predictions_and_gate_on_a
     )
     assert result.json()["gate"]["passed"] is False
     assert "Slices by `lang`" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_slices_on_a_causal_lm_recipe_are_refused(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "train.jsonl", [{"prompt": "a", "completion": "b", "lang": "en"}])
+    path = write(
+        tmp_path / "sft.yaml",
+        """kind: finetune
+task: causal_lm
+model: {scratch: {architecture: llama}}
+data: {train: train.jsonl}
+evaluation: {slices: [lang]}
+""",
+    )
+    assert_bad_input(run_cli("validate", str(path)), "evaluation.slices", "causal_lm")

@@ -338,6 +338,10 @@ class FinetuneRecipe(RecipeBase):
             raise ValueError("label_range is for task: regression")
         if self.label_range is not None and self.label_range[0] >= self.label_range[1]:
             raise ValueError("label_range: expected [low, high] with low < high")
+        if self.task == "causal_lm" and self.evaluation.slices:
+            raise ValueError(
+                "evaluation.slices are measured for classification and regression, not causal_lm"
+            )
         allowed = TASK_METRICS[self.task]
         bad = [m for m in self.evaluation.metrics or [] if m not in allowed]
         if bad:

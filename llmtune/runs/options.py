@@ -24,7 +24,8 @@ class JobOptions:
     sweep: Path | None = None
     """finetune --sweep FILE: a hyper-parameter search instead of one run."""
     fail_under: list[str] = field(default_factory=list)
-    """prompt-eval --fail-under METRIC=VALUE: the quality gate."""
+    """finetune / prompt-eval --fail-under METRIC=VALUE, METRIC@COLUMN=VALUE or
+    METRIC@COLUMN=SLICE=VALUE: the quality gate."""
     shard: str | None = None
     """bulk-infer --shard I/N."""
     limit: int | None = None
