@@ -235,3 +235,118 @@ def test_label_sets_that_differ_are_refused(tmp_path: Path, teacher: Path) -> No
     path = distill_recipe(tmp_path, teacher)
     write_jsonl(tmp_path / "test.jsonl", test_rows)
     _refused(tmp_path, run_cli("distill", path), "test.jsonl:1", "'meh' is not one of the teacher's labels")
+
+
+# ------------------------------------------------------------------ regression (strategy: scores)
+def rating(i: int, labelled: bool = True) -> dict:
+    """A review whose star rating (1..5) is the number of good words in it."""
+    stars = 1 + i % 5
+    words = [GOOD[(i + k) % 5] for k in range(stars - 1)] + [BAD[(i + k) % 5] for k in range(5 - stars)]
+    row: dict = {"text": f"the {THINGS[i % 8]} is " + " ".join(words)}
+    if labelled:
+        row["label"] = stars
+    return row
+
+
+@pytest.fixture(scope="module")
+def regression_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-block scratch bert trained by `llmtune finetune` (task: regression) on 1..5 ratings."""
+    folder = tmp_path_factory.mktemp("regression-teacher")
+    write_jsonl(folder / "train.jsonl", [rating(i) for i in range(80)])
+    recipe = write(
+        folder / "teacher.yaml",
+        """kind: finetune
+task: regression
+label_range: [1, 5]
+model: {scratch: {architecture: bert, hidden_size: 32, num_layers: 4, num_heads: 2, tokenizer: train,
+  vocab_size: 400}}
+method: {type: full}
+data: {train: train.jsonl, max_length: 32}
+training: {max_steps: 30, batch_size: 8, learning_rate: 5.0e-3}
+output: {dir: run}
+""",
+    )
+    result = run_cli("finetune", recipe, env={"OMP_NUM_THREADS": "1"})
+    assert result.code == 0, result.stderr[-3000:]
+    return folder / "run" / "model"
+
+
+def regression_recipe(folder: Path, teacher: Path, **overrides: object) -> Path:
+    """40 transfer rows (a third with gold ratings) and 16 labelled test rows."""
+    write_jsonl(folder / "transfer.jsonl", [rating(i, labelled=i % 3 == 0) for i in range(100, 140)])
+    write_jsonl(folder / "test.jsonl", [rating(i) for i in range(200, 216)])
+    recipe: dict = {
+        "kind": "distill",
+        "task": "regression",
+        "strategy": "scores",
+        "teacher": {"path": str(teacher)},
+        "student": {"from_teacher": {"layers": [0, 2]}},
+        "data": {"train": "transfer.jsonl", "test": "test.jsonl", "max_length": 32},
+        "training": {"max_steps": 4, "batch_size": 8, "learning_rate": 5.0e-3, "logging_steps": 1},
+        "measure_batch_size": 8,
+        "output": {"dir": "run"},
+    }
+    recipe.update(overrides)
+    return write(folder / "distill.yaml", yaml.safe_dump(recipe))
+
+
+def test_regression_student_learns_the_teachers_scores(tmp_path: Path, regression_teacher: Path) -> None:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from llmtune.metrics import regression_metrics
+
+    result = run_cli("distill", regression_recipe(tmp_path, regression_teacher), "--json")
+    assert result.code == 0, result.stderr[-3000:]
+    side = result.json()["distillation"]
+    run = tmp_path / "run"
+    assert side["student"]["params"] < side["teacher"]["params"]
+    assert side["quality_kept_by"] == "spearman"
+    # each distinct text is scored once (the ratings repeat every 40 rows)
+    distinct = len({rating(i)["text"] for i in [*range(100, 140), *range(200, 216)]})
+    assert side["teacher_rows_scored"] == distinct and side["teacher_rows_reused"] == 0
+    assert side["baseline_rows"] == 13 and side["baseline"]["mae"] is not None  # i % 3 == 0 of 100..139
+    journal = read_jsonl(run / "teacher_labels.jsonl")
+    assert len(journal) == distinct and all(isinstance(r["score"], float) for r in journal)
+
+    # the teacher's and the student's metrics are those of predictions.jsonl's scores
+    predictions = read_jsonl(run / "predictions.jsonl")
+    gold = [p["gold"] for p in predictions]
+    teacher = regression_metrics(gold, [p["teacher_prediction"] for p in predictions])
+    student = regression_metrics(gold, [p["prediction"] for p in predictions])
+    assert side["teacher"]["mae"] == pytest.approx(teacher["mae"], abs=1e-4)
+    assert side["student"]["rmse"] == pytest.approx(student["rmse"], abs=1e-4)
+    if teacher["spearman"] and student["spearman"] is not None:
+        assert side["quality_kept"] == pytest.approx(student["spearman"] / teacher["spearman"], abs=1e-3)
+    # teacher scores are the label's units (1..5), as a run of the teacher model gives them
+    assert all(0.0 < p["teacher_prediction"] < 6.0 for p in predictions)
+    evaluation = json.loads((run / "eval.json").read_text())
+    assert evaluation["comparison"] == side
+    assert "share of teacher spearman" in (run / "report.md").read_text()
+
+    # the student saves as a plain regression model that keeps the teacher's label_range
+    model = AutoModelForSequenceClassification.from_pretrained(run / "model").eval()
+    tokenizer = AutoTokenizer.from_pretrained(run / "model")
+    assert model.config.num_labels == 1 and model.config.label_range == [1, 5]
+    with torch.no_grad():
+        out = model(**tokenizer([p["text"] for p in predictions], padding=True, return_tensors="pt")).logits
+    scores = [1 + 4 * float(v) for v in out.reshape(-1)]
+    assert scores == pytest.approx([p["prediction"] for p in predictions], abs=1e-4)
+
+
+def test_regression_and_classification_models_do_not_mix(
+    tmp_path: Path, regression_teacher: Path, teacher: Path
+) -> None:
+    # a classifier teacher for task: regression
+    _refused(tmp_path, run_cli("distill", regression_recipe(tmp_path, teacher)), "teacher", "classifier")
+    # a regression teacher for task: classification
+    _refused(tmp_path, run_cli("distill", distill_recipe(tmp_path, regression_teacher)), "task: regression")
+    # a classifier student for a regression teacher, and the other way round
+    path = regression_recipe(tmp_path, regression_teacher, student={"path": str(teacher)})
+    _refused(tmp_path, run_cli("distill", path), "student.path", "the student is a classifier")
+    path = distill_recipe(tmp_path, teacher, student={"path": str(regression_teacher)})
+    _refused(tmp_path, run_cli("distill", path), "student.path", "the student is a regression model")
+    # gold scores must be numbers
+    path = regression_recipe(tmp_path, regression_teacher)
+    write_jsonl(tmp_path / "test.jsonl", [{**rating(i), "label": "five"} for i in range(3)])
+    _refused(tmp_path, run_cli("distill", path), "test.jsonl:2", "expected a number")

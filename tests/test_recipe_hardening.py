@@ -381,7 +381,6 @@ PENDING = {
     "bulk-infer: input.path",
     "bulk-infer: output.path",
     "bulk-infer: output.errors",
-    "distill: student.path",
 }
 PATH_NAMES = {"path", "adapter", "dir", "train", "validation", "test", "examples_from", "errors", "retain"}
 PATH_NAMES |= {"chat_template", "replay", "file", "files"}

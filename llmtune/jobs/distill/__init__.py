@@ -1,8 +1,11 @@
 """`llmtune distill`: a smaller student learns from a teacher (SPEC section 3, distill).
 
-classification (`classification.py`): soft or hard teacher labels. The teacher labels the rows
-through the shared inference engine into a resumable journal (`labelling.py`); the losses are in
-`losses.py`; the side-by-side measurements and the report in `compare.py`.
+classification (`classification.py`): soft or hard teacher labels; regression (`regression.py`):
+the teacher's scores; causal_lm (`causal_lm.py`): teacher generations (`sequences`), token
+distributions (`logits`) or the student's own generations scored by the teacher (`on_policy`).
+The teacher's outputs go through the shared inference engine into a resumable journal
+(`labelling.py`); the losses are in `losses.py` and `lm_losses.py`; the side-by-side measurements
+and the report in `compare.py` (classification) and `reports.py` (regression, causal_lm).
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ def run(recipe: DistillRecipe, options: JobOptions) -> dict[str, Any]:
         from llmtune.jobs.distill.classification import run as run_classification
 
         return run_classification(recipe, options)
+    if recipe.task == "regression":
+        from llmtune.jobs.distill.regression import run as run_regression
+
+        return run_regression(recipe, options)
     raise BadInput(
         f"distill task {recipe.task} is not built yet in this version; task: classification is",
         file=str(recipe.source) if recipe.source else None,

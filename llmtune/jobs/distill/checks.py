@@ -37,6 +37,12 @@ def read_rows(recipe: DistillRecipe, template: Template | None) -> Splits:
 def resolve_labels(recipe: DistillRecipe) -> list[str]:
     """The recipe's labels, else the teacher head's names; they must be the teacher's."""
     info = inspect_model(recipe.teacher, recipe, "teacher")
+    if info.regression:
+        raise BadInput(
+            "the teacher is a regression model (one output that predicts a number): distill it with "
+            "task: regression, strategy: scores",
+            key="task",
+        )
     if info.head != "classification" and recipe.teacher.scratch is None:
         raise BadInput(
             f"the teacher is not a classifier (architectures {info.architectures}); train one first, "
@@ -58,6 +64,12 @@ def check_student_labels(recipe: DistillRecipe, labels: list[str]) -> None:
     if recipe.student.path is None:
         return
     info = inspect_model(recipe.student, recipe, "student")
+    if info.regression:
+        raise BadInput(
+            "the student is a regression model (one output) and the teacher a classifier: a student "
+            "predicts what its teacher predicts; give a classifier or a base model",
+            key="student.path",
+        )
     if info.head != "classification" or info.head_labels is None:
         return  # a base model (a new head) or an unnamed head: it learns the teacher's labels
     if info.head_labels != labels:
@@ -91,3 +103,58 @@ def rows_of(splits: Splits, name: str) -> list[tuple[dict[str, Any], str]]:
 
 def gold_of(rows: Rows) -> list[str]:
     return [str(r["label"]) for r in rows.rows]
+
+
+# ---------------------------------------------------------------- regression (strategy: scores)
+def check_regression_models(recipe: DistillRecipe) -> tuple[float, float] | None:
+    """Teacher and student of `task: regression` must both predict one number: a classifier on
+    either side is refused. Returns the teacher's label_range (its head predicts 0..1 of it)."""
+    teacher = inspect_model(recipe.teacher, recipe, "teacher")
+    if recipe.teacher.scratch is None and not teacher.regression:
+        what = (
+            f"a classifier with labels {teacher.head_labels}"
+            if teacher.head == "classification"
+            else (f"not a regression model (architectures {teacher.architectures})")
+        )
+        raise BadInput(
+            f"the teacher is {what}; task: regression needs a regression teacher (one output, as "
+            "llmtune finetune task: regression trains), or use task: classification",
+            key="teacher.path",
+        )
+    if recipe.student.path is not None:
+        student = inspect_model(recipe.student, recipe, "student")
+        if student.head == "classification" and not student.regression:
+            raise BadInput(
+                f"the student is a classifier with labels {student.head_labels} and the teacher a "
+                "regression model: give a regression student or a base model (a new one-output head)",
+                key="student.path",
+            )
+    return teacher.label_range
+
+
+def score_of(row: dict[str, Any]) -> float:
+    """A gold score as a number (a JSON number or text that reads as one); ValueError otherwise."""
+    value = row["label"]
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"expected a number, got {type(value).__name__} {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"expected a number, got {value!r}") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return number
+
+
+def check_scores(splits: Splits) -> None:
+    """Gold scores that rows do have must be numbers (every bad one reported at once)."""
+    bad = []
+    for name in SPLITS:
+        for row, where in rows_of(splits, name):
+            if has_gold(row):
+                try:
+                    score_of(row)
+                except ValueError as exc:
+                    bad.append(Problem(f"gold score: {exc}", file=where, key="label"))
+    if bad:
+        refuse(bad, f"{len(bad)} row(s) whose gold score is not a number")

@@ -1,13 +1,15 @@
-"""The teacher labels every row through the shared inference engine, into a journal in the run
-directory (`teacher_labels.jsonl`): one line per distinct model input, keyed by a hash of that
-input and stamped with the teacher's and the prompt's fingerprints. A run stopped while labelling
-and continued with --resume labels only what is missing; a changed teacher or prompt makes the
-old lines stale (they are not reused)."""
+"""The teacher labels, scores or completes every row through the shared inference engine, into a
+journal in the run directory (`teacher_labels.jsonl`; causal_lm completions in
+`teacher_generations.jsonl`): one line per distinct model input, keyed by a hash of that input
+and stamped with the teacher's and the prompt's fingerprints. A run stopped while labelling and
+continued with --resume computes only what is missing; a changed teacher or prompt makes the old
+lines stale (they are not reused)."""
 
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,9 @@ from llmtune.models.loading import resolve_model_path
 from llmtune.recipes.distill import DistillRecipe
 
 JOURNAL = "teacher_labels.jsonl"
+GENERATIONS = "teacher_generations.jsonl"
 CHUNK_ROWS = 64  # rows labelled between two journal writes: what a kill can lose
+Record = dict[str, Any]
 
 
 @dataclass
@@ -58,23 +62,54 @@ def label_rows(
 ) -> TeacherLabels:
     """The teacher's label probabilities for every prompt, computing only those the journal
     lacks (under the same `stamp` fingerprints), CHUNK_ROWS at a time, with progress lines."""
+
+    def classify(chunk: list[str]) -> list[Record]:
+        return [{"scores": [r[label] for label in labels]} for r in engine.classify(chunk, labels)]
+
+    done = journal_outputs(classify, prompts, journal_path, stamp)
+    scores = {key: r["scores"] for key, r in done.records.items()}
+    return TeacherLabels(scores, done.labelled, done.reused, done.seconds)
+
+
+@dataclass
+class TeacherOutputs:
+    """The journal's record for each model input (what the teacher computed for it), and how
+    many were computed now or reused from the journal."""
+
+    records: dict[str, Record]
+    labelled: int
+    reused: int
+    seconds: float
+
+    def of(self, prompt: str) -> Record:
+        return self.records[input_key(prompt)]
+
+
+def journal_outputs(
+    compute: Callable[[list[str]], list[Record]],
+    prompts: list[str],
+    journal_path: Path,
+    stamp: dict[str, str],
+    *,
+    verb: str = "labelled",
+    chunk_rows: int = CHUNK_ROWS,
+) -> TeacherOutputs:
+    """`compute(chunk)` (one record of fields per prompt) for every distinct prompt the journal
+    lacks under `stamp`, `chunk_rows` at a time, each chunk appended to the journal before the
+    next starts (so a kill loses at most one chunk), with a progress line per chunk."""
     journal = Journal(journal_path)
-    done = {key: r["scores"] for key, r in journal.done(**stamp).items()}
+    done = journal.done(**stamp)
     todo = list(dict.fromkeys(p for p in prompts if input_key(p) not in done))
     reused = len({input_key(p) for p in prompts} & set(done))
     if reused:
-        say(f"teacher labels: {reused} rows reused from {journal_path.name}, {len(todo)} to label")
+        say(f"teacher outputs: {reused} rows reused from {journal_path.name}, {len(todo)} to compute")
     started = time.monotonic()
-    for start in range(0, len(todo), CHUNK_ROWS):
-        chunk = todo[start : start + CHUNK_ROWS]
-        results = engine.classify(chunk, labels)
-        records = [
-            {"id": input_key(p), **stamp, "scores": [r[label] for label in labels]}
-            for p, r in zip(chunk, results)
-        ]
+    for start in range(0, len(todo), chunk_rows):
+        chunk = todo[start : start + chunk_rows]
+        records = [{"id": input_key(p), **stamp, **r} for p, r in zip(chunk, compute(chunk), strict=True)]
         journal.append(records)
-        done.update({r["id"]: r["scores"] for r in records})
+        done.update({r["id"]: r for r in records})
         finished = start + len(chunk)
         rate = finished / max(time.monotonic() - started, 1e-9)
-        say(f"teacher labelled {finished}/{len(todo)} rows ({rate:.1f} rows/s)")
-    return TeacherLabels(done, len(todo), reused, time.monotonic() - started)
+        say(f"teacher {verb} {finished}/{len(todo)} rows ({rate:.1f} rows/s)")
+    return TeacherOutputs(done, len(todo), reused, time.monotonic() - started)

@@ -97,3 +97,37 @@ class Collator:
         if "gold" in features[0]:
             batch["gold"] = torch.tensor([f["gold"] for f in features], dtype=torch.long)
         return batch
+
+
+class ScoreDistillationTrainer(Trainer):
+    """The HF Trainer with `regression_loss`: batches carry `teacher` (the teacher's score),
+    `gold` (the gold score, 0 where missing) and `has_gold` beside the model inputs, all in the
+    head's units (0..1 of the teacher's label_range when it has one)."""
+
+    def __init__(self, *args: Any, alpha: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.alpha = alpha
+
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        teacher, gold, has_gold = inputs.pop("teacher"), inputs.pop("gold"), inputs.pop("has_gold")
+        outputs = model(**inputs)
+        loss = regression_loss(outputs.logits, teacher, gold, has_gold, alpha=self.alpha)
+        return (loss, outputs) if return_outputs else loss
+
+
+class ScoreCollator:
+    """Pads the token columns with the tokenizer; stacks the teacher, gold and has_gold columns."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        tokens = [{k: f[k] for k in ("input_ids", "attention_mask")} for f in features]
+        batch = dict(self.tokenizer.pad(tokens, return_tensors="pt"))
+        for name, dtype in (("teacher", torch.float32), ("gold", torch.float32), ("has_gold", torch.bool)):
+            batch[name] = torch.tensor([f[name] for f in features], dtype=dtype)
+        return batch

@@ -1,0 +1,359 @@
+"""`llmtune distill` with `task: regression`, `strategy: scores`: a smaller student regresses the
+teacher's score (a rating, a toxicity score), mixed by `alpha` with gold scores where rows have
+them.
+
+Reads like classification.py, as steps of the shared training run: read the rows and check gold
+scores are numbers (`preflight`); load the regression teacher, refuse a classifier on either side,
+build the smaller student with a one-output head (`setup`); the teacher scores every row through
+the inference engine (`Engine.score`) into the run directory's journal, then the HF Trainer with
+the MSE distillation loss (`trainer`); MAE / RMSE / R² / Pearson / Spearman of the student
+(`evaluate`); the student, predictions, the gold-only baseline and the side-by-side measurements
+(`save`); the report (`report`). Scores are learnt in the teacher head's units (0..1 of its
+label_range when it has one) and reported in the label's own units.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from llmtune.console import say
+from llmtune.data.templates import Template
+from llmtune.errors import BadInput
+from llmtune.jobs.distill import compare, reports
+from llmtune.jobs.distill.checks import (
+    SPLITS,
+    check_regression_models,
+    check_scores,
+    has_gold,
+    read_rows,
+    rows_of,
+    score_of,
+)
+from llmtune.jobs.distill.labelling import JOURNAL, TeacherOutputs, journal_outputs, teacher_fingerprint
+from llmtune.jobs.distill.losses import ScoreCollator, ScoreDistillationTrainer
+from llmtune.metrics import regression_metrics
+from llmtune.models.loading import LoadedModel, load_model
+from llmtune.models.regression_head import LABEL_RANGE, from_unit, to_unit
+from llmtune.recipes.distill import DistillRecipe
+from llmtune.runs.lifecycle import Metrics, Outcome, Plan, count_parameters
+from llmtune.runs.options import JobOptions
+from llmtune.runs.rundir import RunDir
+from llmtune.runs.training import (
+    callbacks,
+    planned_steps,
+    preflight,
+    resolve_precision,
+    resolve_training,
+    training_arguments,
+)
+
+HEAD_LABELS = ["score"]
+HEADLINE = ("mae", "rmse", "r2", "pearson", "spearman")
+MEASURES = reports.Measures(
+    metrics=HEADLINE,
+    kept_by="spearman",
+    kept_why=(
+        "the student's Spearman correlation with the gold scores over the teacher's: scale-free and "
+        "bounded, it measures the ranking a score is mostly used for (thresholds, top-k); a ratio of "
+        "R² is unstable when the teacher's R² is near 0 and meaningless when it is negative"
+    ),
+)
+
+
+def run(recipe: DistillRecipe, options: JobOptions) -> dict[str, Any]:
+    """Distill a regression model from a validated recipe; returns the summary (for --json)."""
+    from llmtune.runs.lifecycle import run_training
+
+    return run_training(RegressionDistill(recipe), options)
+
+
+class RegressionDistill:
+    """The steps the shared training run calls, in order."""
+
+    def __init__(self, recipe: DistillRecipe) -> None:
+        self.recipe = recipe
+        self.template = (
+            Template(recipe.data.template, where="data.template") if recipe.data.template else None
+        )
+        self.comparison: dict[str, Any] = {}
+
+    def preflight(self) -> list[Path]:
+        self.splits = read_rows(self.recipe, self.template)
+        check_scores(self.splits)
+        self.device = preflight(self.recipe.student, "full", self.recipe.training)
+        return self.splits.files
+
+    def setup(self, run_dir: Path, dry_run: bool = False) -> Plan:
+        recipe = self.recipe
+        self.label_range = check_regression_models(recipe)
+        self.teacher = load_model(
+            recipe.teacher,
+            recipe,
+            head="classification",
+            key="teacher",
+            labels=HEAD_LABELS,
+            empty_weights=dry_run,
+        )
+        self.teacher.model.config.problem_type = "regression"
+        self.student = self.build_student(dry_run)
+        teacher_params = count_parameters(self.teacher.model)[1]
+        trainable, total = count_parameters(self.student.model)
+        if total >= teacher_params:
+            raise BadInput(
+                f"the student has {total:,} parameters and the teacher {teacher_params:,}: a student must "
+                "be smaller (keep fewer blocks, a smaller path or scratch model, or trim_vocab)",
+                file=str(recipe.source) if recipe.source else None,
+                key="student",
+            )
+        self.texts = {
+            name: [self.model_input(r, w) for r, w in rows_of(self.splits, name)] for name in SPLITS
+        }
+        self.training = resolve_training(recipe.training, "full", "regression", len(self.splits.train))
+        self.sizes = {"teacher_params": teacher_params, "student_params": total}
+        return Plan(
+            run_dir=run_dir,
+            task="regression",
+            method=f"distill ({recipe.strategy})",
+            model=recipe.student.describe(),
+            rows=self.splits.counts(),
+            skipped_rows=self.splits.skipped(),
+            trainable_params=trainable,
+            total_params=total,
+            planned_steps=planned_steps(self.training, len(self.splits.train)),
+            device=self.student.device,
+            precision=resolve_precision(recipe.training, self.student.device),
+            details={
+                "teacher": recipe.teacher.describe(),
+                "teacher_params": teacher_params,
+                "size_ratio": round(total / teacher_params, 4),
+                "strategy": recipe.strategy,
+                "alpha": recipe.alpha,
+                "label_range": self.label_range,
+                "gold_rows": len(self.gold_indices()),
+            },
+        )
+
+    def build_student(self, dry_run: bool = False) -> LoadedModel:
+        """The student, untrained, with a one-output head in the teacher's units."""
+        from llmtune.models.students import keep_blocks, trim_vocabulary
+
+        spec = self.recipe.student
+        if spec.from_teacher is not None:
+            model = keep_blocks(self.teacher.model, spec.from_teacher.layers)
+            student = LoadedModel(model, self.teacher.tokenizer, spec.describe(), self.teacher.device)
+        else:
+            corpus = (self.model_input(r, w) for r, w in rows_of(self.splits, "train"))
+            student = load_model(
+                spec,
+                self.recipe,
+                head="classification",
+                key="student",
+                labels=HEAD_LABELS,
+                corpus=corpus,
+                for_training=True,
+                method="full",
+                empty_weights=dry_run,
+            )
+        config = student.model.config
+        # saved in config.json: whoever loads the student reads its outputs as the teacher's were
+        config.problem_type = "regression"
+        setattr(config, LABEL_RANGE, list(self.label_range) if self.label_range else None)
+        if spec.trims_vocab:
+            texts = [self.model_input(r, w) for name in SPLITS for r, w in rows_of(self.splits, name)]
+            student.model, student.tokenizer = trim_vocabulary(
+                student.model, student.tokenizer, texts, self.recipe.data.max_length
+            )
+        return student
+
+    def gold_indices(self) -> list[int]:
+        """Transfer rows that have a gold score (the baseline trains on these)."""
+        return [i for i, r in enumerate(self.splits.train.rows) if has_gold(r)]
+
+    def model_input(self, row: dict[str, Any], where: str | None = None) -> str:
+        """The text teacher and student see for a row: the template's output, else its text."""
+        return self.template.render(row, where=where) if self.template else str(row["text"])
+
+    def trainer(self, run_dir: RunDir) -> Any:
+        from llmtune.inference.engine import Engine
+        from llmtune.inference.journal import text_fingerprint
+        from llmtune.runs.callbacks import keep_stdout_clean
+
+        recipe = self.recipe
+        engine = Engine(
+            self.teacher,
+            batch_size=recipe.measure_batch_size,
+            max_length=recipe.data.max_length,
+            label_range=self.label_range,
+        )
+        data = recipe.data
+        stamp = {
+            "teacher": teacher_fingerprint(recipe),
+            "prompt": text_fingerprint(data.template, data.columns, data.max_length, "score"),
+        }
+        prompts = [t for name in SPLITS for t in self.texts[name]]
+
+        def score(chunk: list[str]) -> list[dict[str, Any]]:
+            return [{"score": value} for value in engine.score(chunk)]
+
+        self.teacher_scores: TeacherOutputs = journal_outputs(
+            score, prompts, run_dir.path / JOURNAL, stamp, verb="scored"
+        )
+        self.encoded = {name: self.encode(name) for name in SPLITS}
+        has_validation = self.encoded["validation"] is not None
+        trainer = ScoreDistillationTrainer(
+            model=self.student.model,
+            args=training_arguments(
+                self.training,
+                run_dir.path,
+                device=self.student.device,
+                seed=recipe.seed,
+                has_validation=has_validation,
+                extra={"remove_unused_columns": False, "label_names": ["gold"]},
+            ),
+            train_dataset=self.encoded["train"],
+            eval_dataset=self.encoded["validation"],
+            data_collator=ScoreCollator(self.student.tokenizer),
+            callbacks=callbacks(self.training, run_dir, has_validation),
+            alpha=recipe.alpha,
+        )
+        keep_stdout_clean(trainer)
+        return trainer
+
+    def teacher_score(self, text: str) -> float:
+        """The teacher's score of a model input, in the label's units."""
+        return float(self.teacher_scores.of(text)["score"])
+
+    def encode(self, name: str) -> Any:
+        """A datasets.Dataset for one split: tokens, teacher and gold scores in the head's units."""
+        import datasets
+
+        rows = getattr(self.splits, name).rows
+        if not rows:
+            return None
+        texts = self.texts[name]
+        enc = self.student.tokenizer(texts, truncation=True, max_length=self.recipe.data.max_length)
+        return datasets.Dataset.from_dict(
+            {
+                "input_ids": enc["input_ids"],
+                "attention_mask": enc["attention_mask"],
+                "teacher": [to_unit(self.teacher_score(t), self.label_range) for t in texts],
+                "gold": [to_unit(score_of(r), self.label_range) if has_gold(r) else 0.0 for r in rows],
+                "has_gold": [has_gold(r) for r in rows],
+            }
+        )
+
+    def predict(self, trainer: Any) -> list[float]:
+        """The trainer's model's scores of the test rows, in the label's units."""
+        outputs = trainer.predict(self.encoded["test"], metric_key_prefix="test").predictions
+        outputs = outputs[0] if isinstance(outputs, tuple) else outputs
+        return [from_unit(float(v), self.label_range) for v in outputs.reshape(-1)]
+
+    def evaluate(self, trainer: Any) -> Metrics | None:
+        self.predicted = self.predict(trainer)
+        metrics = regression_metrics(self.gold_test(), self.predicted)
+        teacher = [self.teacher_score(t) for t in self.texts["test"]]
+        # how closely the student follows the teacher, beside how well it predicts the gold
+        metrics["mae_to_teacher"] = regression_metrics(teacher, self.predicted)["mae"]
+        self.student_test = metrics  # the last call is the trained student's
+        return metrics
+
+    def gold_test(self) -> list[float]:
+        return [score_of(r) for r in self.splits.test.rows]
+
+    def save(self, trainer: Any, run_dir: RunDir) -> None:
+        from llmtune.models.export import save_trained_model
+
+        folder = save_trained_model(trainer.model, self.student, run_dir.path / "model", self.recipe)
+        self.write_predictions(run_dir)
+        teacher = [self.teacher_score(t) for t in self.texts["test"]]
+        self.teacher_test = regression_metrics(self.gold_test(), teacher)
+        self.baseline = self.train_baseline(run_dir) if self.recipe.baseline else None
+        trained = LoadedModel(trainer.model, self.student.tokenizer, "", self.student.device)
+        speed = compare.measure_speed(
+            {"teacher": self.teacher, "student": trained},
+            self.texts["test"],
+            self.recipe.measure_batch_size,
+            self.recipe.data.max_length,
+        )
+        results = {"teacher": self.teacher_test, "student": self.student_test, "baseline": self.baseline}
+        self.comparison = reports.side_by_side(self.recipe, self.sizes, results, speed, folder, MEASURES)
+        self.comparison["baseline_rows"] = self.baseline["rows"] if self.baseline else None
+        self.comparison["teacher_rows_scored"] = self.teacher_scores.labelled
+        self.comparison["teacher_rows_reused"] = self.teacher_scores.reused
+
+    def train_baseline(self, run_dir: RunDir) -> Metrics | None:
+        """The same student, built afresh, trained on the gold scores alone (same settings)."""
+        from llmtune.runs.callbacks import keep_stdout_clean
+
+        gold_rows = self.gold_indices()
+        if not gold_rows:
+            say("baseline skipped: no transfer row has a gold score")
+            return None
+        student = self.build_student()
+        settings = resolve_training(self.recipe.training, "full", "regression", len(gold_rows))
+        say(f"baseline: the same student trained on the {len(gold_rows)} gold-scored rows alone")
+        started = time.monotonic()
+        trainer = ScoreDistillationTrainer(
+            model=student.model,
+            args=training_arguments(
+                settings,
+                run_dir.path / "checkpoints" / "baseline",
+                device=student.device,
+                seed=self.recipe.seed,
+                has_validation=False,
+                extra={"remove_unused_columns": False, "label_names": ["gold"], "save_strategy": "no"},
+            ),
+            train_dataset=self.encoded["train"].select(gold_rows),
+            data_collator=ScoreCollator(student.tokenizer),
+            alpha=0.0,  # gold scores only
+        )
+        keep_stdout_clean(trainer)
+        result = trainer.train()
+        metrics = regression_metrics(self.gold_test(), self.predict(trainer))
+        metrics.update(
+            rows=len(gold_rows), steps=result.global_step, train_seconds=round(time.monotonic() - started, 2)
+        )
+        say(f"baseline: test spearman {metrics['spearman']} after {result.global_step} steps")
+        return metrics
+
+    def write_predictions(self, run_dir: RunDir) -> None:
+        """predictions.jsonl: per test row the gold score, the student's and the teacher's."""
+        lines = []
+        for (row, where), text, predicted in zip(
+            rows_of(self.splits, "test"), self.texts["test"], self.predicted
+        ):
+            record = {
+                "id": row["id"] if row.get("id") is not None else where,
+                "text": text,
+                "gold": score_of(row),
+                "prediction": predicted,
+                "teacher_prediction": self.teacher_score(text),
+            }
+            lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+        run_dir.write_text("predictions.jsonl", "".join(lines))
+
+    def report(self, run_dir: RunDir, outcome: Outcome) -> None:
+        extra = {"teacher": self.teacher_test, "baseline": self.baseline}
+        notes = (
+            [f"label_range {self.label_range} (scores shown in the label's units)"]
+            if self.label_range
+            else []
+        )
+        reports.report(self.recipe, run_dir, outcome, self.comparison, MEASURES, extra, notes)
+
+    def headline(self, metrics: Metrics | None) -> dict[str, Any] | None:
+        if metrics is None:
+            return None
+        return {k: round(metrics[k], 4) if metrics[k] is not None else None for k in HEADLINE}
+
+    def warnings(self, outcome: Outcome) -> list[str]:
+        kept = self.comparison.get("quality_kept")
+        if kept is not None and kept < 0.9:
+            return [
+                f"the student keeps only {100 * kept:.1f}% of the teacher's test Spearman correlation: "
+                "train longer, keep more blocks, or add transfer rows"
+            ]
+        return []
