@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import write
+from conftest import run_cli, write
 
 from llmtune.errors import BadInput
 from llmtune.recipes import RECIPE_KINDS, FinetuneRecipe, load_recipe
@@ -169,3 +169,18 @@ def test_starter_writes_multiline_templates_as_blocks_that_read_back_exactly(tmp
     expected = EXAMPLES["prompt-eval"]["prompts"]["few_shot"]
     assert recipe.prompts["few_shot"].example_template == expected["example_template"]
     assert recipe.prompts["few_shot"].template == expected["template"]
+
+
+def test_a_list_of_paths_prints_and_records_as_a_list(tmp_path: Path) -> None:
+    """A path | list-of-paths field is written back as a YAML list (validate --print, a run's
+    recipe.yaml), never as the text of a Python list, however often recipes are loaded."""
+    path = write(
+        tmp_path / "r.yaml",
+        "kind: finetune\nmodel: {scratch: {architecture: bert}}\n"
+        "data: {train: [a.jsonl, b.jsonl], test: c.jsonl}\n",
+    )
+    for sets in ([], None, ["seed=3"]):
+        dumped = load_recipe(path, sets).model_dump(mode="json")["data"]
+        assert dumped["train"] == ["a.jsonl", "b.jsonl"] and dumped["test"] == "c.jsonl"
+    printed = yaml.safe_load(run_cli("validate", str(path), "--print").stdout)
+    assert printed["data"]["train"] == ["a.jsonl", "b.jsonl"]

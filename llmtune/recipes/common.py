@@ -21,7 +21,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import core_schema
+from pydantic_core import PydanticSerializationUnexpectedValue, core_schema
 
 CANONICAL_FIELDS = (
     "id",
@@ -48,12 +48,22 @@ class RecipePath(str):
     def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> Any:
         # dumped as a plain str, so that yaml.safe_dump and friends never see the subclass
         return core_schema.no_info_after_validator_function(
-            cls, core_schema.str_schema(), serialization=core_schema.plain_serializer_function_ser_schema(str)
+            cls,
+            core_schema.str_schema(),
+            serialization=core_schema.plain_serializer_function_ser_schema(_plain),
         )
 
     def names_a_path(self, folder: Path) -> bool:
         """Whether this value is a path (and not, say, a hub id) when written in `folder`."""
         return bool(self.strip())
+
+
+def _plain(value: Any) -> str:
+    """A path as a plain str. Anything else is refused, so that in a union such as `path | list of
+    paths` the list is serialised by its own member, not turned into the text of a list."""
+    if not isinstance(value, str):
+        raise PydanticSerializationUnexpectedValue(f"expected a path, got {type(value).__name__}")
+    return str(value)
 
 
 class ModelPath(RecipePath):

@@ -65,10 +65,14 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     },
     "distill": {
         "name": "sentiment-distilled",
+        "task": "classification",
         "teacher": {"path": "runs/sentiment-full/model"},
-        "student": {"from_teacher": {"layers": [0, 2, 4]}},
+        "student": {"from_teacher": {"layers": [0, 2, 4]}, "trim_vocab": True},
+        "strategy": "soft_labels",
+        "temperature": 2.0,
+        "alpha": 0.5,
         "data": {
-            "train": "data/unlabelled.jsonl",
+            "train": ["data/train.jsonl", "data/unlabelled.jsonl"],
             "test": "data/test.jsonl",
             "columns": {"text": "review", "label": "sentiment"},
         },
