@@ -185,16 +185,6 @@ def losses(run: Path) -> list[float]:
     return [r["loss"] for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
 
 
-def jobs_see_adapter_folders() -> bool:
-    """Whether bulk-infer and prompt-eval inspect models with llmtune.models.loading.inspect_model
-    (which knows adapter-layer folders) rather than info.inspect_model (which does not)."""
-    from llmtune.jobs.bulk_infer import job as bulk
-    from llmtune.jobs.prompt_eval import job as prompt_eval
-    from llmtune.models import loading
-
-    return bulk.inspect_model is loading.inspect_model and prompt_eval.inspect_model is loading.inspect_model
-
-
 def test_a_classification_run_saves_adapters_that_load_again_and_export_refuses_to_merge(
     tmp_path: Path,
 ) -> None:
@@ -235,11 +225,6 @@ def test_a_classification_run_saves_adapters_that_load_again_and_export_refuses_
     assert torch.allclose(probabilities, expected, atol=1e-5)
 
 
-@pytest.mark.xfail(
-    not jobs_see_adapter_folders(),
-    reason="bulk-infer and prompt-eval still call info.inspect_model (see the engineer's report)",
-    strict=True,
-)
 def test_bulk_infer_and_prompt_eval_load_an_adapter_run(tmp_path: Path) -> None:
     recipe = cls_recipe(
         tmp_path, "method: {type: adapter, reduction_factor: 4, placement: parallel}", "max_steps: 2"

@@ -53,6 +53,8 @@ SAFE_TO_CHANGE_ON_RESUME = (
     "training.logging_steps",
     "training.save_total_limit",
     "training.early_stopping.patience",
+    "sweep.trials",  # a sweep's budget may grow (or its timeout change) when it is resumed
+    "sweep.timeout",
     "output.",
 )
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")

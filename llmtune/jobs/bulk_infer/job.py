@@ -26,8 +26,8 @@ from llmtune.errors import BadInput, Interrupted, RowsFailed
 from llmtune.inference.engine import Engine
 from llmtune.jobs.bulk_infer.inputs import InputRow, found_in_journal, read_input
 from llmtune.jobs.bulk_infer.progress import Progress, Tally, summarise
-from llmtune.models.info import ModelInfo, head_columns, inspect_model
-from llmtune.models.loading import load_model, quiet_libraries
+from llmtune.models.info import ModelInfo, head_columns
+from llmtune.models.loading import inspect_model, load_model, quiet_libraries
 from llmtune.recipes.bulk_infer import BulkInferRecipe
 from llmtune.runs.options import JobOptions
 from llmtune.runs.outputs import OutputLock

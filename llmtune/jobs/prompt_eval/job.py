@@ -24,8 +24,7 @@ from llmtune.inference.batching import free_memory
 from llmtune.jobs.prompt_eval.prompts import PromptBuilder, chat_prompt
 from llmtune.jobs.prompt_eval.report import evaluate_gate, print_table, write_outputs
 from llmtune.jobs.prompt_eval.scoring import normalise, pair_metrics, score_prompts, scoring_method
-from llmtune.models.info import inspect_model
-from llmtune.models.loading import load_model, quiet_libraries
+from llmtune.models.loading import inspect_model, load_model, quiet_libraries
 from llmtune.recipes.common import ModelRef
 from llmtune.recipes.prompt_eval import PromptEvalRecipe, PromptSpec, gate_metrics
 from llmtune.runs.lifecycle import recorded, show_plan
