@@ -34,6 +34,21 @@ class FromTeacher(Section):
     """The same as student.trim_vocab (either turns it on)."""
 
 
+class DistillGeneration(Section):
+    """How causal_lm completions are generated: the teacher's (`sequences`), the student's
+    (`on_policy`), and both models' greedy answers to the test prompts (exact match, tokens/s)."""
+
+    max_new_tokens: int = Field(64, ge=1)
+    """Longest completion, in tokens."""
+    temperature: float = Field(0.0, ge=0.0)
+    """0 is greedy (the teacher's most likely completion); above 0 samples. Test answers are
+    always greedy."""
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling when temperature > 0."""
+    stop: list[str] = Field(default_factory=list)
+    """Completions are cut before the first of these strings (e.g. ["\n"])."""
+
+
 class StudentRef(ModelRef):
     """The student: teacher blocks (`from_teacher`), a model `path`, or a `scratch` model; its
     loading settings (dtype, device, ...) as for any model reference."""
@@ -70,7 +85,23 @@ class StudentRef(ModelRef):
 
 
 class DistillRecipe(RecipeBase):
-    """Teacher bulk-labels the transfer set; a smaller student trains on its soft or hard labels."""
+    """A smaller student learns from a teacher; the report compares both on the test rows.
+
+    Strategies by task:
+    - classification, `soft_labels`: the teacher's label probabilities (KL at `temperature`,
+      mixed by `alpha` with cross-entropy on gold labels); `hard_labels`: its argmax.
+    - regression, `scores`: the teacher's score (a regression head, e.g. from finetune
+      task: regression), MSE mixed by `alpha` with gold scores; student and teacher both predict
+      one number.
+    - causal_lm (rows: `prompt`, or data.template, plus `completion`): `sequences` — the teacher
+      generates a completion per prompt (`generation`), the student is SFT-trained on them (any
+      tokenizers); `logits` — token-level distillation on the teacher's distributions over the
+      data's completions (`beta`, `temperature`, mixed by `alpha` with the completion's
+      cross-entropy; same vocabulary); `on_policy` — the student generates and learns the
+      teacher's distributions over its own completions (TRL's DistillationTrainer).
+    Teacher outputs (labels, scores, generations) are journaled in the run directory: a stopped
+    run continued with --resume does not recompute them.
+    """
 
     kind: Literal["distill"] = "distill"
     """Which job this recipe is for."""
@@ -95,13 +126,16 @@ class DistillRecipe(RecipeBase):
     (Hinton et al.) so that its gradients keep their size."""
     alpha: float = Field(0.5, ge=0.0, le=1.0)
     """Weight of the distillation loss against the gold-label loss on rows that have a gold label
-    (rows without one learn from the teacher alone)."""
+    (rows without one learn from the teacher alone); causal_lm logits: against the cross-entropy
+    of the data's completion. sequences and on_policy learn from the teacher alone."""
     beta: float = Field(0.0, ge=0.0, le=1.0)
-    """causal_lm logits / on_policy: 0 forward KL, 1 reverse KL, in between the generalised
-    Jensen-Shannon divergence."""
+    """causal_lm logits / on_policy: 0 forward KL(teacher || student), 1 reverse
+    KL(student || teacher), in between the generalised Jensen-Shannon divergence of TRL's GKD
+    (0.5: the usual JSD)."""
     baseline: bool = True
-    """Also train the same student on the gold labels alone, to show what distillation bought
-    (needs transfer rows with gold labels; false skips it, for speed)."""
+    """Also train the same student on the gold labels (scores) alone, to show what distillation
+    bought (needs transfer rows with gold labels; false skips it, for speed). causal_lm: no
+    baseline yet."""
     data: Data
     """Transfer set (train: may be unlabelled; labelled rows also count as gold), optional
     validation, and labelled test rows on which teacher and student are compared."""
@@ -109,6 +143,9 @@ class DistillRecipe(RecipeBase):
     """Optimisation settings of the student."""
     measure_batch_size: int = Field(32, ge=1)
     """Rows per batch when teacher and student speed are measured on the test rows."""
+    generation: DistillGeneration = Field(default_factory=DistillGeneration)
+    """causal_lm: how completions are generated (teacher for sequences, student for on_policy,
+    both for the test rows' exact match and tokens/s)."""
 
     @model_validator(mode="after")
     def _strategy_fits_task(self) -> DistillRecipe:
@@ -119,4 +156,6 @@ class DistillRecipe(RecipeBase):
             )
         if self.labels is not None and self.task != "classification":
             raise ValueError(f"labels are for task: classification, not {self.task}")
+        if self.task == "causal_lm" and self.student.trims_vocab:
+            raise ValueError("trim_vocab is for classification and regression students (encoders)")
         return self

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmtune.errors import BadInput
 from llmtune.recipes.distill import DistillRecipe
 from llmtune.runs.options import JobOptions
 
@@ -30,11 +29,9 @@ def run(recipe: DistillRecipe, options: JobOptions) -> dict[str, Any]:
         from llmtune.jobs.distill.regression import run as run_regression
 
         return run_regression(recipe, options)
-    raise BadInput(
-        f"distill task {recipe.task} is not built yet in this version; task: classification is",
-        file=str(recipe.source) if recipe.source else None,
-        key="task",
-    )
+    from llmtune.jobs.distill.causal_lm import run as run_causal_lm
+
+    return run_causal_lm(recipe, options)
 
 
 __all__ = ["run"]
