@@ -36,7 +36,8 @@ class MethodSpec(Section):
 
     type: Method = "lora"
     """full (every weight), lora, qlora (LoRA on a 4-bit base), dora, ia3, prefix, prompt (trained
-    virtual tokens) or last_layers (only the top blocks and the head)."""
+    virtual tokens), last_layers (only the top blocks and the head) or adapter (bottleneck adapter
+    layers in every block: reduction_factor, placement, sites, non_linearity, scaling)."""
     r: int = Field(16, ge=1)
     """LoRA/DoRA rank."""
     alpha: int = Field(32, ge=1)
