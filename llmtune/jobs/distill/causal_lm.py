@@ -22,10 +22,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import llmtune.jobs.distill.reports as reports
 from llmtune.data.readers import Splits, load_splits, refuse
 from llmtune.data.templates import Template
 from llmtune.errors import BadInput, Problem
-from llmtune.jobs.distill import reports
 from llmtune.jobs.distill.checks import SPLITS, rows_of
 from llmtune.jobs.distill.labelling import GENERATIONS, TeacherOutputs, journal_outputs, teacher_fingerprint
 from llmtune.jobs.distill.lm_eval import generation_speed, lm_metrics

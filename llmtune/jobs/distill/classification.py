@@ -15,9 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import llmtune.jobs.distill.compare as compare
 from llmtune.data.templates import Template
 from llmtune.errors import BadInput
-from llmtune.jobs.distill import compare
 from llmtune.jobs.distill.checks import (
     SPLITS,
     check_gold,

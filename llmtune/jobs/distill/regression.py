@@ -19,10 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import llmtune.jobs.distill.compare as compare
+import llmtune.jobs.distill.reports as reports
 from llmtune.console import say
 from llmtune.data.templates import Template
 from llmtune.errors import BadInput
-from llmtune.jobs.distill import compare, reports
 from llmtune.jobs.distill.checks import (
     SPLITS,
     check_regression_models,
