@@ -29,8 +29,7 @@ from llmtune.errors import BadInput, Problem
 from llmtune.jobs.distill.checks import SPLITS, rows_of
 from llmtune.jobs.distill.labelling import GENERATIONS, TeacherOutputs, journal_outputs, teacher_fingerprint
 from llmtune.jobs.distill.lm_eval import generation_speed, lm_metrics
-from llmtune.models.info import inspect_model
-from llmtune.models.loading import LoadedModel, load_model
+from llmtune.models.loading import LoadedModel, inspect_model, load_model
 from llmtune.recipes.distill import DistillRecipe
 from llmtune.runs.lifecycle import Metrics, Outcome, Plan, count_parameters
 from llmtune.runs.options import JobOptions

@@ -8,7 +8,7 @@ from typing import Any
 from llmtune.data.readers import Rows, Splits, load_splits, refuse
 from llmtune.data.templates import Template
 from llmtune.errors import BadInput, Problem
-from llmtune.models.info import inspect_model
+from llmtune.models.loading import inspect_model
 from llmtune.recipes.distill import DistillRecipe
 
 SPLITS = ("train", "validation", "test")
