@@ -1,12 +1,21 @@
 """Write data/sentiment/transfer.jsonl: unlabelled reviews for `llmtune distill` to have the teacher
 label (the transfer set of recipes/distill-sentiment.yaml).
 
-The reviews are composed from parts written here for llmtune (things reviewed, verdicts that lean
-positive, negative, lukewarm or mixed, details and sign-offs), with a fixed seed, so the file is
-reproducible. Rows carry no label: the teacher labels them. Every review is checked to be distinct
-from each other and from train.jsonl, test.jsonl and inbox.jsonl (case and spacing ignored).
+Three kinds of review, all from text written for llmtune, with a fixed seed (the file is
+reproducible):
+- composed: parts written here (things reviewed, verdicts that lean positive, negative, lukewarm
+  or mixed, details and sign-offs) put together;
+- spliced: the opening sentence of one train.jsonl review followed by the rest of another, so that
+  reviews whose halves disagree give the teacher borderline cases to score;
+- perturbed: a train.jsonl review with some words dropped or only a stretch of it kept (the
+  augmentation of Tang et al., 2019, "Distilling Task-Specific Knowledge from BERT into Simple
+  Neural Networks"): close to real reviews, and the teacher's scores say how much the missing
+  words mattered.
+Only train.jsonl is drawn from (never test or inbox). Rows carry no label: the teacher labels
+them. Every review is checked to be distinct from each other and from train.jsonl, test.jsonl and
+inbox.jsonl (case and spacing ignored).
 
-    python tools/make_transfer_reviews.py [--rows 720]
+    python tools/make_transfer_reviews.py [--composed 400] [--spliced 500] [--perturbed 300]
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -203,28 +213,62 @@ def compose(rng: random.Random) -> str:
     return " ".join(parts)
 
 
+def splice(rng: random.Random, sentences: list[list[str]]) -> str:
+    """The first sentence of one train review, then the rest of another (both of 2+ sentences)."""
+    first, second = rng.sample(sentences, 2)
+    return " ".join([first[0], *second[1:]])
+
+
+def perturb(rng: random.Random, review: str) -> str:
+    """A train review with each word dropped at 15%, or only a stretch of 60-90% of its words."""
+    words = review.split()
+    if rng.random() < 0.5:
+        kept = [w for w in words if rng.random() >= 0.15]
+        return " ".join(kept or words[:1])
+    length = max(3, round(len(words) * rng.uniform(0.6, 0.9)))
+    start = rng.randrange(0, max(1, len(words) - length + 1))
+    return " ".join(words[start : start + length])
+
+
 def normalised(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
+def read_reviews(name: str) -> list[str]:
+    lines = (DATA / name).read_text(encoding="utf-8").splitlines()
+    return [json.loads(line)["review"] for line in lines if line.strip()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=720)
+    parser.add_argument("--composed", type=int, default=400)
+    parser.add_argument("--spliced", type=int, default=500)
+    parser.add_argument("--perturbed", type=int, default=300)
     parser.add_argument("--seed", type=int, default=12)
     args = parser.parse_args()
-    taken = set()
-    for name in ("train.jsonl", "test.jsonl", "inbox.jsonl"):
-        for line in (DATA / name).read_text(encoding="utf-8").splitlines():
-            taken.add(normalised(json.loads(line)["review"]))
+    train = read_reviews("train.jsonl")
+    taken = {
+        normalised(r) for name in ("train.jsonl", "test.jsonl", "inbox.jsonl") for r in read_reviews(name)
+    }
+    sentences = [parts for r in train if len(parts := re.split(r"(?<=[.!?])\s+", r.strip())) >= 2]
     rng = random.Random(args.seed)
+    makers = [
+        (args.composed, lambda: compose(rng)),
+        (args.spliced, lambda: splice(rng, sentences)),
+        (args.perturbed, lambda: perturb(rng, rng.choice(train))),
+    ]
     reviews: list[str] = []
     seen: set[str] = set()
-    while len(reviews) < args.rows:
-        text = compose(rng)
-        key = normalised(text)
-        if key not in seen and key not in taken:
-            seen.add(key)
-            reviews.append(text)
+    for count, make in makers:
+        made = 0
+        while made < count:
+            text = make()
+            key = normalised(text)
+            if key not in seen and key not in taken:
+                seen.add(key)
+                reviews.append(text)
+                made += 1
+    rng.shuffle(reviews)  # the kinds mixed, as any file of reviews would be
     out = DATA / "transfer.jsonl"
     lines = [
         json.dumps({"id": f"transfer-{i:04d}", "review": r}, ensure_ascii=False)
