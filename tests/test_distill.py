@@ -32,26 +32,31 @@ def review(i: int, labelled: bool = True) -> dict:
     return row
 
 
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 4-block scratch bert trained by `llmtune finetune` until it tells the labels apart."""
-    folder = tmp_path_factory.mktemp("teacher")
-    rows = [{**review(i), "text": review(i)["text"] + " " + ELSEWHERE[i % 8]} for i in range(80)]
+def trained_teacher(folder: Path, rows: list[dict], max_steps: int, **task: object) -> Path:
+    """A 4-block scratch bert trained by `llmtune finetune` on `rows` (`task`: its task keys)."""
     write_jsonl(folder / "train.jsonl", rows)
-    recipe = write(
-        folder / "teacher.yaml",
-        """kind: finetune
-model: {scratch: {architecture: bert, hidden_size: 32, num_layers: 4, num_heads: 2, tokenizer: train,
-  vocab_size: 400}}
-method: {type: full}
-data: {train: train.jsonl, max_length: 32}
-training: {max_steps: 40, batch_size: 8, learning_rate: 5.0e-3}
-output: {dir: run}
-""",
+    scratch = {"architecture": "bert", "hidden_size": 32, "num_layers": 4, "num_heads": 2}
+    recipe = {
+        "kind": "finetune",
+        **task,
+        "model": {"scratch": {**scratch, "tokenizer": "train", "vocab_size": 400}},
+        "method": {"type": "full"},
+        "data": {"train": "train.jsonl", "max_length": 32},
+        "training": {"max_steps": max_steps, "batch_size": 8, "learning_rate": 5.0e-3},
+        "output": {"dir": "run"},
+    }
+    result = run_cli(
+        "finetune", write(folder / "teacher.yaml", yaml.safe_dump(recipe)), env={"OMP_NUM_THREADS": "1"}
     )
-    result = run_cli("finetune", recipe, env={"OMP_NUM_THREADS": "1"})
     assert result.code == 0, result.stderr[-3000:]
     return folder / "run" / "model"
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A classifier trained until it tells the labels apart."""
+    rows = [{**review(i), "text": review(i)["text"] + " " + ELSEWHERE[i % 8]} for i in range(80)]
+    return trained_teacher(tmp_path_factory.mktemp("teacher"), rows, max_steps=40)
 
 
 def distill_recipe(folder: Path, teacher: Path, **overrides: object) -> Path:
@@ -250,25 +255,10 @@ def rating(i: int, labelled: bool = True) -> dict:
 
 @pytest.fixture(scope="module")
 def regression_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 4-block scratch bert trained by `llmtune finetune` (task: regression) on 1..5 ratings."""
+    """A regression model (task: regression) trained on 1..5 ratings."""
+    rows = [rating(i) for i in range(80)]
     folder = tmp_path_factory.mktemp("regression-teacher")
-    write_jsonl(folder / "train.jsonl", [rating(i) for i in range(80)])
-    recipe = write(
-        folder / "teacher.yaml",
-        """kind: finetune
-task: regression
-label_range: [1, 5]
-model: {scratch: {architecture: bert, hidden_size: 32, num_layers: 4, num_heads: 2, tokenizer: train,
-  vocab_size: 400}}
-method: {type: full}
-data: {train: train.jsonl, max_length: 32}
-training: {max_steps: 30, batch_size: 8, learning_rate: 5.0e-3}
-output: {dir: run}
-""",
-    )
-    result = run_cli("finetune", recipe, env={"OMP_NUM_THREADS": "1"})
-    assert result.code == 0, result.stderr[-3000:]
-    return folder / "run" / "model"
+    return trained_teacher(folder, rows, max_steps=30, task="regression", label_range=[1, 5])
 
 
 def regression_recipe(folder: Path, teacher: Path, **overrides: object) -> Path:

@@ -18,30 +18,29 @@ report (`reports.py`).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+import llmtune.jobs.distill.common as common
 import llmtune.jobs.distill.reports as reports
-from llmtune.data.readers import Splits, load_splits, refuse
+from llmtune.data.readers import Splits, refuse
 from llmtune.data.templates import Template
 from llmtune.errors import BadInput, Problem
-from llmtune.jobs.distill.checks import SPLITS, rows_of
-from llmtune.jobs.distill.labelling import GENERATIONS, TeacherOutputs, journal_outputs, teacher_fingerprint
+from llmtune.jobs.distill.checks import SPLITS, read_splits, rows_of
+from llmtune.jobs.distill.labelling import (
+    GENERATIONS,
+    TeacherOutputs,
+    journal_outputs,
+    journal_stamp,
+    teacher_engine,
+)
 from llmtune.jobs.distill.lm_eval import generation_speed, lm_metrics
-from llmtune.models.loading import LoadedModel, inspect_model, load_model
+from llmtune.models.loading import LoadedModel, inspect_model
 from llmtune.recipes.distill import DistillRecipe
-from llmtune.runs.lifecycle import Metrics, Outcome, Plan, count_parameters
+from llmtune.runs.lifecycle import Metrics, Outcome, Plan
 from llmtune.runs.options import JobOptions
 from llmtune.runs.rundir import RunDir
-from llmtune.runs.training import (
-    callbacks,
-    planned_steps,
-    preflight,
-    resolve_precision,
-    resolve_training,
-    training_arguments,
-)
+from llmtune.runs.training import callbacks, preflight, resolve_training, training_arguments
 
 HEADLINE = ("loss", "perplexity", "exact_match")
 MEASURES = reports.Measures(
@@ -56,6 +55,7 @@ MEASURES = reports.Measures(
     speed_note="greedy generation of the test prompts through the inference engine; the speedup is the "
     "ratio of generated tokens/s",
 )
+SMALLER_HINT = "keep fewer blocks, or a smaller path or scratch model"  # trim_vocab is for encoders
 GENERATION_CHUNK = 16  # prompts completed between two journal writes: what a kill can lose
 
 
@@ -71,9 +71,7 @@ class LanguageModelDistill:
 
     def __init__(self, recipe: DistillRecipe) -> None:
         self.recipe = recipe
-        self.template = (
-            Template(recipe.data.template, where="data.template") if recipe.data.template else None
-        )
+        self.template = common.template_of(recipe)
         self.comparison: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ preflight
@@ -84,7 +82,7 @@ class LanguageModelDistill:
 
     def prompt(self, row: dict[str, Any], where: str | None = None) -> str:
         """The prompt both models see: the template's output, else the row's prompt."""
-        return self.template.render(row, where=where) if self.template else str(row["prompt"])
+        return common.render(row, self.template, where, field="prompt")
 
     # ---------------------------------------------------------------------- setup
     def setup(self, run_dir: Path, dry_run: bool = False) -> Plan:
@@ -100,71 +98,33 @@ class LanguageModelDistill:
                 f"{teacher_info.head or teacher_info.architectures}",
                 key="teacher.path",
             )
-        self.teacher = load_model(
-            recipe.teacher, recipe, head="causal_lm", key="teacher", empty_weights=dry_run
-        )
+        self.teacher = common.load_teacher(recipe, "causal_lm", dry_run=dry_run)
         self.student = self.build_student(dry_run)
-        teacher_params = count_parameters(self.teacher.model)[1]
-        trainable, total = count_parameters(self.student.model)
-        if total >= teacher_params:
-            raise BadInput(
-                f"the student has {total:,} parameters and the teacher {teacher_params:,}: a student must "
-                "be smaller (keep fewer blocks, or a smaller path or scratch model)",
-                file=str(recipe.source) if recipe.source else None,
-                key="student",
-            )
+        sizes = common.check_smaller(recipe, self.teacher, self.student, SMALLER_HINT)
         if recipe.strategy in ("logits", "on_policy"):
             from llmtune.jobs.distill.lm_losses import check_logit_widths, shared_vocabulary
 
             self.vocab_size = shared_vocabulary(self.teacher.tokenizer, self.student.tokenizer)
             check_logit_widths(self.teacher.model, self.student.model, self.vocab_size)
-        self.prompts = {name: [self.prompt(r, w) for r, w in rows_of(self.splits, name)] for name in SPLITS}
+        self.prompts = common.inputs_of(self.splits, self.prompt)
         self.golds = {name: [gold_of(r) for r in getattr(self.splits, name).rows] for name in SPLITS}
         self.training = resolve_training(recipe.training, "full", "causal_lm", len(self.splits.train))
-        self.sizes = {"teacher_params": teacher_params, "student_params": total}
-        return Plan(
-            run_dir=run_dir,
-            task="causal_lm",
-            method=f"distill ({recipe.strategy})",
-            model=recipe.student.describe(),
-            rows=self.splits.counts(),
-            skipped_rows=self.splits.skipped(),
-            trainable_params=trainable,
-            total_params=total,
-            planned_steps=planned_steps(self.training, len(self.splits.train)),
-            device=self.student.device,
-            precision=resolve_precision(recipe.training, self.student.device),
-            details={
-                "teacher": recipe.teacher.describe(),
-                "teacher_params": teacher_params,
-                "size_ratio": round(total / teacher_params, 4),
-                "strategy": recipe.strategy,
-                "temperature": recipe.temperature,
-                "alpha": recipe.alpha,
-                "beta": recipe.beta,
-                "gold_rows": sum(1 for g in self.golds["train"] if g is not None),
-            },
+        self.sizes = sizes.as_dict()
+        details = {
+            "strategy": recipe.strategy,
+            "temperature": recipe.temperature,
+            "alpha": recipe.alpha,
+            "beta": recipe.beta,
+            "gold_rows": sum(1 for g in self.golds["train"] if g is not None),
+        }
+        return common.distill_plan(
+            recipe, run_dir, "causal_lm", self.splits, self.training, self.student, sizes, details
         )
 
     def build_student(self, dry_run: bool = False) -> LoadedModel:
         """The student, untrained: teacher blocks, a path or a scratch model."""
-        from llmtune.models.students import keep_blocks
-
-        spec = self.recipe.student
-        if spec.from_teacher is not None:
-            model = keep_blocks(self.teacher.model, spec.from_teacher.layers)
-            return LoadedModel(model, self.teacher.tokenizer, spec.describe(), self.teacher.device)
         corpus = (self.prompt(r, w) + (gold_of(r) or "") for r, w in rows_of(self.splits, "train"))
-        return load_model(
-            spec,
-            self.recipe,
-            head="causal_lm",
-            key="student",
-            corpus=corpus,
-            for_training=True,
-            method="full",
-            empty_weights=dry_run,
-        )
+        return common.new_student(self.recipe, self.teacher, "causal_lm", corpus, dry_run=dry_run)
 
     # -------------------------------------------------------------------- trainer
     def trainer(self, run_dir: RunDir) -> Any:
@@ -192,16 +152,9 @@ class LanguageModelDistill:
     def teacher_generations(self, run_dir: RunDir) -> TeacherOutputs:
         """The teacher's completion of every transfer and validation prompt, from the journal
         where it has them (same teacher, prompt and generation settings), else generated now."""
-        from llmtune.inference.engine import Engine
-        from llmtune.inference.journal import text_fingerprint
-
         recipe, generation = self.recipe, self.recipe.generation
-        engine = Engine(self.teacher, batch_size=recipe.measure_batch_size, max_length=recipe.data.max_length)
-        data = recipe.data
-        stamp = {
-            "teacher": teacher_fingerprint(recipe),
-            "prompt": text_fingerprint(data.template, data.columns, data.max_length, generation.model_dump()),
-        }
+        engine = teacher_engine(recipe, self.teacher)
+        stamp = journal_stamp(recipe, generation.model_dump())
 
         def complete(chunk: list[str]) -> list[dict[str, Any]]:
             outputs = engine.generate(
@@ -274,7 +227,7 @@ class LanguageModelDistill:
 
     # ------------------------------------------------------------------- evaluate
     def evaluate(self, trainer: Any) -> Metrics | None:
-        student = LoadedModel(trainer.model, self.student.tokenizer, "", self.student.device)
+        student = common.trained_student(trainer, self.student)
         # the last call is the trained student's
         self.student_test, self.student_predictions = self.measure(student)
         return self.student_test
@@ -297,7 +250,7 @@ class LanguageModelDistill:
         folder = save_trained_model(trainer.model, self.student, run_dir.path / "model", self.recipe)
         self.teacher_test, self.teacher_predictions = self.measure(self.teacher)
         self.write_predictions(run_dir)
-        trained = LoadedModel(trainer.model, self.student.tokenizer, "", self.student.device)
+        trained = common.trained_student(trainer, self.student)
         speed = generation_speed(
             {"teacher": self.teacher, "student": trained},
             self.prompts["test"],
@@ -316,21 +269,21 @@ class LanguageModelDistill:
 
     def write_predictions(self, run_dir: RunDir) -> None:
         """predictions.jsonl: per test row the prompt, gold completion, student's and teacher's."""
-        lines = []
         student, teacher = self.student_predictions, self.teacher_predictions
         rows = rows_of(self.splits, "test")
-        for (row, where), prompt, gold, mine, theirs in zip(
-            rows, self.prompts["test"], self.golds["test"], student, teacher
-        ):
-            record = {
-                "id": row["id"] if row.get("id") is not None else where,
+        records = [
+            {
+                "id": common.row_id(row, where),
                 "prompt": prompt,
                 "gold": gold,
                 "prediction": mine,
                 "teacher_prediction": theirs,
             }
-            lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-        run_dir.write_text("predictions.jsonl", "".join(lines))
+            for (row, where), prompt, gold, mine, theirs in zip(
+                rows, self.prompts["test"], self.golds["test"], student, teacher
+            )
+        ]
+        common.write_predictions(run_dir, records)
 
     # --------------------------------------------------------------------- report
     def report(self, run_dir: RunDir, outcome: Outcome) -> None:
@@ -355,16 +308,7 @@ def gold_of(row: dict[str, Any]) -> str | None:
 def read_lm_rows(recipe: DistillRecipe, template: Template | None) -> Splits:
     """Transfer rows (a prompt; a completion too for strategy: logits), validation rows, and test
     rows with their gold completion; every missing field reported with file:line at once."""
-    splits = load_splits(recipe, recipe.data, required=() if template else ("prompt",))
-    if template is not None:
-        template.check_fields(set(splits.train.rows[0]), file=splits.train.where[0].rsplit(":", 1)[0])
-    if not splits.test.rows:
-        raise BadInput(
-            "distill compares teacher and student on test rows with gold completions: give data.test "
-            "(or data.split: {test: 0.1})",
-            file=str(recipe.source) if recipe.source else None,
-            key="data.test",
-        )
+    splits = read_splits(recipe, template, "prompt", None, "test rows with gold completions")
     need_gold = ("test", "train", "validation") if recipe.strategy == "logits" else ("test",)
     missing = [
         Problem(f"{name} row has no completion", file=w)

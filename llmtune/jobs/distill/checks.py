@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from llmtune.data.numeric import numeric_label
 from llmtune.data.readers import Rows, Splits, load_splits, refuse
 from llmtune.data.templates import Template
 from llmtune.errors import BadInput, Problem
@@ -14,18 +15,26 @@ from llmtune.recipes.distill import DistillRecipe
 SPLITS = ("train", "validation", "test")
 
 
-def read_rows(recipe: DistillRecipe, template: Template | None) -> Splits:
-    """Transfer rows (labels optional), validation rows, and labelled test rows."""
-    splits = load_splits(recipe, recipe.data, required=() if template else ("text",), label_field="label")
+def read_splits(
+    recipe: DistillRecipe, template: Template | None, field: str, label_field: str | None, test_rows: str
+) -> Splits:
+    """Transfer, validation and test rows of any task (with a `field`, or the template's fields);
+    refused without the `test_rows` that teacher and student are compared on."""
+    splits = load_splits(recipe, recipe.data, required=() if template else (field,), label_field=label_field)
     if template is not None:
         template.check_fields(set(splits.train.rows[0]), file=splits.train.where[0].rsplit(":", 1)[0])
     if not splits.test.rows:
         raise BadInput(
-            "distill compares teacher and student on labelled test rows: give data.test "
-            "(or data.split: {test: 0.1})",
+            f"distill compares teacher and student on {test_rows}: give data.test (or data.split: {{test: 0.1}})",
             file=str(recipe.source) if recipe.source else None,
             key="data.test",
         )
+    return splits
+
+
+def read_rows(recipe: DistillRecipe, template: Template | None) -> Splits:
+    """Transfer rows (labels optional), validation rows, and labelled test rows."""
+    splits = read_splits(recipe, template, "text", "label", "labelled test rows")
     unlabelled = [
         Problem("test row has no label", file=w) for r, w in rows_of(splits, "test") if not has_gold(r)
     ]
@@ -105,6 +114,11 @@ def gold_of(rows: Rows) -> list[str]:
     return [str(r["label"]) for r in rows.rows]
 
 
+def gold_indices(rows: Rows) -> list[int]:
+    """The rows that have a gold label or score (a baseline trains on these)."""
+    return [i for i, r in enumerate(rows.rows) if has_gold(r)]
+
+
 # ---------------------------------------------------------------- regression (strategy: scores)
 def check_regression_models(recipe: DistillRecipe) -> tuple[float, float] | None:
     """Teacher and student of `task: regression` must both predict one number: a classifier on
@@ -132,20 +146,6 @@ def check_regression_models(recipe: DistillRecipe) -> tuple[float, float] | None
     return teacher.label_range
 
 
-def score_of(row: dict[str, Any]) -> float:
-    """A gold score as a number (a JSON number or text that reads as one); ValueError otherwise."""
-    value = row["label"]
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"expected a number, got {type(value).__name__} {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"expected a number, got {value!r}") from None
-    if number != number or number in (float("inf"), float("-inf")):
-        raise ValueError(f"expected a finite number, got {value!r}")
-    return number
-
-
 def check_scores(splits: Splits) -> None:
     """Gold scores that rows do have must be numbers (every bad one reported at once)."""
     bad = []
@@ -153,7 +153,7 @@ def check_scores(splits: Splits) -> None:
         for row, where in rows_of(splits, name):
             if has_gold(row):
                 try:
-                    score_of(row)
+                    numeric_label(row)
                 except ValueError as exc:
                     bad.append(Problem(f"gold score: {exc}", file=where, key="label"))
     if bad:

@@ -16,7 +16,7 @@ from typing import Any
 
 from llmtune.console import say
 from llmtune.inference.journal import Journal, folder_fingerprint, text_fingerprint
-from llmtune.models.loading import resolve_model_path
+from llmtune.models.loading import LoadedModel, resolve_model_path
 from llmtune.recipes.distill import DistillRecipe
 
 JOURNAL = "teacher_labels.jsonl"
@@ -55,6 +55,28 @@ def teacher_fingerprint(recipe: DistillRecipe) -> str:
     if ref.adapter:
         parts.append(folder_fingerprint(recipe.resolve_path(ref.adapter)))
     return text_fingerprint(*parts)
+
+
+def journal_stamp(recipe: DistillRecipe, settings: Any) -> dict[str, str]:
+    """What a journal line is stamped with: the teacher's fingerprint and the prompt's (template,
+    columns, max_length, and the task's `settings`: labels, "score" or the generation settings)."""
+    data = recipe.data
+    prompt = text_fingerprint(data.template, data.columns, data.max_length, settings)
+    return {"teacher": teacher_fingerprint(recipe), "prompt": prompt}
+
+
+def teacher_engine(
+    recipe: DistillRecipe, teacher: LoadedModel, label_range: tuple[float, float] | None = None
+) -> Any:
+    """The shared inference engine over the teacher, at the recipe's batch size and max_length."""
+    from llmtune.inference.engine import Engine
+
+    return Engine(
+        teacher,
+        batch_size=recipe.measure_batch_size,
+        max_length=recipe.data.max_length,
+        label_range=label_range,
+    )
 
 
 def label_rows(

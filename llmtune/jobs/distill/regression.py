@@ -14,42 +14,38 @@ label_range when it has one) and reported in the label's own units.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-import llmtune.jobs.distill.compare as compare
+import llmtune.jobs.distill.common as common
 import llmtune.jobs.distill.reports as reports
 from llmtune.console import say
-from llmtune.data.templates import Template
-from llmtune.errors import BadInput
+from llmtune.data.numeric import numeric_label
 from llmtune.jobs.distill.checks import (
-    SPLITS,
     check_regression_models,
     check_scores,
+    gold_indices,
     has_gold,
     read_rows,
     rows_of,
-    score_of,
 )
-from llmtune.jobs.distill.labelling import JOURNAL, TeacherOutputs, journal_outputs, teacher_fingerprint
+from llmtune.jobs.distill.labelling import (
+    JOURNAL,
+    TeacherOutputs,
+    journal_outputs,
+    journal_stamp,
+    teacher_engine,
+)
 from llmtune.jobs.distill.losses import ScoreCollator, ScoreDistillationTrainer
 from llmtune.metrics import regression_metrics
-from llmtune.models.loading import LoadedModel, load_model
+from llmtune.models.loading import LoadedModel
 from llmtune.models.regression_head import LABEL_RANGE, from_unit, to_unit
 from llmtune.recipes.distill import DistillRecipe
-from llmtune.runs.lifecycle import Metrics, Outcome, Plan, count_parameters
+from llmtune.runs.lifecycle import Metrics, Outcome, Plan
 from llmtune.runs.options import JobOptions
 from llmtune.runs.rundir import RunDir
-from llmtune.runs.training import (
-    callbacks,
-    planned_steps,
-    preflight,
-    resolve_precision,
-    resolve_training,
-    training_arguments,
-)
+from llmtune.runs.training import callbacks, preflight, resolve_training
 
 HEAD_LABELS = ["score"]
 HEADLINE = ("mae", "rmse", "r2", "pearson", "spearman")
@@ -76,9 +72,7 @@ class RegressionDistill:
 
     def __init__(self, recipe: DistillRecipe) -> None:
         self.recipe = recipe
-        self.template = (
-            Template(recipe.data.template, where="data.template") if recipe.data.template else None
-        )
+        self.template = common.template_of(recipe)
         self.comparison: dict[str, Any] = {}
 
     def preflight(self) -> list[Path]:
@@ -90,111 +84,47 @@ class RegressionDistill:
     def setup(self, run_dir: Path, dry_run: bool = False) -> Plan:
         recipe = self.recipe
         self.label_range = check_regression_models(recipe)
-        self.teacher = load_model(
-            recipe.teacher,
-            recipe,
-            head="classification",
-            key="teacher",
-            labels=HEAD_LABELS,
-            empty_weights=dry_run,
-        )
+        self.teacher = common.load_teacher(recipe, "classification", HEAD_LABELS, dry_run)
         self.teacher.model.config.problem_type = "regression"
         self.student = self.build_student(dry_run)
-        teacher_params = count_parameters(self.teacher.model)[1]
-        trainable, total = count_parameters(self.student.model)
-        if total >= teacher_params:
-            raise BadInput(
-                f"the student has {total:,} parameters and the teacher {teacher_params:,}: a student must "
-                "be smaller (keep fewer blocks, a smaller path or scratch model, or trim_vocab)",
-                file=str(recipe.source) if recipe.source else None,
-                key="student",
-            )
-        self.texts = {
-            name: [self.model_input(r, w) for r, w in rows_of(self.splits, name)] for name in SPLITS
-        }
+        sizes = common.check_smaller(recipe, self.teacher, self.student)
+        self.texts = common.inputs_of(self.splits, self.model_input)
         self.training = resolve_training(recipe.training, "full", "regression", len(self.splits.train))
-        self.sizes = {"teacher_params": teacher_params, "student_params": total}
-        return Plan(
-            run_dir=run_dir,
-            task="regression",
-            method=f"distill ({recipe.strategy})",
-            model=recipe.student.describe(),
-            rows=self.splits.counts(),
-            skipped_rows=self.splits.skipped(),
-            trainable_params=trainable,
-            total_params=total,
-            planned_steps=planned_steps(self.training, len(self.splits.train)),
-            device=self.student.device,
-            precision=resolve_precision(recipe.training, self.student.device),
-            details={
-                "teacher": recipe.teacher.describe(),
-                "teacher_params": teacher_params,
-                "size_ratio": round(total / teacher_params, 4),
-                "strategy": recipe.strategy,
-                "alpha": recipe.alpha,
-                "label_range": self.label_range,
-                "gold_rows": len(self.gold_indices()),
-            },
+        self.sizes = sizes.as_dict()
+        details = {
+            "strategy": recipe.strategy,
+            "alpha": recipe.alpha,
+            "label_range": self.label_range,
+            "gold_rows": len(gold_indices(self.splits.train)),
+        }
+        return common.distill_plan(
+            recipe, run_dir, "regression", self.splits, self.training, self.student, sizes, details
         )
 
     def build_student(self, dry_run: bool = False) -> LoadedModel:
         """The student, untrained, with a one-output head in the teacher's units."""
-        from llmtune.models.students import keep_blocks, trim_vocabulary
-
-        spec = self.recipe.student
-        if spec.from_teacher is not None:
-            model = keep_blocks(self.teacher.model, spec.from_teacher.layers)
-            student = LoadedModel(model, self.teacher.tokenizer, spec.describe(), self.teacher.device)
-        else:
-            corpus = (self.model_input(r, w) for r, w in rows_of(self.splits, "train"))
-            student = load_model(
-                spec,
-                self.recipe,
-                head="classification",
-                key="student",
-                labels=HEAD_LABELS,
-                corpus=corpus,
-                for_training=True,
-                method="full",
-                empty_weights=dry_run,
-            )
+        corpus = (self.model_input(r, w) for r, w in rows_of(self.splits, "train"))
+        student = common.new_student(
+            self.recipe, self.teacher, "classification", corpus, labels=HEAD_LABELS, dry_run=dry_run
+        )
         config = student.model.config
         # saved in config.json: whoever loads the student reads its outputs as the teacher's were
         config.problem_type = "regression"
         setattr(config, LABEL_RANGE, list(self.label_range) if self.label_range else None)
-        if spec.trims_vocab:
-            texts = [self.model_input(r, w) for name in SPLITS for r, w in rows_of(self.splits, name)]
-            student.model, student.tokenizer = trim_vocabulary(
-                student.model, student.tokenizer, texts, self.recipe.data.max_length
-            )
+        common.trim_student(self.recipe, student, self.splits, self.model_input)
         return student
-
-    def gold_indices(self) -> list[int]:
-        """Transfer rows that have a gold score (the baseline trains on these)."""
-        return [i for i, r in enumerate(self.splits.train.rows) if has_gold(r)]
 
     def model_input(self, row: dict[str, Any], where: str | None = None) -> str:
         """The text teacher and student see for a row: the template's output, else its text."""
-        return self.template.render(row, where=where) if self.template else str(row["text"])
+        return common.render(row, self.template, where)
 
     def trainer(self, run_dir: RunDir) -> Any:
-        from llmtune.inference.engine import Engine
-        from llmtune.inference.journal import text_fingerprint
         from llmtune.runs.callbacks import keep_stdout_clean
 
         recipe = self.recipe
-        engine = Engine(
-            self.teacher,
-            batch_size=recipe.measure_batch_size,
-            max_length=recipe.data.max_length,
-            label_range=self.label_range,
-        )
-        data = recipe.data
-        stamp = {
-            "teacher": teacher_fingerprint(recipe),
-            "prompt": text_fingerprint(data.template, data.columns, data.max_length, "score"),
-        }
-        prompts = [t for name in SPLITS for t in self.texts[name]]
+        engine = teacher_engine(recipe, self.teacher, label_range=self.label_range)
+        stamp = journal_stamp(recipe, "score")
+        prompts = [t for texts in self.texts.values() for t in texts]
 
         def score(chunk: list[str]) -> list[dict[str, Any]]:
             return [{"score": value} for value in engine.score(chunk)]
@@ -202,17 +132,12 @@ class RegressionDistill:
         self.teacher_scores: TeacherOutputs = journal_outputs(
             score, prompts, run_dir.path / JOURNAL, stamp, verb="scored"
         )
-        self.encoded = {name: self.encode(name) for name in SPLITS}
+        self.encoded = {name: self.encode(name) for name in self.texts}
         has_validation = self.encoded["validation"] is not None
         trainer = ScoreDistillationTrainer(
             model=self.student.model,
-            args=training_arguments(
-                self.training,
-                run_dir.path,
-                device=self.student.device,
-                seed=recipe.seed,
-                has_validation=has_validation,
-                extra={"remove_unused_columns": False, "label_names": ["gold"]},
+            args=common.head_arguments(
+                self.training, run_dir.path, self.student, recipe.seed, has_validation
             ),
             train_dataset=self.encoded["train"],
             eval_dataset=self.encoded["validation"],
@@ -229,27 +154,20 @@ class RegressionDistill:
 
     def encode(self, name: str) -> Any:
         """A datasets.Dataset for one split: tokens, teacher and gold scores in the head's units."""
-        import datasets
-
         rows = getattr(self.splits, name).rows
         if not rows:
             return None
         texts = self.texts[name]
-        enc = self.student.tokenizer(texts, truncation=True, max_length=self.recipe.data.max_length)
-        return datasets.Dataset.from_dict(
-            {
-                "input_ids": enc["input_ids"],
-                "attention_mask": enc["attention_mask"],
-                "teacher": [to_unit(self.teacher_score(t), self.label_range) for t in texts],
-                "gold": [to_unit(score_of(r), self.label_range) if has_gold(r) else 0.0 for r in rows],
-                "has_gold": [has_gold(r) for r in rows],
-            }
-        )
+        columns = {
+            "teacher": [to_unit(self.teacher_score(t), self.label_range) for t in texts],
+            "gold": [to_unit(numeric_label(r), self.label_range) if has_gold(r) else 0.0 for r in rows],
+            "has_gold": [has_gold(r) for r in rows],
+        }
+        return common.token_dataset(self.student, texts, self.recipe.data.max_length, columns)
 
     def predict(self, trainer: Any) -> list[float]:
         """The trainer's model's scores of the test rows, in the label's units."""
-        outputs = trainer.predict(self.encoded["test"], metric_key_prefix="test").predictions
-        outputs = outputs[0] if isinstance(outputs, tuple) else outputs
+        outputs = common.test_outputs(trainer, self.encoded["test"])
         return [from_unit(float(v), self.label_range) for v in outputs.reshape(-1)]
 
     def evaluate(self, trainer: Any) -> Metrics | None:
@@ -262,7 +180,7 @@ class RegressionDistill:
         return metrics
 
     def gold_test(self) -> list[float]:
-        return [score_of(r) for r in self.splits.test.rows]
+        return [numeric_label(r) for r in self.splits.test.rows]
 
     def save(self, trainer: Any, run_dir: RunDir) -> None:
         from llmtune.models.export import save_trained_model
@@ -272,13 +190,8 @@ class RegressionDistill:
         teacher = [self.teacher_score(t) for t in self.texts["test"]]
         self.teacher_test = regression_metrics(self.gold_test(), teacher)
         self.baseline = self.train_baseline(run_dir) if self.recipe.baseline else None
-        trained = LoadedModel(trainer.model, self.student.tokenizer, "", self.student.device)
-        speed = compare.measure_speed(
-            {"teacher": self.teacher, "student": trained},
-            self.texts["test"],
-            self.recipe.measure_batch_size,
-            self.recipe.data.max_length,
-        )
+        trained = common.trained_student(trainer, self.student)
+        speed = common.head_speed(self.recipe, self.teacher, trained, self.texts["test"])
         results = {"teacher": self.teacher_test, "student": self.student_test, "baseline": self.baseline}
         self.comparison = reports.side_by_side(self.recipe, self.sizes, results, speed, folder, MEASURES)
         self.comparison["baseline_rows"] = self.baseline["rows"] if self.baseline else None
@@ -289,7 +202,7 @@ class RegressionDistill:
         """The same student, built afresh, trained on the gold scores alone (same settings)."""
         from llmtune.runs.callbacks import keep_stdout_clean
 
-        gold_rows = self.gold_indices()
+        gold_rows = gold_indices(self.splits.train)
         if not gold_rows:
             say("baseline skipped: no transfer row has a gold score")
             return None
@@ -297,16 +210,10 @@ class RegressionDistill:
         settings = resolve_training(self.recipe.training, "full", "regression", len(gold_rows))
         say(f"baseline: the same student trained on the {len(gold_rows)} gold-scored rows alone")
         started = time.monotonic()
+        folder = run_dir.path / "checkpoints" / "baseline"
         trainer = ScoreDistillationTrainer(
             model=student.model,
-            args=training_arguments(
-                settings,
-                run_dir.path / "checkpoints" / "baseline",
-                device=student.device,
-                seed=self.recipe.seed,
-                has_validation=False,
-                extra={"remove_unused_columns": False, "label_names": ["gold"], "save_strategy": "no"},
-            ),
+            args=common.head_arguments(settings, folder, student, self.recipe.seed, False, save=False),
             train_dataset=self.encoded["train"].select(gold_rows),
             data_collator=ScoreCollator(student.tokenizer),
             alpha=0.0,  # gold scores only
@@ -322,19 +229,19 @@ class RegressionDistill:
 
     def write_predictions(self, run_dir: RunDir) -> None:
         """predictions.jsonl: per test row the gold score, the student's and the teacher's."""
-        lines = []
-        for (row, where), text, predicted in zip(
-            rows_of(self.splits, "test"), self.texts["test"], self.predicted
-        ):
-            record = {
-                "id": row["id"] if row.get("id") is not None else where,
+        records = [
+            {
+                "id": common.row_id(row, where),
                 "text": text,
-                "gold": score_of(row),
+                "gold": numeric_label(row),
                 "prediction": predicted,
                 "teacher_prediction": self.teacher_score(text),
             }
-            lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-        run_dir.write_text("predictions.jsonl", "".join(lines))
+            for (row, where), text, predicted in zip(
+                rows_of(self.splits, "test"), self.texts["test"], self.predicted
+            )
+        ]
+        common.write_predictions(run_dir, records)
 
     def report(self, run_dir: RunDir, outcome: Outcome) -> None:
         extra = {"teacher": self.teacher_test, "baseline": self.baseline}
@@ -351,10 +258,4 @@ class RegressionDistill:
         return {k: round(metrics[k], 4) if metrics[k] is not None else None for k in HEADLINE}
 
     def warnings(self, outcome: Outcome) -> list[str]:
-        kept = self.comparison.get("quality_kept")
-        if kept is not None and kept < 0.9:
-            return [
-                f"the student keeps only {100 * kept:.1f}% of the teacher's test Spearman correlation: "
-                "train longer, keep more blocks, or add transfer rows"
-            ]
-        return []
+        return common.kept_warning(self.comparison, "test Spearman correlation")
