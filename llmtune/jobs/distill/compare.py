@@ -214,7 +214,7 @@ def headline(comparison: dict[str, Any]) -> str:
     return (
         f"the student keeps {100 * (comparison['quality_kept'] or 0):.1f}% of the teacher's test accuracy "
         f"with {100 * (comparison['size_ratio'] or 0):.1f}% of its parameters at "
-        f"{comparison['speedup']:.2f}x its rows/s"
+        f"{comparison['speedup'] or 0:.2f}x its rows/s"
     )
 
 
