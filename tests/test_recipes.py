@@ -184,3 +184,23 @@ def test_a_list_of_paths_prints_and_records_as_a_list(tmp_path: Path) -> None:
         assert dumped["train"] == ["a.jsonl", "b.jsonl"] and dumped["test"] == "c.jsonl"
     printed = yaml.safe_load(run_cli("validate", str(path), "--print").stdout)
     assert printed["data"]["train"] == ["a.jsonl", "b.jsonl"]
+
+
+def test_the_starter_s_commented_examples_validate_when_switched_on(tmp_path: Path) -> None:
+    """`llmtune init finetune` shows off-by-default sections (sweep, replay) and the mixture form
+    of data.train as commented examples; each, switched on, is a valid recipe."""
+    from llmtune.recipes.starter import ALTERNATIVES, COMMENTED
+
+    text = starter_recipe("finetune", FinetuneRecipe)
+    assert "# sweep:" in text and "#   strategy: tpe" in text and "# - {path: data/task_a.jsonl" in text
+    base = yaml.safe_load(text)
+    for changes in (COMMENTED["finetune"], ALTERNATIVES["finetune"]):
+        data = {**base, "data": dict(base["data"])}
+        for key, value in changes.items():
+            if key in data["data"]:
+                data["data"][key] = value
+            else:
+                data[key] = value
+        recipe = load_recipe(write(tmp_path / "r.yaml", yaml.safe_dump(data)))
+        assert recipe.kind == "finetune"
+    assert recipe.data.is_mixture()

@@ -86,6 +86,35 @@ EXAMPLES: dict[str, dict[str, Any]] = {
 }
 
 
+# optional sections that are off by default, shown as a commented example under their `null`, so
+# that every option a recipe may turn on is in the starter (each example validates: a test checks)
+COMMENTED: dict[str, dict[str, Any]] = {
+    "finetune": {
+        "replay": {"path": "data/general.jsonl", "ratio": 0.2},
+        "sweep": {
+            "strategy": "tpe",
+            "metric": "eval_f1",
+            "trials": 12,
+            "timeout": 3600,
+            "pruning": True,
+            "params": {
+                "training.learning_rate": {"low": 1.0e-4, "high": 1.0e-2, "log": True},
+                "method.r": {"low": 4, "high": 16},
+            },
+        },
+    },
+}
+# a field whose example shows another form of its value (a list of weighted sources)
+ALTERNATIVES: dict[str, dict[str, Any]] = {
+    "finetune": {
+        "train": [
+            {"path": "data/task_a.jsonl", "weight": 0.7},
+            {"path": "data/task_b.jsonl", "weight": 0.3, "template": "{{ question }}"},
+        ],
+    },
+}
+
+
 def starter_recipe(kind: str, model: type[BaseModel]) -> str:
     """The commented YAML starter for `kind`."""
     values = {"kind": kind, **EXAMPLES.get(kind, {})}
@@ -96,19 +125,36 @@ def starter_recipe(kind: str, model: type[BaseModel]) -> str:
         "#                      # paths stay relative to it)",
         "",
     ]
-    lines += _render(model, values, indent=0)
+    lines += _render(model, values, indent=0, extras=(COMMENTED.get(kind, {}), ALTERNATIVES.get(kind, {})))
     return "\n".join(lines) + "\n"
+
+
+def _commented(name: str, value: Any, pad: str, lead: str) -> list[str]:
+    """`name: value` as a commented-out YAML block, introduced by `lead` ("e.g.", "or")."""
+    block = yaml.dump({name: value}, Dumper=_Dumper, sort_keys=False, default_flow_style=None, width=100)
+    return [f"{pad}# {lead}:", *[f"{pad}# {line}".rstrip() for line in block.splitlines()]]
 
 
 def _doc(model: type[BaseModel]) -> str:
     return (model.__doc__ or "").strip().splitlines()[0]
 
 
-def _render(model: type[BaseModel], values: dict[str, Any], indent: int, defaults: bool = True) -> list[str]:
+Extras = tuple[dict[str, Any], dict[str, Any]]
+
+
+def _render(
+    model: type[BaseModel],
+    values: dict[str, Any],
+    indent: int,
+    defaults: bool = True,
+    extras: Extras = ({}, {}),
+) -> list[str]:
     """Each field of `model` as commented YAML: the example value when there is one, else (with
-    `defaults`) the default, so that every key a user may set is shown where it goes."""
+    `defaults`) the default, so that every key a user may set is shown where it goes. `extras`:
+    commented examples of sections that are off by default, and other forms of a field's value."""
     pad = "  " * indent
     lines: list[str] = []
+    commented, alternatives = extras
     for name, field in model.model_fields.items():
         if name in values:
             value = values[name]
@@ -119,7 +165,15 @@ def _render(model: type[BaseModel], values: dict[str, Any], indent: int, default
             if isinstance(value, BaseModel):
                 value = value.model_dump(mode="json")
         lines += [f"{pad}# {line.strip()}" for line in (field.description or "").splitlines()]
-        lines += _render_value(name, _unwrap(field.annotation), value, indent, defaults)
+        if name in alternatives:
+            lines += _commented(name, alternatives[name], pad, "or")
+        annotation = _unwrap(field.annotation)
+        if _is_section(annotation) and isinstance(value, dict):
+            lines += [f"{pad}{name}:", *_render(annotation, value, indent + 1, defaults, extras)]
+        else:
+            lines += _render_value(name, annotation, value, indent, defaults)
+        if value is None and name in commented:
+            lines += _commented(name, commented[name], pad, "e.g.")
         if indent == 0:
             lines.append("")
     return lines
