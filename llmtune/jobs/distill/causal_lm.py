@@ -38,7 +38,6 @@ from llmtune.jobs.distill.lm_eval import generation_speed, lm_metrics
 from llmtune.models.loading import LoadedModel, inspect_model
 from llmtune.recipes.distill import DistillRecipe
 from llmtune.runs.lifecycle import Metrics, Outcome, Plan
-from llmtune.runs.options import JobOptions
 from llmtune.runs.rundir import RunDir
 from llmtune.runs.training import callbacks, preflight, resolve_training, training_arguments
 
@@ -57,13 +56,6 @@ MEASURES = reports.Measures(
 )
 SMALLER_HINT = "keep fewer blocks, or a smaller path or scratch model"  # trim_vocab is for encoders
 GENERATION_CHUNK = 16  # prompts completed between two journal writes: what a kill can lose
-
-
-def run(recipe: DistillRecipe, options: JobOptions) -> dict[str, Any]:
-    """Distill a language model from a validated recipe; returns the summary (for --json)."""
-    from llmtune.runs.lifecycle import run_training
-
-    return run_training(LanguageModelDistill(recipe), options)
 
 
 class LanguageModelDistill:

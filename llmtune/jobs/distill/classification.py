@@ -38,18 +38,10 @@ from llmtune.metrics import classification_metrics
 from llmtune.models.loading import LoadedModel
 from llmtune.recipes.distill import DistillRecipe
 from llmtune.runs.lifecycle import Metrics, Outcome, Plan
-from llmtune.runs.options import JobOptions
 from llmtune.runs.rundir import RunDir
 from llmtune.runs.training import callbacks, preflight, resolve_training
 
 HEADLINE = ("accuracy", "precision", "recall", "f1")
-
-
-def run(recipe: DistillRecipe, options: JobOptions) -> dict[str, Any]:
-    """Distill a classifier from a validated recipe; returns the summary (for --json)."""
-    from llmtune.runs.lifecycle import run_training
-
-    return run_training(ClassificationDistill(recipe), options)
 
 
 class ClassificationDistill:

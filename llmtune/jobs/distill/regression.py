@@ -43,7 +43,6 @@ from llmtune.models.loading import LoadedModel
 from llmtune.models.regression_head import LABEL_RANGE, from_unit, to_unit
 from llmtune.recipes.distill import DistillRecipe
 from llmtune.runs.lifecycle import Metrics, Outcome, Plan
-from llmtune.runs.options import JobOptions
 from llmtune.runs.rundir import RunDir
 from llmtune.runs.training import callbacks, preflight, resolve_training
 
@@ -58,13 +57,6 @@ MEASURES = reports.Measures(
         "R² is unstable when the teacher's R² is near 0 and meaningless when it is negative"
     ),
 )
-
-
-def run(recipe: DistillRecipe, options: JobOptions) -> dict[str, Any]:
-    """Distill a regression model from a validated recipe; returns the summary (for --json)."""
-    from llmtune.runs.lifecycle import run_training
-
-    return run_training(RegressionDistill(recipe), options)
 
 
 class RegressionDistill:
