@@ -11,12 +11,12 @@ predicted-vs-true scatter plot (`report`).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import llmtune.jobs.finetune.heads as heads
 from llmtune.console import markdown_table, table
+from llmtune.data.numeric import numeric_label
 from llmtune.data.readers import SKIP_HINT, SPLIT_NAMES, Row, Rows, Splits, refuse
 from llmtune.errors import BadInput, Problem
 from llmtune.metrics import lower_is_better, regression_metrics
@@ -71,7 +71,7 @@ class RegressionJob:
 
     def target(self, row: Row) -> float:
         """What the head learns for a row: its label, scaled to 0..1 of label_range when given."""
-        return to_unit(label_value(row), self.label_range)
+        return to_unit(numeric_label(row), self.label_range)
 
     def retain(self, trainer: Any) -> Metrics | None:
         return heads.retain_metrics(trainer, self.retain_data)
@@ -171,24 +171,9 @@ def regression_warnings(
     return out
 
 
-def label_value(row: Row) -> float:
-    """A row's label as a number: a JSON number, or text that reads as one (CSV cells are text).
-    Raises ValueError for anything else, NaN and infinity included."""
-    value = row["label"]
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"expected a number, got {type(value).__name__} {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"expected a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise ValueError(f"expected a finite number, got {value!r}")
-    return number
-
-
 def golds(rows: Rows) -> list[float]:
     """The labels of checked rows, as numbers."""
-    return [label_value(r) for r in rows.rows]
+    return [numeric_label(r) for r in rows.rows]
 
 
 def check_numeric_labels(splits: Splits, label_range: tuple[float, float] | None) -> None:
@@ -221,7 +206,7 @@ def check_numeric_labels(splits: Splits, label_range: tuple[float, float] | None
 
 def _label_problem(row: Row, label_range: tuple[float, float] | None) -> str | None:
     try:
-        value = label_value(row)
+        value = numeric_label(row)
     except ValueError as exc:
         return str(exc)
     if label_range is not None and not label_range[0] <= value <= label_range[1]:
