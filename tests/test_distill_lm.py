@@ -1,7 +1,7 @@
 """`llmtune distill` with `task: causal_lm`: a tiny language model trained by `llmtune finetune`
-distilled into smaller students through the CLI (sequences, logits); the token-level loss
-against a direct computation; different vocabularies refused for logits; a sequences run killed
-while the teacher generates resumes without regenerating."""
+distilled into smaller students through the CLI (sequences, logits, on_policy); the token-level
+loss against a direct computation; different vocabularies refused for logits and on_policy; a
+sequences run killed while the teacher generates resumes without regenerating."""
 
 from __future__ import annotations
 
@@ -147,6 +147,58 @@ def test_logits_need_completions_and_one_vocabulary(tmp_path: Path, teacher: Pat
     path = lm_recipe(tmp_path, teacher, strategy="logits", student=student)
     write_jsonl(tmp_path / "transfer.jsonl", [echo(i) for i in range(100, 124)])
     assert_bad_input(run_cli("distill", path), "student", "same vocabulary", "strategy: sequences")
+    assert not (tmp_path / "run").exists()
+
+
+def test_on_policy_student_learns_from_its_own_completions(tmp_path: Path, teacher: Path) -> None:
+    """TRL's DistillationTrainer: the student samples completions of prompt-only transfer rows,
+    the teacher's distributions over them are the target; validation runs the same way."""
+    from safetensors.torch import load_file
+
+    write_jsonl(tmp_path / "validation.jsonl", [echo(i) for i in range(300, 304)])
+    data = {
+        "train": "transfer.jsonl",
+        "validation": "validation.jsonl",
+        "test": "test.jsonl",
+        "max_length": 48,
+    }
+    path = lm_recipe(tmp_path, teacher, strategy="on_policy", beta=0.5, temperature=1.0, data=data)
+    write_jsonl(tmp_path / "transfer.jsonl", [echo(i, completion=False) for i in range(100, 124)])
+    result = run_cli("distill", path, "--json")
+    assert result.code == 0, result.stderr[-3000:]
+    summary = result.json()
+    assert summary["strategy"] == "on_policy" and summary["steps"] == 3
+    side = summary["distillation"]
+    check_report(tmp_path / "run", side)
+    assert side["same_tokenizer"] is True
+    logged = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    steps = [r for r in logged if "loss" in r]
+    assert len(steps) == 3 and all(math.isfinite(r["loss"]) and r["loss"] >= 0 for r in steps)
+    # the student wrote the completions it learned on, within generation.max_new_tokens
+    assert all(0 < r["completions/max_length"] <= 8 for r in steps)
+    assert any(math.isfinite(r.get("eval_loss", math.nan)) for r in logged)
+    # the student started as teacher blocks [0, 3]: training moved them away from the teacher's
+    before = load_file(str(teacher / "model.safetensors"))
+    after = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+    for mine, theirs in (("model.layers.0", "model.layers.0"), ("model.layers.1", "model.layers.3")):
+        key = ".self_attn.q_proj.weight"
+        assert after[mine + key].shape == before[theirs + key].shape
+        assert not after[mine + key].equal(before[theirs + key]), mine
+
+
+def test_on_policy_needs_one_vocabulary(tmp_path: Path, teacher: Path) -> None:
+    student = {
+        "scratch": {
+            "architecture": "llama",
+            "hidden_size": 16,
+            "num_layers": 1,
+            "num_heads": 2,
+            "tokenizer": "train",
+            "vocab_size": 300,
+        }
+    }
+    path = lm_recipe(tmp_path, teacher, strategy="on_policy", student=student)
+    assert_bad_input(run_cli("distill", path), "student", "strategy: on_policy", "same vocabulary")
     assert not (tmp_path / "run").exists()
 
 

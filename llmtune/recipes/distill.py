@@ -39,14 +39,17 @@ class DistillGeneration(Section):
     (`on_policy`), and both models' greedy answers to the test prompts (exact match, tokens/s)."""
 
     max_new_tokens: int = Field(64, ge=1)
-    """Longest completion, in tokens."""
+    """Longest completion, in tokens (on_policy: of each completion the student samples while it
+    trains)."""
     temperature: float = Field(0.0, ge=0.0)
     """0 is greedy (the teacher's most likely completion); above 0 samples. Test answers are
-    always greedy."""
+    always greedy. on_policy samples at the recipe's `temperature` instead (TRL uses one
+    temperature for sampling and for the divergence)."""
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    """Nucleus sampling when temperature > 0."""
+    """Nucleus sampling when temperature > 0; on_policy: of the student's training samples."""
     stop: list[str] = Field(default_factory=list)
-    """Completions are cut before the first of these strings (e.g. ["\n"])."""
+    """Completions are cut before the first of these strings (e.g. ["\n"]); not applied to the
+    student's on_policy training samples, which end at EOS or max_new_tokens."""
 
 
 class StudentRef(ModelRef):
@@ -97,8 +100,11 @@ class DistillRecipe(RecipeBase):
       generates a completion per prompt (`generation`), the student is SFT-trained on them (any
       tokenizers); `logits` — token-level distillation on the teacher's distributions over the
       data's completions (`beta`, `temperature`, mixed by `alpha` with the completion's
-      cross-entropy; same vocabulary); `on_policy` — the student generates and learns the
-      teacher's distributions over its own completions (TRL's DistillationTrainer).
+      cross-entropy; same vocabulary); `on_policy` — at every step the student samples a
+      completion per transfer prompt (`generation.max_new_tokens`, `generation.top_p`, at
+      `temperature`) and learns the teacher's distributions over its own tokens (`beta`,
+      `temperature`; TRL's DistillationTrainer; same vocabulary; transfer rows need only a
+      prompt, `alpha` and gold completions do not apply).
     Teacher outputs (labels, scores, generations) are journaled in the run directory: a stopped
     run continued with --resume does not recompute them.
     """
@@ -123,7 +129,9 @@ class DistillRecipe(RecipeBase):
     (regression); logits | sequences | on_policy (causal_lm)."""
     temperature: float = Field(2.0, gt=0)
     """Softens both distributions before they are compared; the KL term is scaled by T^2
-    (Hinton et al.) so that its gradients keep their size."""
+    (Hinton et al.) so that its gradients keep their size. causal_lm on_policy: TRL's
+    DistillationTrainer samples the student's completions at this temperature too, and does not
+    scale its divergence by T^2."""
     alpha: float = Field(0.5, ge=0.0, le=1.0)
     """Weight of the distillation loss against the gold-label loss on rows that have a gold label
     (rows without one learn from the teacher alone); causal_lm logits: against the cross-entropy

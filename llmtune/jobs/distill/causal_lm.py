@@ -9,8 +9,9 @@ Strategies (`trainer`):
   completion only). The student may use another tokenizer.
 - `logits`: the student learns the teacher's token distributions over the data's completions
   (`lm_losses.py`; same vocabulary).
-- `on_policy`: the student generates and learns the teacher's distributions over its own
-  completions, through TRL's DistillationTrainer (`on_policy.py`).
+- `on_policy`: the student samples completions of the transfer prompts and learns the teacher's
+  distributions over its own tokens, through TRL's DistillationTrainer (`on_policy.py`; same
+  vocabulary; transfer rows need only a prompt).
 Then (`save`): loss / perplexity of the gold completions, exact match of greedy completions, and
 generated tokens/s of teacher and student on the same test prompts (`lm_eval.py`), in the
 report (`reports.py`).
@@ -79,10 +80,6 @@ class LanguageModelDistill:
     # ---------------------------------------------------------------------- setup
     def setup(self, run_dir: Path, dry_run: bool = False) -> Plan:
         recipe = self.recipe
-        if recipe.strategy == "on_policy":
-            from llmtune.jobs.distill.on_policy import check_on_policy
-
-            check_on_policy(recipe)
         teacher_info = inspect_model(recipe.teacher, recipe, "teacher")
         if teacher_info.head != "causal_lm":
             raise BadInput(
@@ -96,8 +93,14 @@ class LanguageModelDistill:
         if recipe.strategy in ("logits", "on_policy"):
             from llmtune.jobs.distill.lm_losses import check_logit_widths, shared_vocabulary
 
-            self.vocab_size = shared_vocabulary(self.teacher.tokenizer, self.student.tokenizer)
+            self.vocab_size = shared_vocabulary(
+                self.teacher.tokenizer, self.student.tokenizer, recipe.strategy
+            )
             check_logit_widths(self.teacher.model, self.student.model, self.vocab_size)
+        if recipe.strategy == "on_policy":
+            from llmtune.jobs.distill.on_policy import check_output_widths
+
+            check_output_widths(self.teacher.model, self.student.model)
         self.prompts = common.inputs_of(self.splits, self.prompt)
         self.golds = {name: [gold_of(r) for r in getattr(self.splits, name).rows] for name in SPLITS}
         self.training = resolve_training(recipe.training, "full", "causal_lm", len(self.splits.train))
@@ -109,6 +112,9 @@ class LanguageModelDistill:
             "beta": recipe.beta,
             "gold_rows": sum(1 for g in self.golds["train"] if g is not None),
         }
+        if recipe.strategy == "on_policy":  # learns from the teacher alone, on its own completions
+            del details["alpha"], details["gold_rows"]
+            details["completion_tokens"] = recipe.generation.max_new_tokens
         return common.distill_plan(
             recipe, run_dir, "causal_lm", self.splits, self.training, self.student, sizes, details
         )
@@ -123,20 +129,19 @@ class LanguageModelDistill:
         from llmtune.runs.callbacks import keep_stdout_clean
 
         strategy = self.recipe.strategy
-        if strategy == "sequences":
-            self.generations = self.teacher_generations(run_dir)
-            completions = {
-                name: [self.generations.of(p)["completion"] for p in self.prompts[name]]
-                for name in ("train", "validation")
-            }
-        else:
-            completions = self.golds
-        datasets = {name: self.dataset(name, completions[name]) for name in ("train", "validation")}
-        if strategy == "on_policy":
+        if strategy == "on_policy":  # prompts only: the student writes the completions
             from llmtune.jobs.distill.on_policy import on_policy_trainer
 
-            trainer = on_policy_trainer(self, run_dir, datasets)
+            trainer = on_policy_trainer(self, run_dir)
         else:
+            completions = self.golds
+            if strategy == "sequences":
+                self.generations = self.teacher_generations(run_dir)
+                completions = {
+                    name: [self.generations.of(p)["completion"] for p in self.prompts[name]]
+                    for name in ("train", "validation")
+                }
+            datasets = {name: self.dataset(name, completions[name]) for name in ("train", "validation")}
             trainer = self.sft_trainer(run_dir, datasets)
         keep_stdout_clean(trainer)
         return trainer

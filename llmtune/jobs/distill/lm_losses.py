@@ -70,7 +70,7 @@ def token_distillation_loss(
     return alpha * distill + (1 - alpha) * ce
 
 
-def shared_vocabulary(teacher_tokenizer: Any, student_tokenizer: Any) -> int:
+def shared_vocabulary(teacher_tokenizer: Any, student_tokenizer: Any, strategy: str = "logits") -> int:
     """The size of the vocabulary teacher and student share (their tokenizers' token -> id maps
     must be equal), else BadInput: logits over different vocabularies cannot be compared."""
     teacher, student = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
@@ -78,7 +78,7 @@ def shared_vocabulary(teacher_tokenizer: Any, student_tokenizer: Any) -> int:
         differing = sorted(set(teacher.items()) ^ set(student.items()), key=lambda kv: kv[1])[:3]
         shown = ", ".join(f"{token!r}: {i}" for token, i in differing)
         raise BadInput(
-            f"strategy: logits compares token distributions, so teacher and student need the same "
+            f"strategy: {strategy} compares token distributions, so teacher and student need the same "
             f"vocabulary; theirs differ ({len(teacher)} and {len(student)} tokens; e.g. {shown}). Use a "
             "student with the teacher's tokenizer (from_teacher, or a model of the same family), or "
             "strategy: sequences, which works across tokenizers",
