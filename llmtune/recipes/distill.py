@@ -126,7 +126,10 @@ class DistillRecipe(RecipeBase):
     )
     """soft_labels: KL divergence to the teacher's distribution at `temperature`; hard_labels:
     cross-entropy on the teacher's argmax (classification); scores: MSE to the teacher's score
-    (regression); logits | sequences | on_policy (causal_lm)."""
+    (regression); causal_lm: logits (token-level distillation on the data's completions, same
+    vocabulary), sequences (the teacher writes completions, the student is SFT-trained on them;
+    any tokenizer) or on_policy (the student samples, the teacher's next-token distributions are
+    the target, through TRL's DistillationTrainer; same vocabulary)."""
     temperature: float = Field(2.0, gt=0)
     """Softens both distributions before they are compared; the KL term is scaled by T^2
     (Hinton et al.) so that its gradients keep their size. causal_lm on_policy: TRL's
