@@ -106,7 +106,7 @@ def headline(comparison: dict[str, Any]) -> str:
     return (
         f"the student keeps {kept_text} of the teacher's test {comparison['quality_kept_by']} "
         f"with {100 * (comparison['size_ratio'] or 0):.1f}% of its parameters at "
-        f"{comparison['speedup']}x its {comparison['speedup_by'].replace('_per_', '/')}"
+        f"{comparison['speedup'] or 0:.2f}x its {comparison['speedup_by'].replace('_per_', '/')}"
     )
 
 
