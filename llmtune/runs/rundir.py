@@ -27,6 +27,7 @@ import yaml
 
 from llmtune.errors import BadInput
 from llmtune.recipes.common import ModelRef, RecipeBase
+from llmtune.runs.lineage import lineage, read_manifest
 from llmtune.runs.outputs import (
     TMP_SUFFIX,
     OutputLock,
@@ -92,13 +93,7 @@ class RunDir:
 
     def stored_manifest(self) -> dict[str, Any] | None:
         """The manifest.json an llmtune run wrote here (any status), or None."""
-        try:
-            data = json.loads((self.path / "manifest.json").read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            return None
-        return (
-            data if isinstance(data, dict) and {"llmtune", "kind", "status", "started"} <= set(data) else None
-        )
+        return read_manifest(self.path)
 
     def finished(self) -> bool:
         """Whether a run completed here."""
@@ -321,38 +316,6 @@ class RunDir:
     def log_file(self) -> Path:
         """Where a crash's traceback goes."""
         return self.path / "run.log"
-
-
-def lineage(recipe: RecipeBase) -> list[dict[str, Any]]:
-    """The earlier runs this one continues, oldest first: when `model.path` (or `model.adapter`)
-    is the model/ folder of an llmtune run, that run's own lineage and then that run."""
-    ref = getattr(recipe, "model", None)
-    if not isinstance(ref, ModelRef) or ref.scratch is not None:
-        return []
-    for folder in [recipe.resolve_path(v) for v in (ref.adapter, ref.path) if v]:
-        earlier = RunDir(folder.parent, recipe).stored_manifest()
-        if earlier is None or not (folder / "config.json").exists():
-            continue
-        keys = {
-            "name": "name",
-            "kind": "kind",
-            "recipe_file": "recipe_file",
-            "status": "status",
-            "finished": "ended",
-        }
-        step = {"run_dir": str(folder.parent.resolve()), **{k: earlier.get(v) for k, v in keys.items()}}
-        step["method"] = _method_of(folder.parent)
-        history = earlier.get("lineage")
-        return [*(history if isinstance(history, list) else []), step]
-    return []
-
-
-def _method_of(run: Path) -> str | None:
-    try:
-        method = (yaml.safe_load((run / "recipe.yaml").read_text()) or {}).get("method")
-    except (OSError, yaml.YAMLError, AttributeError):
-        return None
-    return method.get("type") if isinstance(method, dict) else None
 
 
 def _read_paths(recipe: RecipeBase) -> list[Path]:
