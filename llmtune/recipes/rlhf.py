@@ -1,4 +1,9 @@
-"""The `rlhf` recipe: learn from human preferences."""
+"""The `rlhf` recipe: learn from human preferences.
+
+One recipe kind, five stages: `collect` (sample outputs to rank), `reward` (a reward model learns
+people's rankings), `policy` (GRPO/RLOO against the reward model and rule rewards), `dpo` and `kto`
+(offline preference optimisation).
+"""
 
 from __future__ import annotations
 
@@ -9,44 +14,101 @@ from pydantic import Field, model_validator
 from llmtune.recipes.common import Data, ModelRef, RecipeBase, Section, Training
 from llmtune.recipes.finetune import MethodSpec
 
+Stage = Literal["reward", "policy", "dpo", "kto", "collect"]
+
 
 class PolicyGeneration(Section):
-    """Sampling during policy optimisation and collection."""
+    """Sampling: the K outputs per prompt of stage collect, and the policy's group during policy."""
 
-    num_generations: int = Field(4, ge=2)
-    """Responses sampled per prompt."""
+    num_generations: int = Field(4, ge=2, le=26)
+    """Outputs sampled per prompt (collect: lettered A, B, C...; policy: the GRPO/RLOO group)."""
     max_new_tokens: int = Field(64, ge=1)
-    """Tokens per response."""
+    """Tokens per output."""
     temperature: float = Field(1.0, gt=0.0)
     """Sampling temperature."""
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p."""
+    top_k: int = Field(0, ge=0)
+    """Sample only among the k most likely tokens (0: no limit)."""
+
+
+class RuleReward(Section):
+    """A reward computed by a rule, mixed with the reward model's score by weight. Rules are data,
+    never code: a recipe cannot import anything."""
+
+    type: Literal["length", "regex"]
+    """length: minus the share by which an output is longer than `target` characters (0 when it
+    is not longer); regex: 1 when the output meets `pattern`'s rule, else 0."""
+    weight: float = 1.0
+    """Weight of this reward in the sum (negative weights penalise)."""
+    target: int | None = Field(None, ge=1)
+    """length: the longest output, in characters, that is not penalised."""
+    pattern: str | None = None
+    """regex: a Python regular expression searched for in the output."""
+    must_match: bool = True
+    """regex: true rewards outputs that contain a match; false rewards outputs that contain none."""
+
+    @model_validator(mode="after")
+    def _fields_of_type(self) -> RuleReward:
+        if self.type == "length" and self.target is None:
+            raise ValueError("a length reward needs target (characters)")
+        if self.type == "regex":
+            if not self.pattern:
+                raise ValueError("a regex reward needs pattern")
+            import re
+
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {self.pattern!r} is not a regular expression: {exc}") from None
+        return self
 
 
 class RlhfRecipe(RecipeBase):
-    """Reward model, policy optimisation (GRPO/RLOO), DPO/KTO, or collecting responses to rank."""
+    """Reward model, policy optimisation (GRPO/RLOO), DPO/KTO, or collecting outputs to rank."""
 
     kind: Literal["rlhf"] = "rlhf"
     """Which job this recipe is for."""
-    stage: Literal["reward", "policy", "dpo", "kto", "collect"]
-    """reward | policy | dpo | kto | collect."""
+    stage: Stage
+    """collect (sample outputs for people to rank), reward (train a reward model on pairs or
+    rankings), policy (GRPO/RLOO against the reward model), dpo or kto (offline)."""
     model: ModelRef
-    """The policy (or, for stage reward, the reward model's base)."""
+    """The policy (stages collect, policy, dpo, kto) or the reward model's base (stage reward)."""
     method: MethodSpec = Field(default_factory=lambda: MethodSpec(type="lora"))
-    """How the model is adapted."""
+    """How the model is adapted (as in finetune). A LoRA reward model also saves its score head."""
     data: Data
-    """Preference pairs (prompt, chosen, rejected), rankings (prompt, responses, ranking) or prompts."""
+    """reward and dpo: pairs (prompt, chosen, rejected) or rankings (prompt, responses, ranking);
+    kto: unpaired rows (prompt, completion, label true/false) or rankings; collect and policy:
+    prompts (prompt, or a template)."""
     reward_model: ModelRef | None = None
-    """stage policy: the trained reward model."""
+    """policy: the trained reward model (it may have another tokenizer than the policy); dpo and
+    kto: optional, to report the mean reward before and after on the test prompts."""
+    reward_weight: float = 1.0
+    """policy: weight of the reward model's score in the total reward."""
+    rewards: list[RuleReward] = Field(default_factory=list)
+    """policy: rule rewards added to the reward model's score, e.g. [{type: length, target: 200,
+    weight: 0.5}, {type: regex, pattern: "(?i)sorry", must_match: false}]."""
     algorithm: Literal["grpo", "rloo"] = "grpo"
-    """stage policy: the online algorithm."""
+    """policy: the online algorithm (TRL's GRPOTrainer or RLOOTrainer)."""
     beta: float = Field(0.1, ge=0.0)
-    """Strength of the KL penalty to the reference model."""
+    """policy: weight of the KL penalty to the reference model; dpo/kto: their beta (how far the
+    policy may move from the reference)."""
+    margin: Literal["none", "rank_distance"] = "none"
+    """reward, from rankings: none (every strictly ordered pair counts the same) or rank_distance
+    (the pair's margin is how many tiers apart they are, so A far below C pushes harder)."""
     generation: PolicyGeneration = Field(default_factory=PolicyGeneration)
-    """Sampling for stages policy and collect."""
+    """Sampling for stages collect and policy, and for the mean reward before and after."""
     training: Training = Field(default_factory=Training)
-    """Optimisation settings."""
+    """Optimisation settings (stage collect trains nothing)."""
 
     @model_validator(mode="after")
-    def _reward_for_policy(self) -> RlhfRecipe:
-        if self.stage == "policy" and self.reward_model is None:
-            raise ValueError("stage: policy needs reward_model")
+    def _stage_needs(self) -> RlhfRecipe:
+        if self.stage == "policy" and self.reward_model is None and not self.rewards:
+            raise ValueError(
+                "stage: policy needs something to optimise: reward_model, rewards (rule rewards), or both"
+            )
+        if self.rewards and self.stage != "policy":
+            raise ValueError(f"rewards (rule rewards) are used by stage policy only, not {self.stage}")
+        if self.margin != "none" and self.stage != "reward":
+            raise ValueError(f"margin is used by stage reward only, not {self.stage}")
         return self
