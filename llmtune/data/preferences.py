@@ -99,7 +99,9 @@ def preferences_of(rows: Rows, *, skip_bad_rows: bool = False, key: str = "data.
     out.skipped = len(bad) + rows.skipped
     if not out.pairs:
         unranked = f" ({out.unranked} not ranked yet)" if out.unranked else ""
-        raise BadInput(f"no preference pairs in {key}{unranked}: rank the rows first (llmtune rank FILE)", key=key)
+        raise BadInput(
+            f"no preference pairs in {key}{unranked}: rank the rows first (llmtune rank FILE)", key=key
+        )
     return out
 
 
@@ -118,7 +120,9 @@ def graded_of(rows: Rows, *, skip_bad_rows: bool = False, key: str = "data.train
                     out += [Graded(row.get("prompt"), texts[x], True, where) for x in ranking.best()]
                     out += [Graded(row.get("prompt"), texts[x], False, where) for x in ranking.worst()]
             else:
-                out.append(Graded(row.get("prompt"), _text(row, "completion"), _good(row.get("label")), where))
+                out.append(
+                    Graded(row.get("prompt"), _text(row, "completion"), _good(row.get("label")), where)
+                )
         except RankingError as exc:
             bad.append(Problem(str(exc), file=where))
     if bad and not skip_bad_rows:
@@ -158,7 +162,9 @@ def _add(out: Preferences, row: dict[str, Any], where: str) -> None:
     by_letter = dict(zip(letters(len(responses)), responses))
     for pair in ranking.pairs():
         out.pairs.append(
-            PreferencePair(row["prompt"], by_letter[pair.better], by_letter[pair.worse], pair.distance, where, group)
+            PreferencePair(
+                row["prompt"], by_letter[pair.better], by_letter[pair.worse], pair.distance, where, group
+            )
         )
     for first, second in ranking.ties():
         out.ties.append(TiedPair(row["prompt"], by_letter[first], by_letter[second], where, group))

@@ -89,7 +89,9 @@ def parse_ranking(text: str, count: int) -> Ranking:
                 raise RankingError(f"{token!r} is not a letter, '>' or '=' (write it like C > B = D > A)")
             if len(token) > 1:
                 if set(token.upper()) <= set(allowed):
-                    raise RankingError(f"{token!r}: put '>' or '=' between letters (write it like C > B = D > A)")
+                    raise RankingError(
+                        f"{token!r}: put '>' or '=' between letters (write it like C > B = D > A)"
+                    )
                 raise RankingError(f"{token!r} is not a ranking (write it like C > B = D > A)")
             letter = token.upper()
             if letter not in allowed:

@@ -44,6 +44,7 @@ RUN_CONTENTS = (
     *"recipe.yaml manifest.json metrics.jsonl eval.json predictions.jsonl results.json".split(),
     *"report.md sweep.json study.db study.db-journal best.yaml run.log *.png model/ checkpoints/ trials/".split(),
     *"teacher_labels.jsonl teacher_generations.jsonl".split(),  # distill: the teacher's journal
+    *"candidates.jsonl collect_journal.jsonl samples.jsonl".split(),  # rlhf: collect, before/after samples
     f"*{TMP_SUFFIX}",
     f"*{TMP_SUFFIX}/",
 )

@@ -41,7 +41,11 @@ class RewardScorer:
         try:
             return cls(loaded, max_length=recipe.data.max_length)
         except ValueError as exc:
-            raise BadInput(f"{exc}; train one with stage: reward", file=str(recipe.source) if recipe.source else None, key=key) from None
+            raise BadInput(
+                f"{exc}; train one with stage: reward",
+                file=str(recipe.source) if recipe.source else None,
+                key=key,
+            ) from None
 
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:
         """The reward of each response to its prompt, in order."""

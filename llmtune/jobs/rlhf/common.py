@@ -1,0 +1,52 @@
+"""Reading the rows of an rlhf stage, and the prompt text a row gives the models.
+
+A row's prompt is `data.template` rendered over the row when the recipe has a template, else the
+row's `prompt` field, which must be text (chat-message prompts are not supported by the rlhf
+stages yet: exit 2 naming the row). The reward model reads prompt + response as one text
+(`scoring.py`), so a prompt should end where a response begins (e.g. "...\\nAnswer:").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmtune.data.readers import Row, Rows, Splits, load_splits
+from llmtune.data.templates import Template
+from llmtune.errors import BadInput
+from llmtune.recipes.rlhf import RlhfRecipe
+
+
+def template_of(recipe: RlhfRecipe) -> Template | None:
+    """The recipe's data.template, compiled (None: rows give their `prompt` field)."""
+    return Template(recipe.data.template, where="data.template") if recipe.data.template else None
+
+
+def read_splits(recipe: RlhfRecipe, required: tuple[str, ...] = ()) -> Splits:
+    """train/validation/test rows of the recipe's data (carved by data.split where not given)."""
+    if recipe.data.train is None:
+        raise BadInput(f"stage {recipe.stage} needs data.train", file=_src(recipe), key="data.train")
+    return load_splits(recipe, recipe.data, required=required, render_into=None)
+
+
+def prompt_text(row: Row, template: Template | None, where: str | None = None) -> str:
+    """The prompt a row shows the policy (and, followed by a response, the reward model)."""
+    if template is not None:
+        return template.render(row, where=where)
+    prompt: Any = row.get("prompt")
+    if isinstance(prompt, str) and prompt:
+        return prompt
+    what = "chat messages" if isinstance(prompt, list) else f"{type(prompt).__name__}"
+    raise BadInput(
+        f"the rlhf stages take text prompts; this row's prompt is {what} "
+        "(write the prompt as text, or build it with data.template)",
+        file=where,
+    )
+
+
+def prompts_of(rows: Rows, template: Template | None) -> list[str]:
+    """Every row's prompt text, in row order."""
+    return [prompt_text(row, template, where) for row, where in zip(rows.rows, rows.where)]
+
+
+def _src(recipe: RlhfRecipe) -> str | None:
+    return str(recipe.source) if recipe.source else None
