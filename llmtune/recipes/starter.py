@@ -80,15 +80,68 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "rlhf": {
         "name": "reward-model",
         "stage": "reward",
-        "model": {"path": "Qwen/Qwen2.5-0.5B-Instruct"},
-        "data": {"train": "data/prefs.jsonl", "split": {"test": 0.1}},
+        "model": {"path": "sentence-transformers/all-MiniLM-L6-v2"},
+        "data": {"train": "data/rankings.jsonl", "test": "data/rankings_test.jsonl", "max_length": 256},
     },
+}
+
+# `llmtune init rlhf --stage STAGE`: each stage's starter shows the keys that stage reads
+_COMMON = ("name", "seed", "output", "stage", "model", "data")
+_TRAINED = ("method", "training")
+RLHF_STAGES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "collect": (
+        ("generation",),
+        {
+            "name": "collect",
+            "model": {"path": "runs/sft/model"},
+            "data": {"train": "data/prompts.jsonl", "columns": {"prompt": "question"}},
+            "generation": {"num_generations": 4, "max_new_tokens": 64, "temperature": 1.0},
+        },
+    ),
+    "reward": (("margin", *_TRAINED), EXAMPLES["rlhf"]),
+    "policy": (
+        ("reward_model", "reward_weight", "rewards", "algorithm", "beta", "generation", *_TRAINED),
+        {
+            "name": "policy",
+            "model": {"path": "runs/sft/model"},
+            "method": {"type": "lora", "r": 16, "alpha": 32},
+            "data": {"train": "data/prompts.jsonl", "test": "data/prompts_test.jsonl"},
+            "reward_model": {"path": "runs/reward-model/model"},
+            "rewards": [
+                {"type": "length", "target": 400, "weight": 0.5},
+                {"type": "regex", "pattern": "(?i)as an ai", "must_match": False, "weight": 1.0},
+            ],
+            "algorithm": "grpo",
+            "beta": 0.05,
+            "generation": {"num_generations": 4, "max_new_tokens": 64, "temperature": 1.0},
+        },
+    ),
+    "dpo": (
+        ("reward_model", "beta", "generation", *_TRAINED),
+        {
+            "name": "dpo",
+            "model": {"path": "runs/sft/model"},
+            "data": {"train": "data/rankings.jsonl", "test": "data/rankings_test.jsonl"},
+            "reward_model": {"path": "runs/reward-model/model"},
+            "beta": 0.1,
+        },
+    ),
+    "kto": (
+        ("reward_model", "beta", "generation", *_TRAINED),
+        {
+            "name": "kto",
+            "model": {"path": "runs/sft/model"},
+            "data": {"train": "data/graded.jsonl", "split": {"test": 0.1}},
+            "beta": 0.1,
+        },
+    ),
 }
 
 
 # optional sections that are off by default, shown as a commented example under their `null`, so
 # that every option a recipe may turn on is in the starter (each example validates: a test checks)
 COMMENTED: dict[str, dict[str, Any]] = {
+    "rlhf": {"reward_model": {"path": "runs/reward-model/model"}},
     "finetune": {
         "replay": {"path": "data/general.jsonl", "ratio": 0.2},
         "sweep": {
@@ -115,9 +168,14 @@ ALTERNATIVES: dict[str, dict[str, Any]] = {
 }
 
 
-def starter_recipe(kind: str, model: type[BaseModel]) -> str:
-    """The commented YAML starter for `kind`."""
+def starter_recipe(kind: str, model: type[BaseModel], stage: str | None = None) -> str:
+    """The commented YAML starter for `kind`; for rlhf, `stage` gives one stage's starter with
+    only the keys that stage reads (without it, every key, with the reward stage's values)."""
     values = {"kind": kind, **EXAMPLES.get(kind, {})}
+    only = None
+    if stage is not None:
+        keys, example = RLHF_STAGES[stage]
+        values, only = {"kind": kind, **example, "stage": stage}, {"kind", *_COMMON, *keys}
     lines = [
         f"# llmtune {kind} recipe: {_doc(model)}",
         f"# Validate with `llmtune validate FILE`; every key is documented by `llmtune schema {kind}`.",
@@ -125,7 +183,13 @@ def starter_recipe(kind: str, model: type[BaseModel]) -> str:
         "#                      # paths stay relative to it)",
         "",
     ]
-    lines += _render(model, values, indent=0, extras=(COMMENTED.get(kind, {}), ALTERNATIVES.get(kind, {})))
+    if kind == "rlhf":
+        lines[2:2] = [
+            "# Stages, in the order of the loop: collect -> (people rank: llmtune rank FILE) -> reward ->",
+            "# policy, or dpo / kto. `llmtune init rlhf --stage STAGE` writes one stage's starter.",
+        ]
+    extras = (COMMENTED.get(kind, {}), ALTERNATIVES.get(kind, {}))
+    lines += _render(model, values, indent=0, extras=extras, only=only)
     return "\n".join(lines) + "\n"
 
 
@@ -148,6 +212,7 @@ def _render(
     indent: int,
     defaults: bool = True,
     extras: Extras = ({}, {}),
+    only: set[str] | None = None,
 ) -> list[str]:
     """Each field of `model` as commented YAML: the example value when there is one, else (with
     `defaults`) the default, so that every key a user may set is shown where it goes. `extras`:
@@ -156,6 +221,8 @@ def _render(
     lines: list[str] = []
     commented, alternatives = extras
     for name, field in model.model_fields.items():
+        if only is not None and name not in only:
+            continue
         if name in values:
             value = values[name]
         elif field.is_required() or not defaults:
@@ -191,7 +258,8 @@ def _render_value(name: str, annotation: Any, value: Any, indent: int, defaults:
             lines.append(f"{pad}  {key}:")
             lines += _render(entry, item, indent + 2, defaults=False)
         return lines
-    if (isinstance(value, dict) and value) or (isinstance(value, str) and "\n" in value):
+    records = isinstance(value, list) and value and all(isinstance(v, dict) for v in value)
+    if (isinstance(value, dict) and value) or records or (isinstance(value, str) and "\n" in value):
         block = yaml.dump({name: value}, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
         block = block.removesuffix("...\n")  # the end marker after a `|+` block
         return [(pad + line).rstrip() for line in block.splitlines()]
