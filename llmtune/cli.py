@@ -406,6 +406,28 @@ def export(
     print(f"wrote {written}", file=sys.stderr)
 
 
+@app.command()
+def rank(
+    candidates: Annotated[Path, typer.Argument(metavar="CANDIDATES", help="JSONL rows to rank.")],
+    output: Annotated[
+        Optional[Path], typer.Option("--output", metavar="FILE", help="Save here; CANDIDATES stays as it is.")
+    ] = None,
+    revisit: Annotated[bool, typer.Option("--all", help="Also revisit rows ranked before.")] = False,
+) -> None:
+    """A person ranks collected outputs (C > B = D > A); each answer is saved at once, a rerun continues."""
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        importlib.import_module("llmtune.jobs.rank").run_rank(candidates, output, revisit=revisit)
+    except (BadInput, LockHeld) as exc:
+        _fail(str(exc), EXIT_BAD_INPUT if isinstance(exc, BadInput) else EXIT_LOCKED)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        _fail(f"interrupted by {signal.Signals(signum).name}; every answer given is saved", 128 + signum)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _version_callback(value: bool) -> None:
     if value:
         print(f"llmtune {__version__}")

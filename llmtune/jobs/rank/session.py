@@ -1,0 +1,133 @@
+"""The ranking dialogue: one prompt and its lettered responses at a time, a line of input each.
+
+It reads lines, so a terminal and a piped script behave the same (a terminal also gets line
+editing). End of input (Ctrl-D, or the end of a script) quits like `q`: every answer given so
+far is already saved.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import textwrap
+from typing import TYPE_CHECKING
+
+from llmtune.data.rankings import RankingError, letters, parse_ranking
+
+if TYPE_CHECKING:
+    from llmtune.jobs.rank import Candidate, Candidates
+
+ASK = "ranking (e.g. C > B = D > A), s skip, b back, q quit, ? help: "
+HELP = """\
+Rank every response once, best first: '>' means better, '=' a tie.
+  C > B = D > A   C is best, B and D tie, A is worst (lower case and no spaces work too)
+  s               skip this prompt (it stays unranked)
+  b               back to the previous prompt (type a new ranking, or Enter to keep its own)
+  q               quit (every answer given is already saved; a rerun continues here)
+  Enter           keep the ranking shown as current (prompts ranked before)"""
+SKIP, BACK, QUIT, ASK_HELP = ("s", "skip"), ("b", "back"), ("q", "quit"), ("?", "h", "help")
+
+
+def rank_rows(book: Candidates, *, revisit: bool = False) -> int:
+    """Go through the unranked rows in file order (all rows with `revisit`); return how many rows
+    were given a ranking in this session (a row answered twice, after `b`, counts once)."""
+    queue = [row for row in book.rows if revisit or not row.ranking]
+    if not queue:
+        print("every row is ranked already (--all revisits them)", file=sys.stderr)
+        return 0
+    position, what = 0, "rows" if revisit else "unranked"
+    while position < len(queue):
+        step = _ask(book, queue[position], f"[{position + 1}/{len(queue)} {what}]", first=position == 0)
+        if step is None:
+            break
+        position += step
+    return len(book.answered)
+
+
+def _ask(book: Candidates, row: Candidate, counter: str, *, first: bool) -> int | None:
+    """Show `row` and read answers until one moves on: +1 (answered, kept or skipped), -1 (back),
+    None (quit or end of input)."""
+    _show(row, counter)
+    count = len(row.data["responses"])
+    while True:
+        line = _read_line(ASK)
+        if line is None:
+            return None
+        answer = line.strip()
+        word = answer.lower()
+        if word in QUIT:
+            return None
+        if word in SKIP:
+            return 1
+        if word in BACK:
+            if not first:
+                return -1
+            print("this is the first prompt; there is none before it", file=sys.stderr, flush=True)
+            continue
+        if word in ASK_HELP:
+            print(HELP, flush=True)
+            continue
+        if not answer:
+            if row.ranking:
+                return 1
+            print("type a ranking, or s to skip", file=sys.stderr, flush=True)
+            continue
+        try:
+            ranking = str(parse_ranking(answer, count))
+        except RankingError as exc:
+            print(f"not saved: {exc}", file=sys.stderr, flush=True)
+            continue
+        book.save(row, ranking)
+        print(f"saved: {ranking}", file=sys.stderr, flush=True)
+        return 1
+
+
+def _show(row: Candidate, counter: str) -> None:
+    width = max(40, min(shutil.get_terminal_size((100, 24)).columns, 120) - 1)
+    lines = ["", f"{counter} {row.name}", _wrap(_prompt_text(row.data["prompt"]), width, ""), ""]
+    for letter, text in zip(letters(len(row.data["responses"])), row.data["responses"]):
+        lines.append(_wrap(text.strip() or "(empty response)", width, f"{letter}) "))
+    if row.ranking:
+        lines += ["", f"current ranking: {row.ranking}  (Enter keeps it)"]
+    print("\n".join(lines), flush=True)
+
+
+def _prompt_text(prompt: object) -> str:
+    """A prompt as a person reads it: its text, or a chat's turns one per line."""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
+        return "\n".join(f"{m.get('role', '?')}: {m.get('content', '')}" for m in prompt)
+    return json.dumps(prompt, ensure_ascii=False)
+
+
+def _wrap(text: str, width: int, label: str) -> str:
+    """`text` wrapped to `width`, its own line breaks kept, continuation lines indented under
+    the label."""
+    indent, out = " " * len(label), []
+    for n, paragraph in enumerate(text.splitlines() or [""]):
+        first = label if n == 0 else indent
+        out += textwrap.wrap(paragraph, width, initial_indent=first, subsequent_indent=indent) or [
+            first.rstrip()
+        ]
+    return "\n".join(out)
+
+
+def _read_line(prompt: str) -> str | None:
+    """One line of input, None at its end. A terminal gets `input()` (line editing); a pipe is
+    read with readline, which sees the end of a script as it is."""
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        try:
+            import readline  # noqa: F401 - importing it gives input() line editing and history
+        except ImportError:
+            pass
+        try:
+            return input(prompt)
+        except EOFError:
+            print(file=sys.stdout, flush=True)
+            return None
+    print(prompt, end="", flush=True)
+    line = sys.stdin.readline()
+    print(line.rstrip("\n"), flush=True)  # echoed, so that the transcript reads like a terminal's
+    return line if line else None
