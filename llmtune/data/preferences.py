@@ -85,13 +85,16 @@ def is_ranking(row: dict[str, Any]) -> bool:
     return "responses" in row or "ranking" in row
 
 
-def preferences_of(rows: Rows, *, skip_bad_rows: bool = False, key: str = "data.train") -> Preferences:
+def preferences_of(
+    rows: Rows, *, skip_bad_rows: bool = False, key: str = "data.train", prompt_field: bool = True
+) -> Preferences:
     """The pairs (and tied pairs) of one split's rows; bad rows are refused together (exit 2) with
-    file:line and reason, or skipped and counted with `skip_bad_rows`."""
+    file:line and reason, or skipped and counted with `skip_bad_rows`. `prompt_field=False`: rows
+    need no `prompt` (data.template builds it from other fields)."""
     out, bad = Preferences(), []
     for row, where in zip(rows.rows, rows.where):
         try:
-            _add(out, row, where)
+            _add(out, row, where, prompt_field)
         except RankingError as exc:
             bad.append(Problem(str(exc), file=where))
     if bad and not skip_bad_rows:
@@ -132,15 +135,15 @@ def graded_of(rows: Rows, *, skip_bad_rows: bool = False, key: str = "data.train
     return out
 
 
-def _add(out: Preferences, row: dict[str, Any], where: str) -> None:
-    if row.get("prompt") in (None, ""):
+def _add(out: Preferences, row: dict[str, Any], where: str, prompt_field: bool = True) -> None:
+    if prompt_field and row.get("prompt") in (None, ""):
         raise RankingError("row has no 'prompt'")
     group = len(out.rows)
     if not is_ranking(row):
         chosen, rejected = _text(row, "chosen"), _text(row, "rejected")
         if chosen == rejected:
             raise RankingError("'chosen' and 'rejected' are the same text")
-        out.pairs.append(PreferencePair(row["prompt"], chosen, rejected, 1, where, group))
+        out.pairs.append(PreferencePair(row.get("prompt"), chosen, rejected, 1, where, group))
         out.pair_rows += 1
         out.rows.append(row)
         return
@@ -163,11 +166,11 @@ def _add(out: Preferences, row: dict[str, Any], where: str) -> None:
     for pair in ranking.pairs():
         out.pairs.append(
             PreferencePair(
-                row["prompt"], by_letter[pair.better], by_letter[pair.worse], pair.distance, where, group
+                row.get("prompt"), by_letter[pair.better], by_letter[pair.worse], pair.distance, where, group
             )
         )
     for first, second in ranking.ties():
-        out.ties.append(TiedPair(row["prompt"], by_letter[first], by_letter[second], where, group))
+        out.ties.append(TiedPair(row.get("prompt"), by_letter[first], by_letter[second], where, group))
     out.rankings += 1
     out.rows.append(row)
 

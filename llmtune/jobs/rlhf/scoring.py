@@ -37,7 +37,7 @@ class RewardScorer:
     def load(cls, ref: ModelRef, recipe: RlhfRecipe, key: str = "reward_model") -> RewardScorer:
         from llmtune.errors import BadInput
 
-        loaded = load_model(ref, recipe, head="classification", key=key)
+        loaded = load_model(ref, recipe, head="classification", labels=head_labels(ref, recipe, key), key=key)
         try:
             return cls(loaded, max_length=recipe.data.max_length)
         except ValueError as exc:
@@ -53,6 +53,19 @@ class RewardScorer:
 
     def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
         return self.score(prompts, responses)
+
+
+def head_labels(ref: ModelRef, recipe: RlhfRecipe, key: str) -> list[str] | None:
+    """The one output's name when `ref` is a reward model (one-output head), else None.
+
+    Passed to load_model so that the base of an adapter folder (e.g. a hub encoder, which would
+    get a fresh head of two outputs) is built with the one output the adapter's saved head has."""
+    from llmtune.models.loading import inspect_model
+
+    if ref.scratch is not None:  # an untrained reward model: tests and smoke runs
+        return ["score"]
+    info = inspect_model(ref, recipe, key)
+    return (info.head_labels or ["score"]) if info.regression else None
 
 
 @dataclass
