@@ -1,0 +1,150 @@
+"""What stage policy shows people: samples.jsonl (every held-out response scored before and after
+training), eval.json's headline (mean_reward_before / mean_reward_after) and report.md (the mean
+rewards before and after, and held-out prompts with a response of each model)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from llmtune.console import markdown_table, say, table
+from llmtune.jobs.rlhf.scoring import Sampled
+from llmtune.recipes.rlhf import RlhfRecipe
+from llmtune.runs.lifecycle import Outcome, warnings_markdown
+from llmtune.runs.rundir import RunDir
+
+SHOWN_PROMPTS = 5
+"""Held-out prompts shown with their responses before and after in report.md."""
+
+
+def sample_rows(when: str, sampled: Sampled, components: dict[str, list[float]]) -> list[dict[str, Any]]:
+    """One row per sampled response: when (before/after), prompt, sample number, response, its
+    total reward and each component's reward. `components` are in the order the responses were
+    scored (prompt by prompt, sample by sample)."""
+    rows, flat = [], 0
+    for prompt, responses, rewards in zip(sampled.prompts, sampled.responses, sampled.rewards):
+        for k, (response, reward) in enumerate(zip(responses, rewards)):
+            parts = {name: values[flat] for name, values in components.items()}
+            rows.append(
+                {
+                    "when": when,
+                    "prompt": prompt,
+                    "sample": k,
+                    "response": response,
+                    "reward": reward,
+                    "rewards": parts,
+                }
+            )
+            flat += 1
+    return rows
+
+
+def add_headline_to_eval(run_dir: RunDir, outcome: Outcome) -> None:
+    """eval.json gains mean_reward_before and mean_reward_after at its top level (SPEC: the keys a
+    user or script reads first), beside the lifecycle's full before/after metrics."""
+    path = run_dir.path / "eval.json"
+    evaluation = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    before, after = outcome.test_before or {}, outcome.test or {}
+    evaluation = {
+        "mean_reward_before": before.get("mean_reward"),
+        "mean_reward_after": after.get("mean_reward"),
+        **evaluation,
+    }
+    run_dir.write_json("eval.json", evaluation)
+
+
+def reward_rows(outcome: Outcome, weights: dict[str, float]) -> list[list[Any]]:
+    """[measure, weight, before, after, change] for the total, each component and the length."""
+    before, after = outcome.test_before or {}, outcome.test or {}
+    names = [("mean_reward", "total (weighted sum)", None)]
+    names += [(name, name, weight) for name, weight in weights.items()]
+    names += [("response_chars", "response length (characters)", None)]
+    return [
+        [
+            label,
+            "-" if weight is None else weight,
+            before.get(key),
+            after.get(key),
+            _change(before, after, key),
+        ]
+        for key, label, weight in names
+    ]
+
+
+def _change(before: dict[str, Any], after: dict[str, Any], key: str) -> float | None:
+    if isinstance(before.get(key), int | float) and isinstance(after.get(key), int | float):
+        return after[key] - before[key]
+    return None
+
+
+def example_rows(samples: dict[str, list[dict[str, Any]]]) -> list[list[Any]]:
+    """The first response to each of the first held-out prompts, before and after, with rewards."""
+    first = {when: [r for r in rows if r["sample"] == 0][:SHOWN_PROMPTS] for when, rows in samples.items()}
+    return [
+        [
+            repr(b["prompt"][-80:]),
+            repr(b["response"]),
+            round(b["reward"], 4),
+            repr(a["response"]),
+            round(a["reward"], 4),
+        ]
+        for b, a in zip(first.get("before", []), first.get("after", []))
+    ]
+
+
+def training_rewards(run_dir: RunDir) -> list[str]:
+    """The mean training reward TRL logged at the first and last logged steps (the policy's own
+    samples of the training prompts, as it learned)."""
+    log = run_dir.path / "metrics.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines() if line] if log.exists() else []
+    logged = [(r["step"], r["reward"]) for r in records if isinstance(r.get("reward"), int | float)]
+    if not logged:
+        return []
+    (s0, r0), (s1, r1) = logged[0], logged[-1]
+    return [f"- training reward (TRL's log, training prompts): {r0:.4g} at step {s0}, {r1:.4g} at step {s1}"]
+
+
+def report(
+    recipe: RlhfRecipe,
+    run_dir: RunDir,
+    outcome: Outcome,
+    samples: dict[str, list[dict[str, Any]]],
+    weights: dict[str, float],
+) -> None:
+    """The before/after table on the console, and report.md."""
+    columns = ["reward", "weight", "before training", "after training", "change"]
+    rows = reward_rows(outcome, weights)
+    table("mean reward on held-out prompts", columns, rows)
+    before, after = outcome.test_before or {}, outcome.test or {}
+    say(f"mean reward: {before.get('mean_reward', 0):.4f} before, {after.get('mean_reward', 0):.4f} after")
+    plan = outcome.plan
+    lines = [
+        f"# {recipe.name}: rlhf policy ({recipe.algorithm}, {recipe.method.type})",
+        "",
+        f"- policy: `{plan.model}`; reward model: `{plan.details.get('reward_model') or 'none (rule rewards only)'}`",
+        f"- prompts: {plan.rows.get('train')} for training, {plan.rows.get('test')} held out; "
+        f"{plan.details['num_generations']} samples per prompt, at most {plan.details['max_new_tokens']} new tokens",
+        f"- beta (KL to the starting policy): {recipe.beta}",
+        f"- trainable parameters: {plan.trainable_params:,} of {plan.total_params:,} "
+        f"({100 * plan.trainable_share:.2f}%)",
+        f"- steps: {outcome.steps}, training time: {outcome.train_seconds:.2f} s on {plan.device}",
+        *training_rewards(run_dir),
+        "",
+        *warnings_markdown(outcome),
+        "## Mean reward on held-out prompts",
+        "",
+        f"{after.get('samples')} responses ({before.get('prompts')} prompts x {plan.details['num_generations']}), "
+        f"sampled with seed {recipe.seed} before and after training, so the two differ only by the model. "
+        "The total is the weighted sum that training maximises.",
+        "",
+        markdown_table(columns, rows),
+        "## Held-out prompts: a response before and after",
+        "",
+        markdown_table(
+            ["prompt", "before", "reward", "after", "reward"],
+            example_rows(samples),
+        ),
+        "Every scored response is in samples.jsonl.",
+        "",
+    ]
+    run_dir.write_text("report.md", "\n".join(lines))
