@@ -1,16 +1,20 @@
 """The ranking dialogue: one prompt and its lettered responses at a time, a line of input each.
 
-It reads lines, so a terminal and a piped script behave the same (a terminal also gets line
-editing). End of input (Ctrl-D, or the end of a script) quits like `q`: every answer given so
+It reads lines, so a terminal and a piped script behave the same. End of input (Ctrl-D, or the end of a script) quits like `q`: every answer given so
 far is already saved.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import select
 import shutil
+import signal
 import sys
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from llmtune.data.rankings import RankingError, letters, parse_ranking
@@ -36,22 +40,24 @@ def rank_rows(book: Candidates, *, revisit: bool = False) -> int:
     if not queue:
         print("every row is ranked already (--all revisits them)", file=sys.stderr)
         return 0
-    position, what = 0, "rows" if revisit else "unranked"
-    while position < len(queue):
-        step = _ask(book, queue[position], f"[{position + 1}/{len(queue)} {what}]", first=position == 0)
-        if step is None:
-            break
-        position += step
+    position, what, reader = 0, "rows" if revisit else "unranked", LineReader()
+    with reader.waking_on_signals():
+        while position < len(queue):
+            counter = f"[{position + 1}/{len(queue)} {what}]"
+            step = _ask(book, reader, queue[position], counter, first=position == 0)
+            if step is None:
+                break
+            position += step
     return len(book.answered)
 
 
-def _ask(book: Candidates, row: Candidate, counter: str, *, first: bool) -> int | None:
+def _ask(book: Candidates, reader: LineReader, row: Candidate, counter: str, *, first: bool) -> int | None:
     """Show `row` and read answers until one moves on: +1 (answered, kept or skipped), -1 (back),
     None (quit or end of input)."""
     _show(row, counter)
     count = len(row.data["responses"])
     while True:
-        line = _read_line(ASK)
+        line = reader.read_line(ASK)
         if line is None:
             return None
         answer = line.strip()
@@ -114,20 +120,49 @@ def _wrap(text: str, width: int, label: str) -> str:
     return "\n".join(out)
 
 
-def _read_line(prompt: str) -> str | None:
-    """One line of input, None at its end. A terminal gets `input()` (line editing); a pipe is
-    read with readline, which sees the end of a script as it is."""
-    if sys.stdin.isatty() and sys.stdout.isatty():
+class LineReader:
+    """Lines of stdin, read from its file descriptor next to a signal wake-up pipe.
+
+    `input()` and `sys.stdin.readline()` can miss a SIGTERM that arrives just after the prompt
+    is printed and before they block in the read: the signal is noted but nothing wakes the
+    read up. Waiting in select() on stdin and on `signal.set_wakeup_fd`'s pipe closes that gap,
+    so a signal always ends the session at once. A terminal keeps its own line editing
+    (backspace, Ctrl-U, Ctrl-W), and Ctrl-D at the start of a line is the end of input."""
+
+    def __init__(self) -> None:
+        self.fd = sys.stdin.fileno()
+        self.echo = not os.isatty(self.fd)  # a script's answers are not echoed by a terminal
+        self._buffer, self._ended = b"", False
+
+    @contextmanager
+    def waking_on_signals(self) -> Iterator[None]:
+        """While the session runs, every signal with a Python handler also wakes select()."""
+        self._wake, write = os.pipe()
+        os.set_blocking(write, False)
+        previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
         try:
-            import readline  # noqa: F401 - importing it gives input() line editing and history
-        except ImportError:
-            pass
-        try:
-            return input(prompt)
-        except EOFError:
-            print(file=sys.stdout, flush=True)
+            yield
+        finally:
+            signal.set_wakeup_fd(previous)
+            os.close(self._wake)
+            os.close(write)
+
+    def read_line(self, prompt: str) -> str | None:
+        """Print `prompt` and return the next line, None at the end of input."""
+        print(prompt, end="", flush=True)
+        while b"\n" not in self._buffer and not self._ended:
+            ready, _, _ = select.select([self.fd, self._wake], [], [])
+            if self._wake in ready:  # a signal: its handler runs as this loop goes round
+                os.read(self._wake, 512)
+                continue
+            chunk = os.read(self.fd, 65536)
+            self._buffer += chunk
+            self._ended = not chunk
+        if not self._buffer:
+            print(flush=True)
             return None
-    print(prompt, end="", flush=True)
-    line = sys.stdin.readline()
-    print(line.rstrip("\n"), flush=True)  # echoed, so that the transcript reads like a terminal's
-    return line if line else None
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        text = line.decode("utf-8", errors="replace").rstrip("\r")
+        if self.echo:
+            print(text, flush=True)
+        return text
