@@ -82,14 +82,19 @@ def example_rows(samples: dict[str, list[dict[str, Any]]]) -> list[list[Any]]:
     first = {when: [r for r in rows if r["sample"] == 0][:SHOWN_PROMPTS] for when, rows in samples.items()}
     return [
         [
-            repr(b["prompt"][-80:]),
-            repr(b["response"]),
+            _cell(b["prompt"][-80:]),
+            _cell(b["response"]),
             round(b["reward"], 4),
-            repr(a["response"]),
+            _cell(a["response"]),
             round(a["reward"], 4),
         ]
         for b, a in zip(first.get("before", []), first.get("after", []))
     ]
+
+
+def _cell(text: str) -> str:
+    """Model text in a Markdown table cell: quoted, newlines escaped, and `|` kept inside the cell."""
+    return repr(text).replace("|", "\\|")
 
 
 def training_rewards(run_dir: RunDir) -> list[str]:
