@@ -14,6 +14,7 @@ from typing import Any
 from llmtune.errors import BadInput
 from llmtune.models import info
 from llmtune.models.adapters import inspect_adapter_folder, is_adapter_folder, load_adapter_layers
+from llmtune.models.cpu import check_int8, int8_device, quantize_int8, use_threads
 from llmtune.models.info import Head as Head  # re-exported: callers import it from here
 from llmtune.models.info import ModelInfo
 from llmtune.models.info import resolve_model_path as resolve_model_path  # re-exported
@@ -79,14 +80,19 @@ def load_model(
     """Load the model `ref` names with the right head, on its device, adapter applied.
 
     `method` is the recipe's `method.type` when training (qlora loads the base in 4-bit NF4).
+    On the CPU torch runs `ref.threads` threads; `quantization: int8` (inference only) swaps the
+    linear layers for dynamic int8 ones after loading (`llmtune.models.cpu`).
     `empty_weights`: build the model on the meta device from its config (no weights read, no
     memory), for a dry run that only counts parameters; scratch models are built normally.
     The model's files are checked first (`info.inspect_model`): a wrong model is BadInput.
     """
     from transformers import set_seed
 
-    device = pick_device(ref.device)
+    device = pick_device(int8_device(ref.device, ref.quantization))
     quantization = quantization_for(ref, method)
+    if quantization == "int8":
+        check_int8(device, for_training=for_training, key=key)
+    use_threads(ref.threads, device)
     set_seed(recipe.seed)  # new heads and scratch weights are initialised the same on every run
     if ref.scratch is not None:
         if method == "qlora":
@@ -98,6 +104,7 @@ def load_model(
         tokenizer = build_tokenizer(ref.scratch, corpus)
         model = build_scratch_model(ref.scratch, tokenizer, head=head, labels=labels, key=key)
         model.to(device)
+        model = quantize_int8(model) if quantization == "int8" else model
         return LoadedModel(model, tokenizer, ref.describe(), device)
     _check_hardware(ref, quantization, device, key)
     found = inspect_model(ref, recipe, key)
@@ -115,9 +122,11 @@ def load_model(
         model = load_adapter_layers(model, found.adapter, empty_weights=empty_weights)
     elif found.adapter is not None:
         model = _apply_adapter(model, found.adapter, for_training, empty_weights)
-    if quantization == "none" and not empty_weights:
+    if quantization in ("none", "int8") and not empty_weights:
         model.to(device)
     base_path = str(found.path) if found.adapter is not None else None
+    if quantization == "int8" and not empty_weights:  # a dry run's meta model has no weights
+        model = quantize_int8(model)
     return LoadedModel(model, tokenizer, ref.describe(), device, base_path=base_path)
 
 
@@ -144,7 +153,7 @@ def pretrained_kwargs(ref: ModelRef, device: str, method: str | None = None) -> 
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": ref.trust_remote_code}
     if ref.attn_implementation != "auto":
         kwargs["attn_implementation"] = ref.attn_implementation
-    if quantization == "none":
+    if quantization in ("none", "int8"):  # int8 quantizes the float32 model once it is loaded
         return kwargs
     from transformers import BitsAndBytesConfig
 
@@ -170,7 +179,7 @@ def pretrained_kwargs(ref: ModelRef, device: str, method: str | None = None) -> 
 def _check_hardware(ref: ModelRef, quantization: str, device: str, key: str) -> None:
     import importlib.util
 
-    if quantization != "none":
+    if quantization in ("4bit", "8bit"):
         if not device.startswith("cuda"):
             raise BadInput(
                 f"quantization {quantization} needs a CUDA GPU (bitsandbytes); this run is on {device}",

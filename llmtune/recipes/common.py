@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     GetCoreSchemaHandler,
     PrivateAttr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -163,10 +164,18 @@ class ModelRef(Section):
     """Where the model runs: auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps."""
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     """Attention kernel; flash_attention_2 needs a CUDA GPU and the flash-attn package."""
-    quantization: Literal["none", "4bit", "8bit"] = "none"
-    """Load the base weights quantized with bitsandbytes (CUDA only)."""
+    quantization: Literal["none", "4bit", "8bit", "int8"] = "none"
+    """4bit / 8bit: load the base weights quantized with bitsandbytes (CUDA only). int8: CPU
+    inference (device auto means the CPU) with dynamic int8 linear layers (torch): less work per
+    row; not for training. Labels can flip on rows near the decision boundary: compare with the
+    float model on your data first (bench/bench_int8.py)."""
     trust_remote_code: bool = False
     """Run model code shipped with a hub repo. Off unless you trust the repo."""
+    threads: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
+    """CPU threads for torch when the model runs on the CPU. auto: the environment's choice when
+    LLMTUNE_THREADS or OMP_NUM_THREADS is set, else the cores this process may use less the ones
+    other processes keep busy (1-minute load average), at least 1. On a shared machine one thread
+    too many costs far more than one too few."""
     scratch: ScratchModel | None = None
     """Instead of path: build a small random model (tests, demos, students)."""
 
@@ -182,6 +191,17 @@ class ModelRef(Section):
         if (self.path is None) == (self.scratch is None):
             raise ValueError("give exactly one of path or scratch")
         return self
+
+    @field_validator("quantization")
+    @classmethod
+    def _int8_on_cpu(cls, value: str, info: ValidationInfo) -> str:
+        # a field validator (device and dtype come first), so the error names model.quantization
+        device, dtype = info.data.get("device", "auto"), info.data.get("dtype", "auto")
+        if value == "int8" and device not in ("auto", "cpu"):
+            raise ValueError(f"int8 is CPU inference, not device {device}; on CUDA use 8bit or 4bit")
+        if value == "int8" and dtype not in ("auto", "float32"):
+            raise ValueError(f"int8 computes in float32; remove dtype: {dtype}")
+        return value
 
     def describe(self) -> str:
         """A short human name for tables and logs."""

@@ -1,0 +1,175 @@
+"""CPU inference: how many threads torch runs (`model.threads`) and dynamic int8 linear layers
+(`model.quantization: int8`).
+
+Threads: on a shared machine one torch thread more than the free cores costs far more than one
+fewer (on a busy 2-core machine 2 threads ran 10x slower than 1; on an idle one, 1 thread is at
+most 2x slower than 2), so `auto` errs low. An explicit choice always wins: the recipe's integer,
+then LLMTUNE_THREADS, then OMP_NUM_THREADS (which torch itself reads at start-up).
+
+int8: `torch.ao.quantization.quantize_dynamic` swaps each `nn.Linear` for one that keeps int8
+weights (one scale per output channel) and quantizes its input on the fly. A sequence
+classifier's head stays in float32: it is one small matrix, so it costs nothing, and a score
+head's number (regression) keeps its full precision.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmtune.console import say
+from llmtune.errors import BadInput
+
+THREADS_ENV = "LLMTUNE_THREADS"
+"""Environment variable that sets the torch threads of every model whose `threads` is auto."""
+
+_last_said: str | None = None  # a process loading several models says its threads once
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    """How many torch threads to run (None: leave torch's own setting) and why."""
+
+    threads: int | None
+    reason: str
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (else every core), capped by a cgroup
+    v2 CPU quota (a container limited to 2 CPUs on a 64-core host may use 2)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    quota = _cgroup_quota()
+    return max(1, min(cores, quota) if quota else cores)
+
+
+def _cgroup_quota() -> int | None:
+    # cpu.max is "max 100000" (no limit) or "200000 100000" (2 CPUs' worth of time)
+    try:
+        fields = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        return max(1, math.ceil(int(fields[0]) / int(fields[1])))
+    except (OSError, ValueError, IndexError, ZeroDivisionError):
+        return None
+
+
+def auto_threads(usable: int, load: float, own: float) -> int:
+    """The `auto` rule: the usable cores less the ones other processes keep busy, at least 1.
+
+    `load` is the 1-minute load average (runnable processes, ours included) and `own` our share
+    of it, so others = load - own, rounded (a neighbour at 0.4 of a core leaves it to us)."""
+    others = max(0.0, load - own)
+    return max(1, min(usable, usable - round(others)))
+
+
+def own_load() -> float:
+    """This process's share of the 1-minute load average, estimated from its CPU time: the
+    average moves with a 1-minute time constant, so t CPU-seconds add about t/60 while t is
+    small; never more than the threads torch runs."""
+    import torch
+
+    return min(time.process_time() / 60.0, float(torch.get_num_threads()))
+
+
+def choose_threads(setting: int | str, environ: dict[str, str] | None = None) -> ThreadChoice:
+    """The threads for `model.threads: setting` (an int, or auto) under `environ` (os.environ)."""
+    env = os.environ if environ is None else environ
+    if isinstance(setting, int):
+        return ThreadChoice(setting, "model.threads")
+    if value := env.get(THREADS_ENV, "").strip():
+        if not value.isdigit() or int(value) < 1:
+            raise BadInput(f"expected a whole number of threads >= 1, got {value!r}", key=THREADS_ENV)
+        return ThreadChoice(int(value), THREADS_ENV)
+    if env.get("OMP_NUM_THREADS", "").strip():
+        return ThreadChoice(None, "OMP_NUM_THREADS")
+    usable = usable_cores()
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average (Windows): assume an idle machine
+        load = 0.0
+    return ThreadChoice(auto_threads(usable, load, own_load()), f"auto: {usable} usable, load {load:.1f}")
+
+
+def use_threads(setting: int | str, device: str) -> None:
+    """Set torch's threads for a model about to run on `device` (the CPU only: on a GPU the
+    CPU threads hardly matter) and say the choice once; torch.get_num_threads() then records it."""
+    global _last_said
+    if device != "cpu":
+        return
+    import torch
+
+    choice = choose_threads(setting)
+    if choice.threads is not None and choice.threads != torch.get_num_threads():
+        torch.set_num_threads(choice.threads)
+    threads = torch.get_num_threads()
+    try:  # allowed only before any parallel work started, and once per process
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:
+        pass
+    message = f"cpu: {threads} torch thread(s) ({choice.reason})"
+    if message != _last_said:
+        say(message)
+        _last_said = message
+
+
+def int8_device(requested: str, quantization: str) -> str:
+    """The device to load on: int8 is CPU inference, so `auto` means the CPU."""
+    return "cpu" if quantization == "int8" and requested == "auto" else requested
+
+
+def check_int8(device: str, *, for_training: bool, key: str) -> None:
+    """Refuse int8 where it cannot work, before anything loads: training, or a device other
+    than the CPU (the schema already refuses a named one; this catches `--set` and callers)."""
+    if for_training:
+        raise BadInput(
+            "int8 is for inference; to train on a quantised base use method qlora",
+            key=f"{key}.quantization",
+        )
+    if device != "cpu":
+        raise BadInput(
+            f"int8 is CPU inference, not {device}; on CUDA use 8bit or 4bit", key=f"{key}.quantization"
+        )
+
+
+def quantize_int8(model: Any) -> Any:
+    """`model` with its linear layers in dynamic int8 (a classifier's head kept in float32).
+    A peft adapter is merged first: its layers would otherwise run beside int8 ones in float."""
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    from llmtune.models.info import model_head
+
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    keep = _head_prefixes(model) if model_head(model) == "classification" else ()
+    targets = {
+        name: per_channel_dynamic_qconfig
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and not name.startswith(keep)
+    }
+    # torch.ao.quantization is deprecated in favour of torchao (not a dependency here); torch
+    # 2.13 still ships and runs it, and says so on every call
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        return quantize_dynamic(model.eval(), targets, dtype=torch.qint8, inplace=True)
+
+
+def _head_prefixes(model: Any) -> tuple[str, ...]:
+    # what is not the base model (bert., model., roberta.) is the head: classifier., score.
+    children = [name for name, _ in model.named_children()]
+    prefix = getattr(model, "base_model_prefix", "")
+    return tuple(name for name in children if name != prefix) if prefix in children else ()
+
+
+def is_int8(model: Any) -> bool:
+    """Whether `model` runs dynamic int8 linear layers."""
+    from torch.ao.nn.quantized.dynamic import Linear
+
+    return any(isinstance(m, Linear) for m in model.modules())
