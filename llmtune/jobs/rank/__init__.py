@@ -19,7 +19,6 @@ import os
 import stat
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,30 +26,10 @@ from llmtune.data.formats import kind_of
 from llmtune.data.rankings import MAX_RESPONSES, RankingError, parse_ranking
 from llmtune.errors import BadInput, LockHeld, Problem
 from llmtune.inference.journal import signals_held
+from llmtune.jobs.rank.session import Candidate, rank_rows
 from llmtune.runs.outputs import TMP_SUFFIX, OutputLock, umask
 
 MAX_SHOWN = 20  # problems listed in one refusal; the rest are counted
-
-
-@dataclass
-class Candidate:
-    """One row to rank: its parsed JSON and where it is in the file."""
-
-    data: dict[str, Any]
-    line: int
-    """1-based line number in the file."""
-    index: int
-    """Index of its line in `Candidates.lines`."""
-
-    @property
-    def ranking(self) -> str:
-        text = self.data.get("ranking")
-        return text.strip() if isinstance(text, str) else ""
-
-    @property
-    def name(self) -> str:
-        """The row's id, or its line when it has none."""
-        return str(self.data["id"]) if "id" in self.data else f"line {self.line}"
 
 
 class Candidates:
@@ -61,8 +40,6 @@ class Candidates:
         self.source, self.target = source, target
         self._seen = _signature(target)  # before reading: a change while we read is seen too
         self.lines, self.rows = _read(source)
-        self.answered: set[int] = set()
-        """Lines of the rows given a ranking in this session."""
 
     def ranked(self) -> int:
         return sum(bool(row.ranking) for row in self.rows)
@@ -81,14 +58,11 @@ class Candidates:
         with signals_held():
             _replace(self.target, "".join(self.lines))
             self._seen = _signature(self.target)
-        self.answered.add(row.line)
 
 
 def run_rank(candidates: Path, output: Path | None = None, *, revisit: bool = False) -> dict[str, int]:
     """Rank the rows of `candidates` interactively (stdin/stdout), saving each answer at once into
     the file itself, or into `output` (created from it on the first answer; a rerun reads it)."""
-    from llmtune.jobs.rank.session import rank_rows
-
     target = Path(os.path.realpath(output if output is not None else candidates))
     lock = OutputLock(target.parent / f"{target.name}.lock")
     lock.acquire()
@@ -101,7 +75,7 @@ def run_rank(candidates: Path, output: Path | None = None, *, revisit: bool = Fa
         lock.discard()  # refused input leaves no trace
         raise
     try:
-        answered = rank_rows(book, revisit=revisit)
+        answered = rank_rows(book.rows, book.save, revisit=revisit)
     finally:
         with signals_held():
             lock.release()

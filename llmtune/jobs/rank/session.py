@@ -1,7 +1,7 @@
 """The ranking dialogue: one prompt and its lettered responses at a time, a line of input each.
 
-It reads lines, so a terminal and a piped script behave the same. End of input (Ctrl-D, or the end of a script) quits like `q`: every answer given so
-far is already saved.
+It reads lines, so a terminal and a piped script behave the same. End of input (Ctrl-D, or the
+end of a script) quits like `q`: every answer given so far is already saved.
 """
 
 from __future__ import annotations
@@ -13,14 +13,34 @@ import shutil
 import signal
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Any
 
 from llmtune.data.rankings import RankingError, letters, parse_ranking
 
-if TYPE_CHECKING:
-    from llmtune.jobs.rank import Candidate, Candidates
+
+@dataclass
+class Candidate:
+    """One row to rank (checked when the file was read): its parsed JSON and where it is."""
+
+    data: dict[str, Any]
+    line: int
+    """1-based line number in the file."""
+    index: int
+    """Index of its line among the file's lines (blank ones included)."""
+
+    @property
+    def ranking(self) -> str:
+        text = self.data.get("ranking")
+        return text.strip() if isinstance(text, str) else ""
+
+    @property
+    def name(self) -> str:
+        """The row's id, or its line when it has none."""
+        return str(self.data["id"]) if "id" in self.data else f"line {self.line}"
+
 
 ASK = "ranking (e.g. C > B = D > A), s skip, b back, q quit, ? help: "
 HELP = """\
@@ -33,25 +53,34 @@ Rank every response once, best first: '>' means better, '=' a tie.
 SKIP, BACK, QUIT, ASK_HELP = ("s", "skip"), ("b", "back"), ("q", "quit"), ("?", "h", "help")
 
 
-def rank_rows(book: Candidates, *, revisit: bool = False) -> int:
-    """Go through the unranked rows in file order (all rows with `revisit`); return how many rows
-    were given a ranking in this session (a row answered twice, after `b`, counts once)."""
-    queue = [row for row in book.rows if revisit or not row.ranking]
+Save = Callable[[Candidate, str], None]
+
+
+def rank_rows(rows: list[Candidate], save: Save, *, revisit: bool = False) -> int:
+    """Go through the unranked rows in file order (all rows with `revisit`), `save` each answer at
+    once; return how many rows were given a ranking (a row answered twice, after `b`, counts once)."""
+    queue = [row for row in rows if revisit or not row.ranking]
     if not queue:
         print("every row is ranked already (--all revisits them)", file=sys.stderr)
         return 0
+    answered: set[int] = set()
+
+    def save_and_count(row: Candidate, ranking: str) -> None:
+        save(row, ranking)
+        answered.add(row.line)
+
     position, what, reader = 0, "rows" if revisit else "unranked", LineReader()
     with reader.waking_on_signals():
         while position < len(queue):
             counter = f"[{position + 1}/{len(queue)} {what}]"
-            step = _ask(book, reader, queue[position], counter, first=position == 0)
+            step = _ask(save_and_count, reader, queue[position], counter, first=position == 0)
             if step is None:
                 break
             position += step
-    return len(book.answered)
+    return len(answered)
 
 
-def _ask(book: Candidates, reader: LineReader, row: Candidate, counter: str, *, first: bool) -> int | None:
+def _ask(save: Save, reader: LineReader, row: Candidate, counter: str, *, first: bool) -> int | None:
     """Show `row` and read answers until one moves on: +1 (answered, kept or skipped), -1 (back),
     None (quit or end of input)."""
     _show(row, counter)
@@ -84,7 +113,7 @@ def _ask(book: Candidates, reader: LineReader, row: Candidate, counter: str, *, 
         except RankingError as exc:
             print(f"not saved: {exc}", file=sys.stderr, flush=True)
             continue
-        book.save(row, ranking)
+        save(row, ranking)
         print(f"saved: {ranking}", file=sys.stderr, flush=True)
         return 1
 
