@@ -150,9 +150,9 @@ def test_a_resumed_run_writes_what_an_uninterrupted_run_writes(tmp_path: Path) -
             ["prompts.jsonl:3", "id 'a' is also the id of the row at", "prompts.jsonl:1"],
         ),
         (
-            [{"prompt": "Q: x\nA:"}, {"prompt": 17}],
+            [{"prompt": "Q: x\nA:"}, {"prompt": 17}, {"prompt": "Q: y\nA:"}, {"prompt": 2.5}],
             {},
-            ["prompts.jsonl:2", "take text prompts"],
+            ["prompts.jsonl:2", "prompts.jsonl:4", "take text prompts", "2 bad row(s)"],
         ),
         (
             [{"prompt": "Q: x\nA:"}, {"prompt": [{"role": "user", "content": "hi"}]}],
@@ -179,13 +179,14 @@ def test_no_train_data_is_refused(tmp_path: Path) -> None:
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path) -> None:
-    path = collect_recipe(
-        tmp_path, [{"prompt": f"Q: {t}\nA:"} for t in TOPICS], data={"train": "prompts.jsonl", "limit": 4}
-    )
-    result = run_cli("rlhf", path, "--dry-run", "--json")
+    rows = [{"prompt": f"Q: {t}\nA:"} for t in TOPICS]
+    rows[1]["prompt"] = ["not", "text"]
+    data = {"train": "prompts.jsonl", "limit": 4, "skip_bad_rows": True}
+    result = run_cli("rlhf", collect_recipe(tmp_path, rows, data=data), "--dry-run", "--json")
     assert result.code == 0, result.stderr[-3000:]
     plan = result.json()
-    assert plan["dry_run"] is True and plan["prompts"] == 4 and plan["responses_per_prompt"] == 3
+    assert plan["dry_run"] is True and plan["responses_per_prompt"] == 3
+    assert plan["prompts"] == 3 and plan["skipped_rows"] == 1  # data.limit, then the bad row skipped
     assert "Q: a refund" in result.stderr
     assert not (tmp_path / "run").exists()
 

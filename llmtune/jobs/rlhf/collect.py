@@ -8,8 +8,9 @@ anything is written), then open the run directory, load the model once and sampl
 position, an empty ranking) and report.md.
 
 Row ids: the row's `id` (text or an integer, kept as it is) or, without one, `row-N` where N is
-the row's 1-based position among the rows read from data.train (bad rows skipped by
-data.skip_bad_rows are not counted). Two rows with one id are refused (exit 2, both file:lines).
+the row's 1-based position among the readable rows of data.train (lines that are not rows at all,
+skipped by data.skip_bad_rows, are not counted; rows skipped for their prompt are). Two rows with
+one id are refused (exit 2, both file:lines).
 
 Reproducible and resumable: each prompt is sampled on its own from a seed made of the recipe's
 seed and the row's id, so its responses do not depend on which other prompts ran with it, or
@@ -31,7 +32,7 @@ from typing import Any
 
 from llmtune.console import markdown_table, say, table
 from llmtune.data.rankings import letters
-from llmtune.data.readers import read_rows
+from llmtune.data.readers import SKIP_HINT, read_rows, refuse
 from llmtune.errors import BadInput
 from llmtune.inference.journal import Journal, folder_fingerprint, text_fingerprint
 from llmtune.jobs.rlhf.common import prompt_text, template_of
@@ -69,9 +70,9 @@ def run_collect(recipe: RlhfRecipe, options: JobOptions) -> dict[str, Any]:
     run_dir = RunDir(run_dir_path(recipe, options.output), recipe)
     run_dir.claim(resume=options.resume)  # first: an overlapping run exits 75 before reading anything
     try:
-        prompts, files = read_prompts(recipe)
+        prompts, files, skipped = read_prompts(recipe)
         check_causal_lm(recipe)
-        plan = _plan(recipe, run_dir, prompts)
+        plan = {**_plan(recipe, run_dir, prompts), "skipped_rows": skipped}
         if options.dry_run:
             show_plan(plan)
             say(f"first prompt ({prompts[0].id}):\n{prompts[0].text}")
@@ -86,7 +87,7 @@ def run_collect(recipe: RlhfRecipe, options: JobOptions) -> dict[str, Any]:
         rows = [{"id": p.id, "prompt": p.text, "responses": responses[p.key], "ranking": ""} for p in prompts]
         text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         run_dir.write_text(CANDIDATES, text)
-        summary = _summary(recipe, rows, done)
+        summary = {**_summary(recipe, rows, done), "skipped_rows": skipped}
         summary["candidates"] = str(run_dir.path / CANDIDATES)
         summary["next"] = f"llmtune rank {run_dir.path / CANDIDATES}"
         _report(run_dir, recipe, summary)
@@ -97,9 +98,10 @@ def run_collect(recipe: RlhfRecipe, options: JobOptions) -> dict[str, Any]:
     return summary
 
 
-def read_prompts(recipe: RlhfRecipe) -> tuple[list[Prompt], list[Path]]:
-    """Every row of data.train (up to data.limit) as a Prompt, and the files read. Refuses a row
-    without a text prompt and two rows with one id, naming their file:lines."""
+def read_prompts(recipe: RlhfRecipe) -> tuple[list[Prompt], list[Path], int]:
+    """Every row of data.train (up to data.limit) as a Prompt, the files read and the bad rows
+    skipped (data.skip_bad_rows). Refuses rows without a text prompt (all at once) and two rows
+    with one id, naming their file:lines."""
     data = recipe.data
     source = str(recipe.source) if recipe.source else None
     if data.train is None:
@@ -118,14 +120,23 @@ def read_prompts(recipe: RlhfRecipe) -> tuple[list[Prompt], list[Path]]:
     )
     if data.limit is not None:
         rows = rows.subset(list(range(min(data.limit, len(rows)))), rows.skipped)
-    prompts = [
-        Prompt(_row_id(row, n, where), prompt_text(row, template, where), where)
-        for n, (row, where) in enumerate(zip(rows.rows, rows.where), 1)
-    ]
+    prompts, bad = [], []
+    for n, (row, where) in enumerate(zip(rows.rows, rows.where), 1):
+        try:
+            prompts.append(Prompt(_row_id(row, n, where), prompt_text(row, template, where), where))
+        except BadInput as exc:  # every bad row at once, or skipped and counted like unreadable ones
+            bad += exc.problems
+    if bad and not data.skip_bad_rows:
+        refuse(bad, f"{len(bad)} bad row(s): {SKIP_HINT}")
+    if not prompts:
+        raise BadInput(
+            f"no usable prompts in data.train ({len(bad)} bad row(s) skipped)", file=source, key="data.train"
+        )
     _check_unique(prompts)
-    if rows.skipped:
-        say(f"{rows.skipped} bad row(s) skipped (data.skip_bad_rows)")
-    return prompts, files
+    skipped = rows.skipped + len(bad)
+    if skipped:
+        say(f"{skipped} bad row(s) skipped (data.skip_bad_rows)")
+    return prompts, files, skipped
 
 
 def _row_id(row: dict[str, Any], n: int, where: str) -> Any:
@@ -312,6 +323,7 @@ def _report(run_dir: RunDir, recipe: RlhfRecipe, summary: dict[str, Any]) -> Non
         "prompts_with_duplicates",
         "empty_responses",
         "truncated_prompts",
+        "skipped_rows",
     ]
     rows = [[name.replace("_", " "), summary[name]] for name in items]
     table("collect", ["item", "value"], rows)
