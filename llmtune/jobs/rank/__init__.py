@@ -38,6 +38,8 @@ class Candidates:
 
     def __init__(self, source: Path, target: Path) -> None:
         self.source, self.target = source, target
+        if target.exists() and not os.access(target, os.W_OK):  # rename would replace it anyway
+            raise BadInput("the file is read-only; rank into another file with --output", file=str(target))
         self._seen = _signature(target)  # before reading: a change while we read is seen too
         self.lines, self.rows = _read(source)
 
