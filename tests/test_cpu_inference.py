@@ -1,0 +1,200 @@
+"""CPU inference settings: `model.quantization: int8` (dynamic int8 linear layers for inference)
+and `model.threads` (torch's CPU threads: the recipe's number, else the environment's, else the
+auto rule). Tiny scratch models; no timings: the speed is bench/bench_int8.py's business."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import assert_bad_input, make_recipe, read_jsonl, run_cli, write, write_jsonl
+from conftest import invoke as llmtune
+from conftest import recipe as finetune_recipe
+
+from llmtune.errors import BadInput
+from llmtune.models import cpu
+from llmtune.models.loading import load_model
+from llmtune.recipes.common import ModelRef, RecipeBase
+
+BERT = {"architecture": "bert", "hidden_size": 64, "num_layers": 2, "num_heads": 2}
+TEXTS = [f"the {w} was {q}" for w in ("cat", "meal", "room", "trip", "film") for q in ("fine", "awful", "ok")]
+
+
+def saved_classifier(folder: Path, labels: list[str], scale: float = 40.0) -> Path:
+    """A scratch bert classifier saved as a model folder, its head scaled up so that its
+    probabilities spread away from 1/n (a random head barely separates the labels)."""
+    from llmtune.models.loading import build_scratch_model, build_tokenizer
+    from llmtune.recipes.common import ScratchModel
+
+    spec = ScratchModel(**BERT)
+    tokenizer = build_tokenizer(spec, [])
+    torch.manual_seed(0)
+    model = build_scratch_model(spec, tokenizer, head="classification", labels=labels)
+    with torch.no_grad():
+        model.classifier.weight.mul_(scale)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def outputs(ref: ModelRef, folder: Path) -> tuple[Any, torch.Tensor]:
+    """The model `ref` loads (for inference, as bulk-infer and prompt-eval load it) and its
+    outputs on TEXTS."""
+    recipe = RecipeBase(kind="x")
+    recipe.attach_source(folder / "r.yaml")  # model paths are relative to the recipe
+    loaded = load_model(ref, recipe, head="classification")
+    batch = loaded.tokenizer(TEXTS, return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        return loaded.model, loaded.model(**batch).logits
+
+
+# ---------------------------------------------------------------- int8
+def test_int8_quantizes_the_body_keeps_the_head_and_agrees_with_float(tmp_path: Path) -> None:
+    from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
+
+    saved_classifier(tmp_path / "cls", ["neg", "pos", "mixed"])
+    _, float_logits = outputs(ModelRef(path="cls"), tmp_path)
+    model, int8_logits = outputs(ModelRef(path="cls", quantization="int8"), tmp_path)
+    body = [m for name, m in model.named_modules() if name.startswith("bert.encoder.layer.0.")]
+    assert sum(isinstance(m, Int8Linear) for m in body) == 6  # q, k, v, attention out, up, down
+    assert not any(type(m) is torch.nn.Linear for m in model.bert.modules())
+    assert type(model.classifier) is torch.nn.Linear  # the head stays float32
+    assert float_logits.softmax(-1).max(-1).values.min() < 0.9  # a head that hesitates on some rows
+    float_probs, int8_probs = float_logits.softmax(-1), int8_logits.softmax(-1)
+    assert (float_probs - int8_probs).abs().max() < 0.05
+    assert (float_probs.argmax(-1) == int8_probs.argmax(-1)).float().mean() >= 0.9
+    assert not cpu.is_int8(outputs(ModelRef(path="cls"), tmp_path)[0])
+
+
+def test_int8_one_output_head_scores_like_float(tmp_path: Path) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from llmtune.models.loading import resolve_model_path
+
+    # the real pre-trained MiniLM under a new one-output (regression) head: a random scratch
+    # encoder gives every row almost the same score, too flat to compare
+    base = resolve_model_path(
+        ModelRef(path="sentence-transformers/all-MiniLM-L6-v2"), RecipeBase(kind="x"), "m"
+    )
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_pretrained(base, num_labels=1).save_pretrained(tmp_path / "reg")
+    AutoTokenizer.from_pretrained(base).save_pretrained(tmp_path / "reg")
+    _, float_scores = outputs(ModelRef(path="reg"), tmp_path)
+    model, int8_scores = outputs(ModelRef(path="reg", quantization="int8"), tmp_path)
+    assert cpu.is_int8(model) and type(model.classifier) is torch.nn.Linear
+    spread = float_scores.max() - float_scores.min()
+    # rows this alike (a random head, short look-alike texts) differ little: int8's error stays
+    # a fraction of that difference and the scores keep their order (measured: 0.31, r = 0.88)
+    assert spread > 0
+    assert (float_scores - int8_scores).abs().max() < 0.5 * spread
+    pair = torch.stack([float_scores[:, 0], int8_scores[:, 0]])
+    assert torch.corrcoef(pair)[0, 1] > 0.7
+
+
+def test_bulk_infer_classifies_and_generates_with_int8(tmp_path: Path) -> None:
+    saved_classifier(tmp_path / "cls", ["negative", "positive"])
+    classify = make_recipe(
+        tmp_path,
+        rows=12,
+        model={"path": "cls", "quantization": "int8", "device": "cpu"},
+        task="classify",
+        labels=["negative", "positive"],
+    )
+    result = run_cli("bulk-infer", classify, "--json")  # the real CLI, as a user runs it
+    assert result.code == 0, result.stderr[-3000:]
+    records = read_jsonl(tmp_path / "out" / "res.jsonl")
+    assert len(records) == 12 and {r["label"] for r in records} <= {"negative", "positive"}
+    assert all(sum(r["scores"].values()) == pytest.approx(1.0) for r in records)
+    # conftest sets OMP_NUM_THREADS=1: auto leaves that choice alone, and says so
+    assert "cpu: 1 torch thread(s) (OMP_NUM_THREADS)" in result.stderr
+
+    llama = {"scratch": {"architecture": "llama", "hidden_size": 32, "num_layers": 2, "num_heads": 2}}
+    generate = make_recipe(tmp_path, name="gen.yaml", model={**llama, "quantization": "int8"})
+    result = llmtune("bulk-infer", generate, "--output", tmp_path / "out" / "gen.jsonl")
+    assert result.code == 0, result.stderr
+    assert len(read_jsonl(tmp_path / "out" / "gen.jsonl")) == 12
+
+
+def test_prompt_eval_scores_with_an_int8_classifier(tmp_path: Path) -> None:
+    saved_classifier(tmp_path / "cls", ["negative", "positive"])
+    rows = [{"id": str(i), "text": t, "label": ("negative", "positive")[i % 2]} for i, t in enumerate(TEXTS)]
+    write_jsonl(tmp_path / "test.jsonl", rows)
+    path = write(
+        tmp_path / "eval.yaml",
+        "kind: prompt-eval\n"
+        "models:\n  fp32: {path: cls}\n  int8: {path: cls, quantization: int8}\n"
+        "data: {test: test.jsonl}\n"
+        "prompts:\n  plain: {template: '{{ text }}'}\n"
+        "output: {dir: out}\n",
+    )
+    result = llmtune("prompt-eval", path)
+    assert result.code == 0, result.stderr
+    predictions = read_jsonl(tmp_path / "out" / "predictions.jsonl")
+    by_model = {m: [p for p in predictions if p["model"] == m] for m in ("fp32", "int8")}
+    assert len(by_model["fp32"]) == len(by_model["int8"]) == len(TEXTS)
+
+
+def test_int8_is_refused_for_training_and_off_the_cpu(tmp_path: Path) -> None:
+    path = finetune_recipe(tmp_path, "classification", "full")
+    text = path.read_text().replace("num_heads: 2}}", "num_heads: 2}, quantization: int8}")
+    write(path, text)
+    result = llmtune("finetune", path)
+    assert_bad_input(result, "model.quantization", "int8 is for inference", "method qlora")
+    assert not (tmp_path / "run").exists()
+
+    on_gpu = make_recipe(
+        tmp_path, name="gpu.yaml", model={"path": "cls", "quantization": "int8", "device": "cuda"}
+    )
+    assert_bad_input(llmtune("bulk-infer", on_gpu), "model.quantization", "on CUDA use 8bit or 4bit")
+    half = make_recipe(
+        tmp_path, name="half.yaml", model={"path": "cls", "quantization": "int8", "dtype": "float16"}
+    )
+    assert_bad_input(llmtune("bulk-infer", half), "model.quantization", "float32")
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- threads
+def test_recipe_threads_win_over_the_environment_and_are_recorded(tmp_path: Path) -> None:
+    path = finetune_recipe(tmp_path, "classification", "full")
+    write(path, path.read_text().replace("num_heads: 2}}", "num_heads: 2}, threads: 1}"))
+    result = run_cli("finetune", path, env={"LLMTUNE_THREADS": "2"})
+    assert result.code == 0, result.stderr[-3000:]
+    assert "cpu: 1 torch thread(s) (model.threads)" in result.stderr
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["device"] == "cpu (1 threads)"
+
+
+def test_auto_threads_follow_llmtune_threads(tmp_path: Path) -> None:
+    path = finetune_recipe(tmp_path, "classification", "full")
+    result = run_cli("finetune", path, "--dry-run", env={"LLMTUNE_THREADS": "2"})  # nothing trains
+    assert result.code == 0, result.stderr[-3000:]
+    assert "cpu: 2 torch thread(s) (LLMTUNE_THREADS)" in result.stderr
+
+
+def test_choose_threads_precedence() -> None:
+    assert cpu.choose_threads(3, {"LLMTUNE_THREADS": "2", "OMP_NUM_THREADS": "4"}).threads == 3
+    assert cpu.choose_threads("auto", {"LLMTUNE_THREADS": "2", "OMP_NUM_THREADS": "4"}).threads == 2
+    assert cpu.choose_threads("auto", {"OMP_NUM_THREADS": "4"}) == cpu.ThreadChoice(None, "OMP_NUM_THREADS")
+    for bad in ("0", "two", "-1"):
+        with pytest.raises(BadInput) as caught:
+            cpu.choose_threads("auto", {"LLMTUNE_THREADS": bad})
+        assert "LLMTUNE_THREADS" in str(caught.value) and repr(bad) in str(caught.value)
+
+
+def test_auto_rule_takes_the_busy_cores_away(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert cpu.auto_threads(usable=2, load=0.2, own=0.1) == 2  # idle machine: every usable core
+    assert cpu.auto_threads(usable=2, load=1.3, own=0.1) == 1  # one neighbour busy
+    assert cpu.auto_threads(usable=2, load=1.3, own=1.0) == 2  # the load was ours
+    assert cpu.auto_threads(usable=8, load=30.0, own=0.0) == 1  # overloaded: never below 1
+    assert cpu.auto_threads(usable=4, load=0.0, own=3.0) == 4  # never above the usable cores
+
+    monkeypatch.setattr(cpu.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(cpu, "_cgroup_quota", lambda: None)
+    assert cpu.usable_cores() == 4
+    monkeypatch.setattr(cpu, "_cgroup_quota", lambda: 3)  # a container allowed 3 CPUs' worth
+    assert cpu.usable_cores() == 3
+    monkeypatch.setattr(cpu.os, "getloadavg", lambda: (2.4, 0.0, 0.0))
+    monkeypatch.setattr(cpu, "own_load", lambda: 0.4)
+    assert cpu.choose_threads("auto", {}) == cpu.ThreadChoice(1, "auto: 3 usable, load 2.4")
