@@ -164,8 +164,9 @@ def _check_unique(prompts: list[Prompt]) -> None:
 def check_causal_lm(recipe: RlhfRecipe) -> None:
     """Refuse a model that cannot generate (a sequence classifier, a bare encoder), from its
     files, before any weights load."""
-    from llmtune.models.loading import inspect_model
+    from llmtune.models.loading import inspect_model, pick_device
 
+    pick_device(recipe.model.device)  # a named device that is missing: refused before the run opens
     info = inspect_model(recipe.model, recipe, "model")
     head = info.head or ("classification" if info.architectures else "causal_lm")
     if head != "causal_lm":
