@@ -194,7 +194,11 @@ def test_rloo_with_a_reward_model_of_another_tokenizer(tmp_path: Path) -> None:
         length = -max(0, len(r["response"]) - 2) / 2
         assert r["rewards"]["length"] == pytest.approx(length)
         assert r["reward"] == pytest.approx(2.0 * score + 0.5 * length, abs=1e-4)
-    assert (run / "model" / "adapter_config.json").exists()
+    # the saved adapter is the policy alone (TRL's "ref" copy of the starting adapter is dropped)
+    from peft import AutoPeftModelForCausalLM
+
+    assert list(AutoPeftModelForCausalLM.from_pretrained(run / "model").peft_config) == ["default"]
+    assert not (run / "model" / "ref").exists()
 
 
 def test_a_killed_run_resumes_to_the_end(tmp_path: Path) -> None:

@@ -210,7 +210,11 @@ class PolicyJob:
     def save(self, trainer: Any, run_dir: RunDir) -> None:
         from llmtune.models.export import save_trained_model
 
-        save_trained_model(trainer.model, self.loaded, run_dir.path / "model", self.recipe, base=self.base)
+        model = trainer.model
+        if "ref" in getattr(model, "peft_config", {}):
+            # TRL's frozen copy of the starting adapter (the KL reference): not part of the result
+            model.delete_adapter("ref")
+        save_trained_model(model, self.loaded, run_dir.path / "model", self.recipe, base=self.base)
         if "before" not in self.samples:
             stored = run_dir.path / "checkpoints" / BEFORE_SAMPLES
             self.samples["before"] = json.loads(stored.read_text(encoding="utf-8"))
