@@ -7,7 +7,6 @@ Heavy libraries (torch, transformers) are imported inside the jobs, so `--help` 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
 import os
 import signal
@@ -27,7 +26,6 @@ from llmtune.errors import (
     BadInput,
     Incomplete,
     Interrupted,
-    JobNotBuilt,
     LockHeld,
 )
 from llmtune.runs.options import JobOptions
@@ -105,11 +103,6 @@ def run_job(verb: str, recipe_path: Path, sets: list[str] | None, options: JobOp
     previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         recipe = load_recipe(recipe_path, sets, expected_kind=verb)
-        if importlib.util.find_spec(JOBS[verb]) is None:
-            raise JobNotBuilt(
-                f"`llmtune {verb}` is not built yet in llmtune {__version__}; "
-                "the recipe is valid (`llmtune validate` checks it)"
-            )
         summary = importlib.import_module(JOBS[verb]).run(recipe, options)
     except BadInput as exc:
         if options.debug:
@@ -125,8 +118,6 @@ def run_job(verb: str, recipe_path: Path, sets: list[str] | None, options: JobOp
         if options.json:
             print(json.dumps(exc.summary, default=str))
         _fail(str(exc), exc.exit_code)
-    except JobNotBuilt as exc:
-        _fail(str(exc), EXIT_FAILED)
     except Exception as exc:  # noqa: BLE001 - the one boundary where a crash becomes exit 1
         if options.debug:
             raise
@@ -300,30 +291,9 @@ def validate(
     as_json: JsonOpt = False,
 ) -> None:
     """Check recipes without running them: one line per file, and the resolved recipe for one file."""
-    import yaml
+    from llmtune.recipes.validate import check_files
 
-    from llmtune.recipes import load_recipe
-
-    failed = 0
-    for path in recipes:
-        try:
-            recipe = load_recipe(path, set_)
-        except BadInput as exc:
-            failed += 1
-            for line in str(exc).splitlines():
-                print(f"error: {line}", file=sys.stderr)
-            continue
-        dump = recipe.model_dump(mode="json")
-        if as_json:
-            print(json.dumps({"file": str(path), "recipe": dump}))
-        elif show or len(recipes) == 1:
-            print(f"# {path}: ok ({recipe.kind})")
-            print(yaml.safe_dump(dump, sort_keys=False), end="")
-        else:
-            print(f"{path}: ok ({recipe.kind})")
-    if len(recipes) > 1 and not as_json:
-        print(f"{len(recipes) - failed} of {len(recipes)} recipes valid", file=sys.stderr)
-    if failed:
+    if not check_files(recipes, set_, show=show, as_json=as_json):
         raise typer.Exit(EXIT_BAD_INPUT)
 
 
@@ -331,14 +301,17 @@ def validate(
 def init(
     kind: Annotated[str, typer.Argument(help="finetune | distill | rlhf | prompt-eval | bulk-infer")],
     path: Annotated[Optional[Path], typer.Argument(help="Write here (default: stdout).")] = None,
+    stage: Annotated[
+        Optional[str], typer.Option("--stage", help="rlhf: collect | reward | policy | dpo | kto.")
+    ] = None,
 ) -> None:
     """Write a commented starter recipe for KIND."""
-    from llmtune.recipes import RECIPE_KINDS
-    from llmtune.recipes.starter import starter_recipe
+    from llmtune.recipes.starter import starter_for
 
-    if kind not in RECIPE_KINDS:
-        _fail(f"unknown kind {kind!r}; expected one of: {', '.join(RECIPE_KINDS)}", EXIT_BAD_INPUT)
-    text = starter_recipe(kind, RECIPE_KINDS[kind])
+    try:
+        text = starter_for(kind, stage)
+    except BadInput as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
     if path is None:
         print(text, end="")
         return

@@ -70,10 +70,6 @@ class Interrupted(BaseException):
         super().__init__(f"interrupted by signal {signum}")
 
 
-class JobNotBuilt(Exception):
-    """The verb exists in the CLI but its job is not implemented yet (exit 1, said plainly)."""
-
-
 class Incomplete(Exception):
     """The job ran to its end, but not everything succeeded; `summary` is still printed (--json)."""
 

@@ -72,6 +72,7 @@ def test_version_and_fast_help() -> None:
         "bulk-infer",
         "validate",
         "init",
+        "rank",
         "schema",
         "env",
         "export",
@@ -161,14 +162,6 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path) -> None:
     assert plan["rows"] == {"train": 36, "validation": 0, "test": 12}
     assert 0 < plan["trainable_params"] == plan["total_params"]
     assert not (tmp_path / "runs").exists()
-
-
-def test_unbuilt_job_says_so_plainly(tmp_path: Path) -> None:
-    recipe = write(
-        tmp_path / "d.yaml", "kind: rlhf\nstage: reward\nmodel: {path: m}\ndata: {train: p.jsonl}\n"
-    )
-    result = run_cli("rlhf", recipe)
-    assert result.code == 1 and "not built yet" in result.stderr and "Traceback" not in result.stderr
 
 
 # --- bad input: exit 2, one clear message naming file/line/key, no traceback, nothing written ---

@@ -168,6 +168,20 @@ ALTERNATIVES: dict[str, dict[str, Any]] = {
 }
 
 
+def starter_for(kind: str, stage: str | None = None) -> str:
+    """`llmtune init KIND [--stage STAGE]`; an unknown kind or stage is BadInput."""
+    from llmtune.errors import BadInput
+    from llmtune.recipes import RECIPE_KINDS
+
+    if kind not in RECIPE_KINDS:
+        raise BadInput(f"unknown kind {kind!r}; expected one of: {', '.join(RECIPE_KINDS)}")
+    if stage is not None and kind != "rlhf":
+        raise BadInput(f"--stage is for rlhf recipes, not {kind}")
+    if stage is not None and stage not in RLHF_STAGES:
+        raise BadInput(f"unknown rlhf stage {stage!r}; expected one of: {', '.join(RLHF_STAGES)}")
+    return starter_recipe(kind, RECIPE_KINDS[kind], stage)
+
+
 def starter_recipe(kind: str, model: type[BaseModel], stage: str | None = None) -> str:
     """The commented YAML starter for `kind`; for rlhf, `stage` gives one stage's starter with
     only the keys that stage reads (without it, every key, with the reward stage's values)."""
