@@ -35,7 +35,11 @@ def prompt_text(row: Row, template: Template | None, where: str | None = None) -
     prompt: Any = row.get("prompt")
     if isinstance(prompt, str) and prompt:
         return prompt
-    what = "chat messages" if isinstance(prompt, list) else f"{type(prompt).__name__}"
+    if prompt in (None, ""):
+        raise BadInput(
+            "row has no 'prompt' (map your column with data.columns: {prompt: COLUMN})", file=where
+        )
+    what = "chat messages" if isinstance(prompt, list) else f"a {type(prompt).__name__}"
     raise BadInput(
         f"the rlhf stages take text prompts; this row's prompt is {what} "
         "(write the prompt as text, or build it with data.template)",
