@@ -16,7 +16,10 @@ model; eval.json has `mean_reward_before` and `mean_reward_after` (the weighted 
 report each component's mean and sample responses, and samples.jsonl every scored response.
 
 `training.batch_size` counts completions: each step samples batch_size x grad_accum completions,
-num_generations per prompt, so that product must be a multiple of num_generations (exit 2).
+num_generations per prompt, so that product must be a multiple of num_generations (exit 2); an
+epoch is every training prompt's group once. Validation rows are not used (the held-out measure is
+the test split's mean reward). TRL gives the policy whole prompts; `data.max_length` bounds the
+prompts of the before/after sampling and the reward model's input.
 """
 
 from __future__ import annotations
