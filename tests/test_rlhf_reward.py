@@ -237,3 +237,13 @@ def test_dry_run_shows_pair_counts_and_writes_nothing(tmp_path: Path) -> None:
     assert total == {"rankings": 8, "pair_rows": 1, "pairs": 8 * 5 + 1, "unranked": 1}
     assert sum(summary["tied_pairs"].values()) == 8
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+    # rows without a prompt field, the prompt built by data.template
+    rows = [{"topic": r["prompt"].split()[2].rstrip("?"), **r} for r in ranking_rows(6)]
+    for row in rows:
+        del row["prompt"]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    templated = "train: train.jsonl, split: {test: 0.5}, template: 'Question: my {{ topic }}? Answer:'"
+    result = run_cli("rlhf", reward_recipe(tmp_path, data=templated), "--dry-run", "--json", cwd=tmp_path)
+    assert result.code == 0, result.stderr[-3000:]
+    assert sum(result.json()["pairs"].values()) == 6 * 5

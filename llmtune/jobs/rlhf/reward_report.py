@@ -144,9 +144,9 @@ def ties_sentence(outcome: Outcome) -> str:
     if after.get("tie_gap") is None:
         return used + " The test split has no tied pairs, so the tie gap was not measured."
     return (
-        f"{used} On the test split the model scores two tied responses {after['tie_gap']:.3f} apart on "
-        f"average (before training: {before.get('tie_gap', float('nan')):.3f}), against a gap of "
-        f"{after['pair_gap']:.3f} between chosen and rejected ({before.get('pair_gap', float('nan')):.3f} "
+        f"{used} On the test split the model scores two tied responses {_num(after['tie_gap'])} apart on "
+        f"average (before training: {_num(before.get('tie_gap'))}), against a gap of "
+        f"{_num(after['pair_gap'])} between chosen and rejected ({_num(before.get('pair_gap'))} "
         f"before). {meaning}"
     )
 
@@ -177,6 +177,12 @@ def sample_rows(scored: Any) -> list[list[Any]]:
 def _cut(text: str) -> str:
     flat = " ".join(text.split()).replace("|", "\\|")
     return flat if len(flat) <= SHOWN_CHARS else flat[: SHOWN_CHARS - 1] + "…"
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}".replace("-0.000", "0.000")
 
 
 def _shown(value: Any) -> Any:
