@@ -115,7 +115,7 @@ class OfflineJob:
         }
         if counts["tied_pairs"]:
             say(
-                f"{counts['tied_pairs']} tied pair(s) in data.train (responses ranked equal): never a preference, not used"
+                f"{counts['tied_pairs']} tied pair(s) in data.train (ranked equal): never a preference, not used"
             )
         if counts["unranked"]:
             say(f"{counts['unranked']} row(s) not ranked yet (empty ranking): skipped")
@@ -179,9 +179,9 @@ class OfflineJob:
     # ---------------------------------------------------------------------- setup
     def setup(self, run_dir: Path, dry_run: bool = False) -> Plan:
         recipe = self.recipe
+        # a scratch model's trained tokenizer learns from every prompt and answer
         corpus = (
-            p + c
-            for p, c in zip(self.train["prompt"], self.train.get("chosen", self.train.get("completion", [])))
+            t for name in ("prompt", "chosen", "rejected", "completion") for t in self.train.get(name, [])
         )
         self.loaded = load_model(
             recipe.model,
@@ -231,9 +231,9 @@ class OfflineJob:
 
     def reference_kind(self) -> str:
         """What the policy is compared with (TRL's KL anchor), in words."""
-        if hasattr(self.model, "peft_config"):
-            return "the starting policy: TRL's frozen copy of the adapter as it starts (a new LoRA adds nothing to the base)"
-        return "the starting policy: a frozen copy of the model"
+        if hasattr(self.model, "peft_config"):  # a new LoRA starts as the base model itself
+            return "the starting policy, frozen (TRL's copy of the adapter as training starts)"
+        return "the starting policy, frozen (a copy of the model as training starts)"
 
     # -------------------------------------------------------------------- trainer
     def trainer(self, run_dir: RunDir) -> Any:
@@ -338,27 +338,12 @@ class OfflineJob:
     # --------------------------------------------------------------------- report
     def report(self, run_dir: RunDir, outcome: Outcome) -> None:
         measured.add_to_eval(run_dir, outcome)
-        recipe, d = self.recipe, self.details
+        recipe = self.recipe
         about = [
             f"Stage **{recipe.stage}** on `{recipe.model.describe()}` with method `{recipe.method.type}`, "
             f"beta {recipe.beta}; reference: {self.reference_kind()}. {outcome.steps} optimizer steps.",
         ]
-        if recipe.stage == "dpo":
-            data = [
-                f"- {d['pairs']} training pairs: {d['pair_rows']} pair rows and {d['rankings']} rankings "
-                "expanded to every strictly ordered pair",
-                f"- {d['tied_pairs']} tied pairs (responses ranked equal): never a preference, not trained on",
-                f"- {d['unranked_rows']} rows not ranked yet (empty ranking): skipped",
-                f"- held out: {d['test_pairs']} pairs ({d['test_tied_pairs']} tied pairs left out)",
-            ]
-        else:
-            data = [
-                f"- {d['good']} good and {d['bad']} bad training rows (a ranking gives its best tier as good, "
-                "its worst as bad)",
-                f"- desirable_weight {d['desirable_weight']}, undesirable_weight {d['undesirable_weight']}"
-                + (" (TRL's defaults)" if self.weights == (1.0, 1.0) else " (balanced as TRL recommends)"),
-                f"- held out: {d['test_rows']} rows, {d['test_pairs']} good/bad pairs of the same prompt",
-            ]
+        data = measured.data_lines(recipe.stage, self.details)
         samples = self.samples.get("before", []) + self.samples.get("after", [])
         measured.write_report(
             run_dir, outcome, title=f"rlhf {recipe.stage}", about=about, data_lines=data, samples=samples

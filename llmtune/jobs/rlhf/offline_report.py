@@ -208,6 +208,26 @@ def add_to_eval(run_dir: RunDir, outcome: Outcome) -> None:
     run_dir.write_json("eval.json", {**top_level(outcome), **evaluation})
 
 
+def data_lines(stage: str, d: dict[str, Any]) -> list[str]:
+    """report.md's data section: what was trained on, and what was left out and why."""
+    if stage == "dpo":
+        return [
+            f"- {d['pairs']} training pairs: {d['pair_rows']} pair rows and {d['rankings']} rankings "
+            "expanded to every strictly ordered pair",
+            f"- {d['tied_pairs']} tied pairs (responses ranked equal): never a preference, not trained on",
+            f"- {d['unranked_rows']} rows not ranked yet (empty ranking): skipped",
+            f"- held out: {d['test_pairs']} pairs ({d['test_tied_pairs']} tied pairs left out)",
+        ]
+    balanced = (d["desirable_weight"], d["undesirable_weight"]) == (1.0, 1.0)
+    return [
+        f"- {d['good']} good and {d['bad']} bad training rows (a ranking gives its best tier as good, "
+        "its worst as bad; middle tiers are not used)",
+        f"- desirable_weight {d['desirable_weight']}, undesirable_weight {d['undesirable_weight']}"
+        + (" (TRL's defaults)" if balanced else " (unbalanced data, weighted as TRL recommends)"),
+        f"- held out: {d['test_rows']} rows, {d['test_pairs']} good/bad pairs of the same prompt",
+    ]
+
+
 def write_report(
     run_dir: RunDir,
     outcome: Outcome,
