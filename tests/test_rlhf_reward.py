@@ -95,6 +95,7 @@ def accuracy_of(chosen: list[float], rejected: list[float]) -> float:
     return sum(wins) / len(wins)
 
 
+@pytest.mark.slow
 def test_rankings_with_ties_train_a_reward_model_that_learns_the_preference(tmp_path: Path) -> None:
     path = reward_recipe(
         tmp_path,
@@ -131,6 +132,7 @@ def test_rankings_with_ties_train_a_reward_model_that_learns_the_preference(tmp_
     assert "## Sample held-out pairs" in report
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("architecture", ["bert", "llama"])
 def test_a_lora_reward_model_saves_its_score_head(tmp_path: Path, architecture: str) -> None:
     """Reloaded with plain transformers + peft, model/ gives the scores llmtune measured: the
@@ -160,6 +162,7 @@ def test_a_lora_reward_model_saves_its_score_head(tmp_path: Path, architecture: 
     assert scores == pytest.approx(measured, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_margin_rank_distance_gives_each_pair_its_tiers_and_changes_the_loss(tmp_path: Path) -> None:
     from llmtune.jobs.rlhf.reward import PairText, preference_columns
 
@@ -247,3 +250,45 @@ def test_dry_run_shows_pair_counts_and_writes_nothing(tmp_path: Path) -> None:
     result = run_cli("rlhf", reward_recipe(tmp_path, data=templated), "--dry-run", "--json", cwd=tmp_path)
     assert result.code == 0, result.stderr[-3000:]
     assert sum(result.json()["pairs"].values()) == 6 * 5
+
+
+@pytest.mark.slow
+def test_sigterm_then_resume_ends_like_an_uninterrupted_run(tmp_path: Path) -> None:
+    """RewardTrainer under the shared lifecycle: SIGTERM saves a checkpoint (exit 143), --resume
+    continues from it and eval.json equals the uninterrupted run's."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    training = "max_steps: 40, batch_size: 4, learning_rate: 5.0e-3, logging_steps: 1, eval_steps: 5"
+    path = reward_recipe(tmp_path, training=training)
+    straight = run_cli("rlhf", path, "--output", tmp_path / "straight", cwd=tmp_path)
+    assert straight.code == 0, straight.stderr[-3000:]
+
+    run = tmp_path / "cut"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmtune", "rlhf", str(path), "--output", str(run)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+
+    def steps() -> int:
+        log = run / "metrics.jsonl"
+        return sum('"step"' in line for line in log.read_text().splitlines()) if log.exists() else 0
+
+    deadline = time.monotonic() + 600
+    while steps() < 12 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate()
+    assert proc.returncode == 143, stderr[-3000:]
+    assert not (run / "eval.json").exists()
+
+    resumed = run_cli("rlhf", path, "--output", run, "--resume", cwd=tmp_path)
+    assert resumed.code == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr
+    expected = json.loads((tmp_path / "straight" / "eval.json").read_text())
+    assert json.loads((run / "eval.json").read_text()) == expected
