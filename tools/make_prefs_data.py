@@ -84,7 +84,7 @@ TOPICS: list[tuple[list[str], list[str], list[str]]] = [
     (
         ["My {x} won't charge. What should I try?", "Why is my {x} not charging?"],
         ["Try another cable and clean the {x} charging port.", "Check the plug, then restart the {x}."],
-        ["phone", "tablet", "laptop", "smartwatch", "earbuds", "e-reader"],
+        ["phone", "tablet", "laptop", "smartwatch", "power bank", "e-reader"],
     ),
     (
         ["How do I connect my {x} to the wifi?", "My {x} can't find the wifi. Help?"],
@@ -151,7 +151,7 @@ TOPICS: list[tuple[list[str], list[str], list[str]]] = [
     (
         ["How do I use a {x}?", "Can I pay with a {x}?"],
         ["Enter the {x} code at checkout to use it.", "Yes, add the {x} code on the payment page."],
-        ["gift card", "voucher", "discount code", "store credit"],
+        ["gift card", "voucher", "discount code", "gift voucher"],
     ),
     (
         ["How often should I water my {x}?", "How much water does a {x} need?"],
@@ -159,7 +159,7 @@ TOPICS: list[tuple[list[str], list[str], list[str]]] = [
         ["cactus", "fern", "tomato plant", "basil", "orchid"],
     ),
     (
-        ["How do I get a {x} stain out?", "What removes a {x} stain?"],
+        ["How do I get {x} out of my shirt?", "What removes {x} stains?"],
         ["Blot the {x} stain, then wash with cold water.", "Dab the {x} stain with soapy water, don't rub."],
         ["coffee", "red wine", "grass", "ink", "tomato sauce"],
     ),
