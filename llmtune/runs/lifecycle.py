@@ -130,6 +130,8 @@ class TrainingJob(Protocol):
     # distrust the result (e.g. a single class predicted)
     # optional: def retain(self, trainer) -> Metrics | None, the model on evaluation.retain's rows
     # optional: def sources(self, trainer) -> dict[str, Metrics] | None, per-source rows and losses
+    # optional: def eval_headline(self, outcome) -> Metrics, keys put first in eval.json
+    # optional: loss_is_objective = False, when the training loss says nothing about progress
 
 
 def run_training(job: TrainingJob, options: JobOptions) -> dict[str, Any]:
@@ -178,8 +180,9 @@ def run_training(job: TrainingJob, options: JobOptions) -> dict[str, Any]:
         if hasattr(job, "sources"):
             outcome.sources = job.sources(trainer)
         job.save(trainer, run_dir)
-        write_eval(run_dir, outcome)
-        outcome.warnings = training_warnings(outcome, run_dir.path)
+        top = job.eval_headline(outcome) if hasattr(job, "eval_headline") else {}
+        write_eval(run_dir, outcome, top)
+        outcome.warnings = training_warnings(outcome, run_dir.path, getattr(job, "loss_is_objective", True))
         if hasattr(job, "warnings"):  # optional: the job's own reasons to distrust the result
             outcome.warnings += job.warnings(outcome)
         job.report(run_dir, outcome)
@@ -191,12 +194,13 @@ def run_training(job: TrainingJob, options: JobOptions) -> dict[str, Any]:
     return recorded(run_dir, options, files, train)
 
 
-def write_eval(run_dir: RunDir, outcome: Outcome) -> None:
-    """eval.json: the test split's metrics before and after training, retain and per-source
-    results (written when there is any of them)."""
-    evaluation: dict[str, Any] = {}
+def write_eval(run_dir: RunDir, outcome: Outcome, top: Metrics | None = None) -> None:
+    """eval.json: the job's headline keys first (`top`, e.g. SPEC's pairwise_accuracy and
+    pairwise_accuracy_before), the test split's metrics before and after training, retain and
+    per-source results (written when there is any of them)."""
+    evaluation: dict[str, Any] = dict(top or {})
     if outcome.test is not None:
-        evaluation = {"split": "test", "metrics": outcome.test, "before_training": outcome.test_before}
+        evaluation |= {"split": "test", "metrics": outcome.test, "before_training": outcome.test_before}
     if outcome.retain is not None:
         evaluation["retain"] = outcome.retain
     if outcome.sources:
@@ -306,8 +310,9 @@ def _end(run_dir: RunDir, status: str) -> None:
 FEW_STEPS = 30
 
 
-def training_warnings(outcome: Outcome, run_dir: Path) -> list[str]:
-    """Warnings every training run checks: too few optimizer steps, a loss that did not fall."""
+def training_warnings(outcome: Outcome, run_dir: Path, loss_is_objective: bool = True) -> list[str]:
+    """Warnings every training run checks: too few optimizer steps, a loss that did not fall
+    (unless the job's loss is not what it optimises: GRPO's is near zero by construction)."""
     import json
 
     out = []
@@ -318,7 +323,7 @@ def training_warnings(outcome: Outcome, run_dir: Path) -> list[str]:
         )
     log = run_dir / "metrics.jsonl"
     records = [json.loads(line) for line in log.read_text().splitlines() if line] if log.exists() else []
-    losses = [r["loss"] for r in records if isinstance(r.get("loss"), int | float)]
+    losses = [r["loss"] for r in records if isinstance(r.get("loss"), int | float) and loss_is_objective]
     if len(losses) >= 2:
         third = max(1, len(losses) // 3)
         first, last = sum(losses[:third]) / third, sum(losses[-third:]) / third

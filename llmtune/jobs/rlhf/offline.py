@@ -336,8 +336,10 @@ class OfflineJob:
             measured.write_samples(run_dir, self.samples.get("before", []) + self.samples.get("after", []))
 
     # --------------------------------------------------------------------- report
+    def eval_headline(self, outcome: Outcome) -> Metrics:
+        return measured.top_level(outcome)
+
     def report(self, run_dir: RunDir, outcome: Outcome) -> None:
-        measured.add_to_eval(run_dir, outcome)
         recipe = self.recipe
         about = [
             f"Stage **{recipe.stage}** on `{recipe.model.describe()}` with method `{recipe.method.type}`, "

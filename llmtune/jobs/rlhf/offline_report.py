@@ -201,13 +201,6 @@ def top_level(outcome: Outcome) -> dict[str, Any]:
     return out
 
 
-def add_to_eval(run_dir: RunDir, outcome: Outcome) -> None:
-    """Top-level before/after keys in eval.json (written by the lifecycle just before), atomically."""
-    path = run_dir.path / "eval.json"
-    evaluation = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    run_dir.write_json("eval.json", {**top_level(outcome), **evaluation})
-
-
 def data_lines(stage: str, d: dict[str, Any]) -> list[str]:
     """report.md's data section: what was trained on, and what was left out and why."""
     if stage == "dpo":

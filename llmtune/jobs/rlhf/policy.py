@@ -61,6 +61,8 @@ that a resumed run writes the same file as an uninterrupted one."""
 class PolicyJob:
     """The steps the shared training run calls, in order."""
 
+    loss_is_objective = False  # GRPO/RLOO's loss is near zero by construction: the reward tells
+
     def __init__(self, recipe: RlhfRecipe) -> None:
         self.recipe = recipe
         self.samples: dict[str, list[dict[str, Any]]] = {}
@@ -225,8 +227,14 @@ class PolicyJob:
         run_dir.write_text("samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
     # --------------------------------------------------------------------- report
+    def eval_headline(self, outcome: Outcome) -> Metrics:
+        before, after = outcome.test_before or {}, outcome.test or {}
+        return {
+            "mean_reward_before": before.get("mean_reward"),
+            "mean_reward_after": after.get("mean_reward"),
+        }
+
     def report(self, run_dir: RunDir, outcome: Outcome) -> None:
-        policy_report.add_headline_to_eval(run_dir, outcome)
         policy_report.report(self.recipe, run_dir, outcome, self.samples, self.mix.weights)
 
     def headline(self, metrics: Metrics | None) -> Metrics | None:

@@ -39,20 +39,6 @@ def sample_rows(when: str, sampled: Sampled, components: dict[str, list[float]])
     return rows
 
 
-def add_headline_to_eval(run_dir: RunDir, outcome: Outcome) -> None:
-    """eval.json gains mean_reward_before and mean_reward_after at its top level (SPEC: the keys a
-    user or script reads first), beside the lifecycle's full before/after metrics."""
-    path = run_dir.path / "eval.json"
-    evaluation = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    before, after = outcome.test_before or {}, outcome.test or {}
-    evaluation = {
-        "mean_reward_before": before.get("mean_reward"),
-        "mean_reward_after": after.get("mean_reward"),
-        **evaluation,
-    }
-    run_dir.write_json("eval.json", evaluation)
-
-
 def reward_rows(outcome: Outcome, weights: dict[str, float]) -> list[list[Any]]:
     """[measure, weight, before, after, change] for the total, each component and the length."""
     before, after = outcome.test_before or {}, outcome.test or {}

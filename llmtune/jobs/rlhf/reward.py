@@ -220,10 +220,17 @@ class RewardJob:
         write_predictions(run_dir, self.scored)
 
     # --------------------------------------------------------------------- report
-    def report(self, run_dir: RunDir, outcome: Outcome) -> None:
-        from llmtune.jobs.rlhf.reward_report import add_headline_to_eval, write_report
+    def eval_headline(self, outcome: Outcome) -> Metrics:
+        """SPEC's keys: the held-out pairwise accuracy after and before training."""
+        after, before = outcome.test or {}, outcome.test_before or {}
+        return {
+            "pairwise_accuracy": after.get("pairwise_accuracy"),
+            "pairwise_accuracy_before": before.get("pairwise_accuracy"),
+        }
 
-        add_headline_to_eval(run_dir, outcome)
+    def report(self, run_dir: RunDir, outcome: Outcome) -> None:
+        from llmtune.jobs.rlhf.reward_report import write_report
+
         write_report(self.recipe, run_dir, outcome, self.scored)
 
     def headline(self, metrics: Metrics | None) -> dict[str, Any] | None:

@@ -54,19 +54,6 @@ def write_predictions(run_dir: RunDir, scored: Any) -> None:
     run_dir.write_text("predictions.jsonl", "".join(lines))
 
 
-def add_headline_to_eval(run_dir: RunDir, outcome: Outcome) -> None:
-    """eval.json with `pairwise_accuracy` and `pairwise_accuracy_before` at its top (the keys
-    the SPEC promises), above the lifecycle's test metrics before and after training."""
-    path = run_dir.path / "eval.json"
-    evaluation = json.loads(path.read_text()) if path.exists() else {}
-    after, before = outcome.test or {}, outcome.test_before or {}
-    top = {
-        "pairwise_accuracy": after.get("pairwise_accuracy"),
-        "pairwise_accuracy_before": before.get("pairwise_accuracy"),
-    }
-    run_dir.write_json("eval.json", {**top, **evaluation})
-
-
 def write_report(recipe: RlhfRecipe, run_dir: RunDir, outcome: Outcome, scored: Any) -> None:
     """Print the before/after table and write report.md."""
     from llmtune.runs.plots import training_curves
