@@ -63,7 +63,7 @@ def test_at_least_a_quarter_of_rows_have_a_tie() -> None:
 
 
 def test_the_best_tier_is_never_rude_and_the_order_follows_the_kinds() -> None:
-    order = {"polite": 0, "curt": 1, "wrong": 2, "evasive": 2, "rude": 3}
+    order = {"polite": 0, "curt": 1, "wrong": 2, "evasive": 2, "rude": 3, "garbled": 3}
     for row in rankings("train") + rankings("test"):
         kinds = dict(zip("ABCDE", row["kinds"]))
         ranking = parse_ranking(row["ranking"], len(row["responses"]))

@@ -2,7 +2,8 @@
 
 Short customer-support and everyday questions, each with 4 or 5 short answers ranked by how good
 they are: helpful and polite > helpful but curt > wrong (polite but off the point) = evasive >
-rude. Ties are real: two equally good helpful answers, evasive = wrong, two rude answers. Every
+rude = garbled (nonsense). Ties are real: two equally good helpful answers, evasive = wrong, rude
+= garbled, two rude or two garbled answers. Every
 text is composed here, with a fixed seed, from phrase lists written for llmtune (the file is
 reproducible byte for byte):
 - topics: questions about passwords, orders, refunds, delivery, opening hours, recipes, travel,
@@ -10,7 +11,8 @@ reproducible byte for byte):
   ways to give the helpful answer;
 - a helpful answer is the topic's answer with a courteous opener or sign-off (polite) or bare
   (curt); a wrong answer is another topic's answer, politely put; evasive and rude answers come
-  from their own lists.
+  from their own lists; a garbled answer is a helpful one mangled, looping, or babble (what a
+  small model writes when it goes wrong, so that a reward model learns it is no answer).
 Prompts are `Question: ...\\nAnswer:` and every answer starts with a space, because the reward
 model and the policy read prompt + answer as one text. Prompts are split into train and held-out
 (test); no prompt is in both.
@@ -287,18 +289,31 @@ RUDE = [
     "Go bother someone else.",
 ]
 # Answer kinds of one row, and how they tie: tier of each kind (0 best).
-TIER = {"polite": 0, "polite2": 0, "curt": 1, "wrong": 2, "evasive": 2, "rude": 3, "rude2": 3}
+TIER = {
+    "polite": 0,
+    "polite2": 0,
+    "curt": 1,
+    "wrong": 2,
+    "evasive": 2,
+    "rude": 3,
+    "rude2": 3,
+    "garbled": 3,
+    "garbled2": 3,
+}
 LAYOUTS = [
     ["polite", "curt", "evasive", "rude"],
-    ["polite", "curt", "wrong", "evasive", "rude"],
+    ["polite", "curt", "wrong", "evasive", "garbled"],
     ["polite", "polite2", "curt", "wrong", "rude"],
-    ["polite", "curt", "wrong", "rude", "rude2"],
+    ["polite", "curt", "wrong", "rude", "garbled"],
     ["polite", "curt", "evasive", "wrong"],
-    ["polite", "polite2", "curt", "evasive"],
+    ["polite", "polite2", "curt", "garbled"],
     ["polite", "curt", "wrong", "rude"],
+    ["polite", "curt", "evasive", "garbled"],
+    ["polite", "curt", "wrong", "garbled", "garbled2"],
 ]
-# The starting policy's answers: about half helpful and polite, the rest the other kinds.
-SFT_KINDS = ["polite", "polite", "curt", "evasive", "rude", "wrong"]
+# The starting policy's answers, 5 per training prompt drawn from these without replacement: about
+# 30% polite, 30% curt, the rest evasive, rude or wrong (never garbled: the policy does that alone).
+SFT_KINDS = ["polite", "polite", "curt", "curt", "evasive", "rude", "wrong"]
 TEST_SHARE = 0.2
 
 
@@ -339,6 +354,34 @@ def wrong(rng: random.Random, topic: int) -> str:
     return polite(rng, rng.choice(answers).format(x=rng.choice(slots)))
 
 
+SYLLABLES = ["tin", "tis", "on", "ple", "sup", "and", "the", "ca", "ro", "ment", "ly", "in", "st", "pa"]
+
+
+def garbled(rng: random.Random, core: str) -> str:
+    """Nonsense of the kind a small model writes when it goes wrong: a helpful answer with its
+    words mangled, stuck in a loop, or babble. Ranked with the rude answers, at the bottom, so
+    that a reward model learns that fluent-looking noise is no answer."""
+    how = rng.choice(["mangle", "loop", "babble"])
+    words = sentence(core).split()
+    if how == "mangle":
+        out = []
+        for word in words:
+            if len(word) > 2 and rng.random() < 0.6:
+                letters = list(word)
+                rng.shuffle(letters)
+                word = "".join(letters[: rng.randint(2, len(letters))])
+            out.append(word)
+        text = " ".join(out)
+    elif how == "loop":
+        start = rng.randint(1, min(3, len(words)))
+        text = " ".join(words[:start] + words[start - 1 : start + 1] * 6)
+    else:
+        count = rng.randint(6, 12)
+        text = " ".join("".join(rng.sample(SYLLABLES, rng.randint(1, 2))) for _ in range(count))
+        text = rng.choice(POLITE_OPENERS) + text + "."
+    return text[:70].rstrip()
+
+
 def answer(rng: random.Random, kind: str, topic: int, slot: str, cores: list[str]) -> str:
     if kind == "polite":
         return polite(rng, cores[0])
@@ -348,6 +391,8 @@ def answer(rng: random.Random, kind: str, topic: int, slot: str, cores: list[str
         return curt(rng, rng.choice(cores))
     if kind == "wrong":
         return wrong(rng, topic)
+    if kind.startswith("garbled"):
+        return garbled(rng, rng.choice(cores))
     return rng.choice(EVASIVE if kind == "evasive" else RUDE)
 
 
@@ -363,7 +408,7 @@ def ranking_row(rng: random.Random, ident: str, topic: int, slot: str, question:
         texts.append(text)
     order = list(range(len(kinds)))
     rng.shuffle(order)  # letters say nothing about quality
-    kinds = [kinds[i].rstrip("2") for i in order]
+    kinds = [kinds[i].rstrip("2") for i in order]  # polite2 is polite, etc.
     texts = [texts[i] for i in order]
     letters = "ABCDE"[: len(kinds)]
     tiers: dict[int, list[str]] = {}
@@ -414,6 +459,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=13)
     args = parser.parse_args()
     rng = random.Random(args.seed)
+    sft_rng = random.Random(f"{args.seed}-sft")  # its own draws: SFT data never shifts the rankings
     items = prompts(rng)
     rng.shuffle(items)
     cut = round(len(items) * TEST_SHARE)
@@ -423,7 +469,7 @@ def main() -> None:
         rows = [ranking_row(rng, f"{split}-{i + 1:04d}", *item) for i, item in enumerate(chosen)]
         write(args.out / f"rankings_{split}.jsonl", rows)
         write(args.out / f"prompts_{split}.jsonl", [{"id": r["id"], "prompt": r["prompt"]} for r in rows])
-        write(args.out / f"sft_{split}.jsonl", sft_rows(rng, chosen, 4 if split == "train" else 2))
+        write(args.out / f"sft_{split}.jsonl", sft_rows(sft_rng, chosen, 5 if split == "train" else 2))
         if split == "train":
             write(args.out / "kto_train.jsonl", kto_rows(rows))
     counts = {s: len(c) for s, c in splits.items()}
