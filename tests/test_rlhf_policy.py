@@ -148,11 +148,11 @@ def test_grpo_raises_the_mean_reward_of_an_easy_rule(tmp_path: Path) -> None:
     assert kls[0] == pytest.approx(0.0, abs=1e-6) and max(kls) > 0.01
 
     rows = read_jsonl(run / "samples.jsonl")
-    assert {r["when"] for r in rows} == {"before", "after"}
+    assert {r["phase"] for r in rows} == {"before", "after"}
     assert len(rows) == 2 * 6 * 4  # held-out prompts x num_generations, before and after
     for r in rows:  # each row's reward is the rule applied to its own response
         assert r["rewards"]["regex"] == (1.0 if any("a" <= ch <= "z" for ch in r["response"]) else 0.0)
-    assert fmean(r["reward"] for r in rows if r["when"] == "before") == pytest.approx(before)
+    assert fmean(r["reward"] for r in rows if r["phase"] == "before") == pytest.approx(before)
 
     report = (run / "report.md").read_text()
     assert "| total (weighted sum) |" in report and "| regex | 1 |" in report
@@ -185,7 +185,7 @@ def test_rloo_with_a_reward_model_of_another_tokenizer(tmp_path: Path) -> None:
     assert set(evaluation["metrics"]) >= {"mean_reward", "reward_model", "length", "response_chars"}
 
     rows = read_jsonl(run / "samples.jsonl")
-    after = [r for r in rows if r["when"] == "after"]
+    after = [r for r in rows if r["phase"] == "after"]
     assert fmean(r["reward"] for r in after) == pytest.approx(evaluation["mean_reward_after"])
     # the reward model read prompt + response with its own tokenizer; the weights mix the parts
     direct = scores_of(rm, [r["prompt"] + r["response"] for r in after])
@@ -231,8 +231,8 @@ def test_a_killed_run_resumes_to_the_end(tmp_path: Path) -> None:
     evaluation = eval_of(run)
     assert evaluation["mean_reward_before"] == stored_before  # measured once, before any training
     rows = read_jsonl(run / "samples.jsonl")
-    assert [r["when"] for r in rows] == ["before"] * 24 + ["after"] * 24
-    assert fmean(r["reward"] for r in rows if r["when"] == "before") == pytest.approx(stored_before)
+    assert [r["phase"] for r in rows] == ["before"] * 24 + ["after"] * 24
+    assert fmean(r["reward"] for r in rows if r["phase"] == "before") == pytest.approx(stored_before)
 
 
 # ------------------------------------------------------------------------- refusals

@@ -18,7 +18,7 @@ SHOWN_PROMPTS = 5
 
 
 def sample_rows(when: str, sampled: Sampled, components: dict[str, list[float]]) -> list[dict[str, Any]]:
-    """One row per sampled response: when (before/after), prompt, sample number, response, its
+    """One row per sampled response: phase (before/after), prompt, sample number, response, its
     total reward and each component's reward. `components` are in the order the responses were
     scored (prompt by prompt, sample by sample)."""
     rows, flat = [], 0
@@ -27,7 +27,7 @@ def sample_rows(when: str, sampled: Sampled, components: dict[str, list[float]])
             parts = {name: values[flat] for name, values in components.items()}
             rows.append(
                 {
-                    "when": when,
+                    "phase": when,
                     "prompt": prompt,
                     "sample": k,
                     "response": response,
