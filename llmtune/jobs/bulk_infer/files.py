@@ -40,7 +40,9 @@ def model_fingerprint(recipe: BulkInferRecipe) -> str:
     how their paths are spelled (moving a recipe must not make every row stale), nor the device."""
     ref = recipe.model
     if ref.scratch is not None:
-        digest = hashlib.sha256(json.dumps(ref.model_dump(exclude={"device", "threads"}), sort_keys=True).encode())
+        digest = hashlib.sha256(
+            json.dumps(ref.model_dump(exclude={"device", "threads"}), sort_keys=True).encode()
+        )
         digest.update(str(recipe.seed).encode())  # scratch weights come from the seed
         return digest.hexdigest()[:16]
     spelling = {"device", "path", "adapter", "revision", "threads"}
