@@ -30,18 +30,16 @@ from llmtune.console import say
 from llmtune.data.preferences import Preferences, graded_of, preferences_of
 from llmtune.data.readers import Rows
 from llmtune.errors import BadInput
-from llmtune.jobs.rlhf.common import prompt_text, read_splits, template_of
+from llmtune.jobs.rlhf.common import prompt_text, read_splits, stage_plan, template_of
 from llmtune.models.loading import LoadedModel, inspect_model, load_model
 from llmtune.models.methods import apply_method
 from llmtune.recipes.rlhf import RlhfRecipe
-from llmtune.runs.lifecycle import Metrics, Outcome, Plan, count_parameters, source_of
+from llmtune.runs.lifecycle import Metrics, Outcome, Plan, source_of
 from llmtune.runs.outputs import atomic_write_json
 from llmtune.runs.rundir import RunDir
 from llmtune.runs.training import (
     callbacks,
-    planned_steps,
     preflight,
-    resolve_precision,
     resolve_training,
     training_arguments,
 )
@@ -206,28 +204,15 @@ class OfflineJob:
                 self.scorer = RewardScorer.load(recipe.reward_model, recipe)
         rows = len(self.train["prompt"])
         self.training = resolve_training(recipe.training, recipe.method.type, "causal_lm", rows)
-        trainable, total = count_parameters(self.model)
-        return Plan(
-            run_dir=run_dir,
-            task=recipe.stage,
-            method=recipe.method.type,
-            model=recipe.model.describe(),
-            rows=self.splits.counts(),
-            skipped_rows=self.splits.skipped(),
-            trainable_params=trainable,
-            total_params=total,
-            planned_steps=planned_steps(self.training, rows),
-            device=self.loaded.device,
-            precision=resolve_precision(recipe.training, self.loaded.device),
-            details={
-                **self.details,
-                "beta": recipe.beta,
-                "reference": self.reference_kind(),
-                "reward_model": recipe.reward_model.describe() if recipe.reward_model else None,
-                "epochs": self.training.epochs,
-                "learning_rate": self.training.learning_rate,
-            },
-        )
+        details = {
+            **self.details,
+            "beta": recipe.beta,
+            "reference": self.reference_kind(),
+            "reward_model": recipe.reward_model.describe() if recipe.reward_model else None,
+            "epochs": self.training.epochs,
+            "learning_rate": self.training.learning_rate,
+        }
+        return stage_plan(recipe, run_dir, self.loaded, self.model, self.splits, self.training, rows, details)
 
     def reference_kind(self) -> str:
         """What the policy is compared with (TRL's KL anchor), in words."""

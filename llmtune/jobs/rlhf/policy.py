@@ -42,13 +42,11 @@ from llmtune.jobs.rlhf.rules import Component, RewardMix, components_of
 from llmtune.models.loading import inspect_model, load_model
 from llmtune.recipes.common import Training
 from llmtune.recipes.rlhf import RlhfRecipe
-from llmtune.runs.lifecycle import Metrics, Outcome, Plan, count_parameters, source_of
+from llmtune.runs.lifecycle import Metrics, Outcome, Plan, source_of
 from llmtune.runs.rundir import RunDir
 from llmtune.runs.training import (
     callbacks,
-    planned_steps,
     preflight,
-    resolve_precision,
     resolve_training,
     training_arguments,
 )
@@ -112,31 +110,20 @@ class PolicyJob:
         self.model = apply_method(self.loaded.model, recipe.method, "causal_lm", tokenizer)
         self.reference = None if dry_run else reference_copy(self.model, recipe.beta)
         self.mix = RewardMix(self.components(load=not dry_run))
-        trainable, total = count_parameters(self.model)
         completions = len(self.prompts["train"]) * generation.num_generations
         self.training = resolve_training(recipe.training, recipe.method.type, "causal_lm", completions)
-        return Plan(
-            run_dir=run_dir,
-            task="policy",
-            method=recipe.method.type,
-            model=recipe.model.describe(),
-            rows=self.splits.counts(),
-            skipped_rows=self.splits.skipped(),
-            trainable_params=trainable,
-            total_params=total,
-            planned_steps=planned_steps(self.training, completions),
-            device=self.loaded.device,
-            precision=resolve_precision(recipe.training, self.loaded.device),
-            details={
-                "algorithm": recipe.algorithm,
-                "beta": recipe.beta,
-                "num_generations": generation.num_generations,
-                "prompts_per_step": prompts_per_step(recipe.training, generation.num_generations),
-                "max_new_tokens": generation.max_new_tokens,
-                "rewards": self.mix.weights,
-                "reward_model": recipe.reward_model.describe() if recipe.reward_model else None,
-                "learning_rate": self.training.learning_rate,
-            },
+        details = {
+            "algorithm": recipe.algorithm,
+            "beta": recipe.beta,
+            "num_generations": generation.num_generations,
+            "prompts_per_step": prompts_per_step(recipe.training, generation.num_generations),
+            "max_new_tokens": generation.max_new_tokens,
+            "rewards": self.mix.weights,
+            "reward_model": recipe.reward_model.describe() if recipe.reward_model else None,
+            "learning_rate": self.training.learning_rate,
+        }
+        return common.stage_plan(
+            recipe, run_dir, self.loaded, self.model, self.splits, self.training, completions, details
         )
 
     def components(self, load: bool) -> list[Component]:

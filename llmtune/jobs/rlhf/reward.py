@@ -42,13 +42,11 @@ from llmtune.errors import BadInput
 from llmtune.models.loading import LoadedModel, load_model
 from llmtune.models.methods import apply_method
 from llmtune.recipes.rlhf import RlhfRecipe
-from llmtune.runs.lifecycle import Metrics, Outcome, Plan, count_parameters, source_of
+from llmtune.runs.lifecycle import Metrics, Outcome, Plan, source_of
 from llmtune.runs.rundir import RunDir
 from llmtune.runs.training import (
     callbacks,
-    planned_steps,
     preflight,
-    resolve_precision,
     resolve_training,
     training_arguments,
 )
@@ -125,25 +123,22 @@ class RewardJob:
         self.model = apply_method(self.loaded.model, recipe.method, "classification", self.loaded.tokenizer)
         self.datasets = {name: self.dataset(name) for name in ("train", "validation")}
         self.training = resolve_training(recipe.training, recipe.method.type, "reward", len(train.pairs))
-        trainable, total = count_parameters(self.model)
         counts = {name: split.counts for name, split in self.data.items()}
         details: dict[str, Any] = {k: {name: c[k] for name, c in counts.items()} for k in COUNTS}
         details.update(
             margin=self.recipe.margin, epochs=self.training.epochs, learning_rate=self.training.learning_rate
         )
-        return Plan(
-            run_dir=run_dir,
-            task="reward",
-            method=recipe.method.type,
-            model=recipe.model.describe(),
-            rows=self.splits.counts(),
-            skipped_rows=sum(c["skipped"] for c in counts.values()),
-            trainable_params=trainable,
-            total_params=total,
-            planned_steps=planned_steps(self.training, len(train.pairs)),
-            device=self.loaded.device,
-            precision=resolve_precision(recipe.training, self.loaded.device),
-            details=details,
+        skipped = sum(c["skipped"] for c in counts.values())
+        return common.stage_plan(
+            recipe,
+            run_dir,
+            self.loaded,
+            self.model,
+            self.splits,
+            self.training,
+            len(train.pairs),
+            details,
+            skipped,
         )
 
     def dataset(self, name: str) -> Any:
