@@ -39,6 +39,7 @@ bench: install
 	$(BIN)/python tools/seed_hf_cache.py
 	$(BIN)/python bench/bench_finetune.py
 	$(BIN)/python bench/bench_bulk_infer.py
+	$(BIN)/python bench/bench_int8.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
