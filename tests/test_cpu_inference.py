@@ -199,3 +199,19 @@ def test_auto_rule_takes_the_busy_cores_away(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(cpu.os, "getloadavg", lambda: (2.4, 0.0, 0.0))
     monkeypatch.setattr(cpu, "own_load", lambda: 0.4)
     assert cpu.choose_threads("auto", {}) == cpu.ThreadChoice(1, "auto: 3 usable, load 2.4")
+
+
+def test_prompt_eval_records_the_threads_its_models_ran_with(tmp_path: Path) -> None:
+    """prompt-eval writes its manifest before any model loads: the device (and the thread count
+    model.threads chose) is recorded once the models have run."""
+    saved_classifier(tmp_path / "cls", ["negative", "positive"])
+    rows = [{"id": str(i), "text": t, "label": ("negative", "positive")[i % 2]} for i, t in enumerate(TEXTS)]
+    write_jsonl(tmp_path / "test.jsonl", rows)
+    path = write(
+        tmp_path / "eval.yaml",
+        "kind: prompt-eval\nmodels:\n  one: {path: cls, threads: 2}\ndata: {test: test.jsonl}\n"
+        "prompts:\n  plain: {template: '{{ text }}'}\noutput: {dir: out}\n",
+    )
+    result = run_cli("prompt-eval", path)  # the tests' OMP_NUM_THREADS=1: torch starts with 1 thread
+    assert result.code == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["device"] == "cpu (2 threads)"

@@ -29,7 +29,7 @@ from llmtune.recipes.common import ModelRef
 from llmtune.recipes.prompt_eval import PromptEvalRecipe, PromptSpec, gate_metrics
 from llmtune.runs.lifecycle import recorded, show_plan
 from llmtune.runs.options import JobOptions
-from llmtune.runs.rundir import RunDir, run_dir_path
+from llmtune.runs.rundir import RunDir, device_description, run_dir_path
 from llmtune.slices import Gate, check_slice_columns, parse_gates, slice_metrics, slice_values
 
 
@@ -79,6 +79,7 @@ def run(recipe: PromptEvalRecipe, options: JobOptions) -> dict[str, Any]:
 
     def evaluate() -> dict[str, Any]:
         pairs, predictions = score_all(recipe, rows, labels, plans, built, builders)
+        run_dir.update_manifest(device=device_description())  # the threads model.threads chose
         result = write_outputs(
             run_dir, recipe, pairs, predictions, {n: p.head for n, p in plans.items()}, labels, len(rows)
         )
