@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmtune.data.rankings import MAX_RESPONSES, RankingError, letters, parse_ranking
+from llmtune.data.formats import kind_of
+from llmtune.data.rankings import MAX_RESPONSES, Ranking, RankingError, letters, parse_ranking
 from llmtune.data.readers import SKIP_HINT, Rows, refuse
 from llmtune.errors import BadInput, Problem
 
@@ -115,10 +116,10 @@ def graded_of(rows: Rows, *, skip_bad_rows: bool = False, key: str = "data.train
     for row, where in zip(rows.rows, rows.where):
         try:
             if is_ranking(row):
-                prefs = Preferences()
-                _add(prefs, row, where)
-                if prefs.rankings:
-                    ranking = parse_ranking(row["ranking"], len(row["responses"]))
+                if row.get("prompt") in (None, ""):
+                    raise RankingError("row has no 'prompt'")
+                ranking = ranking_of(row)
+                if ranking is not None:
                     texts = dict(zip(letters(len(row["responses"])), row["responses"]))
                     out += [Graded(row.get("prompt"), texts[x], True, where) for x in ranking.best()]
                     out += [Graded(row.get("prompt"), texts[x], False, where) for x in ranking.worst()]
@@ -135,6 +136,26 @@ def graded_of(rows: Rows, *, skip_bad_rows: bool = False, key: str = "data.train
     return out
 
 
+def ranking_of(row: dict[str, Any]) -> Ranking | None:
+    """A ranking row's ranking, parsed (None: not ranked yet); RankingError, with the reason, for
+    responses that are not 2 to 26 texts or a ranking that does not parse. The one check of a
+    ranking row, for the stages that read them and for `llmtune rank`."""
+    responses = row.get("responses")
+    if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
+        raise RankingError("'responses' must be a list of texts")
+    if not 2 <= len(responses) <= MAX_RESPONSES:
+        raise RankingError(f"'responses' has {len(responses)} texts; a ranking needs 2 to {MAX_RESPONSES}")
+    text = row.get("ranking")
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return None
+    if not isinstance(text, str):
+        raise RankingError(f"'ranking' must be a text like \"C > B = D > A\", got {kind_of(text)}")
+    try:
+        return parse_ranking(text, len(responses))
+    except RankingError as exc:
+        raise RankingError(f"ranking {text!r}: {exc}") from None
+
+
 def _add(out: Preferences, row: dict[str, Any], where: str, prompt_field: bool = True) -> None:
     if prompt_field and row.get("prompt") in (None, ""):
         raise RankingError("row has no 'prompt'")
@@ -147,21 +168,11 @@ def _add(out: Preferences, row: dict[str, Any], where: str, prompt_field: bool =
         out.pair_rows += 1
         out.rows.append(row)
         return
-    responses = row.get("responses")
-    if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
-        raise RankingError("'responses' must be a list of texts")
-    if not 2 <= len(responses) <= MAX_RESPONSES:
-        raise RankingError(f"'responses' has {len(responses)} texts; a ranking needs 2 to {MAX_RESPONSES}")
-    text = row.get("ranking")
-    if text is None or (isinstance(text, str) and not text.strip()):
+    ranking = ranking_of(row)
+    if ranking is None:
         out.unranked += 1
         return
-    if not isinstance(text, str):
-        raise RankingError(f"'ranking' must be a text like \"C > B = D > A\", got {type(text).__name__}")
-    try:
-        ranking = parse_ranking(text, len(responses))
-    except RankingError as exc:
-        raise RankingError(f"ranking {text!r}: {exc}") from None
+    responses = row["responses"]
     by_letter = dict(zip(letters(len(responses)), responses))
     for pair in ranking.pairs():
         out.pairs.append(

@@ -41,13 +41,16 @@ def apply_umask(path: Path) -> None:
             p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file so that readers see the old content or the new, never half of it."""
+def atomic_write_text(path: Path, text: str, *, mode: int | None = None, sync_folder: bool = False) -> None:
+    """Write a file so that readers see the old content or the new, never half of it. `mode`:
+    its permission bits (default: what the umask gives a new file); `sync_folder`: also sync the
+    folder, so that the rename survives a power cut (a file people edit by hand, one answer at a
+    time)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     try:
-        os.fchmod(fd, 0o666 & ~umask())
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        os.fchmod(fd, 0o666 & ~umask() if mode is None else mode)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -55,6 +58,12 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if sync_folder:
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
 
 def atomic_write_json(path: Path, data: Any) -> None:

@@ -18,16 +18,15 @@ import json
 import os
 import stat
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from llmtune.data.formats import kind_of
-from llmtune.data.rankings import MAX_RESPONSES, RankingError, parse_ranking
+from llmtune.data.preferences import ranking_of
 from llmtune.errors import BadInput, LockHeld, Problem
 from llmtune.inference.journal import signals_held
 from llmtune.jobs.rank.session import Candidate, rank_rows
-from llmtune.runs.outputs import TMP_SUFFIX, OutputLock, umask
+from llmtune.runs.outputs import OutputLock, atomic_write_text
 
 MAX_SHOWN = 20  # problems listed in one refusal; the rest are counted
 
@@ -142,19 +141,7 @@ def _check(row: Any, ids: dict[str, int], line: int) -> dict[str, Any]:
         ids[key] = line
     if row.get("prompt") in (None, "", []):
         raise ValueError("row has no 'prompt'")
-    responses = row.get("responses")
-    if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
-        raise ValueError("'responses' must be a list of texts")
-    if not 2 <= len(responses) <= MAX_RESPONSES:
-        raise ValueError(f"'responses' has {len(responses)} texts; a ranking needs 2 to {MAX_RESPONSES}")
-    ranking = row.get("ranking")
-    if ranking is not None and not isinstance(ranking, str):
-        raise ValueError(f"'ranking' must be a text like \"C > B = D > A\", got {kind_of(ranking)}")
-    if ranking and ranking.strip():
-        try:
-            parse_ranking(ranking, len(responses))
-        except RankingError as exc:
-            raise ValueError(f"ranking {ranking!r}: {exc}") from None
+    ranking_of(row)  # RankingError (a ValueError) with the reason
     return row
 
 
@@ -168,22 +155,6 @@ def _signature(path: Path) -> tuple[int, int, int] | None:
 
 
 def _replace(path: Path, text: str) -> None:
-    """Write `path` whole through a temp file and a rename; it keeps its permission bits (a new
-    file gets the umask's), and the folder is synced so the rename survives a power cut."""
-    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~umask()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    """Write `path` whole, atomically; it keeps its permission bits (a new file gets the umask's)."""
+    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else None
+    atomic_write_text(path, text, mode=mode, sync_folder=True)
