@@ -87,5 +87,15 @@ def stage_plan(
     )
 
 
+def frozen_copy(model: Any) -> Any:
+    """A frozen copy of `model` as it is now: the reference a KL penalty keeps the policy near."""
+    import copy
+
+    reference = copy.deepcopy(model).eval()
+    for p in reference.parameters():
+        p.requires_grad = False
+    return reference
+
+
 def _src(recipe: RlhfRecipe) -> str | None:
     return str(recipe.source) if recipe.source else None

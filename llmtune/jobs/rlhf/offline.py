@@ -17,7 +17,6 @@ Before and after training the held-out split is measured (`offline_report.py`), 
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 from collections import defaultdict
@@ -30,7 +29,7 @@ from llmtune.console import say
 from llmtune.data.preferences import Preferences, graded_of, preferences_of
 from llmtune.data.readers import Rows
 from llmtune.errors import BadInput
-from llmtune.jobs.rlhf.common import prompt_text, read_splits, stage_plan, template_of
+from llmtune.jobs.rlhf.common import frozen_copy, prompt_text, read_splits, stage_plan, template_of
 from llmtune.models.loading import LoadedModel, inspect_model, load_model
 from llmtune.models.methods import apply_method
 from llmtune.recipes.rlhf import RlhfRecipe
@@ -248,7 +247,7 @@ class OfflineJob:
         )
         # TRL makes a peft model's reference itself; otherwise it would reload the model from its
         # path, which a scratch model or a merged earlier adapter does not have
-        reference = None if hasattr(self.model, "peft_config") else _frozen(self.model)
+        reference = None if hasattr(self.model, "peft_config") else frozen_copy(self.model)
         trainer = (KTOTrainer if kto else DPOTrainer)(
             model=self.model,
             ref_model=reference,
@@ -365,10 +364,3 @@ def _shuffled(columns: dict[str, list[Any]], seed: int) -> dict[str, list[Any]]:
     order = list(range(len(columns["prompt"])))
     random.Random(seed).shuffle(order)
     return {name: [values[i] for i in order] for name, values in columns.items()}
-
-
-def _frozen(model: Any) -> Any:
-    reference = copy.deepcopy(model).eval()
-    for p in reference.parameters():
-        p.requires_grad = False
-    return reference

@@ -24,7 +24,6 @@ prompts of the before/after sampling and the reward model's input.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -306,10 +305,7 @@ def reference_copy(model: Any, beta: float) -> Any | None:
 
     if beta == 0.0 or is_peft_model(model):
         return None
-    reference = copy.deepcopy(model).eval()
-    for p in reference.parameters():
-        p.requires_grad = False
-    return reference
+    return common.frozen_copy(model)
 
 
 @contextmanager
