@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from llmtune.recipes.common import ModelRef, RecipeBase, Section
+from llmtune.recipes.engines import EngineName, RaySettings, VllmSettings
 
 
 class Input(Section):
@@ -105,6 +106,14 @@ class BulkInferRecipe(RecipeBase):
     """Decoding settings for task: generate."""
     batching: Batching = Field(default_factory=Batching)
     """Batch sizes and token budget."""
+    engine: EngineName = "hf"
+    """hf: transformers in this process; vllm: vLLM's offline LLM (pip install 'llmtune[vllm]');
+    ray: model replicas in a Ray Data actor pool (pip install 'llmtune[ray]'). Same rows, same
+    resume, lock, errors file and exit codes."""
+    ray: RaySettings = Field(default_factory=RaySettings)
+    """engine: ray settings (a cluster address, replicas)."""
+    vllm: VllmSettings = Field(default_factory=VllmSettings)
+    """engine: vllm settings."""
     max_length: int = Field(2048, ge=8)
     """Longest prompt in tokens."""
     on_too_long: Literal["truncate", "skip", "error"] = "truncate"

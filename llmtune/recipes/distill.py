@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from llmtune.recipes.common import Data, ModelRef, RecipeBase, Section, Training
+from llmtune.recipes.distributed import Distributed
+from llmtune.recipes.engines import VllmSettings
 
 STRATEGIES = {
     "classification": ("soft_labels", "hard_labels"),
@@ -152,6 +154,14 @@ class DistillRecipe(RecipeBase):
     validation, and labelled test rows on which teacher and student are compared."""
     training: Training = Field(default_factory=Training)
     """Optimisation settings of the student."""
+    distributed: Distributed = Field(default_factory=Distributed)
+    """Under torchrun / accelerate launch with several processes: ddp, fsdp or deepspeed."""
+    engine: Literal["hf", "vllm"] = "hf"
+    """How the teacher labels or generates (causal LM teachers): hf (transformers, in this process) or vllm (vLLM's offline LLM; pip install
+    'llmtune[vllm]')."""
+    vllm: VllmSettings = Field(default_factory=VllmSettings)
+    """engine: vllm settings."""
+
     measure_batch_size: int = Field(32, ge=1)
     """Rows per batch when teacher and student speed are measured on the test rows."""
     generation: DistillGeneration = Field(default_factory=DistillGeneration)

@@ -17,6 +17,7 @@ from llmtune.recipes.common import (
     TemplateSource,
     Training,
 )
+from llmtune.recipes.distributed import Distributed
 
 Method = Literal["full", "lora", "qlora", "dora", "ia3", "prefix", "prompt", "last_layers", "adapter"]
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1")
@@ -315,6 +316,8 @@ class FinetuneRecipe(RecipeBase):
     """Training, validation and test rows."""
     training: Training = Field(default_factory=Training)
     """Optimisation settings."""
+    distributed: Distributed = Field(default_factory=Distributed)
+    """Under torchrun / accelerate launch with several processes: ddp, fsdp or deepspeed."""
     evaluation: Evaluation = Field(default_factory=Evaluation)
     """Final evaluation on the test split."""
     export: Export = Field(default_factory=Export)

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from llmtune.recipes.common import Data, ModelRef, RecipeBase, RecipePath, Section
+from llmtune.recipes.engines import VllmSettings
 from llmtune.slices import recipe_gates
 
 Metric = Literal["accuracy", "precision", "recall", "f1", "invalid_rate", "exact_match", "contains"]
@@ -106,6 +107,12 @@ class PromptEvalRecipe(RecipeBase):
     is scored by its classification head, anything else as a causal LM)."""
     batching: Batching = Field(default_factory=Batching)
     """How rows are grouped into batches by the shared inference engine."""
+    engine: Literal["hf", "vllm"] = "hf"
+    """How causal LMs are run: hf (transformers, in this process) or vllm (vLLM's offline LLM; pip install
+    'llmtune[vllm]')."""
+    vllm: VllmSettings = Field(default_factory=VllmSettings)
+    """engine: vllm settings."""
+
     slices: list[str] = Field(default_factory=list)
     """Columns of the scored rows (e.g. language, product_category): every metric is also reported
     per value of each, for every pair, with row counts and the gap between the best and the worst

@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from llmtune.recipes.common import Data, ModelRef, RecipeBase, Section, Training
+from llmtune.recipes.distributed import Distributed
+from llmtune.recipes.engines import VllmSettings
 from llmtune.recipes.finetune import MethodSpec
 
 Stage = Literal["reward", "policy", "dpo", "kto", "collect"]
@@ -100,6 +102,13 @@ class RlhfRecipe(RecipeBase):
     """Sampling for stages collect and policy, and for the mean reward before and after."""
     training: Training = Field(default_factory=Training)
     """Optimisation settings (stage collect trains nothing)."""
+    distributed: Distributed = Field(default_factory=Distributed)
+    """Under torchrun / accelerate launch with several processes: ddp, fsdp or deepspeed."""
+    engine: Literal["hf", "vllm"] = "hf"
+    """stage collect: how outputs are sampled: hf (transformers, in this process) or vllm (vLLM's offline LLM; pip install
+    'llmtune[vllm]')."""
+    vllm: VllmSettings = Field(default_factory=VllmSettings)
+    """engine: vllm settings."""
 
     @model_validator(mode="after")
     def _stage_needs(self) -> RlhfRecipe:

@@ -1,0 +1,50 @@
+"""Recipe sections that choose and configure an inference engine (`engine:`, `ray:`, `vllm:`).
+
+`engine: hf` is transformers in this process; `vllm` is vLLM's offline `LLM` (the optional
+extra `llmtune[vllm]`); `ray` runs `hf` model replicas in a Ray Data actor pool (bulk-infer only;
+the optional extra `llmtune[ray]`). Every engine writes the same rows with the same guarantees.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from llmtune.recipes.common import Section
+
+EngineName = Literal["hf", "vllm", "ray"]
+
+
+class RaySettings(Section):
+    """Where and how wide a Ray Data job runs (engine: ray)."""
+
+    address: str | None = None
+    """A running Ray cluster to join (e.g. ray://head:10001 or auto); null starts a local Ray
+    for this job and stops it at the end."""
+    replicas: int = Field(2, ge=1)
+    """Model replicas in the actor pool (one process each, each loads the model once)."""
+    cpus_per_replica: float = Field(1.0, gt=0)
+    """CPUs Ray reserves for each replica (its torch threads follow model.threads)."""
+    gpus_per_replica: float = Field(0.0, ge=0)
+    """GPUs Ray reserves for each replica (0 on CPU machines)."""
+    batch_rows: int = Field(64, ge=1)
+    """Rows Ray hands to a replica at a time; each batch's results are journaled as it returns,
+    so a killed job loses at most the batches in flight."""
+
+
+class VllmSettings(Section):
+    """Settings passed to vLLM's offline `LLM` (engine: vllm)."""
+
+    tensor_parallel_size: int = Field(1, ge=1)
+    """GPUs one model is split across."""
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    """Share of each GPU's memory vLLM may take (weights + KV cache)."""
+    max_num_seqs: int | None = Field(None, ge=1)
+    """Sequences decoded together at most; default: vLLM's."""
+    max_model_len: int | None = Field(None, ge=16)
+    """Context length vLLM plans its KV cache for; default: max_length + max_new_tokens."""
+    enforce_eager: bool = False
+    """Skip CUDA graphs / torch.compile (faster start, slower steady state)."""
+    cpu_kv_cache_gb: float = Field(4.0, gt=0)
+    """On CPU: GiB reserved for the KV cache (vLLM's VLLM_CPU_KVCACHE_SPACE)."""
