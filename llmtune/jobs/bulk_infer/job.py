@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import llmtune.jobs.bulk_infer.chunks as chunks
 import llmtune.jobs.bulk_infer.files as bulk_io
 import llmtune.jobs.bulk_infer.paths as bulk_paths
 from llmtune.console import say, table
@@ -245,10 +246,10 @@ def infer(
         size = recipe.batching.chunk_rows
         for start in range(0, len(todo), size):
             chunk = todo[start : start + size]
-            ready, prompts, failures = _prompts(recipe, engine, template, chunk, tally)
-            results, run_failures = _run_chunk(recipe, engine, ready, prompts)
+            ready, prompts, failures = chunks.render_prompts(recipe, engine, template, chunk, tally)
+            results, run_failures = chunks.run_chunk(recipe, engine, ready, prompts)
             failures += run_failures
-            journal.append([_record(recipe, r, res, fingerprints) for r, res in results])
+            journal.append([chunks.record(recipe, r, res, fingerprints) for r, res in results])
             errors.append(failures)
             tally.done += len(results)
             tally.failed += len(failures)
@@ -263,100 +264,3 @@ def infer(
             journal.close()
             errors.close()
     return tally
-
-
-def _prompts(
-    recipe: BulkInferRecipe, engine: Engine, template: Template, chunk: list[InputRow], tally: Tally
-) -> tuple[list[InputRow], list[str], list[dict[str, Any]]]:
-    """Render each row's prompt; rows whose template fails or that are too long are set aside."""
-    ready, prompts, failures = [], [], []
-    for item in chunk:
-        try:
-            prompt = template.render(item.row)  # a missing or null field, a template limit: BadInput
-            if not prompt.strip():
-                raise BadInput("the prompt is empty", key="template")
-            if recipe.chat:
-                prompt = engine.apply_chat_template(prompt, recipe.system)
-        except BadInput as exc:
-            failures.append(_failure(item, str(exc)))
-            continue
-        except Exception as exc:  # noqa: BLE001 - the model's chat template failed on this row
-            failures.append(_failure(item, f"chat template: {type(exc).__name__}: {exc}"))
-            continue
-        ready.append(item)
-        prompts.append(prompt)
-    if recipe.on_too_long == "truncate" or not prompts:
-        return ready, prompts, failures
-    kept_rows, kept_prompts = [], []
-    for item, prompt, length in zip(ready, prompts, engine.count_tokens(prompts)):
-        if length <= recipe.max_length:
-            kept_rows.append(item)
-            kept_prompts.append(prompt)
-        elif recipe.on_too_long == "skip":
-            tally.too_long_skipped += 1
-        else:
-            failures.append(_failure(item, f"prompt is {length} tokens, over max_length {recipe.max_length}"))
-    return kept_rows, kept_prompts, failures
-
-
-def _run_chunk(
-    recipe: BulkInferRecipe, engine: Engine, rows: list[InputRow], prompts: list[str]
-) -> tuple[list[tuple[InputRow, dict[str, Any]]], list[dict[str, Any]]]:
-    """Results for a chunk; when the chunk fails as a whole, rows run one by one so that only
-    the rows that fail by themselves go to the errors file."""
-    try:
-        return list(zip(rows, _results(recipe, engine, prompts))), []
-    except BadInput:
-        raise
-    except Exception as exc:  # noqa: BLE001 - narrowed down to the failing rows below
-        if len(rows) == 1:
-            return [], [_failure(rows[0], f"{type(exc).__name__}: {exc}")]
-    done, failures = [], []
-    for item, prompt in zip(rows, prompts):
-        try:
-            done.append((item, _results(recipe, engine, [prompt])[0]))
-        except Exception as exc:  # noqa: BLE001 - this row's failure, recorded with its reason
-            failures.append(_failure(item, f"{type(exc).__name__}: {exc}"))
-    return done, failures
-
-
-def _results(recipe: BulkInferRecipe, engine: Engine, prompts: list[str]) -> list[dict[str, Any]]:
-    if recipe.task == "score":
-        return [{"score": score} for score in engine.score(prompts)]
-    if recipe.task == "classify":
-        assert recipe.labels is not None
-        out = []
-        for scores in engine.classify(prompts, recipe.labels):
-            out.append({"label": max(scores, key=scores.__getitem__), "scores": scores})
-        return out
-    g = recipe.generation
-    generations = engine.generate(
-        prompts,
-        max_new_tokens=g.max_new_tokens,
-        temperature=g.temperature,
-        top_p=g.top_p,
-        top_k=g.top_k,
-        stop=g.stop,
-        num_return_sequences=g.num_return_sequences,
-        seed=recipe.seed,
-    )
-    return [
-        {"output": gen.texts if g.num_return_sequences > 1 else gen.texts[0], "_new_tokens": gen.new_tokens}
-        for gen in generations
-    ]
-
-
-def _record(
-    recipe: BulkInferRecipe, item: InputRow, result: dict[str, Any], fingerprints: dict[str, str]
-) -> dict[str, Any]:
-    record: dict[str, Any] = {}
-    if recipe.output.include_input:
-        record.update(item.row)
-    record["id"] = item.id
-    record.update({k: v for k, v in result.items() if not k.startswith("_")})
-    record.update(fingerprints)
-    return record
-
-
-def _failure(item: InputRow, reason: str) -> dict[str, Any]:
-    return {"id": item.id, "where": item.where, "reason": reason}
