@@ -34,12 +34,13 @@ class RaySettings(Section):
 
 
 class VllmSettings(Section):
-    """Settings passed to vLLM's offline `LLM` (engine: vllm)."""
+    """Settings passed to vLLM's offline `LLM` (engine: vllm). Decoding settings come from the
+    recipe (as with engine: hf); vLLM's CPU build needs a head size (hidden / heads) of 32 or more."""
 
     tensor_parallel_size: int = Field(1, ge=1)
     """GPUs one model is split across."""
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
-    """Share of each GPU's memory vLLM may take (weights + KV cache)."""
+    """Share of each GPU's memory vLLM may take (weights + KV cache); unused on CPU."""
     max_num_seqs: int | None = Field(None, ge=1)
     """Sequences decoded together at most; default: vLLM's."""
     max_model_len: int | None = Field(None, ge=16)
@@ -47,4 +48,5 @@ class VllmSettings(Section):
     enforce_eager: bool = False
     """Skip CUDA graphs / torch.compile (faster start, slower steady state)."""
     cpu_kv_cache_gb: float = Field(4.0, gt=0)
-    """On CPU: GiB reserved for the KV cache (vLLM's VLLM_CPU_KVCACHE_SPACE)."""
+    """On CPU: GiB reserved for the KV cache, rounded up to whole GiB (vLLM's
+    VLLM_CPU_KVCACHE_SPACE; an exported VLLM_CPU_KVCACHE_SPACE wins)."""
