@@ -27,6 +27,7 @@ import llmtune.jobs.distill.reports as reports
 from llmtune.data.readers import Splits, refuse
 from llmtune.data.templates import Template
 from llmtune.errors import BadInput, Problem
+from llmtune.inference.vllm_engine import require_vllm
 from llmtune.jobs.distill.checks import SPLITS, read_splits, rows_of
 from llmtune.jobs.distill.labelling import (
     GENERATIONS,
@@ -69,6 +70,8 @@ class LanguageModelDistill:
 
     # ------------------------------------------------------------------ preflight
     def preflight(self) -> list[Path]:
+        if self.recipe.engine == "vllm":  # the teacher generates on vLLM: refuse early where it is missing
+            require_vllm()
         self.splits = read_lm_rows(self.recipe, self.template)
         self.device = preflight(self.recipe.student, "full", self.recipe.training)
         return self.splits.files

@@ -68,9 +68,22 @@ def journal_stamp(recipe: DistillRecipe, settings: Any) -> dict[str, str]:
 def teacher_engine(
     recipe: DistillRecipe, teacher: LoadedModel, label_range: tuple[float, float] | None = None
 ) -> Any:
-    """The shared inference engine over the teacher, at the recipe's batch size and max_length."""
+    """The shared inference engine over the teacher, at the recipe's batch size and max_length;
+    vLLM for a causal LM teacher with engine: vllm (teachers with a head run here)."""
     from llmtune.inference.engine import Engine
 
+    if recipe.engine == "vllm" and recipe.task == "causal_lm":
+        from llmtune.inference.vllm_engine import vllm_engine
+
+        return vllm_engine(
+            teacher,
+            recipe.teacher,
+            recipe,
+            recipe.vllm,
+            key="teacher",
+            max_length=recipe.data.max_length,
+            max_new_tokens=recipe.generation.max_new_tokens,
+        )
     return Engine(
         teacher,
         batch_size=recipe.measure_batch_size,

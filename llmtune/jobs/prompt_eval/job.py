@@ -21,6 +21,7 @@ from llmtune.console import say
 from llmtune.data.readers import Rows, check_labels, closest, infer_labels, load_splits, read_rows, refuse
 from llmtune.errors import BadInput, GateFailed, Problem
 from llmtune.inference.batching import free_memory
+from llmtune.inference.vllm_engine import require_vllm, vllm_engine
 from llmtune.jobs.prompt_eval.prompts import PromptBuilder, chat_prompt
 from llmtune.jobs.prompt_eval.report import evaluate_gate, print_table, write_outputs
 from llmtune.jobs.prompt_eval.scoring import normalise, pair_metrics, score_prompts, scoring_method
@@ -39,6 +40,8 @@ def run(recipe: PromptEvalRecipe, options: JobOptions) -> dict[str, Any]:
     run_dir = RunDir(run_dir_path(recipe, options.output), recipe)
     run_dir.claim()  # first: an overlapping run exits 75 before reading anything
     try:
+        if recipe.engine == "vllm":
+            require_vllm()
         gates = parse_gates(
             options.fail_under, gate_metrics(recipe.task), recipe.slices, defaults=recipe.fail_under
         )
@@ -250,8 +253,6 @@ def score_all(
     builders: dict[str, PromptBuilder],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Load each model once and score every prompt with it; the pairs' metrics and every prediction."""
-    from llmtune.inference.engine import Engine
-
     gold = [str(r["label"]) for r in rows.rows]
     # the data's own id (else the row's file:line), so anyone can join a prediction to its row
     ids = [str(r["id"]) if r.get("id") is not None else w for r, w in zip(rows.rows, rows.where)]
@@ -262,12 +263,7 @@ def score_all(
         method = scoring_method(recipe, plan.head)
         say(f"loading {model_name}: {ref.describe()} ({plan.head}, scored by {method})")
         loaded = load_model(ref, recipe, head=plan.head, key=f"models.{model_name}", labels=plan.head_labels)
-        engine = Engine(
-            loaded,
-            batch_size=recipe.batching.batch_size,
-            max_batch_tokens=recipe.batching.max_batch_tokens,
-            max_length=recipe.data.max_length,
-        )
+        engine = _engine(recipe, ref, model_name, plan, loaded)
         for prompt_name, builder in builders.items():
             texts = built[prompt_name]
             if builder.spec.chat:
@@ -319,6 +315,29 @@ def score_all(
         del engine, loaded
         free_memory()
     return pairs, predictions
+
+
+def _engine(recipe: PromptEvalRecipe, ref: ModelRef, name: str, plan: ModelPlan, loaded: Any) -> Any:
+    """The shared engine over a loaded model; causal LMs run on vLLM with engine: vllm
+    (classification heads always run here)."""
+    if recipe.engine == "vllm" and plan.head == "causal_lm":
+        return vllm_engine(
+            loaded,
+            ref,
+            recipe,
+            recipe.vllm,
+            key=f"models.{name}",
+            max_length=recipe.data.max_length,
+            max_new_tokens=recipe.max_new_tokens,
+        )
+    from llmtune.inference.engine import Engine
+
+    return Engine(
+        loaded,
+        batch_size=recipe.batching.batch_size,
+        max_batch_tokens=recipe.batching.max_batch_tokens,
+        max_length=recipe.data.max_length,
+    )
 
 
 def _pair_slices(

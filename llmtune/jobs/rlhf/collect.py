@@ -35,6 +35,7 @@ from llmtune.data.rankings import letters
 from llmtune.data.readers import SKIP_HINT, read_rows, refuse
 from llmtune.errors import BadInput
 from llmtune.inference.journal import Journal, folder_fingerprint, text_fingerprint
+from llmtune.inference.vllm_engine import require_vllm
 from llmtune.jobs.rlhf.common import prompt_text, template_of
 from llmtune.recipes.rlhf import RlhfRecipe
 from llmtune.runs.lifecycle import recorded, show_plan
@@ -70,6 +71,8 @@ def run_collect(recipe: RlhfRecipe, options: JobOptions) -> dict[str, Any]:
     run_dir = RunDir(run_dir_path(recipe, options.output), recipe)
     run_dir.claim(resume=options.resume)  # first: an overlapping run exits 75 before reading anything
     try:
+        if recipe.engine == "vllm":
+            require_vllm()
         prompts, files, skipped = read_prompts(recipe)
         check_causal_lm(recipe)
         plan = {**_plan(recipe, run_dir, prompts), "skipped_rows": skipped}
@@ -249,10 +252,20 @@ def sample_all(
 
 def _engine(recipe: RlhfRecipe, prompts: list[Prompt]) -> Any:
     from llmtune.inference.engine import Engine
+    from llmtune.inference.vllm_engine import vllm_engine
     from llmtune.models.loading import load_model
 
     say(f"loading {recipe.model.describe()}")
     loaded = load_model(recipe.model, recipe, head="causal_lm", corpus=[p.text for p in prompts])
+    if recipe.engine == "vllm":
+        return vllm_engine(
+            loaded,
+            recipe.model,
+            recipe,
+            recipe.vllm,
+            max_length=recipe.data.max_length,
+            max_new_tokens=recipe.generation.max_new_tokens,
+        )
     return Engine(loaded, max_length=recipe.data.max_length)
 
 
