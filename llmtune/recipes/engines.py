@@ -17,20 +17,24 @@ EngineName = Literal["hf", "vllm", "ray"]
 
 
 class RaySettings(Section):
-    """Where and how wide a Ray Data job runs (engine: ray)."""
+    """Where and how wide a Ray Data job runs (engine: ray). This process stays the only writer
+    of the output: it sends Ray the rows not yet in the output and journals each result batch as
+    it returns, so resume, exactly-once, the lock and the errors file work as with engine hf."""
 
     address: str | None = None
-    """A running Ray cluster to join (e.g. ray://head:10001 or auto); null starts a local Ray
-    for this job and stops it at the end."""
+    """A running Ray cluster to join (e.g. auto, or ray://head:10001; every node needs llmtune,
+    the model and the same Python); null starts a private local Ray for this job (no dashboard,
+    its own temp folder) and stops it at the end."""
     replicas: int = Field(2, ge=1)
-    """Model replicas in the actor pool (one process each, each loads the model once)."""
+    """Model replicas in the actor pool (one process each; each loads the model once)."""
     cpus_per_replica: float = Field(1.0, gt=0)
-    """CPUs Ray reserves for each replica (its torch threads follow model.threads)."""
+    """CPUs Ray reserves for each replica; with model.threads: auto a replica runs this many torch
+    threads (whole ones, at least 1). A local Ray gets replicas x cpus_per_replica CPUs."""
     gpus_per_replica: float = Field(0.0, ge=0)
-    """GPUs Ray reserves for each replica (0 on CPU machines)."""
+    """GPUs Ray reserves for each replica (0 on CPU machines; 0.5 puts two replicas on a GPU)."""
     batch_rows: int = Field(64, ge=1)
-    """Rows Ray hands to a replica at a time; each batch's results are journaled as it returns,
-    so a killed job loses at most the batches in flight."""
+    """Rows Ray hands to a replica at a time (batching.chunk_rows is engine hf's); each batch's
+    results are journaled as it returns, so a killed job loses at most the batches in flight."""
 
 
 class VllmSettings(Section):

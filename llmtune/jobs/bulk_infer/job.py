@@ -21,6 +21,7 @@ from typing import Any
 import llmtune.jobs.bulk_infer.chunks as chunks
 import llmtune.jobs.bulk_infer.files as bulk_io
 import llmtune.jobs.bulk_infer.paths as bulk_paths
+import llmtune.jobs.bulk_infer.ray_pool as ray_pool
 from llmtune.console import say, table
 from llmtune.data.templates import Template
 from llmtune.errors import BadInput, Interrupted, RowsFailed
@@ -52,6 +53,8 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
     # the lock comes first, so that an overlapping cron run exits 75 before reading anything
     lock = None if options.dry_run else _take_lock(paths.lock)
     try:
+        if recipe.engine == "ray":
+            ray_pool.check_installed()
         rows, files, duplicates = read_input(recipe, shard)
         template = Template(recipe.template, where="template")
         if rows:
@@ -65,7 +68,9 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
         if lock is None:
             table("plan (dry run: nothing written)", ["item", "value"], [[k, v] for k, v in plan.items()])
             return {"dry_run": True, **plan}
-        engine = setup_model(recipe, info)
+        engine = None if recipe.engine == "ray" else setup_model(recipe, info)
+        if engine is None:  # ray's replicas load the model; the same checks run here without weights
+            check_without_weights(recipe, info)
         if bulk_io.repair_journal(paths.journal):  # BadInput when it is not a journal of ours
             say(f"repaired {paths.journal}: cut the torn last line a crash left")
     except BaseException:  # bad input: leave no trace, not even the lock's folder
@@ -80,7 +85,10 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
         pending = [r for r in rows if r.key not in done]
         todo = pending[:limit]
         say(f"{len(todo)} row(s) to do, {len(rows) - len(pending)} already done")
-        tally = infer(recipe, engine, todo, paths, fingerprints)
+        if engine is None:
+            tally = ray_pool.infer(recipe, info, todo, paths, fingerprints, debug=options.debug)
+        else:
+            tally = infer(recipe, engine, todo, paths, fingerprints)
         if shard is None:
             bulk_io.materialise(paths.journal, paths.results)
     finally:
@@ -146,6 +154,15 @@ def setup_model(recipe: BulkInferRecipe, info: ModelInfo) -> Engine:
     )
     check_model(recipe, engine)
     return engine
+
+
+def check_without_weights(recipe: BulkInferRecipe, info: ModelInfo) -> None:
+    """setup_model's checks on the model built on the meta device (no weights read, no memory),
+    for engines that load the model in other processes (ray)."""
+    assert info.head is not None
+    labels = _head_labels(recipe, info)
+    loaded = load_model(recipe.model, recipe, head=info.head, labels=labels, empty_weights=True)
+    check_model(recipe, Engine(loaded, max_length=recipe.max_length, label_range=info.label_range))
 
 
 def _merged_for_inference(model: Any) -> Any:
@@ -218,6 +235,7 @@ def _plan(
         "stale": stale,
         "model": recipe.model.describe(),
         "task": recipe.task,
+        "engine": recipe.engine,
         "output": str(paths.results),
         "journal": str(paths.journal),
         "errors_file": str(paths.errors),
