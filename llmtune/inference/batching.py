@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 # A batch stops growing when padding would pass this share of its tokens (prompt + new tokens).
 # Padding is computed like any token; counting new tokens as work keeps batches large when
@@ -72,3 +72,18 @@ class TokenBudgetBatcher:
                 free_memory()
                 continue
             start += size
+
+
+def left_padded(seqs: list[list[int]], pad_id: int, device: object) -> tuple[Any, Any]:
+    """Token lists as one left-padded batch: (ids, attention mask), both long, on `device`.
+    Left padding keeps every row's last token in the last column, where decoding continues."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        if seq:
+            ids[row, width - len(seq) :] = torch.tensor(seq)
+            mask[row, width - len(seq) :] = 1
+    return ids.to(device), mask.to(device)

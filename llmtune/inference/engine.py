@@ -1,4 +1,4 @@
-"""The one batched inference engine every job shares (bulk-infer, prompt-eval, distill).
+"""The one batched inference engine every job shares (bulk-infer, prompt-eval, distill, rlhf).
 
 What it does for speed, and why each is safe:
 - identical prompts are computed once and the result is handed to every copy;
@@ -8,7 +8,10 @@ What it does for speed, and why each is safe:
   the batch a row lands in (tests compare them with row-by-row `model.generate`);
 - `batch_size="auto"` starts from the token budget and halves the batch on out-of-memory
   instead of crashing, remembering the size that fits;
-- generation goes through HF `generate` (KV cache, sampling, stop strings);
+- generation (`hf_generate.py`) runs a continuous-batching loop over the KV cache: a row that
+  ends (end-of-sequence, stop string, max_new_tokens) leaves the batch and a waiting prompt
+  joins, so no step is spent on finished rows (`continuous.py`); models that loop cannot drive
+  go through HF `generate` on padded batches;
 - `classify` runs each prompt once and scores every label's tokens from that prompt's KV cache;
 - `score` runs a regression head (one output) and returns its number in the label's units.
 """
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from llmtune.errors import BadInput
-from llmtune.inference.batching import TokenBudgetBatcher
+from llmtune.inference.batching import TokenBudgetBatcher, left_padded
 from llmtune.models.loading import LoadedModel
 
 
@@ -107,18 +110,6 @@ class Engine:
         ]
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def _left_padded(self, seqs: list[list[int]]) -> tuple[Any, Any]:
-        import torch
-
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            if seq:
-                ids[row, width - len(seq) :] = torch.tensor(seq)
-                mask[row, width - len(seq) :] = 1
-        return ids.to(self.device), mask.to(self.device)
-
     # ------------------------------------------------------------- generate
     def generate(
         self,
@@ -135,67 +126,33 @@ class Engine:
         """Generate for every prompt; one Generation per prompt, in input order.
 
         temperature 0 is greedy (then results do not depend on batching); above 0 samples with
-        top_p / top_k from `seed`. Texts are cut before the first `stop` string. These settings
+        top_p / top_k, each row from its own generator seeded from `seed`, its prompt and its
+        copy number (so a row's samples do not depend on its batch either). Texts are cut before the first `stop` string. These settings
         are the whole decoding config: a model's own generation_config defaults (e.g. a
         repetition penalty) are not applied, except its end-of-sequence tokens.
         """
-        import torch
-        from transformers import GenerationConfig, StoppingCriteriaList
+        from llmtune.inference.hf_generate import Decoding, generate_tokens, text_of
 
         if self.classifier:
             raise ValueError("generate needs a causal LM; this model has a classification head")
         unique, where = _dedupe(prompts)
         encoded = [self.encode(p)[-self.max_length :] for p in unique]
-        sampling = temperature > 0
-        config = GenerationConfig(
+        decoding = Decoding(
             max_new_tokens=max_new_tokens,
-            do_sample=sampling,
-            temperature=temperature if sampling else None,
-            top_p=top_p if sampling else None,
-            top_k=(top_k or 0) if sampling else None,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            stop=tuple(s for s in stop if s),
             num_return_sequences=num_return_sequences,
-            pad_token_id=self.pad_id,
-            eos_token_id=sorted(self.eos_ids) or None,
-            bos_token_id=self.tokenizer.bos_token_id,
+            seed=seed,
+            pad_id=self.pad_id,
+            eos_ids=frozenset(self.eos_ids),
         )
-        results: list[Generation | None] = [None] * len(unique)
-
-        def run(batch: list[int]) -> None:
-            ids, mask = self._left_padded([encoded[i] for i in batch])
-            criteria = StoppingCriteriaList()
-            if stop:
-                criteria.append(_StopInNewText(self.tokenizer, stop, ids.shape[1]))
-            with torch.inference_mode():
-                out = self.model.generate(
-                    input_ids=ids, attention_mask=mask, generation_config=config, stopping_criteria=criteria
-                )
-            new = out[:, ids.shape[1] :].tolist()
-            for k, i in enumerate(batch):
-                rows = new[k * num_return_sequences : (k + 1) * num_return_sequences]
-                texts, count = [], 0
-                for tokens in rows:
-                    text, used = self._decode(tokens, stop)
-                    texts.append(text)
-                    count += used
-                results[i] = Generation(texts, count)
-
-        # sampling is seeded here, without changing the caller's random state (a training run
-        # that measures before training must keep its dropout masks)
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            self.batcher.run([len(e) for e in encoded], max_new_tokens, num_return_sequences, run)
+        results = []
+        for rows in generate_tokens(self.model, self.tokenizer, encoded, decoding, self.batcher):
+            decoded = [text_of(self.tokenizer, tokens, decoding) for tokens in rows]
+            results.append(Generation([text for text, _ in decoded], sum(used for _, used in decoded)))
         return [_copy_generation(results[j]) for j in where]
-
-    def _decode(self, tokens: list[int], stop: Sequence[str]) -> tuple[str, int]:
-        """Text of the new tokens up to end-of-sequence, cut before the first stop string."""
-        used = len(tokens)
-        for n, token in enumerate(tokens):
-            if token in self.eos_ids or token == self.pad_id:
-                used = n
-                break
-        text = self.tokenizer.decode(tokens[:used], skip_special_tokens=True)
-        cuts = [text.find(s) for s in stop if s and s in text]
-        return (text[: min(cuts)] if cuts else text), used
 
     # ---------------------------------------------------------------- score
     def score_choices(self, prompts: list[str], choices: list[str]) -> list[ChoiceScores]:
@@ -247,7 +204,7 @@ class Engine:
         import torch
 
         n_choices = len(conts[0])
-        ids, mask = self._left_padded(contexts)
+        ids, mask = left_padded(contexts, self.pad_id, self.device)
         # positions from the mask, as generate does, so that left padding changes nothing
         prompt_positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=prompt_positions, use_cache=True)
@@ -374,23 +331,6 @@ class Engine:
         return [list(results[j]) for j in where]  # type: ignore[arg-type]
 
 
-class _StopInNewText:
-    """Stops a row once a stop string appears in its *generated* text. (HF's StopStringCriteria
-    also matches across the end of the prompt, which would end some rows before they start.)"""
-
-    def __init__(self, tokenizer: Any, stop: Sequence[str], prompt_width: int) -> None:
-        self.tokenizer = tokenizer
-        self.stop = [s for s in stop if s]
-        self.width = prompt_width
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
-
-        texts = self.tokenizer.batch_decode(input_ids[:, self.width :], skip_special_tokens=True)
-        done = [any(s in text for s in self.stop) for text in texts]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-
 def _dedupe(prompts: Sequence[str]) -> tuple[list[str], list[int]]:
     """Unique prompts in first-seen order, and for each input its unique prompt's index."""
     index: dict[str, int] = {}
@@ -398,6 +338,5 @@ def _dedupe(prompts: Sequence[str]) -> tuple[list[str], list[int]]:
     return list(index), where
 
 
-def _copy_generation(g: Generation | None) -> Generation:
-    assert g is not None
+def _copy_generation(g: Generation) -> Generation:
     return Generation(list(g.texts), g.new_tokens)
