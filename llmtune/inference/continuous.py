@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmtune.inference.batching import TokenBudgetBatcher, free_memory, is_out_of_memory, left_padded
-from llmtune.inference.hf_generate import Decoding, has_stop
+from llmtune.inference.decoding import Decoding, has_stop
 
 # Waiting prompts join once this share of the batch's rows is free: every join is one more
 # prefill call, so a batch refills in groups rather than one row per step.

@@ -131,7 +131,8 @@ class Engine:
         are the whole decoding config: a model's own generation_config defaults (e.g. a
         repetition penalty) are not applied, except its end-of-sequence tokens.
         """
-        from llmtune.inference.hf_generate import Decoding, generate_tokens, text_of
+        from llmtune.inference.decoding import Decoding, text_of
+        from llmtune.inference.hf_generate import generate_tokens
 
         if self.classifier:
             raise ValueError("generate needs a causal LM; this model has a classification head")
