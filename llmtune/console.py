@@ -3,6 +3,7 @@ stderr so that stdout stays free for --json."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any
@@ -28,8 +29,15 @@ def stderr_is_terminal() -> bool:
     return sys.stderr.isatty()
 
 
+def quiet() -> bool:
+    """Ranks other than 0 of a torchrun / accelerate launch run print nothing: one console."""
+    return os.environ.get("RANK", "0") != "0"
+
+
 def say(message: str) -> None:
-    """One progress line on stderr."""
+    """One progress line on stderr (rank 0's only)."""
+    if quiet():
+        return
     if stderr_is_terminal():
         _console().print(message, highlight=False)
     else:
@@ -37,7 +45,9 @@ def say(message: str) -> None:
 
 
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
-    """A table on stderr: rich on a terminal, aligned plain text elsewhere."""
+    """A table on stderr: rich on a terminal, aligned plain text elsewhere (rank 0's only)."""
+    if quiet():
+        return
     cells = [[_fmt(c) for c in row] for row in rows]
     if stderr_is_terminal():
         from rich.table import Table

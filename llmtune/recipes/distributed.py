@@ -1,11 +1,14 @@
 """The `distributed:` section of training recipes: how `torchrun` / `accelerate launch` ranks
-share the work. Read only when the job runs with more than one process (WORLD_SIZE > 1)."""
+share the work. Read only when the job runs with more than one process (WORLD_SIZE > 1); a
+single process ignores it. `training.batch_size` stays the global batch: each of N ranks takes
+batch_size / N rows per step, so one recipe makes the same optimizer steps on 1 or N processes
+(llmtune.runs.distributed maps this section to HF TrainingArguments)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from llmtune.recipes.common import Section
 
@@ -17,7 +20,8 @@ class Fsdp(Section):
     """FSDP2 (per-parameter sharding, torch's fully_shard) or the older FSDP1."""
     sharding: Literal["full_shard", "shard_grad_op", "hybrid_shard", "no_shard"] = "full_shard"
     """What is sharded across ranks: parameters, gradients and optimizer state (full_shard), only
-    gradients and optimizer state (shard_grad_op), full within a node (hybrid_shard), nothing."""
+    gradients and optimizer state (shard_grad_op), full within a node (hybrid_shard), nothing
+    (no_shard). FSDP2 offers full_shard and shard_grad_op; the other two need version: 1."""
     wrap: Literal["transformer_layer", "size"] = "transformer_layer"
     """Shard unit: each transformer block (the model's _no_split_modules), or by parameter count."""
     min_num_params: int = Field(100_000_000, ge=1)
@@ -26,6 +30,14 @@ class Fsdp(Section):
     """Keep parameters on the CPU between uses (slower, fits larger models)."""
     activation_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, ~30% slower)."""
+
+    @model_validator(mode="after")
+    def _fsdp2_sharding(self) -> Fsdp:
+        if self.version == 2 and self.sharding not in ("full_shard", "shard_grad_op"):
+            raise ValueError(
+                f"sharding {self.sharding} needs version: 1 (FSDP2 offers full_shard, shard_grad_op)"
+            )
+        return self
 
 
 class DeepSpeed(Section):
@@ -37,6 +49,12 @@ class DeepSpeed(Section):
     """Optimizer state on the CPU (ZeRO-Offload)."""
     offload_params: bool = False
     """Parameters on the CPU (stage 3 only)."""
+
+    @model_validator(mode="after")
+    def _params_offload_needs_stage3(self) -> DeepSpeed:
+        if self.offload_params and self.stage != 3:
+            raise ValueError("offload_params needs stage: 3 (only ZeRO-3 partitions the parameters)")
+        return self
 
 
 class Distributed(Section):

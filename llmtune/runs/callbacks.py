@@ -38,7 +38,7 @@ class MetricsLog(TrainerCallback):
     def on_log(
         self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
     ) -> None:
-        if not logs:
+        if not logs or not state.is_world_process_zero:  # one metrics.jsonl: rank 0's
             return
         record = {
             "step": state.global_step,
@@ -55,7 +55,8 @@ class MetricsLog(TrainerCallback):
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         # safetensors writes 0600 files: a checkpoint gets the user's umask as soon as it exists,
         # so other users and services on a shared server can read it during the run too
-        apply_umask(Path(args.output_dir))
+        if state.is_world_process_zero:
+            apply_umask(Path(args.output_dir))
 
 
 class GracefulStop(TrainerCallback):
@@ -77,6 +78,10 @@ class GracefulStop(TrainerCallback):
         self.signum = signum
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        from llmtune.runs.distributed import largest
+
+        # several ranks stop together, after the same step (a collective each step, tiny)
+        self.signum = largest(self.signum or 0) or None
         if self.signum is not None:
             control.should_save = True
             control.should_training_stop = True
@@ -114,7 +119,7 @@ def keep_stdout_clean(trainer: Any) -> None:
 
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    if stderr_is_terminal():
+    if stderr_is_terminal() and trainer.args.process_index == 0:
         trainer.add_callback(TrainingBar())
 
 

@@ -135,14 +135,32 @@ class TrainingJob(Protocol):
 
 
 def run_training(job: TrainingJob, options: JobOptions) -> dict[str, Any]:
-    """The whole life of one training run; returns the summary (for --json)."""
+    """The whole life of one training run; returns the summary (for --json). Under torchrun /
+    accelerate launch every rank runs it: rank 0 alone claims, opens and writes the run
+    directory and the console, and the ranks agree after each step where rank 0 may refuse
+    (runs.distributed)."""
+    from llmtune.runs.distributed import training_ranks
+
+    with training_ranks(job.recipe) as world:
+        if not world.main:
+            options.json = False  # one summary on stdout: rank 0's
+        return _run_training(job, options)
+
+
+def _run_training(job: TrainingJob, options: JobOptions) -> dict[str, Any]:
+    from llmtune.runs.distributed import agreed, check, fit_trainer, written_by_main
     from llmtune.runs.training import measured_once, resume_point, validation_metrics, watch_signals
 
     run_dir = RunDir(run_dir_path(job.recipe, options.output), job.recipe)
-    run_dir.claim(resume=options.resume)
-    try:
+    agreed(lambda: run_dir.claim(resume=options.resume, ranks_agree=True), only_main=True)
+
+    def prepare() -> tuple[list[Path], Plan]:
+        check(job.recipe)
         files = job.preflight()
-        plan = job.setup(run_dir.path, dry_run=options.dry_run)
+        return files, job.setup(run_dir.path, dry_run=options.dry_run)
+
+    try:
+        files, plan = agreed(prepare)
         describe(plan)
         if options.dry_run:
             show_plan(plan.as_dict())
@@ -163,6 +181,7 @@ def run_training(job: TrainingJob, options: JobOptions) -> dict[str, Any]:
         if retained is not None:
             say(f"retain (general data) before training: {_shown(retained)}")
         started = time.monotonic()
+        fit_trainer(trainer)  # several ranks: train as one process would (runs.distributed)
         with watch_signals(trainer):
             result = trainer.train(resume_from_checkpoint=resume_point(run_dir.path, options.resume))
         outcome = Outcome(
@@ -179,19 +198,26 @@ def run_training(job: TrainingJob, options: JobOptions) -> dict[str, Any]:
             outcome.retain = forgetting(retained, job.retain(trainer))
         if hasattr(job, "sources"):
             outcome.sources = job.sources(trainer)
-        job.save(trainer, run_dir)
-        top = job.eval_headline(outcome) if hasattr(job, "eval_headline") else {}
-        write_eval(run_dir, outcome, top)
-        outcome.warnings = training_warnings(outcome, run_dir.path, getattr(job, "loss_is_objective", True))
-        if hasattr(job, "warnings"):  # optional: the job's own reasons to distrust the result
-            outcome.warnings += job.warnings(outcome)
-        job.report(run_dir, outcome)
-        show_retain_and_sources(run_dir, outcome)
-        for line in outcome.warnings:
-            say(f"warning: {line}")
+        # every rank saves and reports (a job may evaluate there: a collective); rank 0's files stay
+        with written_by_main(run_dir.path) as folder:
+            finish(job, trainer, run_dir if folder == run_dir.path else RunDir(folder, job.recipe), outcome)
         return outcome.as_dict(job.headline)
 
     return recorded(run_dir, options, files, train)
+
+
+def finish(job: TrainingJob, trainer: Any, run_dir: RunDir, outcome: Outcome) -> None:
+    """After training and evaluation: model/, eval.json, the warnings and the report."""
+    job.save(trainer, run_dir)
+    top = job.eval_headline(outcome) if hasattr(job, "eval_headline") else {}
+    write_eval(run_dir, outcome, top)
+    outcome.warnings = training_warnings(outcome, run_dir.path, getattr(job, "loss_is_objective", True))
+    if hasattr(job, "warnings"):  # optional: the job's own reasons to distrust the result
+        outcome.warnings += job.warnings(outcome)
+    job.report(run_dir, outcome)
+    show_retain_and_sources(run_dir, outcome)
+    for line in outcome.warnings:
+        say(f"warning: {line}")
 
 
 def write_eval(run_dir: RunDir, outcome: Outcome, top: Metrics | None = None) -> None:
@@ -280,10 +306,13 @@ def recorded(
     run_dir: RunDir, options: JobOptions, files: list[Path], work: Callable[[], dict[str, Any]]
 ) -> dict[str, Any]:
     """Open the run directory, run `work`, and record how it ended in the manifest (a signal
-    during `open` itself included)."""
+    during `open` itself included). Several ranks: rank 0 opens and records, all of them work."""
+    from llmtune.runs.distributed import agreed, is_main
+
     try:
-        run_dir.open(resume=options.resume, data_files=files)
-        options.log_file = run_dir.log_file
+        agreed(lambda: _opened(run_dir, options, files), only_main=True)
+        if is_main():  # a crash on another rank goes to that rank's own log file
+            options.log_file = run_dir.log_file
         summary = work()
     except (Interrupted, KeyboardInterrupt):
         _end(run_dir, "interrupted")
@@ -292,11 +321,17 @@ def recorded(
         _end(run_dir, "failed")
         raise
     summary["run_dir"] = str(run_dir.path)
+    if not is_main():
+        return summary
     run_dir.close("completed", summary=summary)
     say(f"run directory: {run_dir.path}")
     if (run_dir.path / "report.md").exists():
         say(f"report: {run_dir.path / 'report.md'}")
     return summary
+
+
+def _opened(run_dir: RunDir, options: JobOptions, files: list[Path]) -> None:
+    run_dir.open(resume=options.resume, data_files=files)
 
 
 def _end(run_dir: RunDir, status: str) -> None:

@@ -27,6 +27,7 @@ import yaml
 
 from llmtune.errors import BadInput
 from llmtune.recipes.common import ModelRef, RecipeBase
+from llmtune.runs.distributed import manifest_fields, ranks
 from llmtune.runs.lineage import lineage, read_manifest
 from llmtune.runs.outputs import (
     TMP_SUFFIX,
@@ -209,9 +210,16 @@ class RunDir:
                     key="data",
                 )
 
-    def claim(self, *, resume: bool = False) -> None:
+    def claim(self, *, resume: bool = False, ranks_agree: bool = False) -> None:
         """Check that this folder may be used, then take its lock: the first thing a job does,
-        so an overlapping run exits 75 before it reads data or loads a model."""
+        so an overlapping run exits 75 before it reads data or loads a model. Under torchrun /
+        accelerate launch only a training run (`ranks_agree`: rank 0 claims, the others follow
+        its verdict) may claim; any other job is refused on every rank, before the lock."""
+        if not ranks_agree and ranks().many:
+            raise self._refuse(
+                f"this {self.recipe.kind} job runs in one process: start it with plain `llmtune`, "
+                "not under torchrun or accelerate launch (those are for training runs)"
+            )
         self.check_writable(resume=resume)  # before the lock file: a refused folder is untouched
         self.lock.acquire()
         try:
@@ -257,6 +265,7 @@ class RunDir:
             "python": platform.python_version(),
             "data_files": fingerprints,
             "device": device_description(),
+            **manifest_fields(self.recipe),
         }
         if history := lineage(self.recipe):
             self.manifest["lineage"] = history

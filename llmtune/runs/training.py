@@ -122,8 +122,11 @@ def training_arguments(
     args_class: Any = None,
 ) -> Any:
     """TrainingArguments (or a TRL config class) built from the recipe's `training` section,
-    resolved (see resolve_training): no `auto` values left."""
+    resolved (see resolve_training): no `auto` values left. Under torchrun / accelerate launch,
+    the `distributed:` section's settings and the per-rank share of the global batch."""
     from transformers import TrainingArguments
+
+    from llmtune.runs.distributed import trainer_arguments
 
     precision = resolve_precision(training, device)
     evaluate = "no"
@@ -167,6 +170,7 @@ def training_arguments(
         use_cpu=device == "cpu",
         dataloader_num_workers=0,
     )
+    kwargs.update(trainer_arguments(training.batch_size))
     kwargs.update(extra or {})
     return (args_class or TrainingArguments)(**kwargs)
 
@@ -232,13 +236,21 @@ def resume_point(run_dir: Path, resume: bool) -> str | None:
 
 def measured_once(run_dir: Path, name: str, measure: Callable[[], Any]) -> Any:
     """`measure()` on the first attempt of a run, the stored value on --resume (so that a resumed
-    run reports what an uninterrupted one would, e.g. test metrics before training)."""
+    run reports what an uninterrupted one would, e.g. test metrics before training). Several
+    ranks take rank 0's answer to "stored?", so that all of them measure (it may be a
+    collective) or none; rank 0 stores it."""
+    from llmtune.runs.distributed import agreed, is_main
+    from llmtune.runs.outputs import atomic_write_text
+
     path = run_dir / "checkpoints" / f"{name}.json"
-    if path.exists():
-        return json.loads(path.read_text())
+    stored = agreed(
+        lambda: (True, json.loads(path.read_text())) if path.exists() else (False, None), only_main=True
+    )
+    if stored[0]:
+        return stored[1]
     value = measure()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, default=float))
+    if is_main():
+        atomic_write_text(path, json.dumps(value, default=float))
     return value
 
 
