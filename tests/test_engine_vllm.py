@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_bad_input, by_id, make_recipe, run_cli, write, write_jsonl
+from conftest import SCRATCH, assert_bad_input, by_id, make_recipe, run_cli, write, write_jsonl
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (make test-vllm)")
@@ -103,11 +103,15 @@ def test_soft_labels_are_close_to_engine_hf(tmp_path: Path, site: dict) -> None:
 
 
 @needs_vllm
-def test_classification_heads_are_refused_before_anything_is_written(tmp_path: Path, site: dict) -> None:
+def test_heads_vllm_cannot_serve_are_refused_before_anything_is_written(tmp_path: Path, site: dict) -> None:
     bert = {"scratch": {"architecture": "bert", "hidden_size": 64, "num_layers": 1, "num_heads": 2}}
     recipe = make_recipe(tmp_path, rows=4, engine="vllm", task="classify", labels=["a", "b"], model=bert)
     result = run_cli("bulk-infer", recipe, env=site)
     assert_bad_input(result, "engine: vllm serves causal LMs; use engine: hf for classification heads")
+    assert not (tmp_path / "out").exists()
+    narrow = make_recipe(tmp_path, name="narrow.yaml", engine="vllm", model=SCRATCH)  # 16-wide heads
+    result = run_cli("bulk-infer", narrow, env=site)
+    assert_bad_input(result, "engine: vllm on CPU needs an attention head size in", "is 16")
     assert not (tmp_path / "out").exists()
 
 

@@ -8,8 +8,7 @@ rows, fingerprints, resume, lock, errors file and exit codes are the job's own. 
   same tokenizer call, so greedy text matches `engine: hf` token for token up to float rounding;
 - soft labels and choice scores come from vLLM's prompt log-probs of `prompt + choice`, split
   into tokens as lm-evaluation-harness does (as `Engine.score_choices`);
-- vLLM loads models from a folder: a scratch model or a LoRA adapter is saved (adapter
-  merged) into a temporary folder this engine owns and deletes;
+- a scratch model or a LoRA adapter is saved (merged) into a temporary folder this engine owns;
 - the engine core runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so SIGTERM stops a job
   between two writes as with `engine: hf` and a killed job leaves no engine process behind.
 
@@ -118,7 +117,6 @@ class VllmEngine:
             self._owned.cleanup()
             self._owned = None
 
-    # ------------------------------------------------------------------ tokens
     def encode(self, prompt: str) -> list[int]:
         """Token ids as `Engine.encode` makes them (no second BOS after a rendered chat template)."""
         bos = self.tokenizer.bos_token
@@ -142,7 +140,6 @@ class VllmEngine:
         ]
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    # ---------------------------------------------------------------- generate
     def generate(
         self,
         prompts: list[str],
@@ -198,7 +195,6 @@ class VllmEngine:
         cuts = [text.find(s) for s in stop if s and s in text]
         return (text[: min(cuts)] if cuts else text), used
 
-    # ------------------------------------------------------------------- score
     def score_choices(self, prompts: list[str], choices: list[str]) -> list[ChoiceScores]:
         """Log-likelihood of each choice after each prompt, from vLLM's prompt log-probs of
         `prompt + choice` (tokenized as lm-evaluation-harness does, like `Engine.score_choices`)."""
@@ -267,6 +263,12 @@ def vllm_engine(
     use_threads(ref.threads, device)  # vLLM's CPU worker computes with torch's threads
     dtype = ref.dtype if ref.dtype != "auto" else ("bfloat16" if bf16_ok(device) else "float32")
     folder, owned = _model_folder(loaded, ref, recipe, key)
+    try:
+        check_head_size(folder, key)
+    except BadInput:
+        if owned is not None:
+            owned.cleanup()
+        raise
     return VllmEngine(
         folder,
         settings,
@@ -315,7 +317,7 @@ def _start_llm(folder: str, settings: VllmSettings, dtype: str, max_model_len: i
         seed=seed,
         tensor_parallel_size=settings.tensor_parallel_size,
         gpu_memory_utilization=settings.gpu_memory_utilization,
-        max_model_len=settings.max_model_len or min(max_model_len, _context_limit(folder)),
+        max_model_len=settings.max_model_len or min(max_model_len, _context_limit(_config(folder))),
         enforce_eager=settings.enforce_eager,
         generation_config="vllm",  # as Engine: the recipe's settings, not the model's defaults
         **({"max_num_seqs": settings.max_num_seqs} if settings.max_num_seqs else {}),
@@ -337,11 +339,38 @@ def _guard_registry_subprocess() -> None:
     registry._SUBPROCESS_COMMAND = [sys.executable, "-c", code]
 
 
-def _context_limit(folder: str) -> int:
+def _config(folder: str) -> dict[str, Any]:
     import json
 
-    config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    return json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+
+
+def _context_limit(config: dict[str, Any]) -> int:
     return int(config.get("max_position_embeddings") or config.get("n_positions") or 1 << 30)
+
+
+def check_head_size(folder: str, key: str) -> None:
+    """BadInput when vLLM's CPU attention cannot run the model's head size (else every row would
+    fail with "Unsupported CPU attention configuration")."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    try:
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+    except ImportError:  # another vLLM layout: let vLLM itself say
+        return
+    config = _config(folder)
+    heads = config.get("num_attention_heads") or config.get("n_head")
+    width = config.get("hidden_size") or config.get("n_embd")
+    size = config.get("head_dim") or (width // heads if width and heads else None)
+    supported = CPUAttentionBackend.get_supported_head_sizes()
+    if size is not None and size not in supported:
+        raise BadInput(
+            f"engine: vllm on CPU needs an attention head size in {supported}; this model's is {size} "
+            "(hidden_size / num_heads): use engine: hf",
+            key=key,
+        )
 
 
 def _eos_ids(folder: str, tokenizer: Any) -> set[int]:
