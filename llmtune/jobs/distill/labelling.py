@@ -131,7 +131,26 @@ def journal_outputs(
 ) -> TeacherOutputs:
     """`compute(chunk)` (one record of fields per prompt) for every distinct prompt the journal
     lacks under `stamp`, `chunk_rows` at a time, each chunk appended to the journal before the
-    next starts (so a kill loses at most one chunk), with a progress line per chunk."""
+    next starts (so a kill loses at most one chunk), with a progress line per chunk. Under
+    torchrun, rank 0 alone asks the teacher and keeps the journal; the other ranks wait for
+    its records."""
+    from llmtune.runs.distributed import agreed
+
+    return agreed(
+        lambda: _journal_outputs(compute, prompts, journal_path, stamp, verb=verb, chunk_rows=chunk_rows),
+        only_main=True,
+    )
+
+
+def _journal_outputs(
+    compute: Callable[[list[str]], list[Record]],
+    prompts: list[str],
+    journal_path: Path,
+    stamp: dict[str, str],
+    *,
+    verb: str,
+    chunk_rows: int,
+) -> TeacherOutputs:
     journal = Journal(journal_path)
     done = journal.done(**stamp)
     todo = list(dict.fromkeys(p for p in prompts if input_key(p) not in done))
