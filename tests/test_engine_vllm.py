@@ -140,3 +140,24 @@ def test_prompt_eval_choice_scores_match_engine_hf(tmp_path: Path, site: dict) -
     assert [p["prediction"] for p in preds["vllm"]] == [p["prediction"] for p in preds["hf"]]
     for ours, theirs in zip(preds["vllm"], preds["hf"]):
         assert ours["scores"] == pytest.approx(theirs["scores"], abs=1e-4)
+
+
+@needs_vllm
+def test_rlhf_collect_samples_are_seeded_per_prompt(tmp_path: Path, site: dict) -> None:
+    write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"How do I fix case {i}?"} for i in range(4)])
+    for out in ("one", "two"):  # two fresh runs (no journal to reuse) sample the same texts
+        recipe = {
+            "kind": "rlhf",
+            "stage": "collect",
+            "model": LLAMA,
+            "data": {"train": "prompts.jsonl"},
+            "generation": {"num_generations": 3, "max_new_tokens": 8},
+            "engine": "vllm",
+            "vllm": SMALL_VLLM,
+            "output": {"dir": out},
+        }
+        _cli(site, "rlhf", write(tmp_path / f"{out}.yaml", json.dumps(recipe)))
+    one, two = ((tmp_path / d / "candidates.jsonl").read_text() for d in ("one", "two"))
+    assert one == two
+    responses = [r for line in one.splitlines() for r in json.loads(line)["responses"]]
+    assert len(responses) == 12 and len(set(responses)) > 4  # sampled, not one text
