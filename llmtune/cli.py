@@ -89,8 +89,11 @@ def _debug(flag: bool) -> bool:
 
 
 def _fail(lines: str, code: int) -> None:
-    for line in lines.splitlines():
-        print(f"error: {line}", file=sys.stderr)
+    from llmtune.console import quiet
+
+    if not quiet():  # under torchrun every rank fails with rank 0's verdict; one of them says it
+        for line in lines.splitlines():
+            print(f"error: {line}", file=sys.stderr)
     raise typer.Exit(code)
 
 
