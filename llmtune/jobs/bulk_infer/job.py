@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import llmtune.inference.vllm_engine as vllm_engine
 import llmtune.jobs.bulk_infer.chunks as chunks
 import llmtune.jobs.bulk_infer.files as bulk_io
 import llmtune.jobs.bulk_infer.paths as bulk_paths
@@ -27,9 +28,9 @@ from llmtune.data.templates import Template
 from llmtune.errors import BadInput, Interrupted, RowsFailed
 from llmtune.inference.engine import Engine
 from llmtune.jobs.bulk_infer.inputs import InputRow, found_in_journal, read_input
+from llmtune.jobs.bulk_infer.model import check_without_weights, model_info, setup_model
 from llmtune.jobs.bulk_infer.progress import Progress, Tally, summarise
-from llmtune.models.info import ModelInfo, head_columns
-from llmtune.models.loading import inspect_model, load_model, quiet_libraries
+from llmtune.models.loading import quiet_libraries
 from llmtune.recipes.bulk_infer import BulkInferRecipe
 from llmtune.runs.options import JobOptions
 from llmtune.runs.outputs import OutputLock
@@ -55,11 +56,15 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
     try:
         if recipe.engine == "ray":
             ray_pool.check_installed()
+        if recipe.engine == "vllm":
+            vllm_engine.require_vllm()
         rows, files, duplicates = read_input(recipe, shard)
         template = Template(recipe.template, where="template")
         if rows:
             template.check_fields(set().union(*(r.row for r in rows)), file=str(files[0]))
         info = model_info(recipe)
+        if recipe.engine == "vllm":
+            vllm_engine.require_causal_lm(info.head)
         fingerprints = {
             "model_fingerprint": bulk_io.model_fingerprint(recipe),
             "prompt_fingerprint": recipe.prompt_fingerprint(),
@@ -123,89 +128,6 @@ def merge(paths: bulk_paths.OutputPaths, shard: tuple[int, int] | None, *, dry_r
     if summary["missing_shards"]:
         say(f"warning: no part file yet for shard(s) {', '.join(summary['missing_shards'])}")
     return summary
-
-
-def model_info(recipe: BulkInferRecipe) -> ModelInfo:
-    """The model's head and label names, from its config (refusing models that are neither a
-    causal LM nor a classifier, and a task the head cannot do)."""
-    info = inspect_model(recipe.model, recipe, "model")
-    if info.head is None:
-        raise BadInput(
-            f"{recipe.model.path} is neither a causal LM nor a classifier (architectures: "
-            f"{info.architectures or 'unknown'}); fine-tune a classification head first (llmtune finetune) "
-            "or use a causal LM",
-            key="model.path",
-        )
-    _head_labels(recipe, info)  # a task the head cannot do is refused before anything loads
-    return info
-
-
-def setup_model(recipe: BulkInferRecipe, info: ModelInfo) -> Engine:
-    """Load the model with the right head, fold adapters in, and check it can serve the recipe."""
-    assert info.head is not None
-    loaded = load_model(recipe.model, recipe, head=info.head, labels=_head_labels(recipe, info))
-    loaded.model = _merged_for_inference(loaded.model)
-    engine = Engine(
-        loaded,
-        batch_size=recipe.batching.batch_size,
-        max_batch_tokens=recipe.batching.max_batch_tokens,
-        max_length=recipe.max_length,
-        label_range=info.label_range,
-    )
-    check_model(recipe, engine)
-    return engine
-
-
-def check_without_weights(recipe: BulkInferRecipe, info: ModelInfo) -> None:
-    """setup_model's checks on the model built on the meta device (no weights read, no memory),
-    for engines that load the model in other processes (ray)."""
-    assert info.head is not None
-    labels = _head_labels(recipe, info)
-    loaded = load_model(recipe.model, recipe, head=info.head, labels=labels, empty_weights=True)
-    check_model(recipe, Engine(loaded, max_length=recipe.max_length, label_range=info.label_range))
-
-
-def _merged_for_inference(model: Any) -> Any:
-    """A LoRA-style adapter folded into the weights: same outputs, no per-layer adapter cost.
-    Safe here because this job owns the model; methods that cannot merge run unmerged."""
-    if not hasattr(model, "merge_and_unload"):
-        return model
-    try:
-        return model.merge_and_unload()
-    except (AttributeError, ValueError, NotImplementedError, TypeError):
-        return model
-
-
-def check_model(recipe: BulkInferRecipe, engine: Engine) -> None:
-    """Refuse, before anything is written, a model that cannot serve this recipe."""
-    if recipe.chat:
-        engine.apply_chat_template("")  # raises BadInput when there is no chat template
-    if engine.classifier and recipe.labels:
-        names = engine.head_labels()
-        if head_columns(names, recipe.labels) is None:
-            raise BadInput(f"labels {recipe.labels} are not the model's labels {names}", key="labels")
-
-
-def _head_labels(recipe: BulkInferRecipe, info: ModelInfo) -> list[str] | None:
-    """The label names to load the head with; BadInput when the task does not fit the head."""
-    if info.head != "classification":
-        if recipe.task == "score":
-            raise BadInput(
-                f"task: score needs a model with a regression head (llmtune finetune with task: "
-                f"regression); {recipe.model.describe()} is a causal LM: use task: generate or classify",
-                key="task",
-            )
-        return None
-    if info.regression and recipe.task != "score":
-        raise BadInput(
-            "this model has a regression head (one output that predicts a number): use task: score",
-            key="task",
-        )
-    if not info.regression and recipe.task != "classify":
-        hint = " (it has no regression head to score with)" if recipe.task == "score" else ""
-        raise BadInput(f"this model has a classification head{hint}: use task: classify", key="task")
-    # load with the head's own label names (a fine-tuned adapter folder records them)
-    return info.head_labels or recipe.labels
 
 
 def _journals(paths: bulk_paths.OutputPaths) -> list[Path]:

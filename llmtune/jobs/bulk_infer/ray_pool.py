@@ -144,7 +144,7 @@ class Replica:
     through engine hf's chunk code and sends back one (kind, pickled record or failure) per row."""
 
     def __init__(self, recipe: BulkInferRecipe, info: ModelInfo, fingerprints: dict[str, str]) -> None:
-        from llmtune.jobs.bulk_infer.job import setup_model
+        from llmtune.jobs.bulk_infer.model import setup_model
 
         self.recipe = recipe
         self.fingerprints = fingerprints

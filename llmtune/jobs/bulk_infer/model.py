@@ -1,0 +1,108 @@
+"""The model of a bulk-infer job: what its config says it can do, and the engine that serves it
+(engine hf in this process or in each Ray replica; engine vllm), with the checks that refuse a
+model that cannot serve the recipe before anything is written."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import llmtune.inference.vllm_engine as vllm_engine
+from llmtune.errors import BadInput
+from llmtune.inference.engine import Engine
+from llmtune.models.info import ModelInfo, head_columns
+from llmtune.models.loading import inspect_model, load_model
+from llmtune.recipes.bulk_infer import BulkInferRecipe
+
+
+def model_info(recipe: BulkInferRecipe) -> ModelInfo:
+    """The model's head and label names, from its config (refusing models that are neither a
+    causal LM nor a classifier, and a task the head cannot do)."""
+    info = inspect_model(recipe.model, recipe, "model")
+    if info.head is None:
+        raise BadInput(
+            f"{recipe.model.path} is neither a causal LM nor a classifier (architectures: "
+            f"{info.architectures or 'unknown'}); fine-tune a classification head first (llmtune finetune) "
+            "or use a causal LM",
+            key="model.path",
+        )
+    _head_labels(recipe, info)  # a task the head cannot do is refused before anything loads
+    return info
+
+
+def setup_model(recipe: BulkInferRecipe, info: ModelInfo) -> Engine:
+    """Load the model with the right head, fold adapters in, and check it can serve the recipe."""
+    assert info.head is not None
+    if recipe.engine == "vllm":  # vLLM loads the weights itself (a scratch/adapter model via a temp folder)
+        engine = vllm_engine.vllm_engine(
+            None,
+            recipe.model,
+            recipe,
+            recipe.vllm,
+            max_length=recipe.max_length,
+            max_new_tokens=recipe.generation.max_new_tokens,
+        )
+        check_model(recipe, engine)
+        return engine
+    loaded = load_model(recipe.model, recipe, head=info.head, labels=_head_labels(recipe, info))
+    loaded.model = _merged_for_inference(loaded.model)
+    engine = Engine(
+        loaded,
+        batch_size=recipe.batching.batch_size,
+        max_batch_tokens=recipe.batching.max_batch_tokens,
+        max_length=recipe.max_length,
+        label_range=info.label_range,
+    )
+    check_model(recipe, engine)
+    return engine
+
+
+def check_without_weights(recipe: BulkInferRecipe, info: ModelInfo) -> None:
+    """setup_model's checks on the model built on the meta device (no weights read, no memory),
+    for engines that load the model in other processes (ray)."""
+    assert info.head is not None
+    labels = _head_labels(recipe, info)
+    loaded = load_model(recipe.model, recipe, head=info.head, labels=labels, empty_weights=True)
+    check_model(recipe, Engine(loaded, max_length=recipe.max_length, label_range=info.label_range))
+
+
+def _merged_for_inference(model: Any) -> Any:
+    """A LoRA-style adapter folded into the weights: same outputs, no per-layer adapter cost.
+    Safe here because this job owns the model; methods that cannot merge run unmerged."""
+    if not hasattr(model, "merge_and_unload"):
+        return model
+    try:
+        return model.merge_and_unload()
+    except (AttributeError, ValueError, NotImplementedError, TypeError):
+        return model
+
+
+def check_model(recipe: BulkInferRecipe, engine: Engine) -> None:
+    """Refuse, before anything is written, a model that cannot serve this recipe."""
+    if recipe.chat:
+        engine.apply_chat_template("")  # raises BadInput when there is no chat template
+    if engine.classifier and recipe.labels:
+        names = engine.head_labels()
+        if head_columns(names, recipe.labels) is None:
+            raise BadInput(f"labels {recipe.labels} are not the model's labels {names}", key="labels")
+
+
+def _head_labels(recipe: BulkInferRecipe, info: ModelInfo) -> list[str] | None:
+    """The label names to load the head with; BadInput when the task does not fit the head."""
+    if info.head != "classification":
+        if recipe.task == "score":
+            raise BadInput(
+                f"task: score needs a model with a regression head (llmtune finetune with task: "
+                f"regression); {recipe.model.describe()} is a causal LM: use task: generate or classify",
+                key="task",
+            )
+        return None
+    if info.regression and recipe.task != "score":
+        raise BadInput(
+            "this model has a regression head (one output that predicts a number): use task: score",
+            key="task",
+        )
+    if not info.regression and recipe.task != "classify":
+        hint = " (it has no regression head to score with)" if recipe.task == "score" else ""
+        raise BadInput(f"this model has a classification head{hint}: use task: classify", key="task")
+    # load with the head's own label names (a fine-tuned adapter folder records them)
+    return info.head_labels or recipe.labels
