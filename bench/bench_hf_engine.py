@@ -6,8 +6,9 @@ One process, one model, the same prompts, greedy, side by side:
   fallback for models the loop cannot drive);
 - new: the continuous-batching loop (`llmtune/inference/continuous.py`): a row that ends leaves
   the batch, waiting rows join.
-Both through `Engine.generate` with its defaults (max_batch_tokens 16384, batch_size auto), at 1
-and 2 torch threads. The model is a ~20M-parameter scratch llama (BPE tokenizer trained on the
+Both through `Engine.generate` (batch_size auto, max_batch_tokens 16384 unless given: with fewer
+prompts than the budget holds, all share one batch and no waiting row can join), at 1 and 2
+torch threads. The model is a ~20M-parameter scratch llama (BPE tokenizer trained on the
 bundled reviews) whose weights are redrawn with a wider spread so that its greedy text varies
 (the default initialisation repeats one token); stop strings then end rows at mixed lengths, as
 real answers do. The runners take turns, round after round, and each keeps its best round (the
@@ -55,7 +56,7 @@ def build_model() -> Any:
     return LoadedModel(model, tokenizer, "scratch", "cpu"), texts
 
 
-def generate(loaded: Any, prompts: list[str], max_new_tokens: int, continuous: bool) -> Any:
+def generate(loaded: Any, prompts: list[str], max_new_tokens: int, continuous: bool, budget: int) -> Any:
     """Engine.generate through the new loop, or forced onto the old batched-generate path."""
     import llmtune.inference.hf_generate as hf_generate
     from llmtune.inference.engine import Engine
@@ -64,7 +65,9 @@ def generate(loaded: Any, prompts: list[str], max_new_tokens: int, continuous: b
     if not continuous:
         hf_generate.continuous_model = lambda model: None
     try:
-        return Engine(loaded).generate(prompts, max_new_tokens=max_new_tokens, stop=list(STOP))
+        return Engine(loaded, max_batch_tokens=budget).generate(
+            prompts, max_new_tokens=max_new_tokens, stop=list(STOP)
+        )
     finally:
         hf_generate.continuous_model = real
 
@@ -74,6 +77,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=96)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--max-batch-tokens", type=int, default=16384, help="the engine's token budget")
     args = parser.parse_args()
     loaded, texts = build_model()
     prompts = [f"Review: {t}\nSummary:" for t in texts[: args.rows]]
@@ -85,7 +89,9 @@ def main() -> None:
         for threads, continuous in runners:
             torch.set_num_threads(threads)
             start = time.perf_counter()
-            outputs[threads, continuous] = generate(loaded, prompts, args.max_new_tokens, continuous)
+            outputs[threads, continuous] = generate(
+                loaded, prompts, args.max_new_tokens, continuous, args.max_batch_tokens
+            )
             seconds = time.perf_counter() - start
             best[threads, continuous] = min(best.get((threads, continuous), float("inf")), seconds)
     old_texts = [g.texts for g in outputs[1, False]]
@@ -99,7 +105,8 @@ def table(best: dict, lengths: list[int], same: int, args: Any, params: float, p
     tokens = sum(lengths)
     lines = [
         f"Greedy generation, scratch llama {params:.1f}M, {args.rows} prompts of {prompt_tokens:.0f} tokens "
-        f"on average, max_new_tokens {args.max_new_tokens}, stop {list(STOP)}: new tokens per row min "
+        f"on average, max_new_tokens {args.max_new_tokens}, max_batch_tokens {args.max_batch_tokens}, "
+        f"stop {list(STOP)}: new tokens per row min "
         f"{min(lengths)}, median {statistics.median(lengths):.0f}, max {max(lengths)} ({tokens} in all). "
         f"Texts identical old vs new: {same}/{args.rows}. Best of {args.rounds} rounds; "
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}.",
