@@ -265,3 +265,24 @@ def test_settings_a_strategy_cannot_honour_are_refused(tmp_path: Path, section: 
 
     with pytest.raises(BadInput, match=fragment):
         load_recipe(ddp_recipe(tmp_path, section), None, expected_kind="finetune")
+
+
+@pytest.mark.slow
+def test_grad_accum_takes_the_steps_of_the_same_global_batch(tmp_path: Path) -> None:
+    # batch 4 in one step vs 2 x 2 accumulated: the same optimiser steps (a classifier's loss is
+    # a mean the Trainer must divide by grad_accum itself; it did not, and stepped twice as far)
+    from conftest import run_cli
+
+    path = ddp_recipe(tmp_path)
+    losses = []
+    for name, sets in (("one", "training.grad_accum=1"), ("acc", "training.grad_accum=2")):
+        batch = "training.batch_size=4" if name == "one" else "training.batch_size=2"
+        done = run_cli("finetune", path, "--output", tmp_path / name, "--set", sets, "--set", batch)
+        assert done.code == 0, done.stderr[-3000:]
+        records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        losses.append([r[k] for r in records for k in ("loss", "eval_loss") if k in r])
+    # AdamW hides a loss scaled by a constant from the weights (only clipping sees it): the
+    # training loss it reports does not hide it (twice the loss before the fix)
+    assert len(losses[0]) >= 8 and len(losses[0]) == len(losses[1])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4), losses
+

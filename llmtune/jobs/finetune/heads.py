@@ -210,6 +210,10 @@ def build_trainer(
         compute_loss_func=compute_loss,
         callbacks=callbacks(prepared.training, run_dir, has_validation),
     )
+    # the heads' losses (the model's cross-entropy or MSE, our Huber) are means over the batch that
+    # ignore the Trainer's item count; left to its guess (a forward taking **kwargs), the Trainer
+    # would skip dividing them by grad_accum and take grad_accum-times larger steps
+    trainer.loss_is_scaled_for_ga = False
     keep_stdout_clean(trainer)
     return trainer
 
