@@ -277,3 +277,21 @@ def test_debug_shows_traceback(tmp_path: Path) -> None:
     recipe, result = bad(tmp_path, **{"test: test.jsonl": "test: missing.jsonl"})
     debug = run_cli("finetune", recipe, "--debug")
     assert debug.code == 2 and "Traceback" in debug.stderr
+
+
+def test_init_shows_the_engines_and_the_distributed_section(tmp_path: Path) -> None:
+    """`llmtune init` covers issue 14's keys: engine/ray/vllm for bulk-infer (and rlhf collect),
+    distributed for the training verbs; a starter switched to engine: ray still validates."""
+    bulk = tmp_path / "bulk.yaml"
+    assert run_cli("init", "bulk-infer", bulk).code == 0
+    text = bulk.read_text()
+    for key in ("\nengine: hf", "\nray:", "  replicas: 2", "\nvllm:", "  enforce_eager: false"):
+        assert key in text, key
+    ray = tmp_path / "ray.yaml"
+    ray.write_text(text.replace("\nengine: hf", "\nengine: ray"))
+    assert run_cli("validate", ray).code == 0
+    finetune = run_cli("init", "finetune").stdout
+    assert "\ndistributed:\n" in finetune and "strategy: ddp" in finetune and "stage: 2" in finetune
+    collect = run_cli("init", "rlhf", "--stage", "collect").stdout
+    assert "\nengine: hf" in collect and "\ndistributed:" not in collect
+    assert "\ndistributed:" in run_cli("init", "rlhf", "--stage", "dpo").stdout

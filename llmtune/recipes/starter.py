@@ -87,10 +87,10 @@ EXAMPLES: dict[str, dict[str, Any]] = {
 
 # `llmtune init rlhf --stage STAGE`: each stage's starter shows the keys that stage reads
 _COMMON = ("name", "seed", "output", "stage", "model", "data")
-_TRAINED = ("method", "training")
+_TRAINED = ("method", "training", "distributed")
 RLHF_STAGES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "collect": (
-        ("generation",),
+        ("generation", "engine", "vllm"),
         {
             "name": "collect",
             "model": {"path": "runs/sft/model"},
