@@ -51,6 +51,21 @@ def is_sequence_classifier(model: Any) -> bool:
     return model_head(model) == "classification"
 
 
+def chat_prompt(tokenizer: Any, prompt: str, system: str | None, model_name: str | None) -> str:
+    """`prompt` as the user turn (after `system`) of the tokenizer's chat template, ready for the
+    reply; BadInput when the tokenizer has none (every engine renders chat prompts this way)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise BadInput(
+            f"chat: true but the tokenizer of {model_name or 'this model'} has no chat template; use a "
+            "chat/instruct model or chat: false",
+            key="chat",
+        )
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": prompt}
+    ]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
 class Engine:
     """Batched generation and scoring over one loaded model."""
 
@@ -99,16 +114,7 @@ class Engine:
 
     def apply_chat_template(self, prompt: str, system: str | None = None) -> str:
         """The prompt as the user turn of the tokenizer's chat template, ready for the reply."""
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise BadInput(
-                f"chat: true but the tokenizer of {self.model.name_or_path or 'this model'} has no chat "
-                "template; use a chat/instruct model or chat: false",
-                key="chat",
-            )
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": prompt}
-        ]
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return chat_prompt(self.tokenizer, prompt, system, self.model.name_or_path)
 
     # ------------------------------------------------------------- generate
     def generate(

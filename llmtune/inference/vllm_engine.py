@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from llmtune.errors import BadInput
-from llmtune.inference.engine import ChoiceScores, Generation
+from llmtune.inference.engine import ChoiceScores, Generation, chat_prompt
 from llmtune.models.cpu import VISION_WHEELS, hide_unloadable_wheels
 from llmtune.models.loading import LoadedModel, bf16_ok, inspect_model, load_model, pick_device, use_threads
 from llmtune.recipes.common import ModelRef, RecipeBase
@@ -102,16 +102,7 @@ class VllmEngine:
 
     def apply_chat_template(self, prompt: str, system: str | None = None) -> str:
         """The prompt as the user turn of the tokenizer's chat template, ready for the reply."""
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise BadInput(
-                "chat: true but this model's tokenizer has no chat template; use a chat/instruct model "
-                "or chat: false",
-                key="chat",
-            )
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": prompt}
-        ]
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return chat_prompt(self.tokenizer, prompt, system, None)
 
     def generate(
         self,

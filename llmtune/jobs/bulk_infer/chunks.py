@@ -5,13 +5,18 @@ replica), so the rows and the failures are the same whichever engine ran them.""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import llmtune.jobs.bulk_infer.files as bulk_io
+from llmtune.console import say
 from llmtune.data.templates import Template
-from llmtune.errors import BadInput
+from llmtune.errors import BadInput, Interrupted
 from llmtune.inference.engine import Engine
 from llmtune.jobs.bulk_infer.inputs import InputRow
-from llmtune.jobs.bulk_infer.progress import Tally
+from llmtune.jobs.bulk_infer.paths import OutputPaths
+from llmtune.jobs.bulk_infer.progress import Progress, Tally
 from llmtune.recipes.bulk_infer import BulkInferRecipe
 
 
@@ -114,3 +119,45 @@ def record(
 def failure(item: InputRow, reason: str) -> dict[str, Any]:
     """The errors-file row of a row that failed: its id, file:line and the reason."""
     return {"id": item.id, "where": item.where, "reason": reason}
+
+
+class Writer:
+    """Where a run's results go as they come: journal rows and failures appended (flushed), the
+    tally and the progress line advanced. Engine hf and the Ray driver both write through it."""
+
+    def __init__(self, paths: OutputPaths, rows: int, tally: Tally) -> None:
+        self.journal = bulk_io.AppendFile(paths.journal)
+        self.errors = bulk_io.ReplacingFile(paths.errors)  # this run's failures replace the last run's
+        self.progress = Progress(rows)
+        self.tally = tally
+
+    def add(
+        self, records: list[dict[str, Any]], failures: list[dict[str, Any]], *, rows: int, new_tokens: int
+    ) -> None:
+        """One chunk's output rows and failures (`rows`: the chunk's size, skipped rows included)."""
+        self.journal.append(records)
+        self.errors.append(failures)
+        self.tally.done += len(records)
+        self.tally.failed += len(failures)
+        self.tally.new_tokens += new_tokens
+        self.progress.advance(rows, self.tally.new_tokens)
+
+    def close(self) -> None:
+        with bulk_io.signals_held():  # a second signal must not cut the clean-up short
+            self.progress.close()
+            self.journal.close()
+            self.errors.close()
+
+
+@contextmanager
+def writing(paths: OutputPaths, rows: int, tally: Tally) -> Iterator[Writer]:
+    """A Writer for this run, closed however the run ends; a signal is reported with where the
+    finished rows are."""
+    writer = Writer(paths, rows, tally)
+    try:
+        yield writer
+    except Interrupted:
+        say(f"stopped after {tally.done} row(s) this run; they are in {paths.journal}")
+        raise
+    finally:
+        writer.close()

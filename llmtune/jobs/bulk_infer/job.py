@@ -25,11 +25,11 @@ import llmtune.jobs.bulk_infer.paths as bulk_paths
 import llmtune.jobs.bulk_infer.ray_pool as ray_pool
 from llmtune.console import say, table
 from llmtune.data.templates import Template
-from llmtune.errors import BadInput, Interrupted, RowsFailed
+from llmtune.errors import BadInput, RowsFailed
 from llmtune.inference.engine import Engine
 from llmtune.jobs.bulk_infer.inputs import InputRow, found_in_journal, read_input
 from llmtune.jobs.bulk_infer.model import check_without_weights, model_info, setup_model
-from llmtune.jobs.bulk_infer.progress import Progress, Tally, summarise
+from llmtune.jobs.bulk_infer.progress import Tally, summarise
 from llmtune.models.loading import quiet_libraries
 from llmtune.recipes.bulk_infer import BulkInferRecipe
 from llmtune.runs.options import JobOptions
@@ -178,29 +178,14 @@ def infer(
 ) -> Tally:
     """Run the rows chunk by chunk; each chunk's results and errors are appended and flushed."""
     tally = Tally()
-    journal = bulk_io.AppendFile(paths.journal)
-    errors = bulk_io.ReplacingFile(paths.errors)  # this run's failures replace the last run's
-    progress = Progress(len(todo))
     template = Template(recipe.template, where="template")
-    try:
-        size = recipe.batching.chunk_rows
+    size = recipe.batching.chunk_rows
+    with chunks.writing(paths, len(todo), tally) as writer:
         for start in range(0, len(todo), size):
             chunk = todo[start : start + size]
             ready, prompts, failures = chunks.render_prompts(recipe, engine, template, chunk, tally)
             results, run_failures = chunks.run_chunk(recipe, engine, ready, prompts)
-            failures += run_failures
-            journal.append([chunks.record(recipe, r, res, fingerprints) for r, res in results])
-            errors.append(failures)
-            tally.done += len(results)
-            tally.failed += len(failures)
-            tally.new_tokens += sum(res.get("_new_tokens", 0) for _, res in results)
-            progress.advance(len(chunk), tally.new_tokens)
-    except Interrupted:
-        say(f"stopped after {tally.done} row(s) this run; they are in {paths.journal}")
-        raise
-    finally:
-        with bulk_io.signals_held():  # a second signal must not cut the clean-up short
-            progress.close()
-            journal.close()
-            errors.close()
+            records = [chunks.record(recipe, r, res, fingerprints) for r, res in results]
+            tokens = sum(res.get("_new_tokens", 0) for _, res in results)
+            writer.add(records, failures + run_failures, rows=len(chunk), new_tokens=tokens)
     return tally

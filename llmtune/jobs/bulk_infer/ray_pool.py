@@ -28,12 +28,11 @@ from typing import Any
 
 import llmtune.jobs.bulk_infer.chunks as chunks
 import llmtune.jobs.bulk_infer.files as bulk_io
-from llmtune.console import say
 from llmtune.data.templates import Template
-from llmtune.errors import BadInput, Interrupted
+from llmtune.errors import BadInput
 from llmtune.jobs.bulk_infer.inputs import InputRow
 from llmtune.jobs.bulk_infer.paths import OutputPaths
-from llmtune.jobs.bulk_infer.progress import Progress, Tally
+from llmtune.jobs.bulk_infer.progress import Tally
 from llmtune.models.info import ModelInfo
 from llmtune.recipes.bulk_infer import BulkInferRecipe
 from llmtune.recipes.engines import RaySettings
@@ -69,27 +68,13 @@ def infer(
         return tally
     with ray_session(recipe.ray, debug=debug):
         batches = _results(recipe, info, todo, fingerprints)
-        journal = bulk_io.AppendFile(paths.journal)
-        errors = bulk_io.ReplacingFile(paths.errors)  # this run's failures replace the last run's
-        progress = Progress(len(todo))
-        try:
+        with chunks.writing(paths, len(todo), tally) as writer:
             for batch in _unwrapping_bad_input(batches):
                 kinds, values = list(batch["kind"]), [pickle.loads(v) for v in batch["value"]]
-                journal.append([v for k, v in zip(kinds, values) if k == DONE])
-                errors.append([v for k, v in zip(kinds, values) if k == FAILED])
-                tally.done += kinds.count(DONE)
-                tally.failed += kinds.count(FAILED)
+                records = [v for k, v in zip(kinds, values) if k == DONE]
+                failures = [v for k, v in zip(kinds, values) if k == FAILED]
                 tally.too_long_skipped += kinds.count(SKIPPED)
-                tally.new_tokens += int(sum(batch["new_tokens"]))
-                progress.advance(len(kinds), tally.new_tokens)
-        except Interrupted:
-            say(f"stopped after {tally.done} row(s) this run; they are in {paths.journal}")
-            raise
-        finally:
-            with bulk_io.signals_held():  # a second signal must not cut the clean-up short
-                progress.close()
-                journal.close()
-                errors.close()
+                writer.add(records, failures, rows=len(kinds), new_tokens=int(sum(batch["new_tokens"])))
     return tally
 
 
