@@ -47,11 +47,23 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: install
+# lm-evaluation-harness for the prompt-eval comparison, in a venv of its own
+BENCH_VENV ?= .venv-bench
+$(BENCH_VENV)/bin/lm_eval:
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)" lm-eval==0.4.13
+
+# the whole suite (~45 min on 2 cores); tables in bench/results/, readings in BENCHMARKS.md
+bench: install $(VLLM_VENV)/.installed $(BENCH_VENV)/bin/lm_eval
 	$(BIN)/python tools/seed_hf_cache.py
 	$(BIN)/python bench/bench_finetune.py
 	$(BIN)/python bench/bench_bulk_infer.py
 	$(BIN)/python bench/bench_int8.py
+	$(BIN)/python bench/bench_hf_engine.py
+	rm -rf /tmp/bench-head && mkdir -p /tmp/bench-head && git archive HEAD llmtune | tar -x -C /tmp/bench-head
+	$(BIN)/python bench/bench_engines.py --rows 300 --loop-rows 60 --crossover 1000 --code /tmp/bench-head --output bench/results/engines.md
+	$(BIN)/python bench/bench_prompt_eval_lmeval.py --rows 160 --output bench/results/prompt_eval_lmeval.md
+	$(BIN)/python bench/bench_distill.py --output bench/results/distill.md
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(BENCH_VENV) runs .pytest_cache .ruff_cache
