@@ -342,3 +342,18 @@ def test_prompt_tuning_goes_through_generate() -> None:
     assert continuous_model(peft_model("prompt_tuning").model) is None
     lora = peft_model("lora").model
     assert continuous_model(lora) is lora.get_base_model()
+
+
+def test_prompts_joining_together_are_prefilled_in_runs_of_similar_length() -> None:
+    from llmtune.inference.batching import PADDING_SHARE
+    from llmtune.inference.continuous import padding_groups
+
+    lengths = [200, 190, 180, 100, 95, 20, 20, 3]
+    groups = padding_groups(lengths)
+    assert sorted(k for g in groups for k in g) == list(range(len(lengths)))  # every prompt, once
+    assert groups == [[0, 1, 2, 3], [4], [5, 6], [7]]
+    for group in groups:  # left padding stays under its share in every prefill
+        longest = lengths[group[0]]
+        padding = sum(longest - lengths[k] for k in group)
+        assert padding <= PADDING_SHARE * longest * len(group)
+    assert padding_groups([]) == [] and padding_groups([7]) == [[0]]

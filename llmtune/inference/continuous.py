@@ -21,7 +21,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from llmtune.inference.batching import TokenBudgetBatcher, free_memory, is_out_of_memory, left_padded
+from llmtune.inference.batching import (
+    PADDING_SHARE,
+    TokenBudgetBatcher,
+    free_memory,
+    is_out_of_memory,
+    left_padded,
+)
 from llmtune.inference.decoding import Decoding, has_stop
 
 # Waiting prompts join once this share of the batch's rows is free: every join is one more
@@ -129,13 +135,13 @@ class ContinuousDecoder:
     ) -> _Batch | None:
         """Admit waiting prompts if there is room, then one decode step; finished rows leave."""
         self.admitting = self._admit(batch, waiting, encoded)
-        if self.admitting:
-            joined = self._retire(self._prefill(self.admitting, encoded), results)
+        for group in padding_groups([len(encoded[i]) for i in self.admitting]):
+            joined = self._retire(self._prefill([self.admitting[k] for k in group], encoded), results)
             if batch is None:
                 batch = joined
             elif joined is not None:
                 batch.merge(joined)
-            self.admitting = []
+        self.admitting = []
         if batch is not None:
             self._step(batch)
             batch = self._retire(batch, results)
@@ -291,3 +297,21 @@ def _pad_left(tensor: Any, width: int, dim: int) -> Any:
         return tensor
     pad = [0, 0] * (tensor.dim() - 1 - dim) + [missing, 0]
     return F.pad(tensor, pad)
+
+
+def padding_groups(lengths: list[int]) -> list[list[int]]:
+    """Positions of `lengths` (longest first) in runs whose left padding stays under
+    PADDING_SHARE of the run's tokens: the prompts joining at once are prefilled run by run, as a
+    padded prefill of mixed lengths spends much of its time on padding (on CPU, prefill was half
+    of the generation time of 96 reviews)."""
+    groups: list[list[int]] = []
+    for k, length in enumerate(lengths):
+        group = groups[-1] if groups else None
+        if group is not None:
+            longest = lengths[group[0]]
+            real = sum(lengths[j] for j in group) + length
+            if (len(group) + 1) * longest - real <= PADDING_SHARE * (len(group) + 1) * longest:
+                group.append(k)
+                continue
+        groups.append([k])
+    return groups
