@@ -90,3 +90,22 @@ def markdown_table(columns: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def shown(text: object) -> str:
+    """A user-supplied string made safe for a terminal: control characters (ANSI/OSC escapes, bells,
+    carriage returns) and lone surrogates are shown visibly as `\\x1b`, `\\ud83d`..., newlines and
+    tabs are kept, and rich markup is escaped, so data can never move the cursor, set the title,
+    write the clipboard or print a fake line. Use it for every dataset string printed."""
+    from rich.markup import escape
+
+    out = []
+    for ch in str(text):
+        code = ord(ch)
+        if ch in "\n\t":
+            out.append(ch)
+        elif code < 0x20 or 0x7F <= code < 0xA0 or 0xD800 <= code <= 0xDFFF or code in (0x2028, 0x2029):
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return escape("".join(out))
