@@ -392,15 +392,46 @@ def rank(
         Optional[Path], typer.Option("--output", metavar="FILE", help="Save here; CANDIDATES stays as it is.")
     ] = None,
     revisit: Annotated[bool, typer.Option("--all", help="Also revisit rows ranked before.")] = False,
+    annotator: Annotated[
+        Optional[str],
+        typer.Option(
+            "--annotator",
+            metavar="NAME",
+            help="Who ranks: answers go into the row's rankings[NAME] (several people per row)."
+        ),
+    ] = None,
+    web: Annotated[bool, typer.Option("--web", help="Rank in a browser page served on this machine.")] = False,
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host", metavar="ADDRESS", help="--web: address to listen on (not 127.0.0.1: the token is required)."
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="--web: port (0: a free one).")] = 0,
+    stats: Annotated[
+        bool, typer.Option("--stats", help="Print per-annotator counts and agreement (Krippendorff's alpha).")
+    ] = False,
 ) -> None:
-    """A person ranks collected outputs (C > B = D > A); each answer is saved at once, a rerun continues."""
+    """People rank collected outputs (C > B = D > A) in a terminal or a browser; each answer is
+    saved at once, a rerun continues. --stats: how much the annotators agree."""
     previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGTERM, signal.SIGINT)}
+    job = importlib.import_module("llmtune.jobs.rank")
     try:
-        importlib.import_module("llmtune.jobs.rank").run_rank(candidates, output, revisit=revisit)
+        if stats:
+            importlib.import_module("llmtune.jobs.rank.stats").print_stats(candidates)
+        elif web:
+            importlib.import_module("llmtune.jobs.rank.web").serve(
+                candidates, output, annotator=annotator, host=host, port=port
+            )
+        else:
+            job.run_rank(candidates, output, revisit=revisit, annotator=annotator)
     except (BadInput, LockHeld) as exc:
         _fail(str(exc), EXIT_BAD_INPUT if isinstance(exc, BadInput) else EXIT_LOCKED)
     except (Interrupted, KeyboardInterrupt) as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
+        if signum == signal.SIGINT:  # Ctrl-C is how people stop: a quit, not an error
+            print("\nquit: every answer given is saved", file=sys.stderr)
+            raise typer.Exit(128 + signum) from None
         _fail(f"interrupted by {signal.Signals(signum).name}; every answer given is saved", 128 + signum)
     finally:
         for sig, handler in previous.items():

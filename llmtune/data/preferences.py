@@ -4,7 +4,12 @@ A row is either a pair (`prompt`, `chosen`, `rejected`) or a ranking (`prompt`, 
 `ranking`, see `rankings.py`). A ranking becomes every strictly ordered pair, with the number of
 tiers between them as the pair's `distance`; its tied responses become tied pairs (never a
 preference). A row whose ranking is empty is not ranked yet: it is skipped and counted. A ranking
-that does not parse, or responses that are not a list of texts, is a bad row named by file:line.
+that does not parse, or responses that are not a list of texts, is a bad row named by file:line;
+so is a ranking that puts two identical texts apart (like a pair whose chosen == rejected).
+
+A row ranked by several people (`rankings: {alice: ..., bob: ...}`) is combined as
+`data.aggregate` says (annotators.py); a ranking that ties every response gives nothing and is
+counted (`all_tied`).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmtune.data.annotators import Aggregate, all_tied, check_distinct, combine, rankings_of
 from llmtune.data.formats import kind_of
 from llmtune.data.rankings import MAX_RESPONSES, Ranking, RankingError, letters, parse_ranking
 from llmtune.data.readers import SKIP_HINT, Rows, refuse
@@ -67,6 +73,11 @@ class Preferences:
     """Rows with an empty ranking (not ranked yet): skipped."""
     skipped: int = 0
     """Bad rows skipped (data.skip_bad_rows)."""
+    all_tied: int = 0
+    """Rankings that tie every response: they say nothing about which is better, so they give
+    no pair (counted, not used)."""
+    annotated: list[dict[str, Any]] = field(default_factory=list)
+    """Every ranked row's annotators' rankings as {name: Ranking} (agreement is measured on them)."""
     rows: list[dict[str, Any]] = field(default_factory=list)
     """The rows used, in order (their index is a pair's `group`)."""
 
@@ -79,6 +90,7 @@ class Preferences:
             "tied_pairs": len(self.ties),
             "unranked": self.unranked,
             "skipped": self.skipped,
+            "all_tied": self.all_tied,
         }
 
 
@@ -87,15 +99,21 @@ def is_ranking(row: dict[str, Any]) -> bool:
 
 
 def preferences_of(
-    rows: Rows, *, skip_bad_rows: bool = False, key: str = "data.train", prompt_field: bool = True
+    rows: Rows,
+    *,
+    skip_bad_rows: bool = False,
+    key: str = "data.train",
+    prompt_field: bool = True,
+    aggregate: Aggregate = "all",
 ) -> Preferences:
     """The pairs (and tied pairs) of one split's rows; bad rows are refused together (exit 2) with
     file:line and reason, or skipped and counted with `skip_bad_rows`. `prompt_field=False`: rows
-    need no `prompt` (data.template builds it from other fields)."""
+    need no `prompt` (data.template builds it from other fields). `aggregate`: how several
+    annotators' rankings of a row are combined (annotators.py)."""
     out, bad = Preferences(), []
     for row, where in zip(rows.rows, rows.where):
         try:
-            _add(out, row, where, prompt_field)
+            _add(out, row, where, prompt_field, aggregate)
         except RankingError as exc:
             bad.append(Problem(str(exc), file=where))
     if bad and not skip_bad_rows:
@@ -103,26 +121,40 @@ def preferences_of(
     out.skipped = len(bad) + rows.skipped
     if not out.pairs:
         unranked = f" ({out.unranked} not ranked yet)" if out.unranked else ""
+        unranked += f" ({out.all_tied} ranking(s) tie every response)" if out.all_tied else ""
         raise BadInput(
             f"no preference pairs in {key}{unranked}: rank the rows first (llmtune rank FILE)", key=key
         )
     return out
 
 
-def graded_of(rows: Rows, *, skip_bad_rows: bool = False, key: str = "data.train") -> list[Graded]:
+@dataclass
+class GradedRows:
+    """KTO's rows of one split, and the rankings that gave none because they tie everything."""
+
+    rows: list[Graded]
+    all_tied: int = 0
+
+
+def graded_of(
+    rows: Rows, *, skip_bad_rows: bool = False, key: str = "data.train", aggregate: Aggregate = "all"
+) -> GradedRows:
     """KTO's unpaired rows: `completion` with a `label` (true/false, good/bad, 1/0), or a ranking
-    whose best tier is good and whose worst tier is bad (middle tiers are not used)."""
-    out, bad = [], []
+    whose best tier is good and whose worst tier is bad (middle tiers are not used; a ranking
+    that ties everything gives nothing, counted)."""
+    out, bad, tied = [], [], 0
     for row, where in zip(rows.rows, rows.where):
         try:
             if is_ranking(row):
                 if row.get("prompt") in (None, ""):
                     raise RankingError("row has no 'prompt'")
-                ranking = ranking_of(row)
-                if ranking is not None:
-                    texts = dict(zip(letters(len(row["responses"])), row["responses"]))
-                    out += [Graded(row.get("prompt"), texts[x], True, where) for x in ranking.best()]
-                    out += [Graded(row.get("prompt"), texts[x], False, where) for x in ranking.worst()]
+                people = row_rankings(row)
+                combined = combine(people, len(row["responses"]), aggregate)
+                tied += bool(people) and not combined.extremes
+                texts = dict(zip(letters(len(row["responses"])), row["responses"]))
+                for best, worst in combined.extremes:
+                    out += [Graded(row.get("prompt"), texts[x], True, where) for x in best]
+                    out += [Graded(row.get("prompt"), texts[x], False, where) for x in worst]
             else:
                 out.append(
                     Graded(row.get("prompt"), _text(row, "completion"), _good(row.get("label")), where)
@@ -132,8 +164,9 @@ def graded_of(rows: Rows, *, skip_bad_rows: bool = False, key: str = "data.train
     if bad and not skip_bad_rows:
         refuse(bad, f"{len(bad)} bad row(s): {SKIP_HINT}")
     if not any(g.good for g in out) or all(g.good for g in out):
-        raise BadInput(f"kto needs both good and bad rows in {key} (label true and false)", key=key)
-    return out
+        tied_note = f" ({tied} ranking(s) tie every response and give none)" if tied else ""
+        raise BadInput(f"kto needs both good and bad rows in {key} (label true and false){tied_note}", key=key)
+    return GradedRows(out, tied)
 
 
 def ranking_of(row: dict[str, Any]) -> Ranking | None:
@@ -156,7 +189,20 @@ def ranking_of(row: dict[str, Any]) -> Ranking | None:
         raise RankingError(f"ranking {text!r}: {exc}") from None
 
 
-def _add(out: Preferences, row: dict[str, Any], where: str, prompt_field: bool = True) -> None:
+def row_rankings(row: dict[str, Any]) -> dict[str, Ranking]:
+    """Every annotator's ranking of a ranking row (its `ranking`, its `rankings`), checked: the
+    responses are 2 to 26 texts, each ranking parses and never puts two identical texts apart.
+    RankingError with the reason otherwise."""
+    ranking_of(row)
+    people = rankings_of(row, len(row["responses"]))
+    for ranking in people.values():
+        check_distinct(ranking, row["responses"])
+    return people
+
+
+def _add(
+    out: Preferences, row: dict[str, Any], where: str, prompt_field: bool = True, aggregate: Aggregate = "all"
+) -> None:
     if prompt_field and row.get("prompt") in (None, ""):
         raise RankingError("row has no 'prompt'")
     group = len(out.rows)
@@ -168,19 +214,24 @@ def _add(out: Preferences, row: dict[str, Any], where: str, prompt_field: bool =
         out.pair_rows += 1
         out.rows.append(row)
         return
-    ranking = ranking_of(row)
-    if ranking is None:
+    people = row_rankings(row)
+    if not people:
         out.unranked += 1
         return
     responses = row["responses"]
+    combined = combine(people, len(responses), aggregate)
+    out.annotated.append(people)
+    if all(all_tied(r) for r in people.values()):
+        out.all_tied += 1
+        return
     by_letter = dict(zip(letters(len(responses)), responses))
-    for pair in ranking.pairs():
+    for pair in combined.pairs:
         out.pairs.append(
             PreferencePair(
                 row.get("prompt"), by_letter[pair.better], by_letter[pair.worse], pair.distance, where, group
             )
         )
-    for first, second in ranking.ties():
+    for first, second in combined.ties:
         out.ties.append(TiedPair(row.get("prompt"), by_letter[first], by_letter[second], where, group))
     out.rankings += 1
     out.rows.append(row)

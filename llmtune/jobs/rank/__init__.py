@@ -1,28 +1,36 @@
-"""`llmtune rank CANDIDATES.jsonl`: a person ranks collected outputs, one prompt at a time.
+"""`llmtune rank CANDIDATES.jsonl`: people rank collected outputs, one prompt at a time, in a
+terminal (session.py) or in a browser (`--web`, web.py); `--stats` measures how much they agree.
 
 The file is JSON lines, one row per prompt: `{"id", "prompt", "responses": [...], "ranking": ""}`
 (rlhf's collect stage writes it; any annotation tool can). An empty or missing `ranking` means
-"not ranked yet". The whole file is checked before anything is shown (exit 2 with file:line).
+"not ranked yet". With `--annotator NAME` each person's answer goes into the row's `rankings`
+object (`{"alice": "A > B", "bob": "B > A"}`) and the single `ranking` is left alone. The whole
+file is checked before anything is shown (exit 2 with file:line).
 
-Each accepted answer is saved at once: the whole file is rewritten atomically (temp file in the
-same folder, fsync, rename; the file keeps its permission bits), so a closed terminal or a kill
-loses nothing and never leaves half a file. Rows that were not answered keep their line exactly
-as it was. A lock beside the file keeps a second session out (exit 75), and a file that another
-program changed while the session ran is never overwritten. The dialogue is in `session.py`.
+Every answer, typed or clicked, goes through `Candidates.answer`: the one grammar, the refusal of
+a malformed ranking with its reason, and the save: the whole file is rewritten atomically (temp
+file in the same folder, fsync, rename; the file keeps its permission bits), so a closed terminal
+or a kill loses nothing and never leaves half a file. Rows that were not answered keep their line
+exactly as it was. A lock beside the file keeps a second session out (exit 75), and a file that
+another program changed while the session ran is never overwritten.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import stat
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
+from llmtune.data.annotators import check_annotator, check_distinct, rankings_of
 from llmtune.data.formats import kind_of
 from llmtune.data.preferences import ranking_of
+from llmtune.data.rankings import RankingError, parse_ranking
 from llmtune.errors import BadInput, LockHeld, Problem
 from llmtune.inference.journal import signals_held
 from llmtune.jobs.rank.session import Candidate, rank_rows
@@ -31,21 +39,48 @@ from llmtune.runs.outputs import OutputLock, atomic_write_text
 MAX_SHOWN = 20  # problems listed in one refusal; the rest are counted
 
 
+class Stale(Exception):
+    """The row's ranking changed (another tab, another person under the same name) after the
+    answer's sender last saw it: nothing was saved. The message says what it is now."""
+
+
 class Candidates:
     """The rows of a candidates file, and their atomic saving to `target` (which may be the file
-    itself, or another file with --output)."""
+    itself, or another file with --output). `annotator`: whose rankings are read and written
+    (None: the single `ranking` field)."""
 
-    def __init__(self, source: Path, target: Path) -> None:
-        self.source, self.target = source, target
+    def __init__(self, source: Path, target: Path, annotator: str | None = None) -> None:
+        self.source, self.target, self.annotator = source, target, annotator
         if target.exists() and not os.access(target, os.W_OK):  # rename would replace it anyway
             raise BadInput("the file is read-only; rank into another file with --output", file=str(target))
         self._seen = _signature(target)  # before reading: a change while we read is seen too
-        self.lines, self.rows = _read(source)
+        self.lines, self.rows = read_rows(source)
+        self._lock = threading.Lock()
+
+    def ranking(self, row: Candidate) -> str:
+        """The row's current ranking by this session's annotator ("" when not ranked yet)."""
+        return row.ranking_by(self.annotator)
 
     def ranked(self) -> int:
-        return sum(bool(row.ranking) for row in self.rows)
+        return sum(bool(self.ranking(row)) for row in self.rows)
 
-    def save(self, row: Candidate, ranking: str) -> None:
+    def answer(self, row: Candidate, text: str, *, seen: str | None = None) -> str:
+        """Save `text` as `row`'s ranking and return its canonical form. The one path of every
+        answer (terminal and web): RankingError with the reason for a malformed ranking or one
+        that puts identical texts apart; Stale when `seen` (the ranking the sender was shown) is
+        no longer the row's; BadInput when the file cannot be written (nothing changes then)."""
+        responses = row.data["responses"]
+        ranking = parse_ranking(text, len(responses))
+        check_distinct(ranking, responses)
+        with self._lock:
+            current = self.ranking(row)
+            if seen is not None and seen.strip() != current:
+                now = f"it is now {current!r}" if current else "it was cleared"
+                raise Stale(f"{row.name} was answered elsewhere since this page showed it ({now}); not saved")
+            self._save(row, str(ranking))
+        return str(ranking)
+
+    def _save(self, row: Candidate, ranking: str) -> None:
         """Set `row`'s ranking and rewrite the target file whole, atomically, signals held back
         so that an interrupt lands before or after the write, never inside it."""
         if _signature(self.target) != self._seen:
@@ -53,41 +88,100 @@ class Candidates:
                 f"{self.target} was changed by another program during this session; it was not "
                 "overwritten (the answers saved before are in it): run `llmtune rank` again"
             )
-        row.data["ranking"] = ranking
-        ending = self.lines[row.index][len(self.lines[row.index].rstrip("\r\n")) :] or "\n"
-        self.lines[row.index] = json.dumps(row.data, ensure_ascii=False) + ending
-        with signals_held():
-            _replace(self.target, "".join(self.lines))
-            self._seen = _signature(self.target)
+        data = json.loads(json.dumps(row.data))  # a copy: the row changes only once saved
+        if self.annotator is None:
+            data["ranking"] = ranking
+        else:
+            data["rankings"] = {**(data.get("rankings") or {}), self.annotator: ranking}
+        lines = list(self.lines)
+        ending = lines[row.index][len(lines[row.index].rstrip("\r\n")) :] or "\n"
+        lines[row.index] = _json_line(data) + ending
+        try:
+            with signals_held():
+                _replace(self.target, "".join(lines))
+                self._seen = _signature(self.target)
+        except OSError as exc:
+            hint = "; rank into another file with --output" if exc.errno in (errno.EROFS, errno.EACCES) else ""
+            raise BadInput(
+                f"cannot save the answer: {exc.strerror or exc}{hint} (the answers saved before are in it)",
+                file=str(self.target),
+            ) from None
+        row.data, self.lines = data, lines
 
 
-def run_rank(candidates: Path, output: Path | None = None, *, revisit: bool = False) -> dict[str, int]:
-    """Rank the rows of `candidates` interactively (stdin/stdout), saving each answer at once into
-    the file itself, or into `output` (created from it on the first answer; a rerun reads it)."""
+def open_book(candidates: Path, output: Path | None, annotator: str | None) -> tuple[Candidates, OutputLock]:
+    """The file to rank, read and checked, with its lock held (release it when done). A folder
+    that cannot be written is refused before anything is shown (suggesting --output)."""
+    if annotator is not None:
+        try:
+            annotator = check_annotator(annotator)
+        except RankingError as exc:
+            raise BadInput(str(exc), key="--annotator") from None
     target = Path(os.path.realpath(output if output is not None else candidates))
+    if target.parent.is_dir() and not os.access(target.parent, os.W_OK):
+        hint = "rank into another file with --output FILE" if output is None else "choose another --output"
+        raise BadInput(f"cannot write in {target.parent} (read-only): {hint}", file=str(target))
     lock = OutputLock(target.parent / f"{target.name}.lock")
-    lock.acquire()
+    try:
+        lock.acquire()
+    except OSError as exc:
+        raise BadInput(
+            f"cannot create the lock file beside it: {exc.strerror}; rank into another file with --output FILE",
+            file=str(target),
+        ) from None
     source = target if target.exists() else Path(candidates)
     if output is not None and source == target != Path(os.path.realpath(candidates)):
         print(f"continuing {output} (it holds the answers so far; {candidates} is not read)", file=sys.stderr)
     try:
-        book = Candidates(source, target)
+        return Candidates(source, target, annotator), lock
     except BadInput:
         lock.discard()  # refused input leaves no trace
         raise
+
+
+def run_rank(
+    candidates: Path, output: Path | None = None, *, revisit: bool = False, annotator: str | None = None
+) -> dict[str, int]:
+    """Rank the rows of `candidates` interactively (stdin/stdout), saving each answer at once into
+    the file itself, or into `output` (created from it on the first answer; a rerun reads it)."""
+    if sys.stdin is None or sys.stdin.closed or not _readable(sys.stdin):
+        raise BadInput(
+            "stdin is closed: there is nothing to read answers from "
+            "(run it in a terminal, pipe answers in, or use --web)"
+        )
+    book, lock = open_book(candidates, output, annotator)
     try:
-        answered = rank_rows(book.rows, book.save, revisit=revisit)
+        answered = rank_rows(book, revisit=revisit)
     finally:
         with signals_held():
             lock.release()
     ranked, total = book.ranked(), len(book.rows)
     print(f"ranked {answered} now; {ranked} of {total} rows ranked; {total - ranked} left", file=sys.stderr)
     if answered:
-        print(f"saved in {target}", file=sys.stderr)
+        print(f"saved in {book.target}", file=sys.stderr)
     return {"ranked_now": answered, "ranked": ranked, "rows": total}
 
 
-def _read(path: Path) -> tuple[list[str], list[Candidate]]:
+def _readable(stream: Any) -> bool:
+    try:
+        os.fstat(stream.fileno())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _json_line(data: dict[str, Any]) -> str:
+    """A row as one JSON line, as text where it can be; a row holding a lone surrogate (which
+    UTF-8 cannot encode) is written with \\u escapes instead, so it reads back the same."""
+    line = json.dumps(data, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(data, ensure_ascii=True)
+    return line
+
+
+def read_rows(path: Path) -> tuple[list[str], list[Candidate]]:
     """Every line of the file (kept, to write back unchanged) and its rows, checked; every bad row
     is named in one BadInput."""
     try:
@@ -142,6 +236,7 @@ def _check(row: Any, ids: dict[str, int], line: int) -> dict[str, Any]:
     if row.get("prompt") in (None, "", []):
         raise ValueError("row has no 'prompt'")
     ranking_of(row)  # RankingError (a ValueError) with the reason
+    rankings_of(row, len(row["responses"]))
     return row
 
 

@@ -1,7 +1,10 @@
 """The ranking dialogue: one prompt and its lettered responses at a time, a line of input each.
 
-It reads lines, so a terminal and a piped script behave the same. End of input (Ctrl-D, or the
-end of a script) quits like `q`: every answer given so far is already saved.
+On a terminal the line is read with prompt_toolkit (arrows, history with Up/Down, Ctrl-R); from a
+pipe it is read plainly, so a piped script behaves the same. End of input (Ctrl-D, or the end of
+a script) quits like `q`: every answer given so far is already saved. Every string that comes
+from the file is printed through `console.shown` (no escape sequence in the data reaches the
+terminal).
 """
 
 from __future__ import annotations
@@ -13,12 +16,16 @@ import shutil
 import signal
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from llmtune.data.rankings import RankingError, letters, parse_ranking
+from llmtune.console import shown
+from llmtune.data.rankings import RankingError, letters
+
+if TYPE_CHECKING:
+    from llmtune.jobs.rank import Candidates
 
 
 @dataclass
@@ -31,9 +38,12 @@ class Candidate:
     index: int
     """Index of its line among the file's lines (blank ones included)."""
 
-    @property
-    def ranking(self) -> str:
-        text = self.data.get("ranking")
+    def ranking_by(self, annotator: str | None) -> str:
+        """The row's ranking by `annotator` (None: its single `ranking` field); "" if none."""
+        if annotator is None:
+            text = self.data.get("ranking")
+        else:
+            text = (self.data.get("rankings") or {}).get(annotator)
         return text.strip() if isinstance(text, str) else ""
 
     @property
@@ -42,48 +52,58 @@ class Candidate:
         return str(self.data["id"]) if "id" in self.data else f"line {self.line}"
 
 
-ASK = "ranking (e.g. C > B = D > A), s skip, b back, q quit, ? help: "
+ASK = "ranking (e.g. C > B = D > A), t all tied, s skip, b back, q quit, ? help: "
 HELP = """\
 Rank every response once, best first: '>' means better, '=' a tie.
   C > B = D > A   C is best, B and D tie, A is worst (lower case and no spaces work too)
+  t               all tied (no response is better than another; it trains nothing)
   s               skip this prompt (it stays unranked)
   b               back to the previous prompt (type a new ranking, or Enter to keep its own)
   q               quit (every answer given is already saved; a rerun continues here)
-  Enter           keep the ranking shown as current (prompts ranked before)"""
-SKIP, BACK, QUIT, ASK_HELP = ("s", "skip"), ("b", "back"), ("q", "quit"), ("?", "h", "help")
+  Enter           keep the ranking shown as current (prompts ranked before)
+  Up / Down       earlier answers (on a terminal)"""
+SKIP, BACK, QUIT, TIED, ASK_HELP = ("s", "skip"), ("b", "back"), ("q", "quit"), ("t", "tied"), ("?", "h", "help")
+ANSWERED, SKIPPED, KEPT = 1, 2, 3
 
 
-Save = Callable[[Candidate, str], None]
-
-
-def rank_rows(rows: list[Candidate], save: Save, *, revisit: bool = False) -> int:
-    """Go through the unranked rows in file order (all rows with `revisit`), `save` each answer at
-    once; return how many rows were given a ranking (a row answered twice, after `b`, counts once)."""
-    queue = [row for row in rows if revisit or not row.ranking]
+def rank_rows(book: Candidates, *, revisit: bool = False) -> int:
+    """Go through the rows not ranked yet by the session's annotator, in file order (all rows
+    with `revisit`), saving each answer at once through `book.answer`; return how many rows were
+    given a ranking (a row answered twice, after `b`, counts once)."""
+    queue = [row for row in book.rows if revisit or not book.ranking(row)]
     if not queue:
         print("every row is ranked already (--all revisits them)", file=sys.stderr)
         return 0
     answered: set[int] = set()
-
-    def save_and_count(row: Candidate, ranking: str) -> None:
-        save(row, ranking)
-        answered.add(row.line)
-
-    position, what, reader = 0, "rows" if revisit else "unranked", LineReader()
+    skipped: set[int] = set()
+    position, reader = 0, line_reader()
     with reader.waking_on_signals():
         while position < len(queue):
-            counter = f"[{position + 1}/{len(queue)} {what}]"
-            step = _ask(save_and_count, reader, queue[position], counter, first=position == 0)
+            row = queue[position]
+            counter = f"[{book.ranked()} of {len(book.rows)} ranked, {len(skipped)} skipped]"
+            step = _ask(book, reader, row, counter, first=position == 0)
             if step is None:
                 break
-            position += step
+            if step == ANSWERED:
+                answered.add(row.line)
+                skipped.discard(row.line)
+            elif step == SKIPPED:
+                skipped.add(row.line)
+            position += -1 if step < 0 else 1
     return len(answered)
 
 
-def _ask(save: Save, reader: LineReader, row: Candidate, counter: str, *, first: bool) -> int | None:
-    """Show `row` and read answers until one moves on: +1 (answered, kept or skipped), -1 (back),
-    None (quit or end of input)."""
-    _show(row, counter)
+class Reader(Protocol):
+    def waking_on_signals(self) -> Any: ...
+
+    def read_line(self, prompt: str) -> str | None: ...
+
+
+def _ask(book: Candidates, reader: Reader, row: Candidate, counter: str, *, first: bool) -> int | None:
+    """Show `row` and read answers until one moves on: ANSWERED, KEPT or SKIPPED (next), -1
+    (back), None (quit or end of input)."""
+    current = book.ranking(row)
+    _show(row, counter, current)
     count = len(row.data["responses"])
     while True:
         line = reader.read_line(ASK)
@@ -94,7 +114,7 @@ def _ask(save: Save, reader: LineReader, row: Candidate, counter: str, *, first:
         if word in QUIT:
             return None
         if word in SKIP:
-            return 1
+            return SKIPPED
         if word in BACK:
             if not first:
                 return -1
@@ -103,29 +123,41 @@ def _ask(save: Save, reader: LineReader, row: Candidate, counter: str, *, first:
         if word in ASK_HELP:
             print(HELP, flush=True)
             continue
+        if word in TIED:
+            answer = " = ".join(letters(count))
         if not answer:
-            if row.ranking:
-                return 1
+            if current:
+                return KEPT
             print("type a ranking, or s to skip", file=sys.stderr, flush=True)
             continue
         try:
-            ranking = str(parse_ranking(answer, count))
+            ranking = book.answer(row, answer)
         except RankingError as exc:
             print(f"not saved: {exc}", file=sys.stderr, flush=True)
             continue
-        save(row, ranking)
         print(f"saved: {ranking}", file=sys.stderr, flush=True)
-        return 1
+        return ANSWERED
 
 
-def _show(row: Candidate, counter: str) -> None:
+def _show(row: Candidate, counter: str, current: str) -> None:
     width = max(40, min(shutil.get_terminal_size((100, 24)).columns, 120) - 1)
-    lines = ["", f"{counter} {row.name}", _wrap(_prompt_text(row.data["prompt"]), width, ""), ""]
+    from rich.markup import escape
+
+    lines = ["", f"{escape(counter)} {shown(row.name)}", _wrap(shown(_prompt_text(row.data["prompt"])), width, ""), ""]
     for letter, text in zip(letters(len(row.data["responses"])), row.data["responses"]):
-        lines.append(_wrap(text.strip() or "(empty response)", width, f"{letter}) "))
-    if row.ranking:
-        lines += ["", f"current ranking: {row.ranking}  (Enter keeps it)"]
-    print("\n".join(lines), flush=True)
+        lines.append(_wrap(shown(text.strip()) or "(empty response)", width, f"{letter}) "))
+    if current:
+        lines += ["", f"current ranking: {current}  (Enter keeps it)"]
+    _print("\n".join(lines))
+
+
+def _print(text: str) -> None:
+    """Print `text` (made of `shown` strings): through rich, so that the markup escapes `shown`
+    adds come out as the user's own brackets."""
+    from rich.console import Console
+
+    Console(file=sys.stdout, highlight=False, emoji=False, soft_wrap=True).print(text)
+    sys.stdout.flush()
 
 
 def _prompt_text(prompt: object) -> str:
@@ -147,6 +179,35 @@ def _wrap(text: str, width: int, label: str) -> str:
             first.rstrip()
         ]
     return "\n".join(out)
+
+
+def line_reader() -> Reader:
+    """prompt_toolkit's line editor on a terminal; plain reads from a pipe or a file."""
+    if os.isatty(sys.stdin.fileno()) and os.isatty(sys.stdout.fileno()):
+        return TerminalReader()
+    return LineReader()
+
+
+class TerminalReader:
+    """A real line editor (prompt_toolkit): arrows move in the line, Up/Down recall the answers
+    typed before, Ctrl-D at an empty line ends the session, Ctrl-C quits (exit 130)."""
+
+    def __init__(self) -> None:
+        from prompt_toolkit import PromptSession
+        from prompt_toolkit.history import InMemoryHistory
+
+        self._session: Any = PromptSession(history=InMemoryHistory())
+
+    def waking_on_signals(self) -> Any:
+        """prompt_toolkit's event loop already wakes up on signals."""
+        return nullcontext()
+
+    def read_line(self, prompt: str) -> str | None:
+        try:
+            return self._session.prompt(prompt)
+        except EOFError:
+            print(flush=True)
+            return None
 
 
 class LineReader:

@@ -83,7 +83,8 @@ class OfflineJob:
         return self.splits.files
 
     def _pairs(self, rows: Rows, key: str) -> Preferences:
-        return preferences_of(rows, skip_bad_rows=self.recipe.data.skip_bad_rows, key=key)
+        data = self.recipe.data
+        return preferences_of(rows, skip_bad_rows=data.skip_bad_rows, key=key, aggregate=data.aggregate)
 
     def _prompt(self, row: dict[str, Any], where: str) -> str:
         return prompt_text(row, self.template, where)
@@ -165,7 +166,11 @@ class OfflineJob:
             )
 
     def _graded(self, rows: Rows, key: str, skip: bool) -> dict[str, list[Any]]:
-        graded = graded_of(rows, skip_bad_rows=skip, key=key)
+        found = graded_of(rows, skip_bad_rows=skip, key=key, aggregate=self.recipe.data.aggregate)
+        if found.all_tied:
+            say(f"{found.all_tied} ranking(s) in {key} tie every response: no good or bad row from them")
+        self.all_tied[key] = found.all_tied
+        graded = found.rows
         row_at = dict(zip(rows.where, rows.rows))
         return {
             "prompt": [self._prompt(row_at[g.where], g.where) for g in graded],
