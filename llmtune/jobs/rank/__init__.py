@@ -17,6 +17,7 @@ another program changed while the session ran is never overwritten.
 
 from __future__ import annotations
 
+import enum
 import errno
 import io
 import json
@@ -39,6 +40,15 @@ from llmtune.runs.outputs import OutputLock, atomic_write_text
 MAX_SHOWN = 20  # problems listed in one refusal; the rest are counted
 
 
+class Session(enum.Enum):
+    """The default annotator of a call: the one the session was started with."""
+
+    ANNOTATOR = "session"
+
+
+SESSION = Session.ANNOTATOR
+
+
 class Stale(Exception):
     """The row's ranking changed (another tab, another person under the same name) after the
     answer's sender last saw it: nothing was saved. The message says what it is now."""
@@ -57,14 +67,17 @@ class Candidates:
         self.lines, self.rows = read_rows(source)
         self._lock = threading.Lock()
 
-    def ranking(self, row: Candidate) -> str:
-        """The row's current ranking by this session's annotator ("" when not ranked yet)."""
-        return row.ranking_by(self.annotator)
+    def ranking(self, row: Candidate, annotator: str | None | Session = SESSION) -> str:
+        """The row's current ranking by `annotator` (default: the session's), "" if none yet."""
+        return row.ranking_by(self.annotator if annotator is SESSION else annotator)
 
-    def ranked(self) -> int:
-        return sum(bool(self.ranking(row)) for row in self.rows)
+    def ranked(self, annotator: str | None | Session = SESSION) -> int:
+        """Rows ranked by `annotator` (default: the session's)."""
+        return sum(bool(self.ranking(row, annotator)) for row in self.rows)
 
-    def answer(self, row: Candidate, text: str, *, seen: str | None = None) -> str:
+    def answer(
+        self, row: Candidate, text: str, *, seen: str | None = None, annotator: str | None | Session = SESSION
+    ) -> str:
         """Save `text` as `row`'s ranking and return its canonical form. The one path of every
         answer (terminal and web): RankingError with the reason for a malformed ranking or one
         that puts identical texts apart; Stale when `seen` (the ranking the sender was shown) is
@@ -72,15 +85,16 @@ class Candidates:
         responses = row.data["responses"]
         ranking = parse_ranking(text, len(responses))
         check_distinct(ranking, responses)
+        who = self.annotator if annotator is SESSION else annotator
         with self._lock:
-            current = self.ranking(row)
+            current = row.ranking_by(who)
             if seen is not None and seen.strip() != current:
                 now = f"it is now {current!r}" if current else "it was cleared"
                 raise Stale(f"{row.name} was answered elsewhere since this page showed it ({now}); not saved")
-            self._save(row, str(ranking))
+            self._save(row, str(ranking), who)
         return str(ranking)
 
-    def _save(self, row: Candidate, ranking: str) -> None:
+    def _save(self, row: Candidate, ranking: str, annotator: str | None) -> None:
         """Set `row`'s ranking and rewrite the target file whole, atomically, signals held back
         so that an interrupt lands before or after the write, never inside it."""
         if _signature(self.target) != self._seen:
@@ -89,10 +103,10 @@ class Candidates:
                 "overwritten (the answers saved before are in it): run `llmtune rank` again"
             )
         data = json.loads(json.dumps(row.data))  # a copy: the row changes only once saved
-        if self.annotator is None:
+        if annotator is None:
             data["ranking"] = ranking
         else:
-            data["rankings"] = {**(data.get("rankings") or {}), self.annotator: ranking}
+            data["rankings"] = {**(data.get("rankings") or {}), annotator: ranking}
         lines = list(self.lines)
         ending = lines[row.index][len(lines[row.index].rstrip("\r\n")) :] or "\n"
         lines[row.index] = _json_line(data) + ending
