@@ -43,9 +43,9 @@ def serve(
     except ImportError:
         raise BadInput("--web needs FastAPI and uvicorn: pip install 'llmtune[web]'", key="--web") from None
 
+    sock = _listen(host, port)  # first: a bad address leaves no lock file behind
     book, lock = open_book(candidates, output, annotator)
     try:
-        sock = _listen(host, port)
         token = secrets.token_urlsafe(24)
         shown_host = f"[{host}]" if ":" in host else host
         url = f"http://{shown_host}:{sock.getsockname()[1]}/?token={token}"
