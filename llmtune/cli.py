@@ -397,14 +397,18 @@ def rank(
         typer.Option(
             "--annotator",
             metavar="NAME",
-            help="Who ranks: answers go into the row's rankings[NAME] (several people per row)."
+            help="Who ranks: answers go into the row's rankings[NAME] (several people per row).",
         ),
     ] = None,
-    web: Annotated[bool, typer.Option("--web", help="Rank in a browser page served on this machine.")] = False,
+    web: Annotated[
+        bool, typer.Option("--web", help="Rank in a browser page served on this machine.")
+    ] = False,
     host: Annotated[
         str,
         typer.Option(
-            "--host", metavar="ADDRESS", help="--web: address to listen on (not 127.0.0.1: the token is required)."
+            "--host",
+            metavar="ADDRESS",
+            help="--web: address to listen on (not 127.0.0.1: the token is required).",
         ),
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="--web: port (0: a free one).")] = 0,

@@ -134,7 +134,7 @@ def test_a_script_ranks_every_row_and_keeps_every_other_field(tmp_path: Path) ->
     assert oct(path.stat().st_mode & 0o777) == oct(0o640)  # the file keeps its permission bits
     assert not leftovers(tmp_path)
     screen = result.stdout
-    assert "[1/3 unranked] r1" in screen and "[3/3 unranked] line 3" in screen
+    assert "[0 of 3 ranked, 0 skipped] r1" in screen and "[2 of 3 ranked, 0 skipped] line 3" in screen
     assert "A) Use 'forgot password'." in screen and "D) Ask support, they help." in screen
 
 
@@ -155,7 +155,7 @@ def test_skip_leaves_a_row_unranked_and_a_rerun_offers_it_first(tmp_path: Path) 
     assert rankings(path) == ["", "A > B", ""]
     again = rank(path, script="q\n")
     assert again.code == 0, again.stderr
-    assert "[1/2 unranked] r1" in again.stdout and "r2" not in again.stdout
+    assert "[1 of 3 ranked, 0 skipped] r1" in again.stdout and "r2" not in again.stdout
     assert rankings(path) == ["", "A > B", ""]
 
 
@@ -168,7 +168,7 @@ def test_back_shows_the_previous_answer_and_a_new_one_replaces_it(tmp_path: Path
     assert rankings(path) == ["D > C > B > A", "", ""]
     assert "ranked 1 now" in result.stderr  # one row answered twice counts once
     kept = rank(path, "--all", script="\nq\n")  # Enter keeps a row's ranking
-    assert "[1/3 rows] r1" in kept.stdout and "current ranking: D > C > B > A" in kept.stdout
+    assert "[1 of 3 ranked, 0 skipped] r1" in kept.stdout and "current ranking: D > C > B > A" in kept.stdout
     assert rankings(path) == ["D > C > B > A", "", ""]
 
 
@@ -179,7 +179,7 @@ def test_the_end_of_a_script_keeps_the_answers_and_a_rerun_continues(tmp_path: P
     assert "ranked 1 now; 1 of 3 rows ranked; 2 left" in first.stderr
     second = rank(path, script="B > A\nC > B > A\n")
     assert second.code == 0, second.stderr
-    assert "[1/2 unranked] r2" in second.stdout
+    assert "[1 of 3 ranked, 0 skipped] r2" in second.stdout
     assert rankings(path) == ["A > B = C > D", "B > A", "C > B > A"]
     done = rank(path, script="")
     assert done.code == 0 and "every row is ranked already" in done.stderr
@@ -191,15 +191,18 @@ def test_a_signal_while_waiting_keeps_the_saved_answers(tmp_path: Path, sig: int
     proc, screen, log = start(tmp_path, path)
     screen.wait_for(ASK)
     answer(proc, "B > A > C > D")
-    screen.wait_for(ASK, screen.wait_for("[2/3 unranked] r2"))
+    screen.wait_for(ASK, screen.wait_for("[1 of 3 ranked, 0 skipped] r2"))
     proc.send_signal(sig)
     assert proc.wait(timeout=HANG_GUARD_S) == code, log.read_text()
-    assert f"interrupted by {signal.Signals(sig).name}" in log.read_text()
+    if sig == signal.SIGINT:  # Ctrl-C is how people stop: a quit, not an error
+        assert "quit: every answer given is saved" in log.read_text() and "error:" not in log.read_text()
+    else:
+        assert "error: interrupted by SIGTERM; every answer given is saved" in log.read_text()
     assert "Traceback" not in log.read_text()
     assert rankings(path) == ["B > A > C > D", "", ""]
     assert not leftovers(tmp_path)
     rerun = rank(path, script="q\n")
-    assert "[1/2 unranked] r2" in rerun.stdout
+    assert "[1 of 3 ranked, 0 skipped] r2" in rerun.stdout
 
 
 def test_output_leaves_the_input_byte_identical_and_a_rerun_reads_the_output(tmp_path: Path) -> None:
@@ -211,7 +214,7 @@ def test_output_leaves_the_input_byte_identical_and_a_rerun_reads_the_output(tmp
     assert path.read_bytes() == original
     assert rankings(out) == ["A > B > C > D", "", ""]
     second = rank(path, "--output", out, script="B > A\n")
-    assert "[1/2 unranked] r2" in second.stdout
+    assert "[1 of 3 ranked, 0 skipped] r2" in second.stdout
     assert rankings(out) == ["A > B > C > D", "B > A", ""]
     assert path.read_bytes() == original
     assert [{**r, "ranking": ""} for r in rows_of(out)] == rows_of(path)
@@ -287,7 +290,7 @@ def test_a_file_changed_by_another_program_is_not_overwritten(tmp_path: Path) ->
     assert path.read_text(encoding="utf-8") == changed
 
 
-def test_a_terminal_session_ranks_one_row_and_quits(tmp_path: Path) -> None:
+def test_a_terminal_session_edits_lines_recalls_answers_and_quits_on_ctrl_c(tmp_path: Path) -> None:
     path = candidates(tmp_path / "cands.jsonl")
     controller, terminal = pty.openpty()
     proc = subprocess.Popen(
@@ -295,20 +298,29 @@ def test_a_terminal_session_ranks_one_row_and_quits(tmp_path: Path) -> None:
         stdin=terminal,
         stdout=terminal,
         stderr=terminal,
+        env={**os.environ, "PROMPT_TOOLKIT_NO_CPR": "1"},  # the test's pty answers no cursor query
+        start_new_session=True,
     )
     os.close(terminal)
     try:
         screen = Screen(controller)
-        screen.wait_for(ASK, screen.wait_for("[1/3 unranked] r1"))
-        os.write(controller, b"d > a = b > c\n")
-        screen.wait_for(ASK, screen.wait_for("[2/3 unranked] r2"))
-        os.write(controller, b"q\n")
-        screen.wait_for("2 left")
-        assert proc.wait(timeout=HANG_GUARD_S) == 0, screen.text
+        screen.wait_for("? help:", screen.wait_for("[0 of 3 ranked, 0 skipped] r1"))
+        os.write(controller, b"d > a = b > c\r")
+        at = screen.wait_for("? help:", screen.wait_for("[1 of 3 ranked, 0 skipped] r2"))
+        os.write(controller, b"b > x\r")  # refused: there is no X
+        at = screen.wait_for("? help:", screen.wait_for("not saved", at))
+        os.write(controller, b"\x1b[A")  # Up: the refused answer comes back to be edited
+        screen.wait_for("b > x", at)
+        os.write(controller, b"\x7fa\r")  # Backspace, a, Enter
+        screen.wait_for("? help:", screen.wait_for("[2 of 3 ranked, 0 skipped] line 3"))
+        os.write(controller, b"\x03")  # Ctrl-C
+        assert proc.wait(timeout=HANG_GUARD_S) == 130, screen.text
+        screen.wait_for("quit: every answer given is saved")
     finally:
         os.close(controller)
-    assert "saved: D > A = B > C" in screen.text
-    assert rankings(path) == ["D > A = B > C", "", ""]
+    assert "saved: D > A = B > C" in screen.text and "^[[A" not in screen.text
+    assert "error:" not in screen.text and "Traceback" not in screen.text
+    assert rankings(path) == ["D > A = B > C", "B > A", ""]
 
 
 def test_rank_does_not_import_torch() -> None:

@@ -183,7 +183,9 @@ def click_and_wait(page: object, selector: str) -> None:
 
 def test_three_rows_ranked_with_the_keyboard_then_the_page_says_done(browser, server, cands) -> None:
     page = open_page(browser, server)
-    assert page.text_content("#row-name").startswith("r1") and "0 of 3 ranked" in page.text_content("#progress")
+    assert page.text_content("#row-name").startswith("r1") and "0 of 3 ranked" in page.text_content(
+        "#progress"
+    )
     type_answer(page, "cab")  # letters best first
     assert page.text_content("#row-name").startswith("r2")
     type_answer(page, "b=a")

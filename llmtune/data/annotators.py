@@ -60,7 +60,7 @@ def rankings_of(row: dict[str, Any], responses: int) -> dict[str, Ranking]:
         raise RankingError(f"'rankings' must be an object of annotator name -> ranking, got {kind_of(many)}")
     for name, text in many.items():
         if not isinstance(text, str):
-            raise RankingError(f"rankings[{name!r}] must be a text like \"C > B\", got {kind_of(text)}")
+            raise RankingError(f'rankings[{name!r}] must be a text like "C > B", got {kind_of(text)}')
         check_annotator(name)
         if text.strip():
             out[name] = _parse(text, responses, f"rankings[{name!r}]")

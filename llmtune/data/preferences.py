@@ -165,7 +165,9 @@ def graded_of(
         refuse(bad, f"{len(bad)} bad row(s): {SKIP_HINT}")
     if not any(g.good for g in out) or all(g.good for g in out):
         tied_note = f" ({tied} ranking(s) tie every response and give none)" if tied else ""
-        raise BadInput(f"kto needs both good and bad rows in {key} (label true and false){tied_note}", key=key)
+        raise BadInput(
+            f"kto needs both good and bad rows in {key} (label true and false){tied_note}", key=key
+        )
     return GradedRows(out, tied)
 
 

@@ -115,7 +115,9 @@ class Candidates:
                 _replace(self.target, "".join(lines))
                 self._seen = _signature(self.target)
         except OSError as exc:
-            hint = "; rank into another file with --output" if exc.errno in (errno.EROFS, errno.EACCES) else ""
+            hint = (
+                "; rank into another file with --output" if exc.errno in (errno.EROFS, errno.EACCES) else ""
+            )
             raise BadInput(
                 f"cannot save the answer: {exc.strerror or exc}{hint} (the answers saved before are in it)",
                 file=str(self.target),

@@ -62,7 +62,13 @@ Rank every response once, best first: '>' means better, '=' a tie.
   q               quit (every answer given is already saved; a rerun continues here)
   Enter           keep the ranking shown as current (prompts ranked before)
   Up / Down       earlier answers (on a terminal)"""
-SKIP, BACK, QUIT, TIED, ASK_HELP = ("s", "skip"), ("b", "back"), ("q", "quit"), ("t", "tied"), ("?", "h", "help")
+SKIP, BACK, QUIT, TIED, ASK_HELP = (
+    ("s", "skip"),
+    ("b", "back"),
+    ("q", "quit"),
+    ("t", "tied"),
+    ("?", "h", "help"),
+)
 ANSWERED, SKIPPED, KEPT = 1, 2, 3
 
 
@@ -143,7 +149,12 @@ def _show(row: Candidate, counter: str, current: str) -> None:
     width = max(40, min(shutil.get_terminal_size((100, 24)).columns, 120) - 1)
     from rich.markup import escape
 
-    lines = ["", f"{escape(counter)} {shown(row.name)}", _wrap(shown(_prompt_text(row.data["prompt"])), width, ""), ""]
+    lines = [
+        "",
+        f"{escape(counter)} {shown(row.name)}",
+        _wrap(shown(_prompt_text(row.data["prompt"])), width, ""),
+        "",
+    ]
     for letter, text in zip(letters(len(row.data["responses"])), row.data["responses"]):
         lines.append(_wrap(shown(text.strip()) or "(empty response)", width, f"{letter}) "))
     if current:

@@ -18,7 +18,9 @@ def print_stats(candidates: Path) -> dict[str, object]:
     found = agreement_of(ranked)
     tied = {person: sum(all_tied(r[person]) for _, r in ranked if person in r) for person in found.annotators}
     some = sum(bool(people) for _, people in ranked)
-    lines = [f"{shown(candidates)}: {len(rows)} rows; {some} ranked by someone, {found.shared_rows} by two or more"]
+    lines = [
+        f"{shown(candidates)}: {len(rows)} rows; {some} ranked by someone, {found.shared_rows} by two or more"
+    ]
     if found.annotators:
         width = max(len("annotator"), *(len(shown(p)) for p in found.annotators)) + 2
         lines += ["", f"{'annotator':<{width}}rows ranked  all tied"]
@@ -26,7 +28,9 @@ def print_stats(candidates: Path) -> dict[str, object]:
             lines.append(f"{shown(person):<{width}}{count:<13}{tied[person]}")
     lines.append("")
     if found.pairwise is None:
-        lines.append("agreement: no row is ranked by two people yet (rank with --annotator NAME, one name each)")
+        lines.append(
+            "agreement: no row is ranked by two people yet (rank with --annotator NAME, one name each)"
+        )
     else:
         alpha = "undefined (every answer is the same)" if found.alpha is None else f"{found.alpha:.3f}"
         lines += [

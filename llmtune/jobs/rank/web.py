@@ -14,7 +14,6 @@ under the same name answered the row in between, the answer is refused with 409 
 so and shows the row as it is now; nothing is overwritten silently.
 """
 
-
 import json
 import secrets
 import socket
@@ -50,7 +49,9 @@ def serve(
         shown_host = f"[{host}]" if ":" in host else host
         url = f"http://{shown_host}:{sock.getsockname()[1]}/?token={token}"
         print(f"rank in your browser: {url}", file=sys.stderr)
-        print(f"saving into {book.target}; Ctrl-C stops (every answer is saved as it is given)", file=sys.stderr)
+        print(
+            f"saving into {book.target}; Ctrl-C stops (every answer is saved as it is given)", file=sys.stderr
+        )
         sys.stderr.flush()
         config = uvicorn.Config(app_for(book, token), log_level="warning", lifespan="off", access_log=False)
         uvicorn.Server(config).run(sockets=[sock])
@@ -69,7 +70,9 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
     except OSError as exc:
-        raise BadInput(f"cannot listen on {host}:{port}: {exc.strerror or exc}", key="--host/--port") from None
+        raise BadInput(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}", key="--host/--port"
+        ) from None
     sock.listen(64)
     return sock
 
