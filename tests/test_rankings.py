@@ -117,6 +117,7 @@ def test_rankings_and_pairs_become_preference_pairs_and_unranked_rows_are_counte
         "tied_pairs": 1,
         "unranked": 1,
         "skipped": 0,
+        "all_tied": 0,
     }
     by_text = {(p.chosen, p.rejected): p for p in prefs.pairs}
     assert set(by_text) == {("c", "b"), ("c", "d"), ("c", "a"), ("b", "a"), ("d", "a"), ("yes", "no")}
@@ -162,7 +163,7 @@ def test_only_unranked_rows_is_a_clear_refusal() -> None:
 
 
 def test_graded_rows_take_a_rankings_best_tier_as_good_and_worst_as_bad() -> None:
-    graded = graded_of(rows(RANKED, UNRANKED))
+    graded = graded_of(rows(RANKED, UNRANKED)).rows
     assert sorted((g.completion, g.good) for g in graded) == [("a", False), ("c", True)]
     assert all(g.where == "prefs.jsonl:1" for g in graded)
 
@@ -171,13 +172,13 @@ def test_graded_rows_read_explicit_labels_and_refuse_an_unknown_one() -> None:
     labelled = [
         {"prompt": "Q?", "completion": t, "label": v} for t, v in [("a", True), ("b", "bad"), ("c", 1)]
     ]
-    assert [g.good for g in graded_of(rows(*labelled))] == [True, False, True]
+    assert [g.good for g in graded_of(rows(*labelled)).rows] == [True, False, True]
     with pytest.raises(BadInput) as caught:
         graded_of(rows(*labelled, {"prompt": "Q?", "completion": "d", "label": "maybe"}))
     assert "prefs.jsonl:4: 'label' 'maybe' is not good or bad" in str(caught.value)
     assert graded_of(
         rows(*labelled, {"prompt": "Q?", "completion": "d", "label": "maybe"}), skip_bad_rows=True
-    )
+    ).rows
 
 
 def test_graded_rows_need_both_good_and_bad() -> None:

@@ -252,6 +252,40 @@ def test_dry_run_shows_pair_counts_and_writes_nothing(tmp_path: Path) -> None:
     assert sum(result.json()["pairs"].values()) == 6 * 5
 
 
+def three_annotators(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """alice and carol give each row its ranking; bob swaps its last two tiers on odd rows."""
+    out = []
+    for n, row in enumerate(rows):
+        tiers = row.pop("ranking").split(" > ")
+        bob = tiers[:-2] + tiers[-2:][::-1] if n % 2 else tiers
+        row["rankings"] = {"alice": " > ".join(tiers), "bob": " > ".join(bob), "carol": " > ".join(tiers)}
+        out.append(row)
+    return out
+
+
+@pytest.mark.slow
+def test_several_annotators_train_under_majority_and_the_report_sets_their_agreement_beside(
+    tmp_path: Path,
+) -> None:
+    write_jsonl(tmp_path / "train.jsonl", three_annotators(ranking_rows(16)))
+    write_jsonl(tmp_path / "test.jsonl", three_annotators(ranking_rows(6, start=100)))
+    every = run_cli("rlhf", reward_recipe(tmp_path), "--dry-run", "--json", cwd=tmp_path)
+    assert every.code == 0, every.stderr[-3000:]
+    assert every.json()["pairs"] == {"train": 3 * 16 * 5, "test": 3 * 6 * 5}  # aggregate: all
+    path = reward_recipe(tmp_path, data="train: train.jsonl, test: test.jsonl, aggregate: majority")
+    result = run_cli("rlhf", path, "--json", cwd=tmp_path)
+    assert result.code == 0, result.stderr[-3000:]
+    assert result.json()["pairs"] == {"train": 16 * 5, "test": 6 * 5}  # alice and carol outvote bob
+    evaluation = json.loads((tmp_path / "run" / "eval.json").read_text())
+    # 22 rows x 3 annotator pairs x 6 response pairs; bob differs on one response pair of the 11
+    # odd rows, against alice and against carol
+    assert evaluation["annotator_agreement"] == pytest.approx((396 - 22) / 396)
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## People's own agreement" in report and "data.aggregate: majority" in report
+    assert "3 annotators ranked 22 rows in common" in report and "0.944 of the time" in report
+    assert "cannot be expected to agree with people more than they agree with each other" in report
+
+
 @pytest.mark.slow
 def test_sigterm_then_resume_ends_like_an_uninterrupted_run(tmp_path: Path) -> None:
     """RewardTrainer under the shared lifecycle: SIGTERM saves a checkpoint (exit 143), --resume

@@ -19,6 +19,18 @@ from llmtune.recipes.finetune import MethodSpec
 Stage = Literal["reward", "policy", "dpo", "kto", "collect"]
 
 
+class RlhfData(Data):
+    """Where rows come from; rankings may hold several people's answers (`rankings`)."""
+
+    aggregate: Literal["all", "majority", "mean_rank"] = "all"
+    """reward, dpo, kto: how rows ranked by several people (`rankings: {alice: "A > B", bob:
+    "B > A"}`) are combined. all: every annotator's pairs are kept (people who agree count twice;
+    a disagreement gives both directions). majority: a pair is kept when more than half of the
+    row's annotators order it that way (a tie is a vote for neither). mean_rank: the responses
+    are ordered by their mean position over the annotators (equal means tie). A ranking that
+    ties every response gives nothing in every mode (counted)."""
+
+
 class PolicyGeneration(Section):
     """Sampling: the K outputs per prompt of stage collect, and the policy's group during policy."""
 
@@ -78,7 +90,7 @@ class RlhfRecipe(RecipeBase):
     """The policy (stages collect, policy, dpo, kto) or the reward model's base (stage reward)."""
     method: MethodSpec = Field(default_factory=lambda: MethodSpec(type="lora"))
     """How the model is adapted (as in finetune). A LoRA reward model also saves its score head."""
-    data: Data
+    data: RlhfData
     """reward and dpo: pairs (prompt, chosen, rejected) or rankings (prompt, responses, ranking);
     kto: unpaired rows (prompt, completion, label true/false) or rankings; collect and policy:
     prompts (prompt, or a template)."""
@@ -118,6 +130,8 @@ class RlhfRecipe(RecipeBase):
             )
         if self.rewards and self.stage != "policy":
             raise ValueError(f"rewards (rule rewards) are used by stage policy only, not {self.stage}")
+        if self.data.aggregate != "all" and self.stage not in ("reward", "dpo", "kto"):
+            raise ValueError(f"data.aggregate is used by stages reward, dpo and kto, not {self.stage}")
         if self.margin != "none" and self.stage != "reward":
             raise ValueError(f"margin is used by stage reward only, not {self.stage}")
         return self

@@ -99,3 +99,46 @@ def frozen_copy(model: Any) -> Any:
 
 def _src(recipe: RlhfRecipe) -> str | None:
     return str(recipe.source) if recipe.source else None
+
+
+def people_agreement(splits: Splits) -> dict[str, Any] | None:
+    """How much the annotators of the ranking rows agree (all splits together: agreement is about
+    the people, not a split); None when no row is ranked by two people. Bad rows are left out
+    here (the stage itself refuses or counts them)."""
+    from llmtune.data.agreement import agreement_of
+    from llmtune.data.annotators import rankings_of
+    from llmtune.data.rankings import RankingError
+
+    ranked = []
+    for name in ("train", "validation", "test"):
+        rows: Rows = getattr(splits, name)
+        for row, where in zip(rows.rows, rows.where):
+            responses = row.get("responses")
+            if not isinstance(responses, list) or not 2 <= len(responses) <= 26:
+                continue
+            try:
+                ranked.append((where, rankings_of(row, len(responses))))
+            except RankingError:
+                continue
+    found = agreement_of(ranked)
+    return found.summary() if found.pairwise is not None else None
+
+
+def agreement_lines(agreement: dict[str, Any] | None, accuracy: float | None, measure: str) -> list[str]:
+    """report.md's paragraph on the people's own agreement next to the model's `measure`."""
+    if agreement is None:
+        return [
+            "No row is ranked by two people, so their agreement is not known: rank a share of the rows "
+            "with two annotators (`llmtune rank FILE --annotator NAME`) to learn how far a model can go.",
+            "",
+        ]
+    alpha = agreement["krippendorff_alpha_ordinal"]
+    model = f" ({measure} after training: {accuracy:.3f})" if accuracy is not None else ""
+    return [
+        f"{agreement['annotators']} annotators ranked {agreement['shared_rows']} rows in common: two of them "
+        f"order a pair of responses the same way {agreement['pairwise_agreement']:.3f} of the time "
+        f"({agreement['comparisons']} comparisons, ties included); Krippendorff's alpha (ordinal) "
+        f"{'undefined' if alpha is None else f'{alpha:.3f}'}. A model trained on these rankings cannot be "
+        f"expected to agree with people more than they agree with each other{model}.",
+        "",
+    ]

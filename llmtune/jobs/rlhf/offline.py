@@ -29,7 +29,15 @@ from llmtune.console import say
 from llmtune.data.preferences import Preferences, graded_of, preferences_of
 from llmtune.data.readers import Rows
 from llmtune.errors import BadInput
-from llmtune.jobs.rlhf.common import frozen_copy, prompt_text, read_splits, stage_plan, template_of
+from llmtune.jobs.rlhf.common import (
+    agreement_lines,
+    frozen_copy,
+    people_agreement,
+    prompt_text,
+    read_splits,
+    stage_plan,
+    template_of,
+)
 from llmtune.models.loading import LoadedModel, inspect_model, load_model
 from llmtune.models.methods import apply_method
 from llmtune.recipes.rlhf import RlhfRecipe
@@ -54,6 +62,7 @@ class OfflineJob:
         self.recipe = recipe
         self.template = template_of(recipe)
         self.details: dict[str, Any] = {}
+        self.all_tied: dict[str, int] = {}
         self.samples: dict[str, list[dict[str, Any]]] = {}
         self.run_dir: RunDir | None = None
 
@@ -107,6 +116,9 @@ class OfflineJob:
             "rankings": counts["rankings"],
             "pair_rows": counts["pair_rows"],
             "unranked_rows": counts["unranked"],
+            "all_tied_rankings": counts["all_tied"],
+            "aggregate": self.recipe.data.aggregate,
+            "agreement": people_agreement(self.splits),
             "validation_pairs": len(validation.pairs) if validation else 0,
             "test_pairs": len(test.pairs),
             "test_tied_pairs": len(test.ties),
@@ -156,6 +168,9 @@ class OfflineJob:
             "bad": bad,
             "desirable_weight": self.weights[0],
             "undesirable_weight": self.weights[1],
+            "all_tied_rankings": self.all_tied.get("data.train", 0),
+            "aggregate": self.recipe.data.aggregate,
+            "agreement": people_agreement(self.splits),
             "test_rows": len(test["label"]),
             "test_pairs": len(self.held.prompts),
         }
@@ -326,7 +341,8 @@ class OfflineJob:
 
     # --------------------------------------------------------------------- report
     def eval_headline(self, outcome: Outcome) -> Metrics:
-        return measured.top_level(outcome)
+        agreement = self.details.get("agreement") or {}
+        return {**measured.top_level(outcome), "annotator_agreement": agreement.get("pairwise_agreement")}
 
     def report(self, run_dir: RunDir, outcome: Outcome) -> None:
         recipe = self.recipe
@@ -334,7 +350,9 @@ class OfflineJob:
             f"Stage **{recipe.stage}** on `{recipe.model.describe()}` with method `{recipe.method.type}`, "
             f"beta {recipe.beta}; reference: {self.reference_kind()}. {outcome.steps} optimizer steps.",
         ]
-        data = measured.data_lines(recipe.stage, self.details)
+        accuracy = (outcome.test or {}).get("preference_accuracy")
+        data = measured.data_lines(recipe.stage, self.details) + [""]
+        data += agreement_lines(self.details.get("agreement"), accuracy, "preference accuracy")
         samples = self.samples.get("before", []) + self.samples.get("after", [])
         measured.write_report(
             run_dir, outcome, title=f"rlhf {recipe.stage}", about=about, data_lines=data, samples=samples

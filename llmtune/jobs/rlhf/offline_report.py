@@ -209,6 +209,8 @@ def data_lines(stage: str, d: dict[str, Any]) -> list[str]:
             "expanded to every strictly ordered pair",
             f"- {d['tied_pairs']} tied pairs (responses ranked equal): never a preference, not trained on",
             f"- {d['unranked_rows']} rows not ranked yet (empty ranking): skipped",
+            f"- {d['all_tied_rankings']} rankings tie every response: they say nothing, no pair from them",
+            f"- several annotators per row combined by data.aggregate: {d['aggregate']}",
             f"- held out: {d['test_pairs']} pairs ({d['test_tied_pairs']} tied pairs left out)",
         ]
     balanced = (d["desirable_weight"], d["undesirable_weight"]) == (1.0, 1.0)
@@ -217,6 +219,8 @@ def data_lines(stage: str, d: dict[str, Any]) -> list[str]:
         "its worst as bad; middle tiers are not used)",
         f"- desirable_weight {d['desirable_weight']}, undesirable_weight {d['undesirable_weight']}"
         + (" (TRL's defaults)" if balanced else " (unbalanced data, weighted as TRL recommends)"),
+        f"- {d['all_tied_rankings']} rankings tie every response: neither good nor bad, not used",
+        f"- several annotators per row combined by data.aggregate: {d['aggregate']}",
         f"- held out: {d['test_rows']} rows, {d['test_pairs']} good/bad pairs of the same prompt",
     ]
 

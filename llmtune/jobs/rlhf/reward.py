@@ -53,7 +53,7 @@ from llmtune.runs.training import (
 
 HEAD_LABELS = ["reward"]  # the one output's name in config.json (id2label)
 HEADLINE = ("pairwise_accuracy", "pair_gap", "tie_gap", "mean_reward_chosen", "mean_reward_rejected")
-COUNTS = ("rankings", "pair_rows", "pairs", "tied_pairs", "unranked", "skipped")
+COUNTS = ("rankings", "pair_rows", "pairs", "tied_pairs", "unranked", "all_tied", "skipped")
 FEW_TEST_PAIRS = 30  # below this, one pair moves the accuracy by more than 3 points
 
 
@@ -126,7 +126,11 @@ class RewardJob:
         counts = {name: split.counts for name, split in self.data.items()}
         details: dict[str, Any] = {k: {name: c[k] for name, c in counts.items()} for k in COUNTS}
         details.update(
-            margin=self.recipe.margin, epochs=self.training.epochs, learning_rate=self.training.learning_rate
+            margin=self.recipe.margin,
+            epochs=self.training.epochs,
+            learning_rate=self.training.learning_rate,
+            aggregate=recipe.data.aggregate,
+            agreement=common.people_agreement(self.splits),
         )
         skipped = sum(c["skipped"] for c in counts.values())
         return common.stage_plan(
@@ -218,9 +222,11 @@ class RewardJob:
     def eval_headline(self, outcome: Outcome) -> Metrics:
         """SPEC's keys: the held-out pairwise accuracy after and before training."""
         after, before = outcome.test or {}, outcome.test_before or {}
+        agreement = outcome.plan.details.get("agreement") or {}
         return {
             "pairwise_accuracy": after.get("pairwise_accuracy"),
             "pairwise_accuracy_before": before.get("pairwise_accuracy"),
+            "annotator_agreement": agreement.get("pairwise_agreement"),
         }
 
     def report(self, run_dir: RunDir, outcome: Outcome) -> None:
@@ -268,7 +274,13 @@ def read_pairs(recipe: RlhfRecipe, splits: Splits, template: Template | None) ->
         if name != "train" and not rows.rows and getattr(data, name) is None:
             continue  # not asked for (validation), or carved empty (refused by load_splits)
         key = f"data.{name}" if name == "train" or getattr(data, name) is not None else f"data.split.{name}"
-        prefs = preferences_of(rows, skip_bad_rows=data.skip_bad_rows, key=key, prompt_field=template is None)
+        prefs = preferences_of(
+            rows,
+            skip_bad_rows=data.skip_bad_rows,
+            key=key,
+            prompt_field=template is None,
+            aggregate=data.aggregate,
+        )
         out[name] = pair_texts(prefs, template)
     return out
 

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from llmtune.console import markdown_table, say, table
+from llmtune.jobs.rlhf.common import agreement_lines
 from llmtune.recipes.rlhf import RlhfRecipe
 from llmtune.runs.lifecycle import Outcome, warnings_markdown
 from llmtune.runs.rundir import RunDir
@@ -69,7 +70,7 @@ def write_report(recipe: RlhfRecipe, run_dir: RunDir, outcome: Outcome, scored: 
         f"- model: `{plan.model}`",
         f"- trainable parameters: {plan.trainable_params:,} of {plan.total_params:,} "
         f"({100 * plan.trainable_share:.2f}%)",
-        f"- margin: {recipe.margin}",
+        f"- margin: {recipe.margin}; several annotators per row combined by data.aggregate: {recipe.data.aggregate}",
         f"- steps: {outcome.steps}, training time: {outcome.train_seconds:.2f} s on {plan.device}",
         "",
         *warnings_markdown(outcome),
@@ -79,6 +80,11 @@ def write_report(recipe: RlhfRecipe, run_dir: RunDir, outcome: Outcome, scored: 
         "",
         ACCURACY_NOTE,
         "",
+        "## People's own agreement",
+        "",
+        *agreement_lines(
+            plan.details.get("agreement"), (outcome.test or {}).get("pairwise_accuracy"), "pairwise accuracy"
+        ),
         "## Rows and pairs",
         "",
         markdown_table(["split", "rows", *COUNT_COLUMNS], count_rows(plan.details, plan.rows)),
@@ -99,12 +105,12 @@ def write_report(recipe: RlhfRecipe, run_dir: RunDir, outcome: Outcome, scored: 
     run_dir.write_text("report.md", "\n".join(lines) + curves)
 
 
-COUNT_COLUMNS = ["rankings", "pair rows", "pairs", "tied pairs", "unranked", "skipped"]
+COUNT_COLUMNS = ["rankings", "pair rows", "pairs", "tied pairs", "unranked", "all tied", "skipped"]
 
 
 def count_rows(details: dict[str, Any], split_rows: dict[str, int]) -> list[list[Any]]:
     """The report's table of rows -> pairs per split, from the plan's counts."""
-    keys = ("rankings", "pair_rows", "pairs", "tied_pairs", "unranked", "skipped")
+    keys = ("rankings", "pair_rows", "pairs", "tied_pairs", "unranked", "all_tied", "skipped")
     return [[name, split_rows.get(name, 0), *[details[k][name] for k in keys]] for name in details["pairs"]]
 
 
