@@ -36,6 +36,7 @@ from typing import Any
 
 import llmtune.jobs.rlhf.common as common
 import llmtune.jobs.rlhf.policy_report as policy_report
+from llmtune.jobs.rlhf.diversity import diversity_report
 from llmtune.errors import BadInput
 from llmtune.jobs.rlhf.rules import Component, RewardMix, components_of
 from llmtune.models.loading import inspect_model, load_model
@@ -63,6 +64,7 @@ class PolicyJob:
     def __init__(self, recipe: RlhfRecipe) -> None:
         self.recipe = recipe
         self.samples: dict[str, list[dict[str, Any]]] = {}
+        self.diversity: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ preflight
     def preflight(self) -> list[Path]:
@@ -215,13 +217,16 @@ class PolicyJob:
     # --------------------------------------------------------------------- report
     def eval_headline(self, outcome: Outcome) -> Metrics:
         before, after = outcome.test_before or {}, outcome.test or {}
+        answers = {when: [r["response"] for r in self.samples.get(when, [])] for when in ("before", "after")}
+        self.diversity = diversity_report(answers["before"], answers["after"], self.run_dir.path)
         return {
             "mean_reward_before": before.get("mean_reward"),
             "mean_reward_after": after.get("mean_reward"),
+            "diversity": self.diversity,
         }
 
     def report(self, run_dir: RunDir, outcome: Outcome) -> None:
-        policy_report.report(self.recipe, run_dir, outcome, self.samples, self.mix.weights)
+        policy_report.report(self.recipe, run_dir, outcome, self.samples, self.mix.weights, self.diversity)
 
     def headline(self, metrics: Metrics | None) -> Metrics | None:
         if metrics is None:
@@ -230,17 +235,18 @@ class PolicyJob:
 
     def warnings(self, outcome: Outcome) -> list[str]:
         before, after = (outcome.test_before or {}), (outcome.test or {})
+        collapsed = [self.diversity["warning"]] if self.diversity.get("warning") else []
         if (
             "mean_reward" in before
             and "mean_reward" in after
             and after["mean_reward"] <= before["mean_reward"]
         ):
-            return [
+            return collapsed + [
                 f"the mean reward on held-out prompts did not rise ({before['mean_reward']:.4g} before, "
                 f"{after['mean_reward']:.4g} after): train longer, or try another training.learning_rate "
                 "or beta"
             ]
-        return []
+        return collapsed
 
 
 def sample_metrics(rows: list[dict[str, Any]], names: list[str], prompts: int) -> Metrics:

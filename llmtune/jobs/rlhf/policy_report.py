@@ -78,6 +78,40 @@ def example_rows(samples: dict[str, list[dict[str, Any]]]) -> list[list[Any]]:
     ]
 
 
+def diversity_lines(diversity: dict[str, Any]) -> list[str]:
+    """report.md's section on the diversity of the held-out answers and the KL to the reference."""
+    before, after, kl = diversity["before"], diversity["after"], diversity["kl_to_reference"]
+    measures = [
+        ("distinct answers", "distinct_answers"),
+        ("distinct words (distinct-1)", "distinct_1"),
+        ("distinct word pairs (distinct-2)", "distinct_2"),
+        ("share of the most repeated answer", "most_repeated_share"),
+        ("mean length (characters)", "mean_chars"),
+    ]
+    rows = [[label, before.get(key), after.get(key)] for label, key in measures]
+    rows.append(
+        ["most repeated answer", _cell(before["most_repeated"][:60]), _cell(after["most_repeated"][:60])]
+    )
+    logged = (
+        f"TRL logged {kl['first_logged']:.4g} at the first logged step and {kl['last_logged']:.4g} at the last"
+        if kl["last_logged"] is not None
+        else "TRL logged none (beta 0 computes no KL)"
+    )
+    verdict = f"**Warning**: {diversity['warning']}" if diversity["warning"] else "Diversity held."
+    return [
+        "## Diversity of the held-out answers",
+        "",
+        f"{after['answers']} answers before and after. A policy that games its reward model often says "
+        "one thing to everyone: its reward rises while its answers collapse.",
+        "",
+        markdown_table(["measure", "before training", "after training"], rows),
+        f"KL to the reference (the starting policy): 0 before training; {logged}.",
+        "",
+        f"{verdict} The rule: {diversity['rule']}.",
+        "",
+    ]
+
+
 def _cell(text: str) -> str:
     """Model text in a Markdown table cell: quoted, newlines escaped, and `|` kept inside the cell."""
     return repr(text).replace("|", "\\|")
@@ -101,6 +135,7 @@ def report(
     outcome: Outcome,
     samples: dict[str, list[dict[str, Any]]],
     weights: dict[str, float],
+    diversity: dict[str, Any],
 ) -> None:
     """The before/after table on the console, and report.md."""
     columns = ["reward", "weight", "before training", "after training", "change"]
@@ -129,6 +164,7 @@ def report(
         "The total is the weighted sum that training maximises.",
         "",
         markdown_table(columns, rows),
+        *diversity_lines(diversity),
         "## Held-out prompts: a response before and after",
         "",
         markdown_table(
