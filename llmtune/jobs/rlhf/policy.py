@@ -36,8 +36,8 @@ from typing import Any
 
 import llmtune.jobs.rlhf.common as common
 import llmtune.jobs.rlhf.policy_report as policy_report
-from llmtune.jobs.rlhf.diversity import diversity_report
 from llmtune.errors import BadInput
+from llmtune.jobs.rlhf.diversity import diversity_report
 from llmtune.jobs.rlhf.rules import Component, RewardMix, components_of
 from llmtune.models.loading import inspect_model, load_model
 from llmtune.recipes.common import Training
