@@ -158,6 +158,13 @@ def test_grpo_raises_the_mean_reward_of_an_easy_rule(tmp_path: Path) -> None:
     assert "| total (weighted sum) |" in report and "| regex | 1 |" in report
     assert "## Held-out prompts: a response before and after" in report
     assert report.count("'Tell ") == 5  # five held-out prompts, each with both responses
+    # diversity of the held-out answers, and the KL TRL logged, in eval.json and report.md
+    diversity = evaluation["diversity"]
+    answers = {when: {r["response"] for r in rows if r["phase"] == when} for when in ("before", "after")}
+    assert diversity["before"]["distinct_answers"] <= len(answers["before"])
+    assert diversity["after"]["answers"] == 24 and diversity["kl_to_reference"]["last_logged"] == kls[-1]
+    assert "## Diversity of the held-out answers" in report and diversity["rule"] in report
+    assert (diversity["warning"] is None) == ("Diversity held." in report)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
