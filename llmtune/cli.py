@@ -393,42 +393,20 @@ def rank(
     ] = None,
     revisit: Annotated[bool, typer.Option("--all", help="Also revisit rows ranked before.")] = False,
     annotator: Annotated[
-        Optional[str],
-        typer.Option(
-            "--annotator",
-            metavar="NAME",
-            help="Who ranks: answers go into the row's rankings[NAME] (several people per row).",
-        ),
+        Optional[str], typer.Option(metavar="NAME", help="Who ranks: answers go into the row's rankings[NAME].")
     ] = None,
-    web: Annotated[
-        bool, typer.Option("--web", help="Rank in a browser page served on this machine.")
-    ] = False,
-    host: Annotated[
-        str,
-        typer.Option(
-            "--host",
-            metavar="ADDRESS",
-            help="--web: address to listen on (not 127.0.0.1: the token is required).",
-        ),
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="--web: port (0: a free one).")] = 0,
-    stats: Annotated[
-        bool, typer.Option("--stats", help="Print per-annotator counts and agreement (Krippendorff's alpha).")
-    ] = False,
+    web: Annotated[bool, typer.Option(help="Rank in a browser page served by this process.")] = False,
+    host: Annotated[str, typer.Option(metavar="ADDRESS", help="--web: address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="--web: port (0: a free one).")] = 0,
+    stats: Annotated[bool, typer.Option(help="Print per-annotator counts and their agreement.")] = False,
 ) -> None:
     """People rank collected outputs (C > B = D > A) in a terminal or a browser; each answer is
     saved at once, a rerun continues. --stats: how much the annotators agree."""
     previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGTERM, signal.SIGINT)}
-    job = importlib.import_module("llmtune.jobs.rank")
     try:
-        if stats:
-            importlib.import_module("llmtune.jobs.rank.stats").print_stats(candidates)
-        elif web:
-            importlib.import_module("llmtune.jobs.rank.web").serve(
-                candidates, output, annotator=annotator, host=host, port=port
-            )
-        else:
-            job.run_rank(candidates, output, revisit=revisit, annotator=annotator)
+        importlib.import_module("llmtune.jobs.rank").main(
+            candidates, output, revisit=revisit, annotator=annotator, web=web, host=host, port=port, stats=stats
+        )
     except (BadInput, LockHeld) as exc:
         _fail(str(exc), EXIT_BAD_INPUT if isinstance(exc, BadInput) else EXIT_LOCKED)
     except (Interrupted, KeyboardInterrupt) as exc:

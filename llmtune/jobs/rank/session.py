@@ -18,39 +18,11 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from llmtune.console import shown
 from llmtune.data.rankings import RankingError, letters
-
-if TYPE_CHECKING:
-    from llmtune.jobs.rank import Candidates
-
-
-@dataclass
-class Candidate:
-    """One row to rank (checked when the file was read): its parsed JSON and where it is."""
-
-    data: dict[str, Any]
-    line: int
-    """1-based line number in the file."""
-    index: int
-    """Index of its line among the file's lines (blank ones included)."""
-
-    def ranking_by(self, annotator: str | None) -> str:
-        """The row's ranking by `annotator` (None: its single `ranking` field); "" if none."""
-        if annotator is None:
-            text = self.data.get("ranking")
-        else:
-            text = (self.data.get("rankings") or {}).get(annotator)
-        return text.strip() if isinstance(text, str) else ""
-
-    @property
-    def name(self) -> str:
-        """The row's id, or its line when it has none."""
-        return str(self.data["id"]) if "id" in self.data else f"line {self.line}"
-
+from llmtune.jobs.rank.book import Candidate, Candidates
 
 ASK = "ranking (e.g. C > B = D > A), t all tied, s skip, b back, q quit, ? help: "
 HELP = """\
@@ -152,7 +124,7 @@ def _show(row: Candidate, counter: str, current: str) -> None:
     lines = [
         "",
         f"{escape(counter)} {shown(row.name)}",
-        _wrap(shown(_prompt_text(row.data["prompt"])), width, ""),
+        _wrap(shown(prompt_text(row.data["prompt"])), width, ""),
         "",
     ]
     for letter, text in zip(letters(len(row.data["responses"])), row.data["responses"]):
@@ -171,7 +143,7 @@ def _print(text: str) -> None:
     sys.stdout.flush()
 
 
-def _prompt_text(prompt: object) -> str:
+def prompt_text(prompt: object) -> str:
     """A prompt as a person reads it: its text, or a chat's turns one per line."""
     if isinstance(prompt, str):
         return prompt

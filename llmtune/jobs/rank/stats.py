@@ -7,7 +7,7 @@ from pathlib import Path
 from llmtune.console import shown
 from llmtune.data.agreement import agreement_of
 from llmtune.data.annotators import all_tied, rankings_of
-from llmtune.jobs.rank import read_rows
+from llmtune.jobs.rank.book import read_rows
 
 
 def print_stats(candidates: Path) -> dict[str, object]:

@@ -25,8 +25,8 @@ from llmtune.data.annotators import check_annotator
 from llmtune.data.rankings import RankingError, letters
 from llmtune.errors import BadInput, LockHeld
 from llmtune.inference.journal import signals_held
-from llmtune.jobs.rank import Candidates, Stale, open_book
-from llmtune.jobs.rank.session import _prompt_text
+from llmtune.jobs.rank.book import Candidates, Stale, open_book
+from llmtune.jobs.rank.session import prompt_text
 
 PAGE = Path(__file__).with_name("page.html")
 TOKEN_HEADER = "x-llmtune-token"
@@ -140,7 +140,7 @@ def app_for(book: Candidates, token: str) -> Any:
                 "n": n,
                 "name": item.name,
                 "line": item.line,
-                "prompt": _prompt_text(item.data["prompt"]),
+                "prompt": prompt_text(item.data["prompt"]),
                 "responses": responses,
                 "letters": letters(len(responses)),
                 "ranking": book.ranking(item, who),
