@@ -243,14 +243,17 @@ def test_a_second_tab_gets_a_clear_message_instead_of_overwriting(browser, serve
     assert rows_of(cands)[0]["ranking"] == "C > B > A"
 
 
-def test_a_reload_continues_at_the_next_unranked_row(browser, server, cands) -> None:
-    page = open_page(browser, server)
+def test_a_reload_continues_at_the_next_unranked_row_under_the_name_given_once(
+    browser, server, cands
+) -> None:
+    page = open_page(browser, server, name="alice")
     type_answer(page, "abc")
     page.reload()  # the name was asked once: it is remembered
     page.wait_for_selector("#ranking:not([hidden])")
+    assert page.is_hidden("#name-form") and page.text_content("#who") == "alice"
     assert page.text_content("#row-name").startswith("r2")
     assert "1 of 3 ranked" in page.text_content("#progress")
-    assert rows_of(cands)[0]["ranking"] == "A > B > C"
+    assert rows_of(cands)[0]["rankings"] == {"alice": "A > B > C"} and rows_of(cands)[0]["ranking"] == ""
 
 
 def test_html_and_script_in_a_response_are_shown_as_text(browser, server, cands) -> None:
