@@ -396,20 +396,17 @@ def rank(
         Optional[str],
         typer.Option(metavar="NAME", help="Who ranks: answers go into the row's rankings[NAME]."),
     ] = None,
-    web: Annotated[
-        bool, typer.Option("--web", help="Rank in a browser page served by this process.")
-    ] = False,
+    web: Annotated[bool, typer.Option("--web", help="Rank in a browser page on this machine.")] = False,
     host: Annotated[str, typer.Option(metavar="ADDRESS", help="--web: address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="--web: port (0: a free one).")] = 0,
-    stats: Annotated[
-        bool, typer.Option("--stats", help="Print per-annotator counts and their agreement.")
-    ] = False,
+    stats: Annotated[bool, typer.Option("--stats", help="Print each annotator's counts, agreement.")] = False,
 ) -> None:
     """People rank collected outputs (C > B = D > A) in a terminal or a browser; each answer is
     saved at once, a rerun continues. --stats: how much the annotators agree."""
     previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        importlib.import_module("llmtune.jobs.rank").main(
+        job = importlib.import_module("llmtune.jobs.rank")
+        job.main(
             candidates,
             output,
             revisit=revisit,
