@@ -120,7 +120,7 @@ class Judge(Section):
     max_new_tokens: int = Field(16, ge=1)
     """Tokens the judge may generate per reply."""
     stop: list[str] = Field(default_factory=list)
-    """Texts that end a reply (e.g. "\\n")."""
+    """Texts that end a reply, e.g. a line break."""
 
     @field_validator("scale")
     @classmethod
