@@ -49,8 +49,12 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         # in for real ones; put e.g. {path: Qwen/Qwen2.5-0.5B-Instruct} in their place
         "name": "translation-prompts",
         "models": {
-            "small": {"scratch": {"architecture": "llama", "hidden_size": 32, "num_layers": 2, "num_heads": 2}},
-            "wider": {"scratch": {"architecture": "llama", "hidden_size": 64, "num_layers": 2, "num_heads": 4}},
+            "small": {
+                "scratch": {"architecture": "llama", "hidden_size": 32, "num_layers": 2, "num_heads": 2}
+            },
+            "wider": {
+                "scratch": {"architecture": "llama", "hidden_size": 64, "num_layers": 2, "num_heads": 4}
+            },
         },
         "data": {
             "test": "data/translation/test.jsonl",
@@ -73,7 +77,9 @@ EXAMPLES: dict[str, dict[str, Any]] = {
             {"type": "regex", "value": "\\pL", "name": "has_letters"},
         ],
         "judge": {
-            "model": {"scratch": {"architecture": "llama", "hidden_size": 32, "num_layers": 2, "num_heads": 2}},
+            "model": {
+                "scratch": {"architecture": "llama", "hidden_size": 32, "num_layers": 2, "num_heads": 2}
+            },
             "rubric": "5: the meaning is fully kept and reads naturally; 1: the meaning is lost.",
             "scale": [1, 5],
         },
