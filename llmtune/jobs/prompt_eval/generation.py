@@ -33,15 +33,14 @@ def check_judge_inputs(recipe: PromptEvalRecipe, rows: Rows) -> None:
         return
     template = judging.judge_template(recipe.judge)
     template.check_fields(set(rows.rows[0]), file=rows.where[0], extra=JUDGE_FIELDS)
-    if "human_score" in recipe.data.columns:
-        for row, where in zip(rows.rows, rows.where):
-            if row.get("human_score") is not None and not isinstance(row.get("completion"), str):
-                raise BadInput(
-                    "the row has a human_score but no completion (the text the people scored); "
-                    "map it with data.columns.completion",
-                    file=where,
-                    key="data.columns.human_score",
-                )
+    for row, where in zip(rows.rows, rows.where):
+        if row.get("human_score") is not None and not isinstance(row.get("completion"), str):
+            raise BadInput(
+                "the row has a human_score but no completion (the text the people scored); "
+                "map it with data.columns.completion",
+                file=where,
+                key="data.columns.human_score",
+            )
 
 
 def finish_free_text(

@@ -145,6 +145,8 @@ def _plan(
         },
         "prompts": {name: _describe_prompt(spec) for name, spec in recipe.prompts.items()},
         "pairs": len(recipe.models) * len(recipe.prompts),
+        **({"assertions": [a.label for a in recipe.assertions]} if recipe.assertions else {}),
+        **({"judge": recipe.judge.model.describe()} if recipe.judge else {}),
     }
 
 
