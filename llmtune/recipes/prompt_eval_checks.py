@@ -76,9 +76,22 @@ class Assertion(Section):
         return self.name or self.type
 
 
+INSTALL = "pip install 'llmtune[eval]'"
+
+
+def require(module: str, package: str) -> Any:
+    """Import an optional package of the `eval` extra, or ValueError saying how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ValueError(f"needs the {package} package: {INSTALL}") from None
+
+
 def check_regex(pattern: str) -> None:
     """ValueError unless RE2 compiles `pattern` (RE2 refuses what could take exponential time)."""
-    import re2
+    re2 = require("re2", "google-re2")
 
     try:
         re2.compile(pattern)
@@ -90,7 +103,7 @@ def check_regex(pattern: str) -> None:
 
 def check_json_schema(schema: dict[str, Any]) -> None:
     """ValueError unless `schema` is a valid JSON Schema (for its declared draft, else the latest)."""
-    import jsonschema
+    jsonschema = require("jsonschema", "jsonschema")
 
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)

@@ -25,7 +25,7 @@ from llmtune.inference.vllm_engine import require_vllm, vllm_engine
 from llmtune.jobs.prompt_eval.generation import check_judge_inputs, finish_free_text
 from llmtune.jobs.prompt_eval.measures import annotate, classification_measures, one_class_warning, values
 from llmtune.jobs.prompt_eval.prompts import PromptBuilder, chat_prompt
-from llmtune.jobs.prompt_eval.references import signatures
+from llmtune.jobs.prompt_eval.references import require_scorers, signatures
 from llmtune.jobs.prompt_eval.report import evaluate_gate, print_table, write_outputs
 from llmtune.jobs.prompt_eval.scoring import normalise, pair_metrics, score_prompts, scoring_method
 from llmtune.jobs.prompt_eval.statistics import Measure
@@ -46,6 +46,8 @@ def run(recipe: PromptEvalRecipe, options: JobOptions) -> dict[str, Any]:
     try:
         if recipe.engine == "vllm":
             require_vllm()
+        if recipe.task == "free_text":
+            require_scorers()
         gates = parse_gates(
             options.fail_under, gate_metrics(recipe), recipe.slices, defaults=recipe.fail_under
         )

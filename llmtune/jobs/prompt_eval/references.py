@@ -36,6 +36,18 @@ def hypothesis(output: str, pattern: str | None) -> str:
     return output.strip()
 
 
+def require_scorers() -> None:
+    """BadInput (exit 2, before anything is written) when sacrebleu or rouge-score is missing."""
+    from llmtune.errors import BadInput
+    from llmtune.recipes.prompt_eval_checks import require
+
+    for module, package in (("sacrebleu", "sacrebleu"), ("rouge_score", "rouge-score")):
+        try:
+            require(module, package)
+        except ValueError as exc:
+            raise BadInput(f"task free_text {exc}", key="task") from None
+
+
 def corpus_metric(name: str) -> Any:
     """sacrebleu's metric object for chrf or bleu, with its default settings."""
     from sacrebleu.metrics import BLEU, CHRF
