@@ -8,7 +8,7 @@ comparison of zeros. Steps:
 1. `llmtune finetune` the tiny model on data/translation (prompt "SOURCE\\nLANGUAGE:");
 2. `llmtune prompt-eval` (the CLI) with two models x two prompts, slices, assertions;
 3. for every pair, the `hypothesis` and `gold` fields of predictions.jsonl are written to text
-   files and scored by the `sacrebleu` command-line tool (`sacrebleu REF -i HYP -m bleu chrf`);
+   files and scored by the `sacrebleu` command-line tool (`sacrebleu REF -i HYP -m bleu chrf -w 4`);
    its scores are compared with results.json's chrf and bleu (x 100), and its signatures with
    results.json's.
 Writes bench/results/prompt_eval_generation.md (with the run's table, intervals and paired tests).
@@ -155,12 +155,12 @@ def render(args: Any, results: dict, report: str, hand: dict, load: tuple, secon
         name = f"{pair['model']} x {pair['prompt']}"
         ours = {m: 100 * pair["metrics"][m] for m in ("chrf", "bleu")}
         theirs = {"chrf": hand[name]["chrF2"]["score"], "bleu": hand[name]["BLEU"]["score"]}
-        # the CLI prints scores rounded to 1 decimal (its default width)
-        diff = max(abs(round(ours[m], 1) - theirs[m]) for m in ours)
+        # the CLI prints scores rounded to `-w 4` decimals
+        diff = max(abs(round(ours[m], 4) - theirs[m]) for m in ours)
         worst = max(worst, diff)
         rows.append(
-            f"| {name} | {ours['chrf']:.4f} | {theirs['chrf']:.1f} | {ours['bleu']:.4f} | {theirs['bleu']:.1f} "
-            f"| {'equal' if diff < 1e-9 else f'DIFFERENT by {diff:.2f}'} |"
+            f"| {name} | {ours['chrf']:.4f} | {theirs['chrf']:.4f} | {ours['bleu']:.4f} | {theirs['bleu']:.4f} "
+            f"| {'equal' if diff < 1e-9 else f'DIFFERENT by {diff:.4f}'} |"
         )
     first = next(iter(hand.values()))
     signature_rows = [
@@ -183,10 +183,10 @@ def render(args: Any, results: dict, report: str, hand: dict, load: tuple, secon
         f"{args.steps} steps on the 36 rows of data/translation (it has seen these rows: a memorisation "
         "demo, not a translation result), and the same architecture untrained. Every pair's hypotheses "
         "(`hypothesis` in predictions.jsonl) and references (`gold`) are written to text files and scored "
-        "by the `sacrebleu` command-line tool (`sacrebleu REF -i HYP -m bleu chrf`, which prints 1 decimal).",
+        "by the `sacrebleu` command-line tool (`sacrebleu REF -i HYP -m bleu chrf -w 4`: 4 decimals).",
         "",
         "| pair | llmtune chrF x 100 | sacrebleu CLI chrF | llmtune BLEU x 100 | sacrebleu CLI BLEU | "
-        "agreement (llmtune rounded to 1 decimal) |",
+        "agreement (llmtune rounded to 4 decimals) |",
         "|---|---|---|---|---|---|",
         *rows,
         "",

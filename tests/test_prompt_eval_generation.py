@@ -291,3 +291,13 @@ def test_a_gate_on_an_assertion_the_recipe_lacks_is_refused_by_the_cli(tmp_path:
     result = run_cli("prompt-eval", path, "--fail-under", "pass_rate:is_json=0.9")
     assert_bad_input(result, "--fail-under", "cannot gate on 'pass_rate:is_json'", "pass_rate:no_shrug")
     assert not (tmp_path / "out").exists()
+
+
+def test_people_s_scores_need_the_text_they_scored(tmp_path: Path) -> None:
+    write_jsonl(
+        tmp_path / "rows.jsonl", [{"source": "a b", "reference": "c d", "language": "x", "human_score": 3}]
+    )
+    path = write(tmp_path / "eval.yaml", RECIPE.replace(", completion: candidate", ""))
+    result = invoke("prompt-eval", path)
+    assert_bad_input(result, "rows.jsonl:1", "human_score but no completion")
+    assert not (tmp_path / "out").exists()

@@ -47,11 +47,17 @@ def comparison_rows(comparisons: list[dict[str, Any]], metrics: list[str] | None
                 f"{c['difference']:+.4f}",
                 f"[{span[0]:+.4f}, {span[1]:+.4f}]" if span else "-",
                 c["test"] + (f" ({c['only_a']} vs {c['only_b']} rows)" if "only_a" in c else ""),
-                "-" if p is None else f"{p:.4f}",
+                _p(p),
                 f"**{SIGNIFICANT}**" if c["significant"] else "no",
             ]
         )
     return out
+
+
+def _p(p: float | None) -> str:
+    if p is None:
+        return "-"
+    return f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"
 
 
 COMPARISON_COLUMNS = ["a", "b", "metric", "a - b", "interval of a - b", "test", "p", "larger than noise"]
