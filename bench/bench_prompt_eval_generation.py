@@ -110,6 +110,8 @@ def by_hand(run: Path) -> dict[str, dict[str, Any]]:
             "-m",
             "bleu",
             "chrf",
+            "-w",
+            "4",
             "-f",
             "json",
         ]
