@@ -246,14 +246,15 @@ def report(
             ],
         ),
     ]
-    lines += [
-        "Precision, recall and F1 are macro averages. Sequence-classification models are scored by their "
-        "head's probabilities (the prompt only shapes the text they read); causal LMs by "
-        f"`{recipe.scoring}`. A bare encoder (no trained head) gets a new, untrained head: chance level.",
-        "",
-    ]
     if results["task"] == "free_text":
         lines += generation_markdown(results)
+    else:
+        lines += [
+            "Precision, recall and F1 are macro averages. Sequence-classification models are scored by "
+            "their head's probabilities (the prompt only shapes the text they read); causal LMs by "
+            f"`{recipe.scoring}`. A bare encoder (no trained head) gets a new, untrained head: chance level.",
+            "",
+        ]
     if examples:
         lines += ["## What the model reads (first row)", ""]
         for name, text in examples.items():
