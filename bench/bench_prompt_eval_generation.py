@@ -166,10 +166,11 @@ def render(args: Any, results: dict, report: str, hand: dict, load: tuple, secon
         )
     first = next(iter(hand.values()))
     signature_rows = [
-        f"| {m} | `{results['signatures'][m]}` | `{first[cli]['signature']}` |"
+        f"- {m}: llmtune (results.json) `{results['signatures'][m]}`, sacrebleu CLI `{first[cli]['signature']}`"
         for m, cli in (("chrf", "chrF2"), ("bleu", "BLEU"))
     ]
     section = report.split("## chrf (rows", 1)[1].split("## All pairs", 1)[0]
+    section = "\n".join(line for line in section.splitlines() if not line.startswith("!["))  # no chart here
     lines = [
         "# prompt-eval generation metrics against sacrebleu by hand",
         "",
@@ -192,8 +193,8 @@ def render(args: Any, results: dict, report: str, hand: dict, load: tuple, secon
         "|---|---|---|---|---|---|",
         *rows,
         "",
-        "| metric | llmtune's signature (results.json) | sacrebleu CLI's signature |",
-        "|---|---|---|",
+        "Signatures:",
+        "",
         *signature_rows,
         "",
         f"Largest difference: {worst:.2g}.",

@@ -43,6 +43,7 @@ def main() -> None:
     report = (RUN / "report.md").read_text()
     manifest = json.loads((RUN / "manifest.json").read_text())
     tables = report.split("## accuracy (rows", 1)[1].split("## All pairs", 1)[0]
+    tables = "\n".join(line for line in tables.splitlines() if not line.startswith("!["))  # no chart here
     info = Path("/proc/cpuinfo").read_text().splitlines()
     cpu = next(x.split(":", 1)[1].strip() for x in info if "model name" in x)
     flags = next(x.split(":", 1)[1].split() for x in info if x.startswith("flags"))
