@@ -192,12 +192,12 @@ def write_chart(
         ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=8, label_type="center")
     if chance is not None:
         ax.axhline(chance[0], color="grey", linestyle="--", linewidth=1)
-        ax.text(len(prompts) - 0.5, chance[0], chance[1], fontsize=7, ha="right", va="bottom", color="grey")
+        ax.text(-0.45, chance[0], chance[1], fontsize=7, ha="left", va="bottom", color="grey")
     ax.set_xticks(range(len(prompts)), prompts)
     ax.set_ylim(0, top * 1.18)
     ax.set_ylabel(metric)
     level = f"{100 * recipe.statistics.confidence:g}%"
-    ax.set_title(f"{recipe.name}: {metric} per prompt and model ({level} intervals)", fontsize=10)
+    ax.set_title(f"{recipe.name}: {metric} per prompt and model\n(error bars: {level} intervals)", fontsize=9)
     ax.legend(fontsize=8, loc="upper center", ncols=len(models), frameon=False)
     fig.tight_layout()
     fig.savefig(run_dir.path / CHART, dpi=110)
