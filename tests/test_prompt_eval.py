@@ -173,7 +173,7 @@ def test_free_text_answers_get_exact_match_and_contains(fruits: Path) -> None:
     assert result.code == 0, result.stderr[-3000:]
     rows = read_predictions(fruits / "out")
     metrics = json.loads((fruits / "out" / "results.json").read_text())["pairs"][0]["metrics"]
-    assert set(metrics) == {"exact_match", "contains", "n"}
+    assert set(metrics) == {"exact_match", "contains", "chrf", "bleu", "rouge_l", "n"}
     assert metrics["exact_match"] == pytest.approx(sum(r["correct"] for r in rows) / len(rows))
     contains = [r["gold"] in (r["prediction"] or "") for r in rows]  # predictions are normalised
     assert metrics["contains"] == pytest.approx(sum(contains) / len(rows))

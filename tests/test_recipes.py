@@ -164,11 +164,11 @@ def test_starter_writes_multiline_templates_as_blocks_that_read_back_exactly(tmp
     from llmtune.recipes.starter import EXAMPLES
 
     text = starter_recipe("prompt-eval", RECIPE_KINDS["prompt-eval"])
-    assert "    example_template: |" in text and "\\n" not in text
+    assert "    template: |" in text and "\\n" not in text
     recipe = load_recipe(write(tmp_path / "pe.yaml", text))
-    expected = EXAMPLES["prompt-eval"]["prompts"]["few_shot"]
-    assert recipe.prompts["few_shot"].example_template == expected["example_template"]
-    assert recipe.prompts["few_shot"].template == expected["template"]
+    expected = EXAMPLES["prompt-eval"]["prompts"]["instructed"]
+    assert recipe.prompts["instructed"].template == expected["template"]
+    assert recipe.judge is not None and "\n" in recipe.judge.template  # the default, as a block
 
 
 def test_a_list_of_paths_prints_and_records_as_a_list(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ CANONICAL_FIELDS = (
     "rejected",
     "responses",
     "ranking",
+    "human_score",
 )
 
 
@@ -246,7 +247,8 @@ class Data(Section):
     columns: dict[str, str] = Field(default_factory=dict)
     """Canonical field -> column name in your files, when they differ, e.g. {id: review_id,
     text: review, label: sentiment}. Fields: id (the row id, kept in predictions), text, label,
-    prompt, completion, messages, chosen, rejected, responses, ranking."""
+    prompt, completion, messages, chosen, rejected, responses, ranking, human_score (prompt-eval's
+    judge: a person's score of the completion)."""
     template: str | None = None
     """Sandboxed Jinja2 template over the row's fields that builds the model input."""
     max_length: int = Field(512, ge=8)

@@ -9,11 +9,12 @@ from pydantic import Field, field_validator, model_validator
 
 from llmtune.recipes.common import Data, ModelRef, RecipeBase, RecipePath, Section
 from llmtune.recipes.engines import VllmSettings
+from llmtune.recipes.prompt_eval_checks import Assertion, Judge, Statistics
 from llmtune.slices import recipe_gates
 
-Metric = Literal["accuracy", "precision", "recall", "f1", "invalid_rate", "exact_match", "contains"]
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "invalid_rate")
-FREE_TEXT_METRICS = ("exact_match", "contains")
+REFERENCE_METRICS = ("exact_match", "contains", "chrf", "bleu", "rouge_l")
+FREE_TEXT_METRICS = (*REFERENCE_METRICS, "pass_rate", "judge_score")
 
 
 def template_variables(source: str) -> set[str] | None:
@@ -78,8 +79,9 @@ class PromptEvalRecipe(RecipeBase):
     """The labelled rows scored (data.test, or carved from data.train by split); train is the default
     example pool."""
     task: Literal["classification", "free_text"] = "classification"
-    """classification: the answer is one of `labels`; free_text: any text, compared to the gold answer
-    (in the label field) by exact_match and contains (needs scoring: generate)."""
+    """classification: the answer is one of `labels`; free_text: generated text, compared to the gold
+    answer (in the label field) by exact_match, contains, chrF, BLEU and ROUGE-L, checked by
+    `assertions` and scored by a `judge` (needs scoring: generate)."""
     labels: list[str] | None = None
     """Label names; inferred from the scored rows when omitted."""
     prompts: dict[str, PromptSpec]
@@ -99,9 +101,20 @@ class PromptEvalRecipe(RecipeBase):
     """generate: regex searched in the output; its first group (or the whole match) is the answer."""
     max_new_tokens: int = Field(16, ge=1)
     """generate: tokens generated per row."""
-    metrics: list[Metric] = Field(default_factory=lambda: ["accuracy", "precision", "recall", "f1"])
-    """Metrics shown in the table and chart; the first ranks the pairs. free_text default:
-    [exact_match, contains]."""
+    metrics: list[str] = Field(default_factory=lambda: ["accuracy", "precision", "recall", "f1"])
+    """Metrics shown in the table and chart, each with its interval and paired tests; the first ranks
+    the pairs. classification: accuracy, precision, recall, f1, invalid_rate. free_text: exact_match,
+    contains, chrf, bleu, rouge_l (0-1; chrf and bleu are sacrebleu's score / 100), pass_rate (every
+    assertion passes), pass_rate:NAME (one assertion), judge_score. free_text default: chrf, bleu,
+    rouge_l, exact_match, then pass_rate and judge_score when there are assertions and a judge."""
+    assertions: list[Assertion] = Field(default_factory=list)
+    """free_text: checks on every output, e.g. [{type: is_json}, {type: max_length, value: 200}]."""
+    judge: Judge | None = None
+    """free_text: a model that scores every output by a rubric; with data.columns.human_score (and a
+    completion column: the text people scored) its agreement with people is reported too."""
+    statistics: Statistics = Field(default_factory=Statistics)
+    """Intervals (Wilson for proportions, bootstrap for the rest) and paired tests between prompts and
+    models on the same rows (McNemar for proportions, paired bootstrap for the rest)."""
     model_heads: dict[str, Literal["causal_lm", "classification"]] = Field(default_factory=dict)
     """Force a model's head by name; default: from its config (a sequence classifier or a bare encoder
     is scored by its classification head, anything else as a causal LM)."""
@@ -160,17 +173,29 @@ class PromptEvalRecipe(RecipeBase):
             if self.scoring != "generate":
                 raise ValueError("task free_text needs scoring: generate (there are no labels to score)")
             if "metrics" not in self.model_fields_set:
-                self.metrics = list(FREE_TEXT_METRICS)
-        allowed = CLASSIFICATION_METRICS if self.task == "classification" else FREE_TEXT_METRICS
+                self.metrics = ["chrf", "bleu", "rouge_l", "exact_match"]
+                self.metrics += ["pass_rate"] * bool(self.assertions) + ["judge_score"] * bool(self.judge)
+        elif self.assertions or self.judge:
+            raise ValueError("assertions and judge check generated text: they need task: free_text")
+        names = [a.label for a in self.assertions]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"assertions {twice} share a name; give each a distinct name")
+        allowed = gate_metrics(self)
         wrong = [m for m in self.metrics if m not in allowed]
         if wrong:
-            raise ValueError(f"metrics {wrong} do not apply to task {self.task}; use some of {list(allowed)}")
+            raise ValueError(f"metrics {wrong} do not apply to this recipe; use some of {list(allowed)}")
         if len(set(self.slices)) != len(self.slices):
             raise ValueError(f"slices {self.slices} name a column twice")
-        recipe_gates(self.fail_under, gate_metrics(self.task), self.slices)
+        recipe_gates(self.fail_under, allowed, self.slices)
         return self
 
 
-def gate_metrics(task: str) -> tuple[str, ...]:
-    """The metrics a quality gate may name for `task` (the gate refuses lower-is-better ones)."""
-    return CLASSIFICATION_METRICS if task == "classification" else FREE_TEXT_METRICS
+def gate_metrics(recipe: PromptEvalRecipe) -> tuple[str, ...]:
+    """The metrics the recipe measures, which its table and a quality gate may name (pass rates only
+    with assertions, judge_score only with a judge; gates refuse lower-is-better ones)."""
+    if recipe.task == "classification":
+        return CLASSIFICATION_METRICS
+    names = [a.label for a in recipe.assertions]
+    checks = ["pass_rate", *(f"pass_rate:{n}" for n in names)] if names else []
+    return (*REFERENCE_METRICS, *checks, *(["judge_score"] if recipe.judge else []))

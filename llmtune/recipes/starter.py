@@ -45,23 +45,46 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "output": {"path": "out/labels.jsonl", "errors": "out/labels.errors.jsonl"},
     },
     "prompt-eval": {
-        "name": "sentiment-prompts",
-        "models": {"base": {"path": "Qwen/Qwen2.5-0.5B-Instruct"}},
-        "data": {
-            "test": "data/test.jsonl",
-            "train": "data/train.jsonl",
-            "columns": {"text": "review", "label": "sentiment"},
-        },
-        "labels": ["negative", "positive"],
-        "prompts": {
-            "zero_shot": {"template": "Review: {{ text }}\nSentiment:"},
-            "few_shot": {
-                "template": "{{ examples }}Review: {{ text }}\nSentiment:",
-                "shots": 4,
-                "example_template": "Review: {{ text }}\nSentiment: {{ label }}\n\n",
-                "selection": "balanced",
+        # a generation eval that runs offline as it is: tiny scratch models (random weights) stand
+        # in for real ones; put e.g. {path: Qwen/Qwen2.5-0.5B-Instruct} in their place
+        "name": "translation-prompts",
+        "models": {
+            "small": {
+                "scratch": {"architecture": "llama", "hidden_size": 32, "num_layers": 2, "num_heads": 2}
+            },
+            "wider": {
+                "scratch": {"architecture": "llama", "hidden_size": 64, "num_layers": 2, "num_heads": 4}
             },
         },
+        "data": {
+            "test": "data/translation/test.jsonl",
+            "columns": {"text": "source", "label": "reference", "completion": "candidate"},
+        },
+        "task": "free_text",
+        "scoring": "generate",
+        "max_new_tokens": 24,
+        "prompts": {
+            "plain": {"template": "{{ text }}\n{{ language_name }}:"},
+            "instructed": {
+                "template": "Translate from English into {{ language_name }}.\nEnglish: {{ text }}\n"
+                "{{ language_name }}:"
+            },
+        },
+        "metrics": ["chrf", "bleu", "rouge_l", "exact_match", "pass_rate", "judge_score"],
+        "assertions": [
+            {"type": "max_length", "value": 120},
+            {"type": "not_contains", "value": "English:", "name": "no_echo"},
+            {"type": "regex", "value": "\\pL", "name": "has_letters"},
+        ],
+        "judge": {
+            "model": {
+                "scratch": {"architecture": "llama", "hidden_size": 32, "num_layers": 2, "num_heads": 2}
+            },
+            "rubric": "5: the meaning is fully kept and reads naturally; 1: the meaning is lost.",
+            "scale": [1, 5],
+        },
+        "slices": ["language"],
+        "fail_under": {"chrf@language": 0.4, "pass_rate:no_echo": 0.95},
     },
     "distill": {
         "name": "sentiment-distilled",
@@ -142,6 +165,7 @@ RLHF_STAGES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
 # that every option a recipe may turn on is in the starter (each example validates: a test checks)
 COMMENTED: dict[str, dict[str, Any]] = {
     "rlhf": {"reward_model": {"path": "runs/reward-model/model"}},
+    "prompt-eval": {"answer_pattern": "Answer: (.*)"},
     "finetune": {
         "replay": {"path": "data/general.jsonl", "ratio": 0.2},
         "sweep": {
@@ -159,6 +183,12 @@ COMMENTED: dict[str, dict[str, Any]] = {
 }
 # a field whose example shows another form of its value (a list of weighted sources)
 ALTERNATIVES: dict[str, dict[str, Any]] = {
+    # classification: the labels scored by their log-likelihood, with a few-shot prompt
+    "prompt-eval": {
+        "task": "classification",
+        "labels": ["negative", "positive"],
+        "scoring": "choices",
+    },
     "finetune": {
         "train": [
             {"path": "data/task_a.jsonl", "weight": 0.7},

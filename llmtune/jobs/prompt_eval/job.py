@@ -22,9 +22,13 @@ from llmtune.data.readers import Rows, check_labels, closest, infer_labels, load
 from llmtune.errors import BadInput, GateFailed, Problem
 from llmtune.inference.batching import free_memory
 from llmtune.inference.vllm_engine import require_vllm, vllm_engine
+from llmtune.jobs.prompt_eval.generation import check_judge_inputs, finish_free_text
+from llmtune.jobs.prompt_eval.measures import annotate, classification_measures, one_class_warning, values
 from llmtune.jobs.prompt_eval.prompts import PromptBuilder, chat_prompt
+from llmtune.jobs.prompt_eval.references import require_scorers, signatures
 from llmtune.jobs.prompt_eval.report import evaluate_gate, print_table, write_outputs
 from llmtune.jobs.prompt_eval.scoring import normalise, pair_metrics, score_prompts, scoring_method
+from llmtune.jobs.prompt_eval.statistics import Measure
 from llmtune.models.loading import inspect_model, load_model, quiet_libraries
 from llmtune.recipes.common import ModelRef
 from llmtune.recipes.prompt_eval import PromptEvalRecipe, PromptSpec, gate_metrics
@@ -42,8 +46,10 @@ def run(recipe: PromptEvalRecipe, options: JobOptions) -> dict[str, Any]:
     try:
         if recipe.engine == "vllm":
             require_vllm()
+        if recipe.task == "free_text":
+            require_scorers()
         gates = parse_gates(
-            options.fail_under, gate_metrics(recipe.task), recipe.slices, defaults=recipe.fail_under
+            options.fail_under, gate_metrics(recipe), recipe.slices, defaults=recipe.fail_under
         )
         rows, labels, pools, files = read_data(recipe)
         check_slices(recipe, rows, gates)
@@ -62,6 +68,9 @@ def run(recipe: PromptEvalRecipe, options: JobOptions) -> dict[str, Any]:
         for builder in builders.values():
             builder.check(rows)
         plans = {name: plan_model(ref, recipe, name, labels) for name, ref in recipe.models.items()}
+        check_judge_inputs(recipe, rows)
+        if recipe.judge is not None:
+            inspect_model(recipe.judge.model, recipe, "judge.model")  # it exists, before anything is written
         # plain prompts are the same for every model; chat prompts wait for each model's chat template
         built = {
             name: [b.messages(r, i) if b.spec.chat else b.render(r, i) for i, r in enumerate(rows.rows)]
@@ -81,12 +90,38 @@ def run(recipe: PromptEvalRecipe, options: JobOptions) -> dict[str, Any]:
         raise
 
     def evaluate() -> dict[str, Any]:
-        pairs, predictions = score_all(recipe, rows, labels, plans, built, builders)
+        pairs, predictions, measures = score_all(recipe, rows, labels, plans, built, builders)
+        extra: dict[str, Any] = {}
+        if recipe.task == "free_text":
+            measures, extra = finish_free_text(recipe, rows, pairs, predictions, _judge_engine(recipe))
+            extra["signatures"] = signatures()
+        for pair, measured in zip(pairs, measures):
+            if recipe.task == "free_text":
+                pair["metrics"] = values(measured)
+            if recipe.slices:
+                pair["slices"] = slice_metrics(rows.rows, recipe.slices, lambda ix, m=measured: values(m, ix))
+        stats = recipe.statistics
+        comparisons = annotate(
+            pairs, measures, recipe.metrics, stats.confidence, stats.resamples, recipe.seed
+        )
+        extra["statistics"] = {
+            "confidence": stats.confidence,
+            "resamples": stats.resamples,
+            "seed": recipe.seed,
+        }
+        extra["comparisons"] = comparisons
         run_dir.update_manifest(device=device_description())  # the threads model.threads chose
         result = write_outputs(
-            run_dir, recipe, pairs, predictions, {n: p.head for n, p in plans.items()}, labels, len(rows)
+            run_dir,
+            recipe,
+            pairs,
+            predictions,
+            {n: p.head for n, p in plans.items()},
+            labels,
+            len(rows),
+            extra,
         )
-        print_table(recipe, pairs)
+        print_table(recipe, pairs, comparisons)
         return {**result["summary"], "gate": evaluate_gate(pairs, gates, recipe.fail_when)}
 
     summary = recorded(run_dir, options, files, evaluate)
@@ -112,6 +147,8 @@ def _plan(
         },
         "prompts": {name: _describe_prompt(spec) for name, spec in recipe.prompts.items()},
         "pairs": len(recipe.models) * len(recipe.prompts),
+        **({"assertions": [a.label for a in recipe.assertions]} if recipe.assertions else {}),
+        **({"judge": recipe.judge.model.describe()} if recipe.judge else {}),
     }
 
 
@@ -251,19 +288,20 @@ def score_all(
     plans: dict[str, ModelPlan],
     built: dict[str, list[Any]],
     builders: dict[str, PromptBuilder],
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Load each model once and score every prompt with it; the pairs' metrics and every prediction."""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Measure]]]:
+    """Load each model once and score every prompt with it: the pairs (classification: with their
+    metrics), every prediction in pair order, and each pair's classification measures."""
     gold = [str(r["label"]) for r in rows.rows]
     # the data's own id (else the row's file:line), so anyone can join a prediction to its row
     ids = [str(r["id"]) if r.get("id") is not None else w for r, w in zip(rows.rows, rows.where)]
     groups = {c: [str(r[c]) for r in rows.rows] for c in recipe.slices}
-    pairs, predictions = [], []
+    pairs, predictions, measures = [], [], []
     for model_name, ref in recipe.models.items():
         plan = plans[model_name]
         method = scoring_method(recipe, plan.head)
         say(f"loading {model_name}: {ref.describe()} ({plan.head}, scored by {method})")
         loaded = load_model(ref, recipe, head=plan.head, key=f"models.{model_name}", labels=plan.head_labels)
-        engine = _engine(recipe, ref, model_name, plan, loaded)
+        engine = _engine(recipe, ref, f"models.{model_name}", plan.head, loaded, recipe.max_new_tokens)
         for prompt_name, builder in builders.items():
             texts = built[prompt_name]
             if builder.spec.chat:
@@ -273,24 +311,26 @@ def score_all(
             scored = score_prompts(engine, method, recipe, texts, labels, chat=builder.spec.chat)
             seconds = time.monotonic() - started
             predicted = [s.prediction for s in scored]
-            metrics = pair_metrics(gold, predicted, labels, method)
-            pairs.append(
-                {
-                    "model": model_name,
-                    "prompt": prompt_name,
-                    "scoring": method,
-                    "n": len(texts),
-                    "metrics": metrics,
-                    **_pair_slices(recipe, rows, gold, predicted, labels, method),
-                    "truncated_prompts": truncated,
-                    "seconds": round(seconds, 3),
-                    "rows_per_second": round(len(texts) / seconds, 2) if seconds > 0 else None,
-                }
-            )
-            headline = recipe.metrics[0]
-            say(
-                f"{model_name} x {prompt_name}: {headline} {metrics[headline]:.4f} ({len(texts)} rows, {seconds:.1f} s)"
-            )
+            pair: dict[str, Any] = {
+                "model": model_name,
+                "prompt": prompt_name,
+                "scoring": method,
+                "n": len(texts),
+                "metrics": pair_metrics(gold, predicted, labels, method),
+                "truncated_prompts": truncated,
+                "seconds": round(seconds, 3),
+                "rows_per_second": round(len(texts) / seconds, 2) if seconds > 0 else None,
+            }
+            pairs.append(pair)
+            shown = ""
+            if labels is not None:
+                measures.append(classification_measures(gold, predicted, labels, method == "generate"))
+                shown = f"{recipe.metrics[0]} {pair['metrics'][recipe.metrics[0]]:.4f} "
+                warning = one_class_warning(pair, predicted, gold)
+                if warning:
+                    pair["warnings"] = [warning]
+                    say(f"warning: {warning}")
+            say(f"{model_name} x {prompt_name}: {shown}({len(texts)} rows, {seconds:.1f} s)")
             if truncated:
                 say(
                     f"  {truncated} prompt(s) longer than data.max_length={recipe.data.max_length} tokens were cut"
@@ -314,21 +354,37 @@ def score_all(
                 )
         del engine, loaded
         free_memory()
-    return pairs, predictions
+    return pairs, predictions, measures
 
 
-def _engine(recipe: PromptEvalRecipe, ref: ModelRef, name: str, plan: ModelPlan, loaded: Any) -> Any:
+def _judge_engine(recipe: PromptEvalRecipe) -> Any:
+    """A function that loads the judge model and returns an engine over it (None: no judge)."""
+    judge = recipe.judge
+    if judge is None:
+        return None
+
+    def make() -> Any:
+        say(f"loading judge: {judge.model.describe()}")
+        loaded = load_model(judge.model, recipe, head="causal_lm", key="judge.model")
+        return _engine(recipe, judge.model, "judge.model", "causal_lm", loaded, judge.max_new_tokens)
+
+    return make
+
+
+def _engine(
+    recipe: PromptEvalRecipe, ref: ModelRef, key: str, head: str, loaded: Any, max_new_tokens: int
+) -> Any:
     """The shared engine over a loaded model; causal LMs run on vLLM with engine: vllm
     (classification heads always run here)."""
-    if recipe.engine == "vllm" and plan.head == "causal_lm":
+    if recipe.engine == "vllm" and head == "causal_lm":
         return vllm_engine(
             loaded,
             ref,
             recipe,
             recipe.vllm,
-            key=f"models.{name}",
+            key=key,
             max_length=recipe.data.max_length,
-            max_new_tokens=recipe.max_new_tokens,
+            max_new_tokens=max_new_tokens,
         )
     from llmtune.inference.engine import Engine
 
@@ -338,21 +394,3 @@ def _engine(recipe: PromptEvalRecipe, ref: ModelRef, name: str, plan: ModelPlan,
         max_batch_tokens=recipe.batching.max_batch_tokens,
         max_length=recipe.data.max_length,
     )
-
-
-def _pair_slices(
-    recipe: PromptEvalRecipe,
-    rows: Rows,
-    gold: list[str],
-    predicted: list[str | None],
-    labels: list[str] | None,
-    method: str,
-) -> dict[str, Any]:
-    """{"slices": ...}: the pair's metrics per slice, each computed on that slice's rows alone."""
-    if not recipe.slices:
-        return {}
-
-    def on(indices: list[int]) -> dict[str, Any]:
-        return pair_metrics([gold[i] for i in indices], [predicted[i] for i in indices], labels, method)
-
-    return {"slices": slice_metrics(rows.rows, recipe.slices, on)}
