@@ -134,17 +134,50 @@ def scan_file(path: Path, columns: dict[str, str], required: tuple[str, ...]) ->
         out.rows.append(row)
         out.where.append(where)
     absent = [name for name in required if seen and not present[name]]
-    if absent:  # a wrong mapping, not bad rows: skipping would skip every row
-        raise BadInput(_no_such_column(absent[0], columns, list(seen)), file=first)
+    if "id" in columns and seen and columns["id"] not in seen:  # a mapped id column no row has
+        absent.append("id")
+    if absent:  # a wrong mapping, not bad rows: skipping would skip every row; all named at once
+        raise BadInput(
+            problems=[Problem(_no_such_column(a, columns, list(seen)), file=first) for a in absent]
+        )
     return out, bad
 
 
 def refuse(problems: list[Problem], hint: str | None = None) -> NoReturn:
-    """Raise one BadInput listing the first MAX_SHOWN problems, a count of the rest, and `hint`."""
-    shown = problems[:MAX_SHOWN]
-    if len(problems) > MAX_SHOWN:
-        shown.append(Problem(f"... and {len(problems) - MAX_SHOWN} more"))
+    """Raise one BadInput: problems with the same message grouped into one line (the count and
+    the first rows), the first MAX_SHOWN such lines, a count of the rest, and `hint`."""
+    lines = grouped(problems)
+    shown = lines[:MAX_SHOWN]
+    if len(lines) > MAX_SHOWN:
+        shown.append(Problem(f"... and {len(lines) - MAX_SHOWN} more"))
     raise BadInput(problems=shown + ([Problem(hint)] if hint else []))
+
+
+FIRST_ROWS = 3  # rows named in a grouped line
+
+
+def grouped(problems: list[Problem]) -> list[Problem]:
+    """Identical problems as one: `file:12: label 'x' is not in labels ... (20 rows: file:12,
+    file:15, file:18, ...)`; a problem found once stays as it is."""
+    groups: dict[str, list[Problem]] = {}
+    for problem in problems:
+        groups.setdefault(problem.message, []).append(problem)
+    out = []
+    for message, group in groups.items():
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        where = [p.file for p in group if p.file]
+        listed = ", ".join(_line_of(w, where[0]) for w in where[:FIRST_ROWS])
+        more = ", ..." if len(where) > FIRST_ROWS else ""
+        out.append(Problem(f"{message} ({len(group)} rows: {listed}{more})", file=group[0].file))
+    return out
+
+
+def _line_of(where: str, first: str) -> str:
+    """`line 15` when `where` is in the same file as `first`, else `where` itself."""
+    file, _, line = where.rpartition(":")
+    return f"line {line}" if line.isdigit() and file == first.rpartition(":")[0] else where
 
 
 def closest(word: str, choices: list[str]) -> str | None:
@@ -378,9 +411,11 @@ def check_labels(splits: Splits, labels: list[str], label_field: str = "label") 
     """A row whose label is not one of `labels` is a bad row, with a "did you mean" for a near
     label (same but for case first, then difflib). With `splits.skip_bad_rows` (data.skip_bad_rows)
     such rows are removed in place and counted in `Rows.skipped`, unless a split would be left
-    empty; otherwise every one is reported at once (exit 2)."""
+    empty or a whole class is missing from `labels` (skipping would silently drop it); otherwise
+    every one is reported at once (exit 2), and the hint says to fix `labels` when that is the cause."""
     bad: list[Problem] = []
     hint = SKIP_HINT
+    missing_classes = _missing_classes(splits, labels, label_field)
     for name in (*SPLIT_NAMES, "retain"):  # retain rows are scored by the same head
         rows: Rows = getattr(splits, name)
         values = [str(r.get(label_field)) for r in rows.rows]
@@ -392,13 +427,47 @@ def check_labels(splits: Splits, labels: list[str], label_field: str = "label") 
             continue
         if not good:  # skipping cannot help: the labels are wrong, not a few rows
             hint = f"no {name} row has a label in labels {labels}: check `labels` and data.columns"
-        elif splits.skip_bad_rows:
+        elif splits.skip_bad_rows and not missing_classes:
             rows.rows[:], rows.where[:] = [rows.rows[i] for i in good], [rows.where[i] for i in good]
             rows.skipped += len(problems)
             continue
         bad += problems
+    if bad and missing_classes:
+        hint = _fix_labels_hint(missing_classes, labels, splits, label_field)
     if bad:
         refuse(bad, f"{len(bad)} bad row(s): {hint}")
+
+
+# a label value on at least this many training rows is a class of its own, not a typo in a row
+WHOLE_CLASS = 3
+
+
+def _missing_classes(splits: Splits, labels: list[str], label_field: str) -> dict[str, int]:
+    """Label values missing from `labels` that are whole classes: on WHOLE_CLASS or more training
+    rows, or the near spelling of a listed label that no training row has (a typo in `labels`)."""
+    counts: dict[str, int] = {}
+    for row in splits.train.rows:
+        value = str(row.get(label_field))
+        counts[value] = counts.get(value, 0) + 1
+    unused = [label for label in labels if label not in counts]
+    return {
+        value: n
+        for value, n in counts.items()
+        if value not in labels and (n >= WHOLE_CLASS or closest(value, unused) is not None)
+    }
+
+
+def _fix_labels_hint(missing: dict[str, int], labels: list[str], splits: Splits, label_field: str) -> str:
+    present = {str(r.get(label_field)) for r in splits.train.rows}
+    unused = [label for label in labels if label not in present]
+    fixes = []
+    for value, n in missing.items():
+        near = closest(value, unused)
+        change = f"change {near!r} to {value!r}" if near else f"add {value!r}"
+        fixes.append(f"{value!r} is a whole class ({n} training rows) that labels does not list: {change}")
+    return (
+        "; ".join(fixes) + " in labels. Skipping these rows (data.skip_bad_rows) would drop the whole class"
+    )
 
 
 def _label_problem(label: str, labels: list[str]) -> str:

@@ -274,6 +274,10 @@ class EarlyStopping(Section):
     """Evaluations without improvement before stopping."""
     metric: str = "eval_loss"
     """Metric watched on the validation split (eval_loss, eval_accuracy, eval_f1, ...)."""
+    min_rows: int = Field(30, ge=1)
+    """Validation rows needed to stop early or keep the best checkpoint: on fewer, one row is
+    several points of the metric, so the run trains its full length, keeps the last step's model
+    and says so. Lower it only if you accept choosing on noise."""
 
 
 class Training(Section):
@@ -367,6 +371,17 @@ class RecipeBase(Section):
     def source(self) -> Path | None:
         """The recipe file this was loaded from (None when built in code)."""
         return self._source
+
+    def as_written(self, where: Any) -> Any:
+        """A row's `file:line` with the file as the recipe names it (relative to the recipe's
+        folder when it lies there), not the absolute path it was read from; other values as they are."""
+        if not isinstance(where, str) or self._source is None or not os.path.isabs(where):
+            return where
+        folder = self._source.parent.resolve()
+        path = Path(where.rsplit(":", 1)[0])
+        if not path.is_relative_to(folder):
+            return where
+        return os.path.relpath(where, folder)
 
     def resolve_path(self, value: str) -> Path:
         """A path written in the recipe, as an absolute path: relative ones are relative to the

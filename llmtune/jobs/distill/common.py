@@ -210,7 +210,8 @@ def row_id(row: Row, where: str) -> Any:
 
 def write_predictions(run_dir: RunDir, records: Iterable[dict[str, Any]]) -> None:
     """predictions.jsonl: one record per test row."""
-    lines = [json.dumps(record, ensure_ascii=False) + "\n" for record in records]
+    shown = ({**r, "id": run_dir.recipe.as_written(r.get("id"))} if "id" in r else r for r in records)
+    lines = [json.dumps(record, ensure_ascii=False) + "\n" for record in shown]
     run_dir.write_text("predictions.jsonl", "".join(lines))
 
 

@@ -248,7 +248,7 @@ def report(
         f"- teacher: `{recipe.teacher.describe()}`",
         f"- student: {recipe.student.describe()}",
         f"- {headline(comparison)}",
-        f"- temperature {recipe.temperature}, alpha {recipe.alpha}; rows: {plan.rows}",
+        f"- temperature {recipe.temperature}, alpha {recipe.alpha}; rows: {plan.rows_text()}",
         f"- steps: {outcome.steps}, training time: {outcome.train_seconds:.2f} s on {plan.device}",
         f"- speed: {measured['rows']} test rows, batch size {measured['batch_size']}, max_length "
         f"{measured['max_length']}, {measured['threads']} torch threads, tokenizing included; each batch "

@@ -142,7 +142,7 @@ def report(
         f"- teacher: `{recipe.teacher.describe()}`",
         f"- student: {recipe.student.describe()}",
         f"- {headline(comparison)}",
-        f"- temperature {recipe.temperature}, alpha {recipe.alpha}, beta {recipe.beta}; rows: {plan.rows}",
+        f"- temperature {recipe.temperature}, alpha {recipe.alpha}, beta {recipe.beta}; rows: {plan.rows_text()}",
         f"- steps: {outcome.steps}, training time: {outcome.train_seconds:.2f} s on {plan.device}",
         f"- quality kept: {measures.kept_why}",
         *[f"- {note}" for note in notes],
