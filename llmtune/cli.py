@@ -310,14 +310,30 @@ def init(
     stage: Annotated[
         Optional[str], typer.Option("--stage", help="rlhf: collect | reward | policy | dpo | kto.")
     ] = None,
+    full: Annotated[bool, typer.Option("--full", help="Every key, not only the ones to edit first.")] = False,
+    data: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--from",
+            metavar="DATA",
+            help="Fit the starter to this data file: its columns, labels, task and split.",
+        ),
+    ] = None,
 ) -> None:
-    """Write a commented starter recipe for KIND."""
-    from llmtune.recipes.starter import starter_for
+    """Write a commented starter recipe for KIND, and its JSON Schema next to it."""
+    from llmtune.recipes.starter import schema_file, starter_for
 
     try:
-        text = starter_for(kind, stage)
+        example, said = None, []
+        if data is not None:
+            from llmtune.recipes.starter_data import example_from_data
+
+            example, said = example_from_data(kind, data, path)
+        text = starter_for(kind, stage, full=full, example=example)
     except BadInput as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
+    for line in said:
+        print(line, file=sys.stderr)
     if path is None:
         print(text, end="")
         return
@@ -326,6 +342,12 @@ def init(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     print(f"wrote {path}", file=sys.stderr)
+    schema_path = path.parent / schema_file(kind)
+    if not schema_path.exists():  # editors complete and check keys from it (the first line names it)
+        from llmtune.recipes import json_schema
+
+        schema_path.write_text(json.dumps(json_schema(kind), indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {schema_path} (llmtune schema {kind}: for editors' completion)", file=sys.stderr)
 
 
 @app.command()

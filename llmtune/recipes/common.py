@@ -215,7 +215,8 @@ class Split(Section):
     """Fractions carved from train when a split is not given as a file."""
 
     validation: float = Field(0.0, ge=0.0, lt=1.0)
-    """Share of train rows held out for validation (early stopping, model selection)."""
+    """Share of train rows held out for validation (early stopping, model selection: both need
+    30 rows or more, else the last step's model is kept)."""
     test: float = Field(0.0, ge=0.0, lt=1.0)
     """Share of train rows held out for the final test."""
     seed: int = 42
@@ -267,6 +268,11 @@ class Data(Section):
         return value
 
 
+# a validation split smaller than this cannot choose a checkpoint: with 6 rows one row moves
+# accuracy by 17 points, so "best" is whichever evaluation got lucky (docs/first-hour.md)
+MIN_VALIDATION_ROWS = 30
+
+
 class EarlyStopping(Section):
     """Stop when the validation metric stops improving."""
 
@@ -274,7 +280,7 @@ class EarlyStopping(Section):
     """Evaluations without improvement before stopping."""
     metric: str = "eval_loss"
     """Metric watched on the validation split (eval_loss, eval_accuracy, eval_f1, ...)."""
-    min_rows: int = Field(30, ge=1)
+    min_rows: int = Field(MIN_VALIDATION_ROWS, ge=1)
     """Validation rows needed to stop early or keep the best checkpoint: on fewer, one row is
     several points of the metric, so the run trains its full length, keeps the last step's model
     and says so. Lower it only if you accept choosing on noise."""

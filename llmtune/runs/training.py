@@ -16,7 +16,7 @@ from typing import Any
 from llmtune.console import say
 from llmtune.errors import BadInput, Interrupted
 from llmtune.metrics import lower_is_better
-from llmtune.recipes.common import ModelRef, Training
+from llmtune.recipes.common import MIN_VALIDATION_ROWS, ModelRef, Training
 from llmtune.runs.rundir import RunDir
 
 
@@ -109,11 +109,6 @@ def watch_signals(trainer: Any) -> Iterator[None]:
     yield
     if stop.signum is not None:
         raise Interrupted(stop.signum)
-
-
-# a validation split smaller than this cannot choose a checkpoint: with 6 rows one row moves
-# accuracy by 17 points, so "best" is whichever evaluation got lucky (docs/first-hour.md)
-MIN_VALIDATION_ROWS = 30
 
 
 def min_validation_rows(training: Training) -> int:
