@@ -16,7 +16,9 @@ import traceback
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import click
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from llmtune import __version__
 from llmtune.errors import (
@@ -30,7 +32,29 @@ from llmtune.errors import (
 )
 from llmtune.runs.options import JobOptions
 
+
+class _Verbs(TyperGroup):
+    """The verb list of `llmtune --help`: each verb's first paragraph in full, wrapped, never cut."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, " ".join((command.help or "").split("\n\n")[0].split())))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+class _Verb(TyperCommand):
+    """A verb whose usage line names a required argument plainly (`RECIPE`, not `{RECIPE}`)."""
+
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        return [piece.replace("{", "").replace("}", "") for piece in super().collect_usage_pieces(ctx)]
+
+
 app = typer.Typer(
+    cls=_Verbs,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -305,8 +329,12 @@ def validate(
 
 @app.command()
 def init(
-    kind: Annotated[str, typer.Argument(help="finetune | distill | rlhf | prompt-eval | bulk-infer")],
-    path: Annotated[Optional[Path], typer.Argument(help="Write here (default: stdout).")] = None,
+    kind: Annotated[
+        str, typer.Argument(metavar="KIND", help="finetune | distill | rlhf | prompt-eval | bulk-infer")
+    ],
+    path: Annotated[
+        Optional[Path], typer.Argument(metavar="FILE", help="Write here (default: stdout).")
+    ] = None,
     stage: Annotated[
         Optional[str], typer.Option("--stage", help="rlhf: collect | reward | policy | dpo | kto.")
     ] = None,
@@ -364,7 +392,7 @@ def schema(
 
 @app.command()
 def env(as_json: JsonOpt = False) -> None:
-    """Versions of python/torch/transformers/peft/trl and the devices this machine has."""
+    """Versions, devices, the Hugging Face cache and its models, HF_HUB_OFFLINE, optional engines."""
     from llmtune.environment import describe_environment
 
     info = describe_environment()
@@ -372,7 +400,13 @@ def env(as_json: JsonOpt = False) -> None:
         print(json.dumps(info, indent=2))
         return
     for key, value in info.items():
-        print(f"{key}: {value}")
+        if isinstance(value, dict | list) and value:  # one item a line, never a Python repr
+            print(f"{key}:")
+            items = value.items() if isinstance(value, dict) else ((None, v) for v in value)
+            for name, item in items:
+                print(f"  {name}: {item}" if name is not None else f"  - {item}")
+        else:
+            print(f"{key}: {value if value != [] and value != {} else 'none'}")
 
 
 @app.command()
@@ -442,6 +476,11 @@ def _root(
     ] = False,
 ) -> None:
     """Turn a pre-trained language model into a solution, one YAML recipe per job."""
+
+
+for _command in app.registered_commands:
+    if _command.cls in (None, TyperCommand):
+        _command.cls = _Verb
 
 
 def main() -> None:

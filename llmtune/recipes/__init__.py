@@ -89,7 +89,9 @@ def load_recipe(
 def json_schema(kind: str | None = None) -> dict:
     """The JSON Schema of one recipe kind, or of any recipe (one of the kinds), for editors."""
     if kind is not None:
-        return RECIPE_KINDS[kind].model_json_schema()
+        schema = RECIPE_KINDS[kind].model_json_schema()
+        # the recipe's own keys first, the sections they refer to ($defs) after them
+        return {k: schema[k] for k in sorted(schema, key=lambda k: k == "$defs")}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "llmtune recipe",
