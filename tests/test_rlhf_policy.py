@@ -214,7 +214,7 @@ def test_a_killed_run_resumes_to_the_end(tmp_path: Path) -> None:
     )
     assert proc.stderr is not None
     for line in proc.stderr:  # training has begun once a step is logged
-        if "step 2/200" in line:
+        if "step 1/200" in line:
             break
     proc.send_signal(signal.SIGTERM)
     proc.communicate()

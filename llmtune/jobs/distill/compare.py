@@ -203,7 +203,7 @@ def _rows(comparison: dict[str, Any]) -> list[list[Any]]:
                     e["rows_per_s"],
                     e["accuracy"],
                     e["f1"],
-                    e["quality_kept"],
+                    "-" if e["quality_kept"] is None else f"{100 * e['quality_kept']:.1f}%",
                 ]
             )
     return rows
