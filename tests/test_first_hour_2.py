@@ -67,7 +67,9 @@ def test_from_suggests_regression_sft_and_warns_about_tiny_classes(tmp_path: Pat
     from llmtune.data.profile import profile_file
 
     scores = write_csv(
-        tmp_path / "s.csv", ["review_id", "comment", "stars"], [[i, f"text {i}", i % 17 / 4] for i in range(40)]
+        tmp_path / "s.csv",
+        ["review_id", "comment", "stars"],
+        [[i, f"text {i}", i % 17 / 4] for i in range(40)],
     )
     profile = profile_file(scores)
     assert profile.task == "regression" and profile.mapping == {
@@ -130,10 +132,10 @@ def test_a_typo_in_labels_is_one_grouped_line_and_the_hint_is_to_fix_labels(tmp_
 
 def test_a_few_bad_label_rows_still_suggest_skipping_them(tmp_path: Path) -> None:
     recipe = recipe_for(tmp_path)
-    text = (tmp_path / "tickets.csv").read_text().replace(",billing\n", ",biling\n", 2)
+    text = (tmp_path / "tickets.csv").read_text().replace(",billing\n", ",biling\n", 4)
     (tmp_path / "tickets.csv").write_text(text)
-    message = read(recipe)
-    assert "did you mean 'billing'?" in message and "(2 rows:" in message
+    message = read(recipe)  # a typo in 4 rows beside the 'billing' that other rows use
+    assert "did you mean 'billing'?" in message and "(4 rows: line 2, line 5, line 8, ...)" in message
     assert "data.skip_bad_rows: true" in message
 
 
@@ -231,7 +233,9 @@ def test_six_validation_rows_do_not_choose_the_checkpoint(tmp_path: Path) -> Non
     assert result.code == 0, result.stderr[-3000:]
     summary = result.json()
     selection = summary["selection"]
-    assert selection["validation_rows"] == 6 and selection["early_stopping"].startswith("off: 6 validation rows")
+    assert selection["validation_rows"] == 6 and selection["early_stopping"].startswith(
+        "off: 6 validation rows"
+    )
     assert summary["steps"] == summary["planned_steps"] == 100 and selection["kept"] == "the last step (100)"
     assert summary["test"]["accuracy"] >= 0.9, summary["test"]  # 0.80 with the early-stopped checkpoint
     assert "fewer than 30: too few to choose a checkpoint" in result.stderr

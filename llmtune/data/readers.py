@@ -157,15 +157,15 @@ FIRST_ROWS = 3  # rows named in a grouped line
 
 
 def grouped(problems: list[Problem]) -> list[Problem]:
-    """Identical problems as one: `file:12: label 'x' is not in labels ... (20 rows: file:12,
-    file:15, file:18, ...)`; a problem found once stays as it is."""
+    """Identical problems as one line: `file:12: label 'x' is not in labels ... (20 rows: line 12,
+    line 15, line 18, ...)`; a problem found at most FIRST_ROWS times is listed as it is."""
     groups: dict[str, list[Problem]] = {}
     for problem in problems:
         groups.setdefault(problem.message, []).append(problem)
     out = []
     for message, group in groups.items():
-        if len(group) == 1:
-            out.append(group[0])
+        if len(group) <= FIRST_ROWS:  # as short listed one by one
+            out.extend(group)
             continue
         where = [p.file for p in group if p.file]
         listed = ", ".join(_line_of(w, where[0]) for w in where[:FIRST_ROWS])
@@ -432,7 +432,7 @@ def check_labels(splits: Splits, labels: list[str], label_field: str = "label") 
             rows.skipped += len(problems)
             continue
         bad += problems
-    if bad and missing_classes:
+    if bad and missing_classes and hint == SKIP_HINT:  # some rows fit: name the classes missing
         hint = _fix_labels_hint(missing_classes, labels, splits, label_field)
     if bad:
         refuse(bad, f"{len(bad)} bad row(s): {hint}")
@@ -443,8 +443,10 @@ WHOLE_CLASS = 3
 
 
 def _missing_classes(splits: Splits, labels: list[str], label_field: str) -> dict[str, int]:
-    """Label values missing from `labels` that are whole classes: on WHOLE_CLASS or more training
-    rows, or the near spelling of a listed label that no training row has (a typo in `labels`)."""
+    """Label values missing from `labels` that are whole classes: the near spelling of a listed
+    label that no training row has (a typo in `labels`), or on WHOLE_CLASS or more training rows
+    and near no listed label (a class `labels` leaves out). A value near a label the rows do use
+    ('biling' beside 'billing') is a typo in those rows."""
     counts: dict[str, int] = {}
     for row in splits.train.rows:
         value = str(row.get(label_field))
@@ -453,7 +455,8 @@ def _missing_classes(splits: Splits, labels: list[str], label_field: str) -> dic
     return {
         value: n
         for value, n in counts.items()
-        if value not in labels and (n >= WHOLE_CLASS or closest(value, unused) is not None)
+        if value not in labels
+        and (closest(value, unused) is not None or (n >= WHOLE_CLASS and closest(value, labels) is None))
     }
 
 
