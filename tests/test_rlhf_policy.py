@@ -157,7 +157,7 @@ def test_grpo_raises_the_mean_reward_of_an_easy_rule(tmp_path: Path) -> None:
     report = (run / "report.md").read_text()
     assert "| total (weighted sum) |" in report and "| regex | 1 |" in report
     assert "## Held-out prompts: a response before and after" in report
-    assert report.count("'Tell ") == 5  # five held-out prompts, each with both responses
+    assert report.count("| Tell ") == 5 and "'Tell " not in report  # five held-out prompts, as text
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
