@@ -16,11 +16,11 @@ import traceback
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import click
 import typer
-from typer.core import TyperCommand, TyperGroup
+from typer.core import TyperCommand
 
 from llmtune import __version__
+from llmtune.cli_help import Verb, Verbs
 from llmtune.errors import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
@@ -32,29 +32,8 @@ from llmtune.errors import (
 )
 from llmtune.runs.options import JobOptions
 
-
-class _Verbs(TyperGroup):
-    """The verb list of `llmtune --help`: each verb's first paragraph in full, wrapped, never cut."""
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = []
-        for name in self.list_commands(ctx):
-            command = self.get_command(ctx, name)
-            if command is not None and not command.hidden:
-                rows.append((name, " ".join((command.help or "").split("\n\n")[0].split())))
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
-
-
-class _Verb(TyperCommand):
-    """A verb whose usage line names a required argument plainly (`RECIPE`, not `{RECIPE}`)."""
-
-    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
-        return [piece.replace("{", "").replace("}", "") for piece in super().collect_usage_pieces(ctx)]
-
-
 app = typer.Typer(
-    cls=_Verbs,
+    cls=Verbs,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -349,33 +328,12 @@ def init(
     ] = None,
 ) -> None:
     """Write a commented starter recipe for KIND, and its JSON Schema next to it."""
-    from llmtune.recipes.starter import schema_file, starter_for
+    from llmtune.recipes.starter_data import write_starter
 
     try:
-        example, said = None, []
-        if data is not None:
-            from llmtune.recipes.starter_data import example_from_data
-
-            example, said = example_from_data(kind, data, path)
-        text = starter_for(kind, stage, full=full, example=example)
+        write_starter(kind, path, stage=stage, full=full, data=data)
     except BadInput as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
-    for line in said:
-        print(line, file=sys.stderr)
-    if path is None:
-        print(text, end="")
-        return
-    if path.exists():
-        _fail(f"{path} already exists; not overwriting it", EXIT_BAD_INPUT)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    print(f"wrote {path}", file=sys.stderr)
-    schema_path = path.parent / schema_file(kind)
-    if not schema_path.exists():  # editors complete and check keys from it (the first line names it)
-        from llmtune.recipes import json_schema
-
-        schema_path.write_text(json.dumps(json_schema(kind), indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {schema_path} (llmtune schema {kind}: for editors' completion)", file=sys.stderr)
 
 
 @app.command()
@@ -393,20 +351,10 @@ def schema(
 @app.command()
 def env(as_json: JsonOpt = False) -> None:
     """Versions, devices, the Hugging Face cache and its models, HF_HUB_OFFLINE, optional engines."""
-    from llmtune.environment import describe_environment
+    from llmtune.environment import describe_environment, environment_lines
 
     info = describe_environment()
-    if as_json:
-        print(json.dumps(info, indent=2))
-        return
-    for key, value in info.items():
-        if isinstance(value, dict | list) and value:  # one item a line, never a Python repr
-            print(f"{key}:")
-            items = value.items() if isinstance(value, dict) else ((None, v) for v in value)
-            for name, item in items:
-                print(f"  {name}: {item}" if name is not None else f"  - {item}")
-        else:
-            print(f"{key}: {value if value != [] and value != {} else 'none'}")
+    print(json.dumps(info, indent=2) if as_json else "\n".join(environment_lines(info)))
 
 
 @app.command()
@@ -480,7 +428,7 @@ def _root(
 
 for _command in app.registered_commands:
     if _command.cls in (None, TyperCommand):
-        _command.cls = _Verb
+        _command.cls = Verb
 
 
 def main() -> None:

@@ -83,3 +83,16 @@ def optional_packages() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return found
+
+
+def environment_lines(info: dict[str, Any]) -> list[str]:
+    """`llmtune env` as text: `key: value`, a list or mapping one item a line (never a Python repr)."""
+    lines = []
+    for key, value in info.items():
+        if isinstance(value, dict) and value:
+            lines += [f"{key}:", *(f"  {name}: {item}" for name, item in value.items())]
+        elif isinstance(value, list) and value:
+            lines += [f"{key}:", *(f"  - {item}" for item in value)]
+        else:
+            lines.append(f"{key}: {value if value not in ([], {}) else 'none'}")
+    return lines

@@ -99,3 +99,33 @@ def _said(profile: DataProfile, data: Path) -> list[str]:
         lines.append("  labels: " + ", ".join(f"{k} ({n})" for k, n in profile.labels.items()))
     lines += [f"  warning: {w}" for w in profile.warnings]
     return lines
+
+
+def write_starter(
+    kind: str, path: Path | None, *, stage: str | None = None, full: bool = False, data: Path | None = None
+) -> None:
+    """`llmtune init`: the starter on stdout, or written to `path` (never over an existing file)
+    with the kind's JSON Schema next to it (which the starter's first line names, for editors);
+    with `data`, fitted to that file, and what was picked said on stderr."""
+    import json
+    import sys
+
+    from llmtune.recipes import json_schema
+    from llmtune.recipes.starter import schema_file, starter_for
+
+    example, said = example_from_data(kind, data, path) if data is not None else (None, [])
+    text = starter_for(kind, stage, full=full, example=example)
+    if path is not None and path.exists():
+        raise BadInput(f"{path} already exists; not overwriting it")
+    for line in said:
+        print(line, file=sys.stderr)
+    if path is None:
+        print(text, end="")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    print(f"wrote {path}", file=sys.stderr)
+    schema = path.parent / schema_file(kind)
+    if not schema.exists():
+        schema.write_text(json.dumps(json_schema(kind), indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {schema} (`llmtune schema {kind}`, for editors' completion)", file=sys.stderr)
