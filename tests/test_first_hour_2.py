@@ -88,6 +88,26 @@ def test_from_suggests_regression_sft_and_warns_about_tiny_classes(tmp_path: Pat
     assert any("tiny classes: 'spam' (3 rows)" in w for w in tiny.warnings)
 
 
+def test_from_fits_the_prompt_eval_and_bulk_infer_starters(tmp_path: Path) -> None:
+    from llmtune.recipes.starter import starter_for
+    from llmtune.recipes.starter_data import example_from_data
+
+    tickets(tmp_path / "tickets.csv")
+    recipes = {}
+    for kind in ("prompt-eval", "bulk-infer"):
+        path = tmp_path / f"{kind}.yaml"
+        example, said = example_from_data(kind, tmp_path / "tickets.csv", path)
+        recipes[kind] = load_recipe(write(path, starter_for(kind, example=example)))
+        assert any("label: 'category'" in line for line in said)
+    evaluation, bulk = recipes["prompt-eval"], recipes["bulk-infer"]
+    assert evaluation.data.test == "tickets.csv" and evaluation.labels == yaml.safe_load(LABELS)
+    assert evaluation.data.columns == {"id": "ticket_id", "text": "body", "label": "category"}
+    assert bulk.input.path == "tickets.csv" and bulk.input.id_column == "ticket_id"
+    assert bulk.input.columns == {"text": "body"}
+    with pytest.raises(BadInput, match="--from reads data for"):
+        example_from_data("rlhf", tmp_path / "tickets.csv", None)
+
+
 def test_prompt_eval_starter_runs_offline() -> None:
     text = run_cli("init", "prompt-eval").stdout
     models = yaml.safe_load(text)["models"]

@@ -87,7 +87,7 @@ def _pick_id(profile: DataProfile, values: dict[str, list[Any]]) -> None:
     for column in profile.columns:
         name = column.lower()
         unique = len(set(map(str, values[column]))) == profile.rows
-        if unique and (name == "id" or name.endswith(("_id", "id"))):
+        if unique and (name == "id" or name.endswith("_id") or column.endswith("Id")):
             profile.mapping["id"] = column
             profile.reasons.append(
                 f"id: {column!r} (named like an id, one value per row): kept in predictions"

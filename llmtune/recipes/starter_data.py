@@ -41,6 +41,12 @@ def example_from_data(kind: str, data: Path, recipe: Path | None) -> tuple[dict[
             )
         example["data"] = {"test": path, "columns": _columns(profile)}
         example["labels"] = sorted(profile.labels)
+        # few-shot prompts draw their examples from data.train: another file than the test rows
+        example["prompts"] = {"zero_shot": {"template": "Text: {{ text }}\nLabel:"}}
+        profile.reasons.append(
+            "prompts: zero-shot only; for few-shot prompts add data.train (rows other than the test "
+            "rows) and a prompt with shots (`llmtune init prompt-eval` shows one)"
+        )
     else:
         text = profile.mapping.get("text") or profile.mapping.get("prompt")
         example["input"] = {"path": path, "id_column": profile.mapping.get("id"), "columns": {"text": text}}
