@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from llmtune import __version__
+from llmtune.cli_help import Verb, Verbs
 from llmtune.errors import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
@@ -31,6 +33,7 @@ from llmtune.errors import (
 from llmtune.runs.options import JobOptions
 
 app = typer.Typer(
+    cls=Verbs,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -305,27 +308,32 @@ def validate(
 
 @app.command()
 def init(
-    kind: Annotated[str, typer.Argument(help="finetune | distill | rlhf | prompt-eval | bulk-infer")],
-    path: Annotated[Optional[Path], typer.Argument(help="Write here (default: stdout).")] = None,
+    kind: Annotated[
+        str, typer.Argument(metavar="KIND", help="finetune | distill | rlhf | prompt-eval | bulk-infer")
+    ],
+    path: Annotated[
+        Optional[Path], typer.Argument(metavar="FILE", help="Write here (default: stdout).")
+    ] = None,
     stage: Annotated[
         Optional[str], typer.Option("--stage", help="rlhf: collect | reward | policy | dpo | kto.")
     ] = None,
+    full: Annotated[bool, typer.Option("--full", help="Every key, not only the ones to edit first.")] = False,
+    data: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--from",
+            metavar="DATA",
+            help="Fit the starter to this data file: its columns, labels, task and split.",
+        ),
+    ] = None,
 ) -> None:
-    """Write a commented starter recipe for KIND."""
-    from llmtune.recipes.starter import starter_for
+    """Write a commented starter recipe for KIND, and its JSON Schema next to it."""
+    from llmtune.recipes.starter_data import write_starter
 
     try:
-        text = starter_for(kind, stage)
+        write_starter(kind, path, stage=stage, full=full, data=data)
     except BadInput as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
-    if path is None:
-        print(text, end="")
-        return
-    if path.exists():
-        _fail(f"{path} already exists; not overwriting it", EXIT_BAD_INPUT)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    print(f"wrote {path}", file=sys.stderr)
 
 
 @app.command()
@@ -342,15 +350,11 @@ def schema(
 
 @app.command()
 def env(as_json: JsonOpt = False) -> None:
-    """Versions of python/torch/transformers/peft/trl and the devices this machine has."""
-    from llmtune.environment import describe_environment
+    """Versions, devices, the Hugging Face cache and its models, HF_HUB_OFFLINE, optional engines."""
+    from llmtune.environment import describe_environment, environment_lines
 
     info = describe_environment()
-    if as_json:
-        print(json.dumps(info, indent=2))
-        return
-    for key, value in info.items():
-        print(f"{key}: {value}")
+    print(json.dumps(info, indent=2) if as_json else "\n".join(environment_lines(info)))
 
 
 @app.command()
@@ -442,6 +446,11 @@ def _root(
     ] = False,
 ) -> None:
     """Turn a pre-trained language model into a solution, one YAML recipe per job."""
+
+
+for _command in app.registered_commands:
+    if _command.cls in (None, TyperCommand):
+        _command.cls = Verb
 
 
 def main() -> None:

@@ -109,3 +109,47 @@ def shown(text: object) -> str:
         else:
             out.append(ch)
     return escape("".join(out))
+
+
+class RowProgress:
+    """One progress display for `total` rows: a rich bar (rows/s, time left) on a terminal;
+    elsewhere (logs, CI) a plain line for the first rows, then at most every `every_s` seconds,
+    and one at the end."""
+
+    def __init__(self, label: str, total: int, every_s: float = 10.0) -> None:
+        self.label, self.total, self.every_s = label, total, every_s
+        self.done = 0
+        self.started = self.last_line = time.monotonic()
+        self.bar: Any = None
+        if stderr_is_terminal() and total:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn(label),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+            )
+            self.task = self.bar.add_task(label, total=total, rate="")
+            self.bar.start()
+            live_console(self.bar.console)
+
+    def advance(self, rows: int) -> None:
+        """Count `rows` more rows done."""
+        self.done += rows
+        now = time.monotonic()
+        rate = f"{self.done / max(now - self.started, 1e-9):.1f} rows/s"
+        if self.bar is not None:
+            self.bar.update(self.task, advance=rows, rate=rate)
+        elif self.done == rows or now - self.last_line >= self.every_s or self.done >= self.total:
+            self.last_line = now
+            say(f"{self.label} {self.done}/{self.total} rows ({rate})")
+
+    def close(self) -> None:
+        """Stop the bar (its last state stays on screen)."""
+        if self.bar is not None:
+            self.bar.stop()
+            live_console(None)

@@ -290,7 +290,7 @@ def test_init_shows_the_engines_and_the_distributed_section(tmp_path: Path) -> N
     ray = tmp_path / "ray.yaml"
     ray.write_text(text.replace("\nengine: hf", "\nengine: ray"))
     assert run_cli("validate", ray).code == 0
-    finetune = run_cli("init", "finetune").stdout
+    finetune = run_cli("init", "finetune", "--full").stdout
     assert "\ndistributed:\n" in finetune and "strategy: ddp" in finetune and "stage: 2" in finetune
     collect = run_cli("init", "rlhf", "--stage", "collect").stdout
     assert "\nengine: hf" in collect and "\ndistributed:" not in collect

@@ -151,9 +151,19 @@ def test_every_bad_row_is_reported_at_once_and_skip_bad_rows_counts_them(tmp_pat
     assert (plan["skipped_rows"], plan["rows"]["train"]) == (6, 6)
 
 
-def test_many_bad_rows_show_twenty_then_a_count(tmp_path: Path) -> None:
+def test_many_identical_bad_rows_are_one_line_with_a_count(tmp_path: Path) -> None:
     (tmp_path / "t.jsonl").write_bytes(jsonl_bytes(GOOD, *[b"{oops"] * 45))
     result = finetune(tmp_path, "t.jsonl")
+    assert_bad_input(
+        result, f"{tmp_path / 't.jsonl'}:2: invalid JSON", "(45 rows: line 2, line 3, line 4, ...)"
+    )
+    assert result.stderr.count("\n") == 2 and "45 bad row(s)" in result.stderr
+
+
+def test_many_different_bad_rows_show_twenty_then_a_count(tmp_path: Path) -> None:
+    lines = [json.dumps({"review": f"r{i}", "sentiment": f"label{i}"}).encode() for i in range(45)]
+    (tmp_path / "t.jsonl").write_bytes(jsonl_bytes(GOOD, *lines))
+    result = finetune(tmp_path, "t.jsonl", {"labels": ["pos", "neg"]})
     assert_bad_input(result, f"{tmp_path / 't.jsonl'}:21:", "... and 25 more", "45 bad row(s)")
     assert f"{tmp_path / 't.jsonl'}:22:" not in result.stderr
 

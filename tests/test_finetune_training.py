@@ -106,7 +106,7 @@ def test_sigint_stops_with_130_and_a_resumable_run(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_early_stopping_stops_and_keeps_the_best_checkpoint(tmp_path: Path) -> None:
     path = resumable_recipe(tmp_path)
-    training = "training: {max_steps: 40, batch_size: 4, eval_steps: 1, logging_steps: 1, learning_rate: 0.5, early_stopping: {patience: 1, metric: loss}}"
+    training = "training: {max_steps: 40, batch_size: 4, eval_steps: 1, logging_steps: 1, learning_rate: 0.5, early_stopping: {patience: 1, metric: loss, min_rows: 1}}"
     path.write_text(path.read_text().split("training:")[0] + training + "\noutput: {dir: run}\n")
     result = invoke("finetune", path, "--json")
     assert result.code == 0, result.stderr[-3000:]

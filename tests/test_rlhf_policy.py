@@ -157,7 +157,7 @@ def test_grpo_raises_the_mean_reward_of_an_easy_rule(tmp_path: Path) -> None:
     report = (run / "report.md").read_text()
     assert "| total (weighted sum) |" in report and "| regex | 1 |" in report
     assert "## Held-out prompts: a response before and after" in report
-    assert report.count("'Tell ") == 5  # five held-out prompts, each with both responses
+    assert report.count("| Tell ") == 5 and "'Tell " not in report  # five held-out prompts, as text
     # diversity of the held-out answers, and the KL TRL logged, in eval.json and report.md
     diversity = evaluation["diversity"]
     answers = {when: {r["response"] for r in rows if r["phase"] == when} for when in ("before", "after")}
@@ -221,7 +221,7 @@ def test_a_killed_run_resumes_to_the_end(tmp_path: Path) -> None:
     )
     assert proc.stderr is not None
     for line in proc.stderr:  # training has begun once a step is logged
-        if "step 2/200" in line:
+        if "step 1/200" in line:
             break
     proc.send_signal(signal.SIGTERM)
     proc.communicate()

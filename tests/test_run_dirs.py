@@ -386,7 +386,7 @@ def test_an_adapter_that_cannot_merge_is_exported_as_an_adapter_and_said_so(
     result = run_cli("export", adapter, "--output", tmp_path / "b")
     assert result.code == 0, result.stderr[-2000:]
     assert (tmp_path / "b" / "adapter_config.json").exists()
-    assert "is a PREFIX_TUNING adapter, not a standalone model" in result.stderr
+    assert "is a prefix-tuning adapter, not a standalone model" in result.stderr
     assert "PeftModel.from_pretrained" in result.stderr
 
 
@@ -397,7 +397,7 @@ def test_export_merges_by_default_where_peft_can(lora_run: Path, tmp_path: Path)
     assert not (tmp_path / "merged" / "adapter_config.json").exists()
     kept = run_cli("export", lora_run, "--output", tmp_path / "adapter", "--no-merge")
     assert kept.code == 0 and (tmp_path / "adapter" / "adapter_config.json").exists()
-    assert "is a LORA adapter, not a standalone model" in kept.stderr
+    assert "is a LoRA adapter, not a standalone model" in kept.stderr
 
 
 # --- an adapter names its base so that it loads on another machine ------------------------------

@@ -13,14 +13,14 @@ csv module's limit, a column that no row has: a wrong `columns` mapping) are alw
 
 from __future__ import annotations
 
-import difflib
 import glob
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from llmtune.data import mixture
 from llmtune.data.formats import iter_file, kind_of
+from llmtune.data.problems import SKIP_HINT, closest, refuse
 from llmtune.data.templates import Template
 from llmtune.errors import BadInput, Problem
 from llmtune.recipes.common import Data, RecipeBase
@@ -29,8 +29,6 @@ from llmtune.recipes.finetune import FinetuneData, FinetuneRecipe
 Row = dict[str, Any]
 FORMATS = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
 SPLIT_NAMES = ("train", "validation", "test")
-MAX_SHOWN = 20  # bad rows listed in one error; the rest are counted
-SKIP_HINT = "fix these rows, or set data.skip_bad_rows: true to skip and count them"
 
 
 @dataclass
@@ -134,26 +132,13 @@ def scan_file(path: Path, columns: dict[str, str], required: tuple[str, ...]) ->
         out.rows.append(row)
         out.where.append(where)
     absent = [name for name in required if seen and not present[name]]
-    if absent:  # a wrong mapping, not bad rows: skipping would skip every row
-        raise BadInput(_no_such_column(absent[0], columns, list(seen)), file=first)
+    if "id" in columns and seen and columns["id"] not in seen:  # a mapped id column no row has
+        absent.append("id")
+    if absent:  # a wrong mapping, not bad rows: skipping would skip every row; all named at once
+        raise BadInput(
+            problems=[Problem(_no_such_column(a, columns, list(seen)), file=first) for a in absent]
+        )
     return out, bad
-
-
-def refuse(problems: list[Problem], hint: str | None = None) -> NoReturn:
-    """Raise one BadInput listing the first MAX_SHOWN problems, a count of the rest, and `hint`."""
-    shown = problems[:MAX_SHOWN]
-    if len(problems) > MAX_SHOWN:
-        shown.append(Problem(f"... and {len(problems) - MAX_SHOWN} more"))
-    raise BadInput(problems=shown + ([Problem(hint)] if hint else []))
-
-
-def closest(word: str, choices: list[str]) -> str | None:
-    """The choice `word` most likely meant: the same but for case first, then difflib's nearest."""
-    folded = {choice.casefold(): choice for choice in choices}
-    if word.casefold() in folded:
-        return folded[word.casefold()]
-    near = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return near[0] if near else None
 
 
 def _no_such_column(name: str, columns: dict[str, str], seen: list[str]) -> str:
@@ -372,53 +357,3 @@ def carve(rows: Rows, n_held: int, seed: int, label_field: str | None, what: str
         list(range(len(rows))), test_size=n_held, random_state=seed, stratify=stratify
     )
     return rows.subset(sorted(keep), rows.skipped), rows.subset(sorted(held))
-
-
-def check_labels(splits: Splits, labels: list[str], label_field: str = "label") -> None:
-    """A row whose label is not one of `labels` is a bad row, with a "did you mean" for a near
-    label (same but for case first, then difflib). With `splits.skip_bad_rows` (data.skip_bad_rows)
-    such rows are removed in place and counted in `Rows.skipped`, unless a split would be left
-    empty; otherwise every one is reported at once (exit 2)."""
-    bad: list[Problem] = []
-    hint = SKIP_HINT
-    for name in (*SPLIT_NAMES, "retain"):  # retain rows are scored by the same head
-        rows: Rows = getattr(splits, name)
-        values = [str(r.get(label_field)) for r in rows.rows]
-        good = [i for i, value in enumerate(values) if value in labels]
-        problems = [
-            Problem(_label_problem(v, labels), file=w) for v, w in zip(values, rows.where) if v not in labels
-        ]
-        if not problems:
-            continue
-        if not good:  # skipping cannot help: the labels are wrong, not a few rows
-            hint = f"no {name} row has a label in labels {labels}: check `labels` and data.columns"
-        elif splits.skip_bad_rows:
-            rows.rows[:], rows.where[:] = [rows.rows[i] for i in good], [rows.where[i] for i in good]
-            rows.skipped += len(problems)
-            continue
-        bad += problems
-    if bad:
-        refuse(bad, f"{len(bad)} bad row(s): {hint}")
-
-
-def _label_problem(label: str, labels: list[str]) -> str:
-    near = closest(label, labels)
-    return f"label {label!r} is not in labels {labels}" + (f"; did you mean {near!r}?" if near else "")
-
-
-def infer_labels(rows: Rows, label_field: str = "label") -> list[str]:
-    """Label names found in the rows, sorted so that runs agree whatever the row order. Names
-    that differ only in case are refused: far more often a typo than two classes."""
-    first: dict[str, str] = {}  # label -> where it first appears
-    for row, where in zip(rows.rows, rows.where):
-        first.setdefault(str(row[label_field]), where)
-    folded: dict[str, str] = {}
-    for name in sorted(first):
-        twin = folded.setdefault(name.casefold(), name)
-        if twin != name:
-            where = [Problem(f"label {n!r} first appears here", file=first[n]) for n in (twin, name)]
-            refuse(
-                where,
-                f"labels {twin!r} and {name!r} differ only in case: fix the data, or list them in labels:",
-            )
-    return sorted(first)

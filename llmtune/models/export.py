@@ -331,9 +331,14 @@ def _can_merge(kind: str | None) -> bool:
     return tuner is not None and hasattr(tuner, "merge_and_unload")
 
 
+# peft's adapter types as people write them
+KIND_NAMES = {"LORA": "LoRA", "PREFIX_TUNING": "prefix-tuning", "PROMPT_TUNING": "prompt-tuning"}
+
+
 def _how_to_load(
     output: Path, adapter: dict[str, Any] | None, kind: str | None, merged: bool, merge: bool | None
 ) -> str:
+    kind = KIND_NAMES.get(kind or "", kind)
     config = json.loads((output / "config.json").read_text()) if (output / "config.json").exists() else {}
     classifier = (
         head_of(config.get("architectures") or [], (adapter or {}).get("task_type")) == "classification"

@@ -89,12 +89,17 @@ def load_recipe(
 def json_schema(kind: str | None = None) -> dict:
     """The JSON Schema of one recipe kind, or of any recipe (one of the kinds), for editors."""
     if kind is not None:
-        return RECIPE_KINDS[kind].model_json_schema()
+        return _keys_first(RECIPE_KINDS[kind].model_json_schema())
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "llmtune recipe",
-        "oneOf": [model.model_json_schema() for model in RECIPE_KINDS.values()],
+        "oneOf": [_keys_first(model.model_json_schema()) for model in RECIPE_KINDS.values()],
     }
+
+
+def _keys_first(schema: dict) -> dict:
+    """The recipe's own keys first, the sections they refer to ($defs) after them."""
+    return {k: schema[k] for k in sorted(schema, key=lambda k: k == "$defs")}
 
 
 def with_changes(recipe: RecipeBase, changes: dict[str, Any], where: str) -> RecipeBase:

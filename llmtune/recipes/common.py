@@ -216,7 +216,8 @@ class Split(Section):
     """Fractions carved from train when a split is not given as a file."""
 
     validation: float = Field(0.0, ge=0.0, lt=1.0)
-    """Share of train rows held out for validation (early stopping, model selection)."""
+    """Share of train rows held out for validation (early stopping, model selection: both need
+    30 rows or more, else the last step's model is kept)."""
     test: float = Field(0.0, ge=0.0, lt=1.0)
     """Share of train rows held out for the final test."""
     seed: int = 42
@@ -269,6 +270,11 @@ class Data(Section):
         return value
 
 
+# a validation split smaller than this cannot choose a checkpoint: with 6 rows one row moves
+# accuracy by 17 points, so "best" is whichever evaluation got lucky (docs/first-hour.md)
+MIN_VALIDATION_ROWS = 30
+
+
 class EarlyStopping(Section):
     """Stop when the validation metric stops improving."""
 
@@ -276,6 +282,10 @@ class EarlyStopping(Section):
     """Evaluations without improvement before stopping."""
     metric: str = "eval_loss"
     """Metric watched on the validation split (eval_loss, eval_accuracy, eval_f1, ...)."""
+    min_rows: int = Field(MIN_VALIDATION_ROWS, ge=1)
+    """Validation rows needed to stop early or keep the best checkpoint: on fewer, one row is
+    several points of the metric, so the run trains its full length, keeps the last step's model
+    and says so. Lower it only if you accept choosing on noise."""
 
 
 class Training(Section):
@@ -369,6 +379,17 @@ class RecipeBase(Section):
     def source(self) -> Path | None:
         """The recipe file this was loaded from (None when built in code)."""
         return self._source
+
+    def as_written(self, where: Any) -> Any:
+        """A row's `file:line` with the file as the recipe names it (relative to the recipe's
+        folder when it lies there), not the absolute path it was read from; other values as they are."""
+        if not isinstance(where, str) or self._source is None or not os.path.isabs(where):
+            return where
+        folder = self._source.parent.resolve()
+        path = Path(where.rsplit(":", 1)[0])
+        if not path.is_relative_to(folder):
+            return where
+        return os.path.relpath(where, folder)
 
     def resolve_path(self, value: str) -> Path:
         """A path written in the recipe, as an absolute path: relative ones are relative to the

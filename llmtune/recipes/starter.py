@@ -16,7 +16,6 @@ from llmtune.recipes.validate import _unwrap
 
 EXAMPLES: dict[str, dict[str, Any]] = {
     "finetune": {
-        "name": "sentiment-lora",
         "task": "classification",
         "model": {"path": "sentence-transformers/all-MiniLM-L6-v2"},
         "labels": ["negative", "positive"],
@@ -36,7 +35,6 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         },
     },
     "bulk-infer": {
-        "name": "nightly-labels",
         "model": {"path": "runs/sentiment-lora/model"},
         "input": {"path": "inbox/*.jsonl", "id_column": "id", "columns": {"text": "review"}},
         "template": "{{ text }}",
@@ -47,7 +45,6 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "prompt-eval": {
         # a generation eval that runs offline as it is: tiny scratch models (random weights) stand
         # in for real ones; put e.g. {path: Qwen/Qwen2.5-0.5B-Instruct} in their place
-        "name": "translation-prompts",
         "models": {
             "small": {
                 "scratch": {"architecture": "llama", "hidden_size": 32, "num_layers": 2, "num_heads": 2}
@@ -87,7 +84,6 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "fail_under": {"chrf@language": 0.4, "pass_rate:no_echo": 0.95},
     },
     "distill": {
-        "name": "sentiment-distilled",
         "task": "classification",
         "teacher": {"path": "runs/sentiment-full/model"},
         "student": {"from_teacher": {"layers": [0, 2, 4]}, "trim_vocab": True},
@@ -101,7 +97,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         },
     },
     "rlhf": {
-        "name": "reward-model",
+        "name": "reward-model",  # the policy stage's starter reads runs/reward-model/model
         "stage": "reward",
         "model": {"path": "sentence-transformers/all-MiniLM-L6-v2"},
         "data": {"train": "data/rankings.jsonl", "test": "data/rankings_test.jsonl", "max_length": 256},
@@ -198,8 +194,31 @@ ALTERNATIVES: dict[str, dict[str, Any]] = {
 }
 
 
-def starter_for(kind: str, stage: str | None = None) -> str:
-    """`llmtune init KIND [--stage STAGE]`; an unknown kind or stage is BadInput."""
+# `llmtune init KIND` without --full: the keys a newcomer edits (None: the whole section)
+SHORT: dict[str, dict[str, Any]] = {
+    "finetune": {
+        "kind": None,
+        "task": None,
+        "model": {"path": None},
+        "labels": None,
+        "method": {"type": None},
+        "data": {"train": None, "test": None, "split": None, "columns": None},
+        "training": {"epochs": None, "batch_size": None, "learning_rate": None},
+    },
+}
+
+
+def schema_file(kind: str) -> str:
+    """The JSON Schema file `llmtune init` writes next to a starter, which its first line names."""
+    return f"llmtune-{kind}.schema.json"
+
+
+def starter_for(
+    kind: str, stage: str | None = None, *, full: bool = False, example: dict[str, Any] | None = None
+) -> str:
+    """`llmtune init KIND [--stage STAGE] [--full]`: the short starter where there is one, else
+    every key; `example` replaces the kind's example values (`--from DATA`). An unknown kind or
+    stage is BadInput."""
     from llmtune.errors import BadInput
     from llmtune.recipes import RECIPE_KINDS
 
@@ -209,30 +228,47 @@ def starter_for(kind: str, stage: str | None = None) -> str:
         raise BadInput(f"--stage is for rlhf recipes, not {kind}")
     if stage is not None and stage not in RLHF_STAGES:
         raise BadInput(f"unknown rlhf stage {stage!r}; expected one of: {', '.join(RLHF_STAGES)}")
-    return starter_recipe(kind, RECIPE_KINDS[kind], stage)
+    short = not full and kind in SHORT
+    return starter_recipe(kind, RECIPE_KINDS[kind], stage, short=short, example=example)
 
 
-def starter_recipe(kind: str, model: type[BaseModel], stage: str | None = None) -> str:
+def starter_recipe(
+    kind: str,
+    model: type[BaseModel],
+    stage: str | None = None,
+    *,
+    short: bool = False,
+    example: dict[str, Any] | None = None,
+) -> str:
     """The commented YAML starter for `kind`; for rlhf, `stage` gives one stage's starter with
-    only the keys that stage reads (without it, every key, with the reward stage's values)."""
-    values = {"kind": kind, **EXAMPLES.get(kind, {})}
-    only = None
+    only the keys that stage reads (without it, every key, with the reward stage's values);
+    `short`, only the keys of SHORT[kind]."""
+    values = {"kind": kind, **(EXAMPLES.get(kind, {}) if example is None else example)}
+    only: dict[str, Any] | None = SHORT[kind] if short else None
     if stage is not None:
-        keys, example = RLHF_STAGES[stage]
-        values, only = {"kind": kind, **example, "stage": stage}, {"kind", *_COMMON, *keys}
+        keys, stage_example = RLHF_STAGES[stage]
+        values = {"kind": kind, **stage_example, "stage": stage}
+        only = dict.fromkeys({"kind", *_COMMON, *keys})
     lines = [
+        f"# yaml-language-server: $schema={schema_file(kind)}",
         f"# llmtune {kind} recipe: {_doc(model)}",
         f"# Validate with `llmtune validate FILE`; every key is documented by `llmtune schema {kind}`.",
         "# extends: base.yaml   # optional: deep-merge another recipe under this one (its relative",
         "#                      # paths stay relative to it)",
         "",
     ]
+    if short:
+        lines[2:5] = [
+            f"# The keys you edit first; `llmtune init {kind} FILE --full` writes every key, and",
+            f"# `llmtune schema {kind}` documents them. The run is named after this file: runs/<file stem>.",
+            "# Then: llmtune validate FILE; llmtune finetune FILE --dry-run; llmtune finetune FILE",
+        ]
     if kind == "rlhf":
-        lines[2:2] = [
+        lines[3:3] = [
             "# Stages, in the order of the loop: collect -> (people rank: llmtune rank FILE) -> reward ->",
             "# policy, or dpo / kto. `llmtune init rlhf --stage STAGE` writes one stage's starter.",
         ]
-    extras = (COMMENTED.get(kind, {}), ALTERNATIVES.get(kind, {}))
+    extras = ({}, {}) if short else (COMMENTED.get(kind, {}), ALTERNATIVES.get(kind, {}))
     lines += _render(model, values, indent=0, extras=extras, only=only)
     return "\n".join(lines) + "\n"
 
@@ -256,7 +292,7 @@ def _render(
     indent: int,
     defaults: bool = True,
     extras: Extras = ({}, {}),
-    only: set[str] | None = None,
+    only: dict[str, Any] | None = None,
 ) -> list[str]:
     """Each field of `model` as commented YAML: the example value when there is one, else (with
     `defaults`) the default, so that every key a user may set is shown where it goes. `extras`:
@@ -280,7 +316,8 @@ def _render(
             lines += _commented(name, alternatives[name], pad, "or")
         annotation = _unwrap(field.annotation)
         if _is_section(annotation) and isinstance(value, dict):
-            lines += [f"{pad}{name}:", *_render(annotation, value, indent + 1, defaults, extras)]
+            inner = only.get(name) if only is not None else None
+            lines += [f"{pad}{name}:", *_render(annotation, value, indent + 1, defaults, extras, inner)]
         else:
             lines += _render_value(name, annotation, value, indent, defaults)
         if value is None and name in commented:

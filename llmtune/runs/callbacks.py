@@ -18,22 +18,37 @@ from llmtune.console import live_console, say, stderr_is_terminal
 from llmtune.runs.outputs import apply_umask
 from llmtune.runs.rundir import RunDir
 
-_NOISE = (
-    "total_flos",
-    "eval_model_preparation_time",
-    "eval_runtime",
-    "eval_steps_per_second",
-    "train_steps_per_second",
-)
+# what a person reads on the console per log line; every key still goes to metrics.jsonl
+SHOWN_TRAINING = ("loss", "reward", "kl")
+_NOT_A_METRIC = ("_runtime", "_per_second", "_preparation_time", "epoch", "total_flos")
 
 
 class MetricsLog(TrainerCallback):
-    """Each Trainer log line goes to metrics.jsonl and, as a plain line, to the console; each saved
-    checkpoint gets the user's umask."""
+    """Each Trainer log line goes to metrics.jsonl. The console gets about LINES short lines over
+    a training run (progress, time left, the latest loss and validation loss and watched metric),
+    and nothing for evaluations before or after training (the lifecycle says those once). Each
+    saved checkpoint gets the user's umask."""
 
-    def __init__(self, run_dir: RunDir) -> None:
+    LINES = 20
+
+    def __init__(self, run_dir: RunDir, watched: str | None = None) -> None:
         self.run_dir = run_dir
+        self.watched = watched
         self.started = time.monotonic()
+        self.training = False
+        self.first_step = 0
+        self.train_started = self.started
+        self.latest: dict[str, Any] = {}
+        self.next_line = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.training = True
+        self.first_step = state.global_step  # a resumed run counts its speed from here
+        self.train_started = time.monotonic()
+        self.next_line = state.global_step + 1
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.training = False
 
     def on_log(
         self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
@@ -47,10 +62,52 @@ class MetricsLog(TrainerCallback):
             **logs,
         }
         self.run_dir.log_metrics(record)
-        shown = ", ".join(
-            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in logs.items() if k not in _NOISE
-        )
-        say(f"step {state.global_step}/{state.max_steps}: {shown}")
+        if not self.training or "train_runtime" in logs:  # the end-of-training totals: file only
+            return
+        self.latest.update(logs)
+        if state.global_step >= self.next_line or state.global_step >= state.max_steps:
+            self.next_line = state.global_step + max(1, state.max_steps // self.LINES)
+            watched = self.watched or getattr(args, "metric_for_best_model", None)
+            shown = console_line(self.latest, watched)
+            say(f"{progress(state, self.first_step, self.train_started)}: {shown}")
+
+
+def progress(state: Any, first_step: int, started: float) -> str:
+    """`step 40/100 (40%, 1m12s left)`: the time left from this run's speed so far."""
+    step, total = state.global_step, max(state.max_steps, 1)
+    done = step - first_step
+    left = ""
+    if done > 0 and step < total:
+        left = f", {_duration((time.monotonic() - started) / done * (total - step))} left"
+    return f"step {step}/{total} ({100 * step // total}%{left})"
+
+
+def console_line(logs: dict[str, Any], watched: str | None = None) -> str:
+    """The few numbers of the latest log lines a person needs: the training loss (and reward),
+    the validation loss and the metric the run watches (else the first the task computes)."""
+    parts = [
+        f"{k} {_number(v)}"
+        for k, v in logs.items()
+        if k in SHOWN_TRAINING or k.endswith("/reward") or k == "rewards/mean"
+    ]
+    metrics = [k for k in logs if k.startswith("eval_") and not k.endswith(_NOT_A_METRIC)]
+    if watched not in metrics:
+        watched = next((k for k in metrics if k != "eval_loss"), None)
+    keys = [k for k in ("eval_loss", watched) if k in logs]
+    if keys:
+        parts.append("validation " + ", ".join(f"{k.removeprefix('eval_')} {_number(logs[k])}" for k in keys))
+    return ", ".join(parts) or "logged"
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         # safetensors writes 0600 files: a checkpoint gets the user's umask as soon as it exists,

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from llmtune.console import say, table
-from llmtune.errors import Interrupted
+from llmtune.errors import BadInput, Interrupted
 from llmtune.recipes.common import RecipeBase
 from llmtune.runs.options import JobOptions
 from llmtune.runs.rundir import RunDir, run_dir_path
@@ -51,6 +51,10 @@ class Plan:
     precision: str
     details: dict[str, Any] = field(default_factory=dict)
     """Job-specific items (labels, data format), shown in the plan and the summary."""
+
+    def rows_text(self) -> str:
+        """`54 train, 6 validation, 30 test`: the row counts as a person writes them."""
+        return ", ".join(f"{n} {split}" for split, n in self.rows.items() if n or split == "train")
 
     @property
     def trainable_share(self) -> float:
@@ -79,11 +83,13 @@ class Outcome:
     """evaluation.retain: {before, after, change} on the general rows."""
     sources: dict[str, Metrics] | None = None
     """Mixtures and replay: per source, its weight, rows drawn and the final model's loss."""
+    selection: Metrics | None = None
+    """How the kept model was chosen: early stopping, checkpoint, validation rows (runs.selection)."""
     warnings: list[str] = field(default_factory=list)
     """Why the result may not mean much (too few steps, loss not falling, one class predicted...)."""
 
     def as_dict(self, headline: Callable[[Metrics | None], Any] = lambda m: m) -> dict[str, Any]:
-        extra = {name: value for name in ("retain", "sources") if (value := getattr(self, name))}
+        extra = {name: value for name in ("retain", "sources", "selection") if (value := getattr(self, name))}
         return {
             **self.plan.as_dict(),
             **extra,
@@ -149,10 +155,17 @@ def run_training(job: TrainingJob, options: JobOptions) -> dict[str, Any]:
 
 def _run_training(job: TrainingJob, options: JobOptions) -> dict[str, Any]:
     from llmtune.runs.distributed import agreed, check, fit_trainer, written_by_main
+    from llmtune.runs.selection import model_selection
     from llmtune.runs.training import measured_once, resume_point, validation_metrics, watch_signals
 
     run_dir = RunDir(run_dir_path(job.recipe, options.output), job.recipe)
-    agreed(lambda: run_dir.claim(resume=options.resume, ranks_agree=True), only_main=True)
+    refused = None  # a dry run writes nothing: a refused run directory is listed with the rest
+    try:
+        agreed(lambda: run_dir.claim(resume=options.resume, ranks_agree=True), only_main=True)
+    except BadInput as exc:
+        if not options.dry_run:
+            raise
+        refused = exc
 
     def prepare() -> tuple[list[Path], Plan]:
         check(job.recipe)
@@ -160,7 +173,7 @@ def _run_training(job: TrainingJob, options: JobOptions) -> dict[str, Any]:
         return files, job.setup(run_dir.path, dry_run=options.dry_run)
 
     try:
-        files, plan = agreed(prepare)
+        files, plan = together(refused, lambda: agreed(prepare))
         describe(plan)
         if options.dry_run:
             show_plan(plan.as_dict())
@@ -191,8 +204,10 @@ def _run_training(job: TrainingJob, options: JobOptions) -> dict[str, Any]:
             train_seconds=time.monotonic() - started,
             test_before=before,
         )
+        outcome.selection = model_selection(trainer, getattr(job.recipe, "training", None))
         if trainer.eval_dataset is not None:
             outcome.validation = validation_metrics(trainer)
+            say(f"validation ({_kept(outcome.selection)}): {_shown(outcome.validation)}")
         outcome.test = job.evaluate(trainer)
         if retained is not None:
             outcome.retain = forgetting(retained, job.retain(trainer))
@@ -204,6 +219,22 @@ def _run_training(job: TrainingJob, options: JobOptions) -> dict[str, Any]:
         return outcome.as_dict(job.headline)
 
     return recorded(run_dir, options, files, train)
+
+
+def together(refused: BadInput | None, prepare: Callable[[], T]) -> T:
+    """`prepare()`, with the run directory's refusal (a dry run's) raised together with its own
+    problems, or alone when everything else checks out."""
+    if refused is None:
+        return prepare()
+    try:
+        prepare()
+    except BadInput as exc:
+        raise BadInput(problems=[*refused.problems, *exc.problems]) from None
+    raise refused
+
+
+def _kept(selection: Metrics | None) -> str:
+    return "model kept: " + selection["kept"] if selection else "final model"
 
 
 def finish(job: TrainingJob, trainer: Any, run_dir: RunDir, outcome: Outcome) -> None:
@@ -268,8 +299,9 @@ def _source_rows(sources: dict[str, Metrics]) -> tuple[list[str], list[list[Any]
 def show_retain_and_sources(run_dir: RunDir, outcome: Outcome) -> None:
     """The retain and per-source tables on the console, and added to report.md."""
     from llmtune.console import markdown_table
+    from llmtune.runs.selection import selection_markdown
 
-    lines = []
+    lines = selection_markdown(outcome.selection)
     if outcome.sources:
         columns, rows = _source_rows(outcome.sources)
         table("data sources (one epoch)", columns, rows)
@@ -350,8 +382,13 @@ def training_warnings(outcome: Outcome, run_dir: Path, loss_is_objective: bool =
     (unless the job's loss is not what it optimises: GRPO's is near zero by construction)."""
     import json
 
+    from llmtune.runs.selection import early_stop_cause
+
     out = []
-    if outcome.steps < FEW_STEPS:
+    cause = early_stop_cause(outcome.selection)
+    if cause is not None and outcome.steps < FEW_STEPS:
+        out.append(f"only {outcome.steps} optimizer steps: {cause}")
+    elif outcome.steps < FEW_STEPS:
         out.append(
             f"only {outcome.steps} optimizer steps: too few to learn much; raise training.epochs "
             "(or max_steps), lower training.batch_size, or add data"

@@ -16,7 +16,7 @@ from typing import Any
 from llmtune.console import say
 from llmtune.errors import BadInput, Interrupted
 from llmtune.metrics import lower_is_better
-from llmtune.recipes.common import ModelRef, Training
+from llmtune.recipes.common import MIN_VALIDATION_ROWS, ModelRef, Training
 from llmtune.runs.rundir import RunDir
 
 
@@ -111,6 +111,19 @@ def watch_signals(trainer: Any) -> Iterator[None]:
         raise Interrupted(stop.signum)
 
 
+def min_validation_rows(training: Training) -> int:
+    """Validation rows needed to stop early and keep the best checkpoint (early_stopping.min_rows)."""
+    return training.early_stopping.min_rows if training.early_stopping else MIN_VALIDATION_ROWS
+
+
+def selects_checkpoint(training: Training, has_validation: bool, validation_rows: int | None) -> bool:
+    """Whether the run may choose its model on the validation split (early stopping, keeping the
+    best checkpoint): it has one, and (when its size is known) one large enough to tell apart."""
+    if not has_validation:
+        return False
+    return validation_rows is None or validation_rows >= min_validation_rows(training)
+
+
 def training_arguments(
     training: Training,
     run_dir: Path,
@@ -118,12 +131,15 @@ def training_arguments(
     device: str,
     seed: int,
     has_validation: bool,
+    validation_rows: int | None = None,
     extra: dict[str, Any] | None = None,
     args_class: Any = None,
 ) -> Any:
     """TrainingArguments (or a TRL config class) built from the recipe's `training` section,
     resolved (see resolve_training): no `auto` values left. Under torchrun / accelerate launch,
-    the `distributed:` section's settings and the per-rank share of the global batch."""
+    the `distributed:` section's settings and the per-rank share of the global batch. With
+    `validation_rows` below the rule (`selects_checkpoint`) the split is still evaluated, for the
+    curves, but the last step's model is kept."""
     from transformers import TrainingArguments
 
     from llmtune.runs.distributed import trainer_arguments
@@ -133,6 +149,7 @@ def training_arguments(
     if has_validation:
         evaluate = "steps" if training.eval_steps else "epoch"
     watched = training.early_stopping.metric if training.early_stopping else "eval_loss"
+    selecting = selects_checkpoint(training, has_validation, validation_rows)
     kwargs: dict[str, Any] = dict(
         output_dir=str(run_dir / "checkpoints"),
         num_train_epochs=training.epochs,
@@ -155,9 +172,9 @@ def training_arguments(
         save_strategy=evaluate if has_validation else ("steps" if training.eval_steps else "epoch"),
         save_steps=training.eval_steps,
         save_total_limit=training.save_total_limit,
-        load_best_model_at_end=has_validation,
-        metric_for_best_model=watched if has_validation else None,
-        greater_is_better=None if not has_validation else not lower_is_better(watched),
+        load_best_model_at_end=selecting,
+        metric_for_best_model=watched if selecting else None,
+        greater_is_better=None if not selecting else not lower_is_better(watched),
         logging_steps=training.logging_steps,
         # tensorboard is added by `callbacks` (it writes into the run directory, not checkpoints/)
         report_to=[t for t in training.report_to if t != "tensorboard"],
@@ -193,14 +210,18 @@ def evaluations_heard_by(hook: EvaluationHook) -> Iterator[None]:
         _evaluation_hook.reset(token)
 
 
-def callbacks(training: Training, run_dir: RunDir, has_validation: bool) -> list[Any]:
-    """Logging, graceful stop, early stopping when asked for, and the evaluation hook of an
-    enclosing `evaluations_heard_by` (a sweep's pruner)."""
+def callbacks(
+    training: Training, run_dir: RunDir, has_validation: bool, validation_rows: int | None = None
+) -> list[Any]:
+    """Logging, graceful stop, early stopping when asked for (and the validation split is large
+    enough: `selects_checkpoint`, said on the console when it is not), and the evaluation hook of
+    an enclosing `evaluations_heard_by` (a sweep's pruner)."""
     from transformers import EarlyStoppingCallback
 
     from llmtune.runs.callbacks import EvaluationReport, GracefulStop, MetricsLog
 
-    out: list[Any] = [MetricsLog(run_dir), GracefulStop()]
+    watched = training.early_stopping.metric if training.early_stopping else None
+    out: list[Any] = [MetricsLog(run_dir, watched), GracefulStop()]
     hook = _evaluation_hook.get()
     if hook is not None and has_validation:
         out.append(EvaluationReport(hook))
@@ -212,9 +233,21 @@ def callbacks(training: Training, run_dir: RunDir, has_validation: bool) -> list
         out.append(board)
     if "mlflow" in training.report_to:
         os.environ.setdefault("MLFLOW_TRACKING_URI", (run_dir.path / "mlruns").resolve().as_uri())
-    if training.early_stopping and has_validation:
+    if has_validation and not selects_checkpoint(training, has_validation, validation_rows):
+        say(f"note: {too_small(training, validation_rows or 0)}")
+    elif training.early_stopping and has_validation:
         out.append(EarlyStoppingCallback(early_stopping_patience=training.early_stopping.patience))
     return out
+
+
+def too_small(training: Training, validation_rows: int) -> str:
+    """Why the run does not choose its model on a validation split this small, and what it does."""
+    stopping = "early stopping is off, and " if training.early_stopping else ""
+    return (
+        f"the validation split has {validation_rows} rows, fewer than {min_validation_rows(training)}: too "
+        f"few to choose a checkpoint on, so {stopping}the model of the last step is kept. Give more "
+        "validation rows (data.validation, or a larger data.split.validation)"
+    )
 
 
 def last_checkpoint(run_dir: Path) -> str | None:

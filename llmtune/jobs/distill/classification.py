@@ -109,16 +109,17 @@ class ClassificationDistill:
         self.teacher_labels = label_rows(engine, prompts, self.labels, run_dir.path / JOURNAL, stamp)
         self.encoded = {name: self.encode(name, self.student, self.teacher_labels) for name in self.texts}
         has_validation = self.encoded["validation"] is not None
+        rows = len(self.encoded["validation"]) if has_validation else None
         trainer = DistillationTrainer(
             model=self.student.model,
             args=common.head_arguments(
-                self.training, run_dir.path, self.student, recipe.seed, has_validation
+                self.training, run_dir.path, self.student, recipe.seed, has_validation, validation_rows=rows
             ),
             train_dataset=self.encoded["train"],
             eval_dataset=self.encoded["validation"],
             data_collator=Collator(self.student.tokenizer),
             compute_metrics=gold_metrics(self.labels),
-            callbacks=callbacks(self.training, run_dir, has_validation),
+            callbacks=callbacks(self.training, run_dir, has_validation, rows),
             temperature=recipe.temperature,
             alpha=recipe.alpha,
             hard=recipe.strategy == "hard_labels",

@@ -171,16 +171,29 @@ def token_dataset(student: LoadedModel, texts: list[str], max_length: int, colum
 
 
 def head_arguments(
-    training: Training, folder: Path, student: LoadedModel, seed: int, has_validation: bool, save: bool = True
+    training: Training,
+    folder: Path,
+    student: LoadedModel,
+    seed: int,
+    has_validation: bool,
+    save: bool = True,
+    validation_rows: int | None = None,
 ) -> Any:
     """TrainingArguments of the classification and regression trainers: batches keep their
     teacher and gold columns (the loss reads them) and `gold` is the label; `save=False` for a
-    baseline, which writes no checkpoints."""
+    baseline, which writes no checkpoints; a validation split under the rule chooses nothing
+    (`runs.training.selects_checkpoint`)."""
     extra: dict[str, Any] = {"remove_unused_columns": False, "label_names": ["gold"]}
     if not save:
         extra["save_strategy"] = "no"
     return training_arguments(
-        training, folder, device=student.device, seed=seed, has_validation=has_validation, extra=extra
+        training,
+        folder,
+        device=student.device,
+        seed=seed,
+        has_validation=has_validation,
+        validation_rows=validation_rows,
+        extra=extra,
     )
 
 
@@ -210,7 +223,8 @@ def row_id(row: Row, where: str) -> Any:
 
 def write_predictions(run_dir: RunDir, records: Iterable[dict[str, Any]]) -> None:
     """predictions.jsonl: one record per test row."""
-    lines = [json.dumps(record, ensure_ascii=False) + "\n" for record in records]
+    shown = ({**r, "id": run_dir.recipe.as_written(r.get("id"))} if "id" in r else r for r in records)
+    lines = [json.dumps(record, ensure_ascii=False) + "\n" for record in shown]
     run_dir.write_text("predictions.jsonl", "".join(lines))
 
 

@@ -203,7 +203,7 @@ def _rows(comparison: dict[str, Any]) -> list[list[Any]]:
                     e["rows_per_s"],
                     e["accuracy"],
                     e["f1"],
-                    e["quality_kept"],
+                    "-" if e["quality_kept"] is None else f"{100 * e['quality_kept']:.1f}%",
                 ]
             )
     return rows
@@ -248,7 +248,7 @@ def report(
         f"- teacher: `{recipe.teacher.describe()}`",
         f"- student: {recipe.student.describe()}",
         f"- {headline(comparison)}",
-        f"- temperature {recipe.temperature}, alpha {recipe.alpha}; rows: {plan.rows}",
+        f"- temperature {recipe.temperature}, alpha {recipe.alpha}; rows: {plan.rows_text()}",
         f"- steps: {outcome.steps}, training time: {outcome.train_seconds:.2f} s on {plan.device}",
         f"- speed: {measured['rows']} test rows, batch size {measured['batch_size']}, max_length "
         f"{measured['max_length']}, {measured['threads']} torch threads, tokenizing included; each batch "

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmtune.console import say
+from llmtune.console import RowProgress, say
 from llmtune.inference.journal import Journal, folder_fingerprint, text_fingerprint
 from llmtune.models.loading import LoadedModel, resolve_model_path
 from llmtune.recipes.distill import DistillRecipe
@@ -158,12 +158,14 @@ def _journal_outputs(
     if reused:
         say(f"teacher outputs: {reused} rows reused from {journal_path.name}, {len(todo)} to compute")
     started = time.monotonic()
-    for start in range(0, len(todo), chunk_rows):
-        chunk = todo[start : start + chunk_rows]
-        records = [{"id": input_key(p), **stamp, **r} for p, r in zip(chunk, compute(chunk), strict=True)]
-        journal.append(records)
-        done.update({r["id"]: r for r in records})
-        finished = start + len(chunk)
-        rate = finished / max(time.monotonic() - started, 1e-9)
-        say(f"teacher {verb} {finished}/{len(todo)} rows ({rate:.1f} rows/s)")
+    progress = RowProgress(f"teacher {verb}", len(todo))  # one bar, not a line per chunk
+    try:
+        for start in range(0, len(todo), chunk_rows):
+            chunk = todo[start : start + chunk_rows]
+            records = [{"id": input_key(p), **stamp, **r} for p, r in zip(chunk, compute(chunk), strict=True)]
+            journal.append(records)
+            done.update({r["id"]: r for r in records})
+            progress.advance(len(chunk))
+    finally:
+        progress.close()
     return TeacherOutputs(done, len(todo), reused, time.monotonic() - started)

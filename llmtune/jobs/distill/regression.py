@@ -126,15 +126,16 @@ class RegressionDistill:
         )
         self.encoded = {name: self.encode(name) for name in self.texts}
         has_validation = self.encoded["validation"] is not None
+        rows = len(self.encoded["validation"]) if has_validation else None
         trainer = ScoreDistillationTrainer(
             model=self.student.model,
             args=common.head_arguments(
-                self.training, run_dir.path, self.student, recipe.seed, has_validation
+                self.training, run_dir.path, self.student, recipe.seed, has_validation, validation_rows=rows
             ),
             train_dataset=self.encoded["train"],
             eval_dataset=self.encoded["validation"],
             data_collator=ScoreCollator(self.student.tokenizer),
-            callbacks=callbacks(self.training, run_dir, has_validation),
+            callbacks=callbacks(self.training, run_dir, has_validation, rows),
             alpha=recipe.alpha,
         )
         keep_stdout_clean(trainer)

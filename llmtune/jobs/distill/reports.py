@@ -89,8 +89,13 @@ def _rows(comparison: dict[str, Any], measures: Measures) -> list[list[Any]]:
         if e:
             shown = "student on gold data only" if name == "baseline" else name
             values = [e[k] for k in (*measures.speed, *measures.metrics)]
-            rows.append([shown, e["params"], e["size_mb"], *values, e["quality_kept"]])
+            rows.append([shown, e["params"], e["size_mb"], *values, percent(e["quality_kept"])])
     return rows
+
+
+def percent(share: float | None) -> str:
+    """A share of the teacher's quality as the headline says it: `96.3%`."""
+    return "-" if share is None else f"{100 * share:.1f}%"
 
 
 def columns(measures: Measures) -> list[str]:
@@ -142,7 +147,7 @@ def report(
         f"- teacher: `{recipe.teacher.describe()}`",
         f"- student: {recipe.student.describe()}",
         f"- {headline(comparison)}",
-        f"- temperature {recipe.temperature}, alpha {recipe.alpha}, beta {recipe.beta}; rows: {plan.rows}",
+        f"- temperature {recipe.temperature}, alpha {recipe.alpha}, beta {recipe.beta}; rows: {plan.rows_text()}",
         f"- steps: {outcome.steps}, training time: {outcome.train_seconds:.2f} s on {plan.device}",
         f"- quality kept: {measures.kept_why}",
         *[f"- {note}" for note in notes],

@@ -15,7 +15,8 @@ from typing import Any
 
 import llmtune.jobs.finetune.heads as heads
 from llmtune.console import markdown_table, table
-from llmtune.data.readers import Splits, check_labels, infer_labels
+from llmtune.data.labels import check_labels, infer_labels
+from llmtune.data.readers import Splits
 from llmtune.data.templates import Template
 from llmtune.errors import BadInput
 from llmtune.metrics import classification_metrics, confusion_markdown

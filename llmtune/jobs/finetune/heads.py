@@ -192,7 +192,9 @@ def build_trainer(
 
     from llmtune.runs.callbacks import keep_stdout_clean
 
-    has_validation = prepared.encoded["validation"] is not None
+    validation = prepared.encoded["validation"]
+    has_validation = validation is not None
+    rows = len(validation) if has_validation else None
     trainer = Trainer(
         model=prepared.model,
         args=training_arguments(
@@ -201,6 +203,7 @@ def build_trainer(
             device=prepared.loaded.device,
             seed=recipe.seed,
             has_validation=has_validation,
+            validation_rows=rows,
             extra=extra_args,
         ),
         train_dataset=prepared.encoded["train"],
@@ -208,7 +211,7 @@ def build_trainer(
         data_collator=DataCollatorWithPadding(prepared.loaded.tokenizer),
         compute_metrics=compute_metrics,
         compute_loss_func=compute_loss,
-        callbacks=callbacks(prepared.training, run_dir, has_validation),
+        callbacks=callbacks(prepared.training, run_dir, has_validation, rows),
     )
     # the heads' losses (the model's cross-entropy or MSE, our Huber) are means over the batch that
     # ignore the Trainer's item count; left to its guess (a forward taking **kwargs), the Trainer
@@ -250,7 +253,7 @@ def write_predictions(
     lines = []
     for row, where, result in zip(rows.rows, rows.where, results, strict=True):
         record = {
-            "id": row["id"] if row.get("id") is not None else where,
+            "id": row["id"] if row.get("id") is not None else run_dir.recipe.as_written(where),
             "text": model_input(row, template, where),
             **result,
         }
@@ -267,7 +270,7 @@ def report_header(recipe: FinetuneRecipe, outcome: Outcome) -> list[str]:
         f"- model: `{plan.model}`",
         f"- trainable parameters: {plan.trainable_params:,} of {plan.total_params:,} "
         f"({100 * plan.trainable_share:.2f}%)",
-        f"- rows: {plan.rows}",
+        f"- rows: {plan.rows_text()}",
         f"- steps: {outcome.steps}, training time: {outcome.train_seconds:.2f} s on {plan.device}",
         "",
         *warnings_markdown(outcome),

@@ -191,6 +191,7 @@ def _trainer(
 
     validation = splits["validation"]
     has_validation = validation is not None
+    rows = len(validation.dataset) if validation else None
     sft = {
         "max_length": recipe.data.max_length,
         "packing": training.packing,
@@ -204,6 +205,7 @@ def _trainer(
         device=loaded.device,
         seed=recipe.seed,
         has_validation=has_validation,
+        validation_rows=rows,
         extra=sft,
         args_class=SFTConfig,
     )
@@ -213,7 +215,7 @@ def _trainer(
         train_dataset=splits["train"].dataset,
         eval_dataset=validation.dataset if validation else None,
         processing_class=loaded.tokenizer,
-        callbacks=callbacks(training, run_dir, has_validation),
+        callbacks=callbacks(training, run_dir, has_validation, rows),
     )
     keep_stdout_clean(trainer)
     return trainer
@@ -275,7 +277,7 @@ def _report(recipe: FinetuneRecipe, outcome: Outcome) -> str:
         f"# {recipe.name}: finetune (causal_lm, {recipe.method.type})",
         "",
         f"- model: `{plan.model}`",
-        f"- data: {plan.details['data_format']} rows {plan.rows}",
+        f"- data: {plan.details['data_format']}; rows: {plan.rows_text()}",
         f"- trainable parameters: {plan.trainable_params:,} of {plan.total_params:,} "
         f"({100 * plan.trainable_share:.2f}%)",
         f"- steps: {outcome.steps}, training time: {outcome.train_seconds:.2f} s on {plan.device}",

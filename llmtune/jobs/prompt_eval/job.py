@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from llmtune.console import say
-from llmtune.data.readers import Rows, check_labels, closest, infer_labels, load_splits, read_rows, refuse
+from llmtune.data.labels import check_labels, infer_labels
+from llmtune.data.readers import Rows, closest, load_splits, read_rows, refuse
 from llmtune.errors import BadInput, GateFailed, Problem
 from llmtune.inference.batching import free_memory
 from llmtune.inference.vllm_engine import require_vllm, vllm_engine

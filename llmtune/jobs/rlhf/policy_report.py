@@ -113,8 +113,11 @@ def diversity_lines(diversity: dict[str, Any]) -> list[str]:
 
 
 def _cell(text: str) -> str:
-    """Model text in a Markdown table cell: quoted, newlines escaped, and `|` kept inside the cell."""
-    return repr(text).replace("|", "\\|")
+    """Model text in a Markdown table cell as it reads: line breaks as <br>, `|` kept inside the
+    cell, and an empty response said as such."""
+    if not text.strip():
+        return "*(empty)*"
+    return text.replace("|", "\\|").replace("\r\n", "\n").replace("\n", "<br>")
 
 
 def training_rewards(run_dir: RunDir) -> list[str]:

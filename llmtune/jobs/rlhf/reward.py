@@ -169,12 +169,14 @@ class RewardJob:
         from llmtune.runs.callbacks import keep_stdout_clean
 
         has_validation = self.datasets["validation"] is not None
+        rows = len(self.datasets["validation"]) if has_validation else None
         args = training_arguments(
             self.training,
             run_dir.path,
             device=self.loaded.device,
             seed=self.recipe.seed,
             has_validation=has_validation,
+            validation_rows=rows,
             # the ids are already cut to data.max_length: RewardTrainer would drop, not cut, longer pairs
             extra={"max_length": None, "dataset_num_proc": None},
             args_class=RewardConfig,
@@ -185,7 +187,7 @@ class RewardJob:
             train_dataset=self.datasets["train"],
             eval_dataset=self.datasets["validation"],
             processing_class=self.loaded.tokenizer,
-            callbacks=callbacks(self.training, run_dir, has_validation),
+            callbacks=callbacks(self.training, run_dir, has_validation, rows),
         )
         keep_stdout_clean(trainer)
         return trainer
