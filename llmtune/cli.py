@@ -361,28 +361,81 @@ def export(
     output: Annotated[
         Path, typer.Option("--output", metavar="DIR", help="A new or empty folder (or an earlier export).")
     ],
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            metavar="hf|onnx|gguf",
+            help="hf: a Hugging Face folder; onnx: model.onnx for ONNX Runtime (heads and causal LMs); "
+            "gguf: a GGUF file for llama.cpp / Ollama (causal LMs: llama, qwen2, gpt2).",
+        ),
+    ] = "hf",
+    quantize: Annotated[
+        Optional[str],
+        typer.Option(
+            "--quantize",
+            metavar="KIND",
+            help="onnx: int8 (per-channel QInt8 weights), int8-per-tensor or uint8; gguf: f16 (default) or q8_0.",
+        ),
+    ] = None,
     merge: Annotated[
         Optional[bool],
         typer.Option(
             "--merge/--no-merge",
             help="Merge the adapter into its base weights (default: whenever peft can: LoRA, DoRA, "
-            "IA3, ...); --no-merge copies the adapter as it is.",
+            "IA3, ...); --no-merge copies the adapter as it is (hf only).",
         ),
+    ] = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify/--no-verify",
+            help="Load the export with its runtime and compare it with the trained model (the parity "
+            "gate); a failure is exit 1 and writes nothing.",
+        ),
+    ] = True,
+    verify_data: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--verify-data",
+            metavar="FILE",
+            help="JSONL rows for the gate (text, or prompt/completion); default: the run's test split.",
+        ),
+    ] = None,
+    threshold: Annotated[
+        Optional[list[str]],
+        typer.Option("--threshold", metavar="NAME=VALUE", help="Change a limit of the gate (docs/export.md)."),
     ] = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Write a run's model as a standalone Hugging Face model: an adapter is merged into its base
-    where peft can merge it; one that cannot (prefix/prompt tuning) is written as an adapter, and
-    the message says how to load it."""
-    from llmtune.models.export import export_model
+    """Write a run's model for deployment: a Hugging Face folder (an adapter merged into its base
+    where peft can), ONNX or GGUF, checked against the trained model before it lands, with a model
+    card (README.md) and export.json."""
+    from llmtune.export.formats import export_run
     from llmtune.models.loading import quiet_libraries
 
     quiet_libraries(_debug(debug))
     try:
-        written = export_model(run, output, merge=merge)
+        record = export_run(
+            run,
+            output,
+            fmt=fmt,
+            quantize=quantize,
+            merge=merge,
+            verify=verify,
+            verify_data=verify_data,
+            thresholds=threshold,
+        )
     except BadInput as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
-    print(f"wrote {written}", file=sys.stderr)
+    except Incomplete as exc:
+        _fail(str(exc), exc.exit_code)
+    gate = record.get("parity") or {}
+    if gate.get("verified"):
+        figures = {k: v for k, v in gate["figures"].items() if isinstance(v, int | float) and v is not None}
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in figures.items())
+        print(f"parity with the trained model ({gate['runtime']}): passed; {shown}", file=sys.stderr)
+    print(f"wrote {output}", file=sys.stderr)
 
 
 @app.command()

@@ -1,0 +1,107 @@
+"""The rows the parity gate runs on, in this order: `--verify-data FILE`; a head run's
+predictions.jsonl (its test split, as the model saw it, with the run's own predictions); the
+run's test split read through its recipe; a sample of its training data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from llmtune.errors import BadInput
+from llmtune.export.parity import Rows
+
+SAMPLE = 64  # training rows, when a run has no test split
+PROMPTS = 16  # prompts whose greedy continuations are compared
+
+
+def verify_rows(run: Path | None, verify_data: Path | None, head: str) -> Rows:
+    """The gate's rows for a `head` ("classification", "regression", "causal_lm") model."""
+    if verify_data is not None:
+        return _from_file(verify_data, head)
+    if run is not None and head != "causal_lm" and (run / "predictions.jsonl").is_file():
+        records = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines() if line]
+        return Rows(
+            "the run's test split (predictions.jsonl)",
+            [str(r["text"]) for r in records],
+            gold=[r.get("gold") for r in records] if all("gold" in r for r in records) else None,
+            run_predictions=[r["prediction"] for r in records] if head == "classification" else None,
+        )
+    recipe = _run_recipe(run) if run is not None else None
+    if recipe is None:
+        raise BadInput(
+            "no rows to verify the export on (this is not a run directory with a recipe.yaml and manifest.json): "
+            "give --verify-data FILE (JSONL with text, or prompt/completion), or --no-verify",
+            key="--verify-data",
+        )
+    if head == "causal_lm":
+        return _lm_rows(recipe)
+    raise BadInput(
+        "the run has no predictions.jsonl (no test split): give --verify-data FILE (JSONL rows with text "
+        "and, optionally, label), or --no-verify",
+        key="--verify-data",
+    )
+
+
+def _from_file(path: Path, head: str) -> Rows:
+    texts, gold, references = [], [], []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise BadInput(f"cannot read it ({exc.strerror})", file=str(path)) from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise BadInput("not a JSON object", file=str(path), line=number) from None
+        field = "prompt" if head == "causal_lm" and isinstance(row, dict) and "prompt" in row else "text"
+        if not isinstance(row, dict) or not isinstance(row.get(field), str):
+            raise BadInput(f"each row needs a string {field!r}", file=str(path), line=number)
+        texts.append(row[field])
+        gold.append(row.get("label"))
+        references.append(row[field] + str(row.get("completion", "")))
+    if not texts:
+        raise BadInput("holds no rows", file=str(path))
+    if head == "causal_lm":
+        return Rows(f"{path.name} ({len(texts)} rows)", texts[:PROMPTS], references=references[:SAMPLE])
+    known = None if any(g is None for g in gold) else gold
+    return Rows(f"{path.name} ({len(texts)} rows)", texts, gold=known)
+
+
+def _run_recipe(run: Path) -> Any | None:
+    """The run's recipe, its relative paths resolving against the original recipe's folder."""
+    from llmtune.recipes import load_recipe
+
+    manifest_path, recipe_path = run / "manifest.json", run / "recipe.yaml"
+    if not (manifest_path.is_file() and recipe_path.is_file()):
+        return None
+    manifest = json.loads(manifest_path.read_text())
+    recipe = load_recipe(recipe_path)
+    if manifest.get("recipe_file"):
+        recipe.attach_source(Path(manifest["recipe_file"]))
+    return recipe
+
+
+def _lm_rows(recipe: Any) -> Rows:
+    from llmtune.jobs.finetune.sft_data import prompt_text, setup_sft_data
+
+    data = setup_sft_data(recipe)
+    split, what = data.splits.test, "test split"
+    if not len(split.rows):
+        split, what = data.splits.train, "training data"
+    rows = split.rows[:SAMPLE]
+    prompts, references = [], []
+    for row in rows:
+        prompt = prompt_text(row, data) if data.format_of(row) != "messages" else ""
+        completion = str(row.get("completion", row.get("text", "")))
+        if data.format_of(row) == "messages":
+            prompt = "".join(str(m["content"]) for m in row["messages"][:-1])
+            completion = str(row["messages"][-1]["content"])
+        if prompt:
+            prompts.append(prompt)
+        references.append(prompt + completion)
+    if not prompts:  # plain text rows: continue their first words
+        prompts = [" ".join(r.split()[:8]) for r in references]
+    return Rows(f"the run's {what} ({len(rows)} rows)", prompts[:PROMPTS], references=references)
