@@ -375,7 +375,7 @@ def export(
         typer.Option(
             "--quantize",
             metavar="KIND",
-            help="onnx: int8 (per-channel QInt8 weights), int8-per-tensor or uint8; gguf: f16 (default) or q8_0.",
+            help="onnx: int8 (matrices per channel, embeddings float32) or int8-per-tensor (smaller); gguf: f16 (default) or q8_0.",
         ),
     ] = None,
     merge: Annotated[

@@ -20,7 +20,7 @@ from llmtune.export import card, landing, parity
 from llmtune.export.verify_data import verify_rows
 
 FORMATS = ("hf", "onnx", "gguf")
-QUANTIZE = {"hf": (None,), "onnx": (None, "int8", "int8-per-tensor", "uint8"), "gguf": ("f16", "q8_0")}
+QUANTIZE = {"hf": (None,), "onnx": (None, "int8", "int8-per-tensor"), "gguf": ("f16", "q8_0")}
 MAX_NEW_TOKENS = 16
 
 

@@ -17,14 +17,15 @@ class TorchRunner:
 
     def __init__(self, model: Any, tokenizer: Any, max_length: int | None) -> None:
         self.model, self.tokenizer, self.max_length = model.float().eval(), tokenizer, max_length
+        self.batch = BATCH
 
     def head_logits(self, texts: list[str]) -> np.ndarray:
         import torch
 
         out = []
-        for start in range(0, len(texts), BATCH):
+        for start in range(0, len(texts), self.batch):
             batch = self.tokenizer(
-                texts[start : start + BATCH],
+                texts[start : start + self.batch],
                 padding=True,
                 truncation=self.max_length is not None,
                 max_length=self.max_length,
@@ -58,12 +59,13 @@ class OnnxSide(TorchRunner):
 
         self.runner = OnnxRunner(folder)
         self.tokenizer, self.max_length = self.runner.tokenizer, max_length
+        self.batch = BATCH
 
     def head_logits(self, texts: list[str]) -> np.ndarray:
         out = []
-        for start in range(0, len(texts), BATCH):
+        for start in range(0, len(texts), self.batch):
             batch = self.tokenizer(
-                texts[start : start + BATCH],
+                texts[start : start + self.batch],
                 padding=True,
                 truncation=self.max_length is not None,
                 max_length=self.max_length,
