@@ -165,10 +165,14 @@ def _gate(
     else:
         side, runtime = _hf_side(tmp, record["task"], max_length), "transformers"
     say(f"verifying the export with {runtime} on {rows.source}")
-    if record["task"] == "causal_lm":
-        figures = parity.compare_lms(reference, side, rows, MAX_NEW_TOKENS)
-    else:
-        figures = parity.compare_heads(reference, side, rows, record.get("labels"), record.get("label_range"))
+    try:
+        if record["task"] == "causal_lm":
+            figures = parity.compare_lms(reference, side, rows, MAX_NEW_TOKENS)
+        else:
+            figures = parity.compare_heads(reference, side, rows, record.get("labels"), record.get("label_range"))
+    finally:
+        if hasattr(side, "close"):
+            side.close()
     limits = {k: v for k, v in limits.items() if figures.get(parity.LIMITS[k][0]) is not None}
     failed = parity.failures(figures, limits)
     result = {"verified": True, "runtime": runtime, "thresholds": limits, "figures": figures, "passed": not failed}

@@ -37,25 +37,27 @@ EARLIER_EXPORT_CONTENTS = (
 )
 
 
-def run_inputs(folder: Path) -> list[Path]:
-    """Every path the run behind model folder `folder` read or is made of: the folder, its base
-    (model/base, or the local base folder its adapter config names), and, from the run's
-    manifest and recipe, the recipe file, the data files, and the recipe's local model/adapter."""
-    inputs = [folder, folder / "base"]
+def run_inputs(folder: Path) -> list[tuple[Path, str]]:
+    """Every path the run behind model folder `folder` read or is made of, with what it is: the
+    folder, its base (model/base, or the local base folder its adapter config names), and, from
+    the run's manifest and recipe, the recipe file, the data files, the recipe's local model and
+    adapter."""
+    inputs = [(folder, "the model being exported"), (folder / "base", "its base model")]
     for name in ("adapter_config.json", "adapters.json"):
         config = _json_or_none(folder / name)
         base = (config or {}).get("base_model_name_or_path")
         if isinstance(base, str) and Path(base).is_absolute():
-            inputs.append(Path(base))
+            inputs.append((Path(base), "the base model its adapter was trained on"))
     run = folder.parent
     manifest = _json_or_none(run / "manifest.json") if folder.name == "model" else None
     if manifest:
         recipe_file = manifest.get("recipe_file")
-        inputs += [Path(p) for p in manifest.get("data_files") or {}]
+        inputs += [(Path(p), "a data file of the run") for p in manifest.get("data_files") or {}]
         if isinstance(recipe_file, str):
-            inputs.append(Path(recipe_file))
-            inputs += _recipe_models(run / "recipe.yaml", Path(recipe_file).parent)
-    return [p for p in inputs if os.path.lexists(p)]
+            inputs.append((Path(recipe_file), "the run's recipe"))
+            found = _recipe_models(run / "recipe.yaml", Path(recipe_file).parent)
+            inputs += [(p, "the model (or adapter) the run was trained on") for p in found]
+    return [(p, what) for p, what in inputs if os.path.lexists(p)]
 
 
 def _recipe_models(recipe_yaml: Path, base_dir: Path) -> list[Path]:
@@ -79,10 +81,10 @@ def check_target(folder: Path, output: Path) -> Path:
     replaced: exit 2 when it is, holds, or is inside an input of the run, is a file, or is a
     non-empty folder that is not an earlier export."""
     target = output.resolve()
-    for path in run_inputs(folder):
+    for path, what in run_inputs(folder):
         if _overlaps(target, path):
             raise BadInput(
-                f"{output} is, holds or is inside {path}, an input of the run being exported; "
+                f"{output} is, holds or is inside {path}, {what}; "
                 "llmtune never writes over a run's model, base, data or recipe: choose another --output",
                 key="--output",
             )

@@ -105,6 +105,10 @@ class LlamaCppSide:
     def eos(self) -> int | None:
         return self.llm.token_eos()
 
+    def close(self) -> None:
+        """Free llama.cpp's model now (its finaliser fails when it runs at interpreter exit)."""
+        self.llm.close()
+
     def sequence_logits(self, ids: list[int]) -> np.ndarray:
         self.llm.reset()
         self.llm.eval(ids)
