@@ -12,6 +12,7 @@ tokenizers are refused with a clear message.
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -173,8 +174,9 @@ def _vocab(writer: Any, tokenizer: Any, folder: Path) -> None:
     writer.add_tokenizer_pre(_pre_tokenizer(spec))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    tokenizer.save_pretrained(str(folder))  # SpecialVocab reads the saved files
-    special_vocab = gguf.SpecialVocab(str(folder), load_merges=True, n_vocab=vocab_size)
+    with tempfile.TemporaryDirectory(dir=folder) as saved:  # SpecialVocab reads the saved files
+        tokenizer.save_pretrained(saved)
+        special_vocab = gguf.SpecialVocab(saved, load_merges=True, n_vocab=vocab_size)
     if not special_vocab.merges:  # a byte tokenizer has none; llama.cpp insists on the key
         # a pair of special tokens: never two symbols of a word, so it never merges anything
         special_vocab.merges = [f"{tokenizer.bos_token} {tokenizer.eos_token}"]
