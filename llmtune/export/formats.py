@@ -57,6 +57,10 @@ def export_run(
         return _export_hf(run, folder, target, output, merge, verify, verify_data, limits, facts)
     _require(fmt)
     model, tokenizer, merged = _standalone(folder, fmt, merge)
+    if fmt == "gguf":
+        from llmtune.export.gguf_format import check_supported
+
+        check_supported(model)
     head = _head_of(model)
     rows = verify_rows(run_dir, verify_data, head) if verify else None
     record = _record(fmt, quantize, model, head, merged, facts)
