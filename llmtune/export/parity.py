@@ -41,8 +41,8 @@ THRESHOLDS: dict[str, dict[str, float]] = {
     "onnx": FULL,
     "onnx-int8": {**FULL, "min_label_agreement": 0.97, "max_prob_diff": 0.25, "max_abs_diff": 0.1}
     | {"min_spearman": 0.98, "min_token_agreement": 0.8, "max_loglik_diff": 0.1},
-    "gguf-f16": {**FULL, "min_token_agreement": 0.95, "max_loglik_diff": 0.02},
-    "gguf-q8_0": {**FULL, "min_token_agreement": 0.8, "max_loglik_diff": 0.1},
+    "gguf-f16": {**FULL, "min_token_agreement": 0.95, "max_loglik_diff": 0.005},
+    "gguf-q8_0": {**FULL, "min_token_agreement": 0.8, "max_loglik_diff": 0.02},
 }
 """The default thresholds per format (and quantisation); docs/export.md explains them."""
 
