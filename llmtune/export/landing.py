@@ -52,7 +52,9 @@ def run_inputs(folder: Path) -> list[tuple[Path, str]]:
     manifest = _json_or_none(run / "manifest.json") if folder.name == "model" else None
     if manifest:
         recipe_file = manifest.get("recipe_file")
-        inputs += [(Path(p), "a data file of the run") for p in manifest.get("data_files") or {}]
+        here = Path(recipe_file).parent if isinstance(recipe_file, str) else run
+        # data files are recorded as the recipe named them: relative ones are relative to its folder
+        inputs += [(here / p, "a data file of the run") for p in manifest.get("data_files") or {}]
         if isinstance(recipe_file, str):
             inputs.append((Path(recipe_file), "the run's recipe"))
             found = _recipe_models(run / "recipe.yaml", Path(recipe_file).parent)
