@@ -28,7 +28,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -167,8 +166,12 @@ def main() -> None:
         work = Path(tmp)
         (work / "onnx").mkdir()
         (work / "gguf").mkdir()
-        onnx = onnx_table(args.onnx_run, work / "onnx") if args.onnx_run.is_dir() else ["(no run at --onnx-run)"]
-        gguf = gguf_table(args.gguf_run, work / "gguf") if args.gguf_run.is_dir() else ["(no run at --gguf-run)"]
+        onnx = (
+            onnx_table(args.onnx_run, work / "onnx") if args.onnx_run.is_dir() else ["(no run at --onnx-run)"]
+        )
+        gguf = (
+            gguf_table(args.gguf_run, work / "gguf") if args.gguf_run.is_dir() else ["(no run at --gguf-run)"]
+        )
     load_after = os.getloadavg()
     loads = "load average {:.2f} {:.2f} {:.2f} before, {:.2f} {:.2f} {:.2f} after (1, 5, 15 min)"
     text = "\n".join(

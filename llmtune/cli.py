@@ -404,7 +404,9 @@ def export(
     ] = None,
     threshold: Annotated[
         Optional[list[str]],
-        typer.Option("--threshold", metavar="NAME=VALUE", help="Change a limit of the gate (docs/export.md)."),
+        typer.Option(
+            "--threshold", metavar="NAME=VALUE", help="Change a limit of the gate (docs/export.md)."
+        ),
     ] = None,
     debug: DebugOpt = False,
 ) -> None:

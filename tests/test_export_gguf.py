@@ -98,7 +98,12 @@ def test_the_run_exports_with_its_figures_and_a_card(sft_run: Path, tmp_path: Pa
     out = tmp_path / "gguf"
     result = invoke("export", sft_run, "--format", "gguf", "--quantize", "q8_0", "--output", out)
     assert result.code == 0, result.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == [".llmtune-export.json", "README.md", "export.json", "model-q8_0.gguf"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".llmtune-export.json",
+        "README.md",
+        "export.json",
+        "model-q8_0.gguf",
+    ]
     record = json.loads((out / "export.json").read_text())
     gate = record["parity"]
     assert gate["passed"] and gate["figures"]["prompts"] == 8 and gate["figures"]["token_agreement"] >= 0.8
@@ -107,7 +112,9 @@ def test_the_run_exports_with_its_figures_and_a_card(sft_run: Path, tmp_path: Pa
     assert "model-q8_0.gguf" in card and "built from scratch" in card and str(tmp_path) not in card
 
 
-def test_a_zeroed_tensor_fails_the_gate(sft_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_zeroed_tensor_fails_the_gate(
+    sft_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import llmtune.export.gguf_format as gguf_format
 
     real = gguf_format._tensors
@@ -136,4 +143,6 @@ def test_gguf_refuses_what_it_cannot_write(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(BadInput, match="byte-level BPE"):
         write_gguf(model, bert_tokenizer, tmp_path, "f16", "tiny")
     monkeypatch.setitem(__import__("sys").modules, "gguf", None)  # not installed
-    assert_bad_input(invoke("export", tmp_path / "model", "--format", "gguf", "--output", tmp_path / "o"), "llmtune[gguf]")
+    assert_bad_input(
+        invoke("export", tmp_path / "model", "--format", "gguf", "--output", tmp_path / "o"), "llmtune[gguf]"
+    )

@@ -61,7 +61,9 @@ def test_onnx_export_loads_in_plain_onnxruntime_and_predicts_what_the_run_predic
 
     record = json.loads((out / "export.json").read_text())
     gate = record["parity"]
-    assert gate["passed"] and gate["figures"]["label_agreement"] == 1.0 and gate["figures"]["rows"] == len(rows)
+    assert (
+        gate["passed"] and gate["figures"]["label_agreement"] == 1.0 and gate["figures"]["rows"] == len(rows)
+    )
     assert record["files"]["inputs"] == names and record["labels"] == ["neg", "pos"]
     card = (out / "README.md").read_text()
     assert "## Parity with the trained model" in card and "label_agreement" in card
@@ -139,14 +141,21 @@ def test_a_causal_lm_exports_to_onnx_without_a_cache(tmp_path: Path) -> None:
 def test_bad_requests_are_exit_2(cls_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "x"
     assert_bad_input(invoke("export", cls_run, "--format", "tflite", "--output", out), "unknown format")
-    assert_bad_input(invoke("export", cls_run, "--format", "onnx", "--quantize", "q8_0", "--output", out), "int8")
-    assert_bad_input(invoke("export", cls_run, "--format", "gguf", "--output", out), "classifier")
-    assert_bad_input(invoke("export", cls_run, "--format", "onnx", "--output", out, "--no-merge"), "--no-merge")
     assert_bad_input(
-        invoke("export", cls_run, "--format", "onnx", "--output", out, "--threshold", "max_speed=3"), "unknown threshold"
+        invoke("export", cls_run, "--format", "onnx", "--quantize", "q8_0", "--output", out), "int8"
+    )
+    assert_bad_input(invoke("export", cls_run, "--format", "gguf", "--output", out), "classifier")
+    assert_bad_input(
+        invoke("export", cls_run, "--format", "onnx", "--output", out, "--no-merge"), "--no-merge"
+    )
+    assert_bad_input(
+        invoke("export", cls_run, "--format", "onnx", "--output", out, "--threshold", "max_speed=3"),
+        "unknown threshold",
     )
     write_jsonl(tmp_path / "rows.jsonl", [{"review": "no text field"}])
-    no_text = invoke("export", cls_run, "--format", "onnx", "--output", out, "--verify-data", tmp_path / "rows.jsonl")
+    no_text = invoke(
+        "export", cls_run, "--format", "onnx", "--output", out, "--verify-data", tmp_path / "rows.jsonl"
+    )
     assert_bad_input(no_text, "rows.jsonl:1", "'text'")
     monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)  # not installed
     assert_bad_input(invoke("export", cls_run, "--format", "onnx", "--output", out), "llmtune[onnx]")

@@ -68,11 +68,23 @@ def model_card(record: dict[str, Any], name: str) -> str:
     if base.get("id"):
         front["base_model"] = base["id"]
     front["tags"] = ["llmtune", record["task"], record["format"]]
-    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {facts.get('run') or name}", ""]
-    lines += [f"- **Task**: {record['task']}" + (f" ({', '.join(record['labels'])})" if record.get("labels") else "")]
+    lines = [
+        "---",
+        yaml.safe_dump(front, sort_keys=False).strip(),
+        "---",
+        "",
+        f"# {facts.get('run') or name}",
+        "",
+    ]
+    lines += [
+        f"- **Task**: {record['task']}"
+        + (f" ({', '.join(record['labels'])})" if record.get("labels") else "")
+    ]
     if base.get("id"):
         commit = f", commit {base['commit']}" if base.get("commit") else ""
-        lines.append(f"- **Base model**: [{base['id']}](https://huggingface.co/{base['id']}) (revision {base['revision']}{commit})")
+        lines.append(
+            f"- **Base model**: [{base['id']}](https://huggingface.co/{base['id']}) (revision {base['revision']}{commit})"
+        )
     elif base.get("scratch"):
         lines.append(f"- **Base model**: built from scratch ({_inline(base['scratch'])})")
     elif base.get("local_folder"):
@@ -84,10 +96,18 @@ def model_card(record: dict[str, Any], name: str) -> str:
         lines.append(f"- **Method**: {facts['method']}{merged if record.get('merged') else ''}")
     if facts.get("data_rows"):
         lines.append(f"- **Data**: {_inline(facts['data_rows'])} rows")
-    lines.append(f"- **Format**: {record['format']}" + (f", {record['quantization']}" if record.get("quantization") else ""))
+    lines.append(
+        f"- **Format**: {record['format']}"
+        + (f", {record['quantization']}" if record.get("quantization") else "")
+    )
     lines.append(f"- **Exported by**: llmtune {__version__}")
     if facts.get("test_metrics"):
-        lines += ["", "## Test metrics (the run's model, before export)", "", _metrics_table(facts["test_metrics"])]
+        lines += [
+            "",
+            "## Test metrics (the run's model, before export)",
+            "",
+            _metrics_table(facts["test_metrics"]),
+        ]
     lines += ["", "## Parity with the trained model", "", _parity(record.get("parity"))]
     lines += ["", "## How to load it", "", "```python", *load_snippet(record, name), "```", ""]
     return "\n".join(lines)
@@ -107,7 +127,8 @@ def load_snippet(record: dict[str, Any], name: str) -> list[str]:
         ]
     if fmt == "gguf":
         return [
-            "from llama_cpp import Llama  # pip install llama-cpp-python; or Ollama: FROM ./" + record["files"]["file"],
+            "from llama_cpp import Llama  # pip install llama-cpp-python; or Ollama: FROM ./"
+            + record["files"]["file"],
             f'llm = Llama(model_path="{name}/{record["files"]["file"]}")',
             'print(llm("Your prompt", max_tokens=32, temperature=0)["choices"][0]["text"])',
         ]
@@ -134,7 +155,12 @@ def _parity(parity: dict[str, Any] | None) -> str:
     ]
     metrics = parity["figures"].get("metrics")
     if metrics:
-        text += ["", "Metrics on those rows, trained model vs export:", "", _metrics_table(metrics["model"], metrics["export"])]
+        text += [
+            "",
+            "Metrics on those rows, trained model vs export:",
+            "",
+            _metrics_table(metrics["model"], metrics["export"]),
+        ]
     return "\n".join(text)
 
 

@@ -114,7 +114,9 @@ def _standalone(folder: Path, fmt: str, merge: bool | None) -> tuple[Any, Any, b
             key="--format",
         )
     if merge is False:
-        raise BadInput(f"--format {fmt} writes a standalone model: --no-merge is for --format hf", key="--merge")
+        raise BadInput(
+            f"--format {fmt} writes a standalone model: --no-merge is for --format hf", key="--merge"
+        )
     model, tokenizer = load_for_export(folder)
     if not hasattr(model, "peft_config"):
         return model.float().eval(), tokenizer, False
@@ -138,7 +140,9 @@ def _head_of(model: Any) -> str:
     return head or "causal_lm"
 
 
-def _record(fmt: str, quantize: str | None, model: Any, head: str, merged: bool, facts: dict[str, Any]) -> dict[str, Any]:
+def _record(
+    fmt: str, quantize: str | None, model: Any, head: str, merged: bool, facts: dict[str, Any]
+) -> dict[str, Any]:
     from llmtune.models.regression_head import LABEL_RANGE
 
     config = model.config
@@ -153,8 +157,14 @@ def _record(fmt: str, quantize: str | None, model: Any, head: str, merged: bool,
 
 
 def _gate(
-    fmt: str, tmp: Path, record: dict[str, Any], model: Any, tokenizer: Any, rows: parity.Rows,
-    limits: dict[str, float], run_dir: Path | None,
+    fmt: str,
+    tmp: Path,
+    record: dict[str, Any],
+    model: Any,
+    tokenizer: Any,
+    rows: parity.Rows,
+    limits: dict[str, float],
+    run_dir: Path | None,
 ) -> dict[str, Any]:
     """Load the export from `tmp` with its runtime, compare, and raise ParityFailed when a figure
     is outside its threshold."""
@@ -165,7 +175,9 @@ def _gate(
     if fmt == "onnx":
         side, runtime = OnnxSide(tmp, max_length), "onnxruntime (CPUExecutionProvider)"
     elif fmt == "gguf":
-        side, runtime = gguf_side(tmp, record["files"]["file"], min(model.config.max_position_embeddings, 2048))
+        side, runtime = gguf_side(
+            tmp, record["files"]["file"], min(model.config.max_position_embeddings, 2048)
+        )
     else:
         side, runtime = _hf_side(tmp, record["task"], max_length), "transformers"
     say(f"verifying the export with {runtime} on {rows.source}")
@@ -173,18 +185,29 @@ def _gate(
         if record["task"] == "causal_lm":
             figures = parity.compare_lms(reference, side, rows, MAX_NEW_TOKENS)
         else:
-            figures = parity.compare_heads(reference, side, rows, record.get("labels"), record.get("label_range"))
+            figures = parity.compare_heads(
+                reference, side, rows, record.get("labels"), record.get("label_range")
+            )
     finally:
         if hasattr(side, "close"):
             side.close()
     limits = {k: v for k, v in limits.items() if figures.get(parity.LIMITS[k][0]) is not None}
     failed = parity.failures(figures, limits)
-    result = {"verified": True, "runtime": runtime, "thresholds": limits, "figures": figures, "passed": not failed}
+    result = {
+        "verified": True,
+        "runtime": runtime,
+        "thresholds": limits,
+        "figures": figures,
+        "passed": not failed,
+    }
     if failed:
         shown = {k: v for k, v in figures.items() if k not in ("examples", "metrics")}
         raise ParityFailed(
             "the export does not behave like the trained model (nothing was written; --no-verify writes it "
-            "anyway, --threshold NAME=VALUE changes a limit):\n" + "\n".join(failed) + "\nfigures: " + json.dumps(shown),
+            "anyway, --threshold NAME=VALUE changes a limit):\n"
+            + "\n".join(failed)
+            + "\nfigures: "
+            + json.dumps(shown),
             result,
         )
     return result

@@ -35,7 +35,9 @@ def require_gguf() -> None:
     try:
         import gguf  # noqa: F401
     except ImportError:
-        raise BadInput("--format gguf needs the gguf package: pip install 'llmtune[gguf]'", key="--format") from None
+        raise BadInput(
+            "--format gguf needs the gguf package: pip install 'llmtune[gguf]'", key="--format"
+        ) from None
 
 
 def gguf_file_name(quantize: str) -> str:
@@ -128,8 +130,10 @@ def _tensors(model: Any, arch: str) -> Any:
 
 def _permute(weights: np.ndarray, heads: int) -> np.ndarray:
     """llama's rotary halves (HF) to llama.cpp's interleaved pairs, per head."""
-    return weights.reshape(heads, 2, weights.shape[0] // heads // 2, *weights.shape[1:]).swapaxes(1, 2).reshape(
-        weights.shape
+    return (
+        weights.reshape(heads, 2, weights.shape[0] // heads // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
     )
 
 
@@ -191,7 +195,9 @@ def _vocab(writer: Any, tokenizer: Any, folder: Path) -> None:
 
 
 def _byte_level(spec: dict[str, Any]) -> bool:
-    return '"ByteLevel"' in json.dumps(spec.get("pre_tokenizer")) or '"ByteLevel"' in json.dumps(spec.get("decoder"))
+    return '"ByteLevel"' in json.dumps(spec.get("pre_tokenizer")) or '"ByteLevel"' in json.dumps(
+        spec.get("decoder")
+    )
 
 
 def _pre_tokenizer(spec: dict[str, Any]) -> str:

@@ -139,7 +139,9 @@ def check_model_files(folder: Path) -> None:
                 json.loads(path.read_text(encoding="utf-8"))
         except Exception as exc:  # safetensors raises its own error type, json a ValueError
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BadInput(f"cannot read it ({reason}): the model folder is damaged", file=str(path)) from None
+            raise BadInput(
+                f"cannot read it ({reason}): the model folder is damaged", file=str(path)
+            ) from None
 
 
 def _walk(folder: Path) -> Iterable[Path]:
@@ -153,7 +155,9 @@ def written_by_export(target: Path) -> list[str]:
     export from before the list, the names exports write)."""
     marker = _json_or_none(target / EXPORT_MARKER) or {}
     listed = marker.get("files")
-    names = [child.name + ("/" if child.is_dir() and not child.is_symlink() else "") for child in target.iterdir()]
+    names = [
+        child.name + ("/" if child.is_dir() and not child.is_symlink() else "") for child in target.iterdir()
+    ]
     if isinstance(listed, list):
         return [n for n in names if n.rstrip("/") in listed or n == EXPORT_MARKER]
     return [n for n in names if any(fnmatch(n, pattern) for pattern in EARLIER_EXPORT_CONTENTS)]

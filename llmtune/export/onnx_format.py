@@ -82,7 +82,9 @@ def write_onnx(model: Any, tokenizer: Any, folder: Path, quantize: str | None) -
     model = model.float().eval()
     names = input_names(model, tokenizer)
     causal = _is_causal(model)
-    sample = tokenizer(["an example input", "a second, longer example input"], padding=True, return_tensors="pt")
+    sample = tokenizer(
+        ["an example input", "a second, longer example input"], padding=True, return_tensors="pt"
+    )
     args = tuple(sample[name] for name in names)
     axes = {name: {0: "batch_size", 1: "sequence_length"} for name in names}
     axes["logits"] = {0: "batch_size", 1: "sequence_length"} if causal else {0: "batch_size"}

@@ -115,14 +115,19 @@ def compare_heads(
         figures["spearman"] = float(spearmanr(x, y).statistic) if len(x) > 2 else None
         if rows.gold is not None:
             gold = [float(g) for g in rows.gold]
-            figures["metrics"] = {"model": _round(regression_metrics(gold, x)), "export": _round(regression_metrics(gold, y))}
+            figures["metrics"] = {
+                "model": _round(regression_metrics(gold, x)),
+                "export": _round(regression_metrics(gold, y)),
+            }
         return figures
     pa, pb = _softmax(a), _softmax(b)
     la, lb = [labels[i] for i in pa.argmax(1)], [labels[i] for i in pb.argmax(1)]
     figures["label_agreement"] = float(np.mean([p == q for p, q in zip(la, lb)]))
     figures["max_prob_diff"] = float(np.max(np.abs(pa - pb)))
     if rows.run_predictions is not None:
-        figures["agreement_with_run_predictions"] = float(np.mean([p == q for p, q in zip(lb, rows.run_predictions)]))
+        figures["agreement_with_run_predictions"] = float(
+            np.mean([p == q for p, q in zip(lb, rows.run_predictions)])
+        )
     if rows.gold is not None:
         gold = [str(g) for g in rows.gold]
         figures["metrics"] = {
@@ -197,4 +202,8 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 def _round(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items() if not isinstance(v, dict | list) or k == "accuracy_ci95"}
+    return {
+        k: round(v, 4) if isinstance(v, float) else v
+        for k, v in metrics.items()
+        if not isinstance(v, dict | list) or k == "accuracy_ci95"
+    }

@@ -94,7 +94,9 @@ class LlamaCppSide:
     def __init__(self, path: Path, n_ctx: int) -> None:
         from llama_cpp import Llama
 
-        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, n_threads=1, verbose=False, seed=0)
+        self.llm = Llama(
+            model_path=str(path), n_ctx=n_ctx, logits_all=True, n_threads=1, verbose=False, seed=0
+        )
 
     def encode(self, text: str) -> list[int]:
         return list(self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))

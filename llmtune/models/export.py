@@ -28,7 +28,6 @@ from llmtune.recipes.common import ModelRef, RecipeBase
 from llmtune.runs.outputs import TMP_SUFFIX, apply_umask, atomic_write_json
 
 
-
 def snapshot_base(model: Any, recipe: RecipeBase) -> Any | None:
     """A copy of the base model before the method wraps it, when its weights exist nowhere else:
     a scratch model's random ones, or an earlier run's mergeable adapter merged into its base
@@ -278,7 +277,11 @@ def export_model(
 
 
 def _export_adapter_layers(
-    folder: Path, target: Path, output: Path, merge: bool | None, finish: Callable[[Path, bool, bool], Any] | None
+    folder: Path,
+    target: Path,
+    output: Path,
+    merge: bool | None,
+    finish: Callable[[Path, bool, bool], Any] | None,
 ) -> Any:
     """Adapter layers cannot be merged (they are non-linear): --merge is refused, and otherwise the
     folder is copied as it is, with the message saying how to load it."""
