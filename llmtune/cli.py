@@ -363,80 +363,39 @@ def export(
     ],
     fmt: Annotated[
         str,
-        typer.Option(
-            "--format",
-            metavar="hf|onnx|gguf",
-            help="hf: a Hugging Face folder; onnx: model.onnx for ONNX Runtime (heads and causal LMs); "
-            "gguf: a GGUF file for llama.cpp / Ollama (causal LMs: llama, qwen2, gpt2).",
-        ),
+        typer.Option("--format", metavar="hf|onnx|gguf", help="hf, onnx (ONNX Runtime) or gguf (llama.cpp)."),
     ] = "hf",
     quantize: Annotated[
         Optional[str],
-        typer.Option(
-            "--quantize",
-            metavar="KIND",
-            help="onnx: int8 (matrices per channel, embeddings float32) or int8-per-tensor (smaller); gguf: f16 (default) or q8_0.",
-        ),
+        typer.Option("--quantize", help="onnx: int8 or int8-per-tensor; gguf: f16 (default), q8_0."),
     ] = None,
     merge: Annotated[
         Optional[bool],
-        typer.Option(
-            "--merge/--no-merge",
-            help="Merge the adapter into its base weights (default: whenever peft can: LoRA, DoRA, "
-            "IA3, ...); --no-merge copies the adapter as it is (hf only).",
-        ),
+        typer.Option("--merge/--no-merge", help="Merge an adapter into its base (default: where peft can)."),
     ] = None,
     verify: Annotated[
-        bool,
-        typer.Option(
-            "--verify/--no-verify",
-            help="Load the export with its runtime and compare it with the trained model (the parity "
-            "gate); a failure is exit 1 and writes nothing.",
-        ),
+        bool, typer.Option("--verify/--no-verify", help="Check the export against the trained model first.")
     ] = True,
     verify_data: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--verify-data",
-            metavar="FILE",
-            help="JSONL rows for the gate (text, or prompt/completion); default: the run's test split.",
-        ),
+        Optional[Path], typer.Option("--verify-data", metavar="FILE", help="JSONL rows for the check.")
     ] = None,
     threshold: Annotated[
-        Optional[list[str]],
-        typer.Option(
-            "--threshold", metavar="NAME=VALUE", help="Change a limit of the gate (docs/export.md)."
-        ),
+        Optional[list[str]], typer.Option("--threshold", metavar="NAME=VALUE", help="A limit of the check.")
     ] = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Write a run's model for deployment: a Hugging Face folder (an adapter merged into its base
-    where peft can), ONNX or GGUF, checked against the trained model before it lands, with a model
-    card (README.md) and export.json."""
+    """Write a run's model for deployment (Hugging Face, ONNX or GGUF; docs/export.md), checked
+    against the trained model before it lands (exit 1 when it differs), with a model card."""
     from llmtune.export.formats import export_run
     from llmtune.models.loading import quiet_libraries
 
     quiet_libraries(_debug(debug))
     try:
-        record = export_run(
-            run,
-            output,
-            fmt=fmt,
-            quantize=quantize,
-            merge=merge,
-            verify=verify,
-            verify_data=verify_data,
-            thresholds=threshold,
-        )
+        export_run(run, output, fmt, quantize, merge, verify, verify_data, threshold)
     except BadInput as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
     except Incomplete as exc:
         _fail(str(exc), exc.exit_code)
-    gate = record.get("parity") or {}
-    if gate.get("verified"):
-        figures = {k: v for k, v in gate["figures"].items() if isinstance(v, int | float) and v is not None}
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in figures.items())
-        print(f"parity with the trained model ({gate['runtime']}): passed; {shown}", file=sys.stderr)
     print(f"wrote {output}", file=sys.stderr)
 
 

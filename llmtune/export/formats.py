@@ -193,6 +193,8 @@ def _gate(
             side.close()
     limits = {k: v for k, v in limits.items() if figures.get(parity.LIMITS[k][0]) is not None}
     failed = parity.failures(figures, limits)
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in figures.items() if isinstance(v, int | float))
+    say(f"parity with the trained model ({runtime}): {'FAILED' if failed else 'passed'}; {shown}")
     result = {
         "verified": True,
         "runtime": runtime,

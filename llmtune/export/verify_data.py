@@ -85,23 +85,33 @@ def _run_recipe(run: Path) -> Any | None:
 
 
 def _lm_rows(recipe: Any) -> Rows:
-    from llmtune.jobs.finetune.sft_data import prompt_text, setup_sft_data
+    """Prompts and prompt+answer texts of the run's test split (else its training data), read as
+    the run read them: prompt/completion rows (through data.template when there is one),
+    conversations (the turns before the last answer, as plain text) or plain text."""
+    from llmtune.data.readers import load_splits
+    from llmtune.data.templates import Template
 
-    data = setup_sft_data(recipe)
-    split, what = data.splits.test, "test split"
+    splits = load_splits(recipe, recipe.data, render_into=None)
+    template = Template(recipe.data.template, where="data.template") if recipe.data.template else None
+    split, what = splits.test, "test split"
     if not len(split.rows):
-        split, what = data.splits.train, "training data"
+        split, what = splits.train, "training data"
     rows = split.rows[:SAMPLE]
     prompts, references = [], []
     for row in rows:
-        prompt = prompt_text(row, data) if data.format_of(row) != "messages" else ""
-        completion = str(row.get("completion", row.get("text", "")))
-        if data.format_of(row) == "messages":
-            prompt = "".join(str(m["content"]) for m in row["messages"][:-1])
-            completion = str(row["messages"][-1]["content"])
+        if isinstance(row.get("messages"), list):
+            prompt = "\n".join(str(m.get("content", "")) for m in row["messages"][:-1])
+            answer = str(row["messages"][-1].get("content", "")) if row["messages"] else ""
+        elif "completion" in row:
+            prompt, answer = (
+                template.render(row) if template else str(row.get("prompt", "")),
+                str(row["completion"]),
+            )
+        else:
+            prompt, answer = "", template.render(row) if template else str(row.get("text", ""))
         if prompt:
             prompts.append(prompt)
-        references.append(prompt + completion)
+        references.append(prompt + answer)
     if not prompts:  # plain text rows: continue their first words
         prompts = [" ".join(r.split()[:8]) for r in references]
     return Rows(f"the run's {what} ({len(rows)} rows)", prompts[:PROMPTS], references=references)
