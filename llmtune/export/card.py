@@ -168,8 +168,10 @@ def _metrics_table(first: dict[str, Any], second: dict[str, Any] | None = None) 
     head = "| metric | trained model | export |" if second else "| metric | value |"
     rows = [head, "|---|---|---|" if second else "|---|---|"]
     for key, value in first.items():
-        if isinstance(value, dict):
-            continue
+        if isinstance(value, dict) or (
+            isinstance(value, list) and not all(isinstance(v, int | float) for v in value)
+        ):
+            continue  # per-class tables, examples: in the run's report.md
         rows.append(f"| {key} | {_fmt(value)} |" + (f" {_fmt(second.get(key))} |" if second else ""))
     return "\n".join(rows)
 
