@@ -13,6 +13,24 @@ from llmtune.export.parity import Rows
 
 SAMPLE = 64  # training rows, when a run has no test split
 PROMPTS = 16  # prompts whose greedy continuations are compared
+BUILT_IN = [
+    "The package arrived two days late and the box was crushed.",
+    "Great service, friendly staff, and the room was spotless.",
+    "I am not sure whether this is worth the price.",
+    "Question: How do I reset my password?\nAnswer:",
+    "The meeting moved to Thursday at ten in the small room.",
+    "Terrible. It stopped working after a week and nobody answered my emails.",
+    "Honestly the best purchase I made this year!",
+    "It does what it says, nothing more, nothing less.",
+    "Can I change my delivery address after ordering?",
+    "The soup was cold but the bread was lovely.",
+    "Instructions were unclear; setup took an hour.",
+    "Five stars, would order again.",
+    "Once upon a time, in a small village by the sea,",
+    "def add(a, b):\n    return",
+    "Paris is the capital of",
+    "Thanks for the quick reply, that fixed it.",
+]
 
 
 def verify_rows(run: Path | None, verify_data: Path | None, head: str) -> Rows:
@@ -28,19 +46,23 @@ def verify_rows(run: Path | None, verify_data: Path | None, head: str) -> Rows:
             run_predictions=[r["prediction"] for r in records] if head == "classification" else None,
         )
     recipe = _run_recipe(run) if run is not None else None
-    if recipe is None:
-        raise BadInput(
-            "no rows to verify the export on (this is not a run directory with a recipe.yaml and manifest.json): "
-            "give --verify-data FILE (JSONL with text, or prompt/completion), or --no-verify",
-            key="--verify-data",
-        )
-    if head == "causal_lm":
-        return _lm_rows(recipe)
-    raise BadInput(
-        "the run has no predictions.jsonl (no test split): give --verify-data FILE (JSONL rows with text "
-        "and, optionally, label), or --no-verify",
-        key="--verify-data",
-    )
+    if recipe is None:  # a bare model folder: no data of its own
+        source = f"{len(BUILT_IN)} built-in sentences (a model folder, not a run: --verify-data FILE checks on yours)"
+        return Rows(source, BUILT_IN[:PROMPTS], references=BUILT_IN)
+    return _lm_rows(recipe) if head == "causal_lm" else _head_rows(recipe)
+
+
+def _head_rows(recipe: Any) -> Rows:
+    """A head run without predictions.jsonl: its test split, else a sample of its training data,
+    through its columns and template."""
+    from llmtune.data.readers import load_splits
+
+    splits = load_splits(recipe, recipe.data)
+    split, what = (splits.test, "test split") if len(splits.test.rows) else (splits.train, "training data")
+    rows = split.rows if what == "test split" else split.rows[:SAMPLE]
+    gold = [r.get("label") for r in rows]
+    known = None if any(g is None for g in gold) else gold
+    return Rows(f"the run's {what} ({len(rows)} rows)", [str(r["text"]) for r in rows], gold=known)
 
 
 def _from_file(path: Path, head: str) -> Rows:
