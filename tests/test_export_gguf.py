@@ -53,7 +53,7 @@ def tiny(architecture: str, tokenizer_kind: str = "byte") -> tuple[object, objec
     return Qwen2ForCausalLM(config).eval(), tokenizer
 
 
-CASES = [("llama", "byte"), ("llama", "train"), ("gpt2", "byte"), ("qwen2", "train")]
+CASES = [("llama", "byte"), ("gpt2", "train"), ("qwen2", "train")]  # both tokenizer kinds, each architecture
 
 
 @needs_llama_cpp
@@ -94,6 +94,7 @@ def test_transformers_loads_the_file(tmp_path: Path, architecture: str) -> None:
     np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=2e-3)  # f16 weights
 
 
+@pytest.mark.slow
 def test_the_run_exports_with_its_figures_and_a_card(sft_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "gguf"
     result = invoke("export", sft_run, "--format", "gguf", "--quantize", "q8_0", "--output", out)
@@ -112,6 +113,7 @@ def test_the_run_exports_with_its_figures_and_a_card(sft_run: Path, tmp_path: Pa
     assert "model-q8_0.gguf" in card and "built from scratch" in card and str(tmp_path) not in card
 
 
+@pytest.mark.slow
 def test_a_zeroed_tensor_fails_the_gate(
     sft_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
