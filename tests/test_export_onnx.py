@@ -161,3 +161,37 @@ def test_bad_requests_are_exit_2(cls_run: Path, tmp_path: Path, monkeypatch: pyt
     assert_bad_input(invoke("export", cls_run, "--format", "onnx", "--output", out), "llmtune[onnx]")
     assert not out.exists()
     assert formats.FORMATS == ("hf", "onnx", "gguf")
+
+
+def test_a_regression_head_is_compared_in_the_labels_units(tmp_path: Path) -> None:
+    """A model folder (not a run) with --verify-data: the gate reads the rows and their labels."""
+    from conftest import WORDS
+
+    from llmtune.models.loading import build_scratch_model, build_tokenizer
+    from llmtune.recipes.common import ScratchModel
+
+    spec = ScratchModel(architecture="bert", hidden_size=32, num_layers=1, num_heads=2)
+    tokenizer = build_tokenizer(spec, [])
+    model = build_scratch_model(spec, tokenizer, head="classification", labels=["stars"])
+    model.config.problem_type, model.config.label_range = "regression", [1, 5]
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    rows = [{"text": f"the {w} was {'great' * (i % 3)}", "label": 1 + i % 5} for i, w in enumerate(WORDS)]
+    write_jsonl(tmp_path / "rows.jsonl", rows)
+    out = tmp_path / "out"
+    result = invoke(
+        "export",
+        tmp_path / "model",
+        "--format",
+        "onnx",
+        "--output",
+        out,
+        "--verify-data",
+        tmp_path / "rows.jsonl",
+    )
+    assert result.code == 0, result.stderr[-3000:]
+    record = json.loads((out / "export.json").read_text())
+    figures = record["parity"]["figures"]
+    assert record["task"] == "regression" and record["label_range"] == [1, 5]
+    assert figures["max_abs_diff"] < 1e-4 and figures["spearman"] > 0.999 and figures["rows"] == len(WORDS)
+    assert figures["metrics"]["model"]["mae"] == pytest.approx(figures["metrics"]["export"]["mae"], abs=1e-4)
