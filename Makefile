@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install run test test-vllm lint format clean bench
+.PHONY: install run test test-vllm test-llamacpp lint format clean bench
 
 install: $(STAMP)
 
@@ -38,6 +38,18 @@ $(VLLM_VENV)/.installed: pyproject.toml
 
 test-vllm: $(VLLM_VENV)/.installed
 	$(VLLM_VENV)/bin/python -m pytest -q -n 2 tests/test_engine_vllm.py
+
+# GGUF exports loaded by llama.cpp itself, in a venv of their own: llama-cpp-python compiles
+# llama.cpp (~17 min on 2 cores); without it the GGUF tests check the file with transformers only
+LLAMACPP_VENV ?= .venv-llamacpp
+$(LLAMACPP_VENV)/.installed: pyproject.toml
+	test -x $(LLAMACPP_VENV)/bin/python || $(PYTHON) -m venv $(LLAMACPP_VENV)
+	$(LLAMACPP_VENV)/bin/pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
+	$(LLAMACPP_VENV)/bin/pip install --quiet --disable-pip-version-check -e ".[dev,llamacpp]"
+	touch $@
+
+test-llamacpp: $(LLAMACPP_VENV)/.installed
+	$(LLAMACPP_VENV)/bin/python -m pytest -q -n 2 tests/test_export_gguf.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -365,28 +365,42 @@ def export(
     output: Annotated[
         Path, typer.Option("--output", metavar="DIR", help="A new or empty folder (or an earlier export).")
     ],
+    fmt: Annotated[
+        str,
+        typer.Option("--format", metavar="hf|onnx|gguf", help="hf, onnx (ONNX Runtime) or gguf (llama.cpp)."),
+    ] = "hf",
+    quantize: Annotated[
+        Optional[str],
+        typer.Option("--quantize", help="onnx: int8 or int8-per-tensor; gguf: f16 (default), q8_0."),
+    ] = None,
     merge: Annotated[
         Optional[bool],
-        typer.Option(
-            "--merge/--no-merge",
-            help="Merge the adapter into its base weights (default: whenever peft can: LoRA, DoRA, "
-            "IA3, ...); --no-merge copies the adapter as it is.",
-        ),
+        typer.Option("--merge/--no-merge", help="Merge an adapter into its base (default: where peft can)."),
+    ] = None,
+    verify: Annotated[
+        bool, typer.Option("--verify/--no-verify", help="Check the export against the trained model first.")
+    ] = True,
+    verify_data: Annotated[
+        Optional[Path], typer.Option("--verify-data", metavar="FILE", help="JSONL rows for the check.")
+    ] = None,
+    threshold: Annotated[
+        Optional[list[str]], typer.Option("--threshold", metavar="NAME=VALUE", help="A limit of the check.")
     ] = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Write a run's model as a standalone Hugging Face model: an adapter is merged into its base
-    where peft can merge it; one that cannot (prefix/prompt tuning) is written as an adapter, and
-    the message says how to load it."""
-    from llmtune.models.export import export_model
+    """Write a run's model for deployment (Hugging Face, ONNX or GGUF; docs/export.md), checked
+    against the trained model before it lands (exit 1 when it differs), with a model card."""
+    from llmtune.export.formats import export_run
     from llmtune.models.loading import quiet_libraries
 
     quiet_libraries(_debug(debug))
     try:
-        written = export_model(run, output, merge=merge)
+        export_run(run, output, fmt, quantize, merge, verify, verify_data, threshold)
     except BadInput as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
-    print(f"wrote {written}", file=sys.stderr)
+    except Incomplete as exc:
+        _fail(str(exc), exc.exit_code)
+    print(f"wrote {output}", file=sys.stderr)
 
 
 @app.command()

@@ -354,10 +354,11 @@ def test_export_writes_new_empty_or_its_own_earlier_folder(lora_run: Path, tmp_p
     merged = AutoModelForSequenceClassification.from_pretrained(out)  # plain transformers, no peft
     assert merged.config.id2label == {0: "neg", 1: "pos"}
 
-    write(out / "stale.txt", "from before")
+    write(out / "handler.py", "a user's file, added to the export")
     again = run_cli("export", lora_run, "--output", out, "--merge")  # over its own earlier export
     assert again.code == 0, again.stderr[-2000:]
-    assert not (out / "stale.txt").exists() and (out / "config.json").exists()
+    # a re-export replaces what the export wrote, and keeps what the user added (issue 20)
+    assert (out / "handler.py").read_text().startswith("a user's") and (out / "config.json").exists()
     (tmp_path / "empty").mkdir()
     assert run_cli("export", lora_run, "--output", tmp_path / "empty", "--merge").code == 0
     assert (tmp_path / "empty" / "config.json").exists()

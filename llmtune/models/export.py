@@ -20,14 +20,12 @@ from typing import Any
 from llmtune import __version__
 from llmtune.console import say
 from llmtune.errors import BadInput
+from llmtune.export.landing import EXPORT_MARKER
 from llmtune.models.adapters import ADAPTER_CONFIG, adapter_sets, is_adapter_folder, save_adapter_folder
 from llmtune.models.info import head_of
 from llmtune.models.loading import LoadedModel
 from llmtune.recipes.common import ModelRef, RecipeBase
 from llmtune.runs.outputs import TMP_SUFFIX, apply_umask, atomic_write_json
-
-EXPORT_MARKER = ".llmtune-export.json"
-"""Marks a folder `llmtune export` wrote, so that a later export may replace it."""
 
 
 def snapshot_base(model: Any, recipe: RecipeBase) -> Any | None:
@@ -219,19 +217,28 @@ def load_for_export(folder: Path) -> tuple[Any, Any]:
     return PeftModel.from_pretrained(base, str(folder)), tokenizer
 
 
-def export_model(run: Path, output: Path, merge: bool | None = None) -> Path:
-    """`llmtune export`: write a run's model (or a model/adapter folder) to `output` as a
-    standalone Hugging Face model.
+def export_model(
+    run: Path,
+    output: Path,
+    merge: bool | None = None,
+    finish: Callable[[Path, bool, bool], Any] | None = None,
+) -> Any:
+    """`llmtune export --format hf`: write a run's model (or a model/adapter folder) to `output`
+    as a standalone Hugging Face model; returns what `finish` returns.
 
     An adapter that peft can merge (LoRA, DoRA, IA3, ...) is merged into its base by default, so
     the result loads with transformers alone; `merge=False` copies the adapter as is; an adapter
     that cannot be merged (prefix, prompt tuning) is copied, and the message says how to load it.
-    `output` must be new, an empty folder, or an earlier export (it holds EXPORT_MARKER).
+    `output` follows llmtune.export.landing's rules. `finish(folder, merged, standalone)` runs on
+    the written temp folder before it lands (the model card, export.json, the parity gate).
     """
+    from llmtune.export.landing import check_model_files, check_target, land
+
     folder = model_folder(run)
-    target = _export_target(folder, output)
+    check_model_files(folder)
+    target = check_target(folder, output)
     if is_adapter_folder(folder):
-        return _export_adapter_layers(folder, target, output, merge)
+        return _export_adapter_layers(folder, target, output, merge, finish)
     adapter = _adapter_config(folder)
     kind = str(adapter.get("peft_type", "unknown")) if adapter else None
     if merge and adapter is None:
@@ -246,30 +253,40 @@ def export_model(run: Path, output: Path, merge: bool | None = None) -> Path:
         )
     merging = adapter is not None and (_can_merge(kind) if merge is None else merge)
 
-    def write(tmp: Path) -> None:
+    def write(tmp: Path) -> Any:
         if merging:
             model, tokenizer = load_for_export(folder)
             model.merge_and_unload().save_pretrained(str(tmp))
             tokenizer.save_pretrained(str(tmp))
         else:
             # copyfile, not copy2: the files get the user's umask, not the source's modes
-            ignore = shutil.ignore_patterns(EXPORT_MARKER)
+            ignore = shutil.ignore_patterns(EXPORT_MARKER, "README.md")
             shutil.copytree(folder, tmp, dirs_exist_ok=True, copy_function=shutil.copyfile, ignore=ignore)
             if (tmp / "base" / "config.json").exists():
                 _name_base(tmp, str(target / "base"), None)
-        marker = {"exported_from": str(folder.resolve()), "merged": merging, "llmtune": __version__}
+        result = finish(tmp, merging, adapter is None or merging) if finish else None
+        marker = {"format": "hf", "merged": merging, "llmtune": __version__}
         atomic_write_json(tmp / EXPORT_MARKER, marker)
+        return result
 
     if target.is_dir() and any(target.iterdir()):
         say(f"replacing the earlier export in {output}")
-    _write_folder(target, write)
+    result = land(target, write, output)
     say(_how_to_load(output, adapter, kind, merging, merge))
-    return output
+    return result
 
 
-def _export_adapter_layers(folder: Path, target: Path, output: Path, merge: bool | None) -> Path:
+def _export_adapter_layers(
+    folder: Path,
+    target: Path,
+    output: Path,
+    merge: bool | None,
+    finish: Callable[[Path, bool, bool], Any] | None,
+) -> Any:
     """Adapter layers cannot be merged (they are non-linear): --merge is refused, and otherwise the
     folder is copied as it is, with the message saying how to load it."""
+    from llmtune.export.landing import land
+
     how = (
         "use the folder as model.path in an llmtune recipe (finetune, bulk-infer, prompt-eval), or in "
         "Python: from llmtune.models.adapters import load_adapter_folder; "
@@ -284,43 +301,24 @@ def _export_adapter_layers(folder: Path, target: Path, output: Path, merge: bool
             key="--merge",
         )
 
-    def write(tmp: Path) -> None:
-        ignore = shutil.ignore_patterns(EXPORT_MARKER)
+    def write(tmp: Path) -> Any:
+        ignore = shutil.ignore_patterns(EXPORT_MARKER, "README.md")
         shutil.copytree(folder, tmp, dirs_exist_ok=True, copy_function=shutil.copyfile, ignore=ignore)
         if (tmp / "base" / "config.json").exists():
             _name_base(tmp, str(target / "base"), None, ADAPTER_CONFIG)
-        marker = {"exported_from": str(folder.resolve()), "merged": False, "llmtune": __version__}
+        result = finish(tmp, False, False) if finish else None
+        marker = {"format": "hf", "merged": False, "llmtune": __version__}
         atomic_write_json(tmp / EXPORT_MARKER, marker)
+        return result
 
     if target.is_dir() and any(target.iterdir()):
         say(f"replacing the earlier export in {output}")
-    _write_folder(target, write)
+    result = land(target, write, output)
     say(
         f"{output} holds adapter layers, not a standalone model: they are non-linear and cannot be merged "
         f"into the weights (transformers alone cannot load them); {how}"
     )
-    return output
-
-
-def _export_target(folder: Path, output: Path) -> Path:
-    """The real folder to export into, once it is sure that nothing of the user's is replaced."""
-    target, source = output.resolve(), folder.resolve()
-    if target.is_relative_to(source) or source.is_relative_to(target):
-        raise BadInput(
-            f"{output} overlaps {folder}, the model being exported; choose another --output", key="--output"
-        )
-    if target.exists() and not target.is_dir():
-        raise BadInput(
-            f"{output} is a file; --output must be a new or empty folder, or an earlier llmtune export",
-            key="--output",
-        )
-    if target.is_dir() and any(target.iterdir()) and not (target / EXPORT_MARKER).is_file():
-        raise BadInput(
-            f"{output} exists and is not an llmtune export (it holds no {EXPORT_MARKER}); llmtune never "
-            "replaces other folders: choose a new or empty folder for --output",
-            key="--output",
-        )
-    return target
+    return result
 
 
 def _can_merge(kind: str | None) -> bool:
