@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+from cputime import pytest_runtest_protocol  # noqa: F401  (LLMTUNE_TEST_TIMES: per-test CPU seconds)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
