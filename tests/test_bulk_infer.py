@@ -64,9 +64,8 @@ def test_kill_9_mid_run_then_rerun_equals_a_clean_run(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "llmtune", "bulk-infer", str(recipe)], stderr=subprocess.DEVNULL
     )
-    deadline = time.monotonic() + 120
     while not (out.exists() and out.read_bytes().count(b"\n") >= 20):
-        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it was killed"
+        assert proc.poll() is None, "the run ended before it was killed"
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()

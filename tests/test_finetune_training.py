@@ -59,8 +59,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_ends_like_an_uninterrupted_run(tm
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 300
-    while _steps_logged(run) < 5 and proc.poll() is None and time.monotonic() < deadline:
+    while _steps_logged(run) < 5 and proc.poll() is None:
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate()
@@ -87,8 +86,7 @@ def test_sigint_stops_with_130_and_a_resumable_run(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "llmtune", "finetune", str(path)], stderr=subprocess.PIPE, text=True
     )
-    deadline = time.monotonic() + 300
-    while _steps_logged(run) < 2 and proc.poll() is None and time.monotonic() < deadline:
+    while _steps_logged(run) < 2 and proc.poll() is None:
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate()
