@@ -99,13 +99,20 @@ def one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-def invoke(*args: str | Path) -> Result:
-    """`llmtune ARGS` in this process (exit code, stdout, stderr)."""
+def invoke(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> Result:
+    """`llmtune ARGS` in this process (exit code, stdout, stderr): the same code path as the
+    command, without paying for a new Python and torch's import (seconds of CPU each). Use it for
+    what a run decides and writes (bad input, plans, small runs); keep `run_cli` where the
+    process itself is the point (signals, locks held by another process, exit of a real
+    interpreter, environment read at start-up)."""
+    import contextlib
+
     from typer.testing import CliRunner
 
     from llmtune.cli import app
 
-    out = CliRunner().invoke(app, [str(a) for a in args])
+    with contextlib.chdir(cwd) if cwd is not None else contextlib.nullcontext():
+        out = CliRunner().invoke(app, [str(a) for a in args], env=env)
     if out.exception is not None and not isinstance(out.exception, SystemExit):
         raise out.exception
     return Result(out.exit_code, out.stdout, out.stderr)
