@@ -113,6 +113,7 @@ def test_schema_is_json_schema() -> None:
     assert len(json.loads(run_cli("schema").stdout)["oneOf"]) == 5
 
 
+@pytest.mark.slow
 def test_run_directory_contents(finished_run: Path) -> None:
     run = finished_run / "runs" / "tiny"
     for name in (
@@ -134,6 +135,7 @@ def test_run_directory_contents(finished_run: Path) -> None:
     assert json.loads((run / "eval.json").read_text())["metrics"]["n"] == 12
 
 
+@pytest.mark.slow
 def test_finished_run_is_not_clobbered(finished_run: Path) -> None:
     run = finished_run / "runs" / "tiny"
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
@@ -142,6 +144,7 @@ def test_finished_run_is_not_clobbered(finished_run: Path) -> None:
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
 
 
+@pytest.mark.slow
 def test_lock_held_exits_75_touching_nothing(finished_run: Path) -> None:
     run = finished_run / "runs" / "tiny"
     with open(run / ".llmtune.lock", "w") as holder:

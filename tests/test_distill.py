@@ -77,6 +77,7 @@ def distill_recipe(folder: Path, teacher: Path, **overrides: object) -> Path:
     return write(folder / "distill.yaml", yaml.safe_dump(recipe))
 
 
+@pytest.mark.slow
 def test_soft_labels_from_teacher_blocks_with_trimmed_vocabulary(tmp_path: Path, teacher: Path) -> None:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -123,6 +124,7 @@ def test_soft_labels_from_teacher_blocks_with_trimmed_vocabulary(tmp_path: Path,
     assert labels == [p["prediction"] for p in predictions]
 
 
+@pytest.mark.slow
 def test_hard_labels_with_a_scratch_student_and_no_baseline(tmp_path: Path, teacher: Path) -> None:
     student = {"scratch": {"architecture": "bert", "hidden_size": 16, "num_layers": 1, "num_heads": 2}}
     path = distill_recipe(tmp_path, teacher, student=student, strategy="hard_labels", baseline=False)
@@ -167,6 +169,7 @@ def test_kd_loss_matches_a_direct_computation() -> None:
     assert got.item() == pytest.approx(sum(hard) / 3, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_a_killed_distill_resumes_without_relabelling(tmp_path: Path) -> None:
     """SIGTERM once the journal holds its first chunk; --resume labels only the missing rows."""
     rows = [{"text": " ".join(THINGS[(i + k) % 8] for k in range(40)) + f" {i}"} for i in range(3000)]
@@ -216,6 +219,7 @@ def _refused(tmp_path: Path, result: object, *fragments: str) -> None:
     assert not (tmp_path / "run").exists(), "a refused run wrote something"
 
 
+@pytest.mark.slow
 def test_a_student_that_is_not_smaller_is_refused(tmp_path: Path, teacher: Path) -> None:
     every_block = distill_recipe(tmp_path, teacher, student={"from_teacher": {"layers": [0, 1, 2, 3]}})
     _refused(tmp_path, run_cli("distill", every_block), "student.from_teacher.layers", "must keep fewer")
@@ -226,6 +230,7 @@ def test_a_student_that_is_not_smaller_is_refused(tmp_path: Path, teacher: Path)
     _refused(tmp_path, run_cli("distill", beyond), "there is no block 7")
 
 
+@pytest.mark.slow
 def test_label_sets_that_differ_are_refused(tmp_path: Path, teacher: Path) -> None:
     other = tmp_path / "other-student"
     shutil.copytree(teacher, other)
@@ -280,6 +285,7 @@ def regression_recipe(folder: Path, teacher: Path, **overrides: object) -> Path:
     return write(folder / "distill.yaml", yaml.safe_dump(recipe))
 
 
+@pytest.mark.slow
 def test_regression_student_learns_the_teachers_scores(tmp_path: Path, regression_teacher: Path) -> None:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -324,6 +330,7 @@ def test_regression_student_learns_the_teachers_scores(tmp_path: Path, regressio
     assert scores == pytest.approx([p["prediction"] for p in predictions], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_regression_and_classification_models_do_not_mix(
     tmp_path: Path, regression_teacher: Path, teacher: Path
 ) -> None:

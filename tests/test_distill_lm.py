@@ -83,6 +83,7 @@ def check_report(run: Path, side: dict) -> None:
     assert "share of teacher exact_match" in (run / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_sequences_student_learns_the_teachers_completions(tmp_path: Path, teacher: Path) -> None:
     result = run_cli("distill", lm_recipe(tmp_path, teacher), "--json")
     assert result.code == 0, result.stderr[-3000:]
@@ -97,6 +98,7 @@ def test_sequences_student_learns_the_teachers_completions(tmp_path: Path, teach
     assert (run / "model" / "config.json").exists()
 
 
+@pytest.mark.slow
 def test_sequences_across_tokenizers_with_a_scratch_student(tmp_path: Path, teacher: Path) -> None:
     student = {
         "scratch": {
@@ -116,6 +118,7 @@ def test_sequences_across_tokenizers_with_a_scratch_student(tmp_path: Path, teac
     assert "tokenize differently" in (tmp_path / "run" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_logits_student_learns_the_teachers_distributions(tmp_path: Path, teacher: Path) -> None:
     rows = [echo(i) for i in range(100, 124)]  # logits: every transfer row has its completion
     path = lm_recipe(tmp_path, teacher, strategy="logits", beta=0.5, temperature=2.0)
@@ -128,6 +131,7 @@ def test_logits_student_learns_the_teachers_distributions(tmp_path: Path, teache
     assert len(losses) == 3 and all(math.isfinite(v) and v > 0 for v in losses)
 
 
+@pytest.mark.slow
 def test_logits_need_completions_and_one_vocabulary(tmp_path: Path, teacher: Path) -> None:
     # half the transfer rows have no completion: logits has nothing to compare on them
     path = lm_recipe(tmp_path, teacher, strategy="logits")
@@ -150,6 +154,7 @@ def test_logits_need_completions_and_one_vocabulary(tmp_path: Path, teacher: Pat
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_on_policy_student_learns_from_its_own_completions(tmp_path: Path, teacher: Path) -> None:
     """TRL's DistillationTrainer: the student samples completions of prompt-only transfer rows,
     the teacher's distributions over them are the target; validation runs the same way."""
@@ -186,6 +191,7 @@ def test_on_policy_student_learns_from_its_own_completions(tmp_path: Path, teach
         assert not after[mine + key].equal(before[theirs + key]), mine
 
 
+@pytest.mark.slow
 def test_on_policy_needs_one_vocabulary(tmp_path: Path, teacher: Path) -> None:
     student = {
         "scratch": {
@@ -246,6 +252,7 @@ def test_logits_loss_matches_a_direct_computation() -> None:
     assert jsd.item() > 0 and same.item() == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_a_killed_sequences_run_resumes_without_regenerating(tmp_path: Path) -> None:
     """SIGTERM once the generations journal holds its first chunk; --resume generates only the
     prompts the journal lacks."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import assert_bad_input, invoke, read_jsonl, run_cli, write, write_jsonl
 
@@ -43,6 +44,7 @@ def adapter_weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(run / "model" / "adapter_model.safetensors")
 
 
+@pytest.mark.slow
 def test_a_lora_run_is_continued_then_stacked_and_the_lineage_is_recorded(tmp_path: Path) -> None:
     first = sft_recipe(tmp_path, "first", "{type: lora, r: 4}")
     assert invoke("finetune", first).code == 0
@@ -79,6 +81,7 @@ def test_a_lora_run_is_continued_then_stacked_and_the_lineage_is_recorded(tmp_pa
     assert [s["name"] for s in manifest(tmp_path / "third")["lineage"]] == ["first", "second"]
 
 
+@pytest.mark.slow
 def test_a_method_that_cannot_continue_the_earlier_adapter_is_refused(tmp_path: Path) -> None:
     first = sft_recipe(tmp_path, "first", "{type: lora, r: 4}")
     assert invoke("finetune", first).code == 0
@@ -93,6 +96,7 @@ def test_a_method_that_cannot_continue_the_earlier_adapter_is_refused(tmp_path: 
     assert not (tmp_path / "plain").exists()
 
 
+@pytest.mark.slow
 def test_a_full_model_run_is_continued(tmp_path: Path) -> None:
     first = sft_recipe(tmp_path, "first", "{type: full}")
     assert invoke("finetune", first).code == 0

@@ -73,6 +73,7 @@ def completion_logp(model, tokenizer, prompt: str, completion: str) -> float:
     return float(sum(logps[i - 1, ids[i]] for i in range(start, len(ids))))
 
 
+@pytest.mark.slow
 def test_dpo_on_rankings_with_ties_learns_the_preference_and_saves_a_loadable_adapter(tmp_path: Path) -> None:
     unranked = {**ranking_row("zero"), "ranking": ""}
     write_jsonl(tmp_path / "train.jsonl", [ranking_row(w) for w in TRAIN_WORDS] + [unranked])
@@ -110,6 +111,7 @@ def test_dpo_on_rankings_with_ties_learns_the_preference_and_saves_a_loadable_ad
     assert mine == pytest.approx(evaluation["metrics"]["logp_chosen"], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_dpo_full_fine_tune_on_pairs_saves_a_plain_model(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "train.jsonl", [pair_row(w) for w in TRAIN_WORDS])
     write_jsonl(tmp_path / "test.jsonl", [pair_row(w) for w in TEST_WORDS])
@@ -138,6 +140,7 @@ def test_dpo_full_fine_tune_on_pairs_saves_a_plain_model(tmp_path: Path) -> None
     assert rejected == pytest.approx(metrics["logp_rejected"], abs=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rows", ["labels", "rankings"])
 def test_kto_on_label_rows_and_on_rankings(tmp_path: Path, rows: str) -> None:
     if rows == "labels":  # two bad answers for each good one: TRL's weights rebalance them
@@ -194,6 +197,7 @@ def reward_model(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_a_reward_model_gives_the_mean_reward_before_and_after_with_its_samples(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "train.jsonl", [pair_row(w) for w in TRAIN_WORDS])
     write_jsonl(tmp_path / "test.jsonl", [pair_row(w) for w in TEST_WORDS])

@@ -128,6 +128,7 @@ def test_the_total_is_the_weighted_sum_and_each_part_is_named_for_trl() -> None:
 
 
 # -------------------------------------------------------------------------- end to end
+@pytest.mark.slow
 def test_grpo_raises_the_mean_reward_of_an_easy_rule(tmp_path: Path) -> None:
     """Measured: 0.25 -> 0.75 at seed 42 with beta 0.04 (0.25 -> 0.79 with beta 0; seeds 1, 7, 123
     with beta 0: +0.50, +0.46, +0.38)."""
@@ -165,6 +166,7 @@ def test_grpo_raises_the_mean_reward_of_an_easy_rule(tmp_path: Path) -> None:
     AutoTokenizer.from_pretrained(run / "model")
 
 
+@pytest.mark.slow
 def test_rloo_with_a_reward_model_of_another_tokenizer(tmp_path: Path) -> None:
     rm = save_reward_model(tmp_path / "rm")
     path = policy_recipe(
@@ -201,6 +203,7 @@ def test_rloo_with_a_reward_model_of_another_tokenizer(tmp_path: Path) -> None:
     assert not (run / "model" / "ref").exists()
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_end(tmp_path: Path) -> None:
     path = policy_recipe(
         tmp_path, training={"max_steps": 200, "batch_size": 8, "learning_rate": 1.0e-2, "logging_steps": 1}
