@@ -155,6 +155,21 @@ output: {{dir: run}}
     )
 
 
+def initial_weights(task: str, seed: int) -> dict:
+    """The random init of `recipe()`'s scratch llama, rebuilt from the run's seed: what training
+    started from, to check what moved."""
+    import torch
+
+    from llmtune.models.loading import build_scratch_model, build_tokenizer
+    from llmtune.recipes.common import ScratchModel
+
+    torch.manual_seed(seed)
+    spec = ScratchModel(architecture="llama", hidden_size=32, num_layers=2, num_heads=2)
+    head = "classification" if task == "classification" else "causal_lm"
+    labels = ["neg", "pos"] if task == "classification" else None
+    return build_scratch_model(spec, build_tokenizer(spec, []), head=head, labels=labels).state_dict()
+
+
 # ---- tiny bulk-infer jobs shared by the bulk-infer tests
 SCRATCH = {"scratch": {"architecture": "llama", "hidden_size": 32, "num_layers": 2, "num_heads": 2}}
 

@@ -12,7 +12,16 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TRAINING, assert_bad_input, invoke, read_jsonl, recipe, write_jsonl
+from conftest import (
+    ROOT,
+    TRAINING,
+    assert_bad_input,
+    initial_weights,
+    invoke,
+    read_jsonl,
+    recipe,
+    write_jsonl,
+)
 
 METHODS = ["full", "lora", "dora", "ia3", "prefix", "prompt", "last_layers"]
 
@@ -65,20 +74,6 @@ def test_method_trains_and_saves_a_loadable_model(tmp_path: Path, task: str, met
 
         adapter = load_file(run / "model" / "adapter_model.safetensors")
         assert all(v.abs().max() > 0 for k, v in adapter.items() if "lora_B" in k)
-
-
-def initial_weights(task: str, seed: int) -> dict:
-    """The scratch model's random init, rebuilt from the run's seed (what training started from)."""
-    import torch
-
-    from llmtune.models.loading import build_scratch_model, build_tokenizer
-    from llmtune.recipes.common import ScratchModel
-
-    torch.manual_seed(seed)
-    spec = ScratchModel(architecture="llama", hidden_size=32, num_layers=2, num_heads=2)
-    head = "classification" if task == "classification" else "causal_lm"
-    labels = ["neg", "pos"] if task == "classification" else None
-    return build_scratch_model(spec, build_tokenizer(spec, []), head=head, labels=labels).state_dict()
 
 
 def check_the_trained_weights_moved(model_dir: Path, task: str, method: str, seed: int) -> None:
