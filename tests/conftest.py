@@ -14,7 +14,11 @@ from typing import Any
 
 import pytest
 import yaml
-from cputime import pytest_runtest_protocol  # noqa: F401  (LLMTUNE_TEST_TIMES: per-test CPU seconds)
+from cputime import (  # noqa: F401  (LLMTUNE_TEST_TIMES: per-test CPU seconds)
+    pytest_runtest_protocol,
+    pytest_sessionfinish,
+    pytest_sessionstart,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))

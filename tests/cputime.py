@@ -16,6 +16,26 @@ from collections.abc import Iterator
 import pytest
 
 
+def _session(event: str, session: pytest.Session) -> None:
+    """The controller's start/end: time, load average and the command, for the summary."""
+    target = os.environ.get("LLMTUNE_TEST_TIMES")
+    if not target or hasattr(session.config, "workerinput"):  # xdist workers: tests only
+        return
+    import sys
+
+    record = {"session": event, "time": time.time(), "load": os.getloadavg(), "argv": sys.argv[1:]}
+    with open(target, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _session("start", session)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    _session("finish", session)
+
+
 def _cpu() -> tuple[float, float]:
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
