@@ -174,6 +174,20 @@ def initial_weights(task: str, seed: int) -> dict:
     return build_scratch_model(spec, build_tokenizer(spec, []), head=head, labels=labels).state_dict()
 
 
+def varied_weights(model: Any, seed: int = 1) -> Any:
+    """Redraw a scratch model's weights wider than a fresh init's, so that its greedy output
+    depends on the whole prompt (a fresh tiny model repeats one token whatever it reads, which
+    hides a prompt that was cut, shifted or never templated)."""
+    import torch
+
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() > 1:
+                param.normal_(0.0, 0.5)
+    return model
+
+
 # ---- tiny bulk-infer jobs shared by the bulk-infer tests
 SCRATCH = {"scratch": {"architecture": "llama", "hidden_size": 32, "num_layers": 2, "num_heads": 2}}
 

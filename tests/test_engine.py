@@ -7,6 +7,7 @@ import functools
 
 import pytest
 import torch
+from conftest import varied_weights
 
 from llmtune.errors import BadInput
 from llmtune.inference.engine import Engine
@@ -41,14 +42,8 @@ def row_by_row(loaded: LoadedModel, prompt: str, max_new_tokens: int) -> str:
 
 
 def chaotic(loaded: LoadedModel) -> LoadedModel:
-    """Weights drawn wider than a fresh init's: the model's next token depends on the whole
-    context, so it does not repeat one token (a fresh tiny model does, which would hide a
-    prompt whose positions or cache are shifted by padding)."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for param in loaded.model.parameters():
-            if param.dim() > 1:
-                param.normal_(0.0, 0.5)
+    """A model whose next token depends on the whole context (conftest.varied_weights)."""
+    varied_weights(loaded.model)
     return loaded
 
 
