@@ -134,7 +134,7 @@ def test_an_architecture_without_known_blocks_is_refused_by_name() -> None:
 
 def test_parallel_adapters_at_the_attention_are_refused(tmp_path: Path) -> None:
     recipe = cls_recipe(tmp_path, "method: {type: adapter, placement: parallel, sites: [attention]}")
-    assert_bad_input(run_cli("validate", recipe), "placement: parallel", "method")
+    assert_bad_input(invoke("validate", recipe), "placement: parallel", "method")
 
 
 # ---------------------------------------------------------------- end to end, through the CLI

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import assert_bad_input, read_jsonl, run_cli, write, write_jsonl
+from conftest import assert_bad_input, invoke, read_jsonl, run_cli, write, write_jsonl
 
 WORDS = ["cat", "dog", "sun", "red", "blue", "tree", "fish", "bird", "moon", "star", "rain", "wind"]
 POLICY = {"scratch": {"architecture": "llama", "hidden_size": 32, "num_layers": 2, "num_heads": 2}}
@@ -241,27 +241,27 @@ def test_a_killed_run_resumes_to_the_end(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------- refusals
 def test_a_policy_stage_with_nothing_to_optimise_is_refused(tmp_path: Path) -> None:
     path = policy_recipe(tmp_path, rewards=[])
-    assert_bad_input(run_cli("rlhf", path), "needs something to optimise", "reward_model")
+    assert_bad_input(invoke("rlhf", path), "needs something to optimise", "reward_model")
     assert not (tmp_path / "run").exists()
 
 
 def test_a_classifier_is_not_a_reward_model(tmp_path: Path) -> None:
     save_reward_model(tmp_path / "clf", labels=("bad", "good"))
     path = policy_recipe(tmp_path, reward_model={"path": "clf"})
-    result = run_cli("rlhf", path)
+    result = invoke("rlhf", path)
     assert_bad_input(result, "reward_model", "2 outputs", "train one with stage: reward")
     assert not (tmp_path / "run").exists()
 
 
 def test_held_out_prompts_are_required(tmp_path: Path) -> None:
     path = policy_recipe(tmp_path, data={"train": "train.jsonl"})
-    assert_bad_input(run_cli("rlhf", path), "data.test", "data.split.test")
+    assert_bad_input(invoke("rlhf", path), "data.test", "data.split.test")
     assert not (tmp_path / "run").exists()
 
 
 def test_a_batch_that_splits_a_group_is_refused(tmp_path: Path) -> None:
     path = policy_recipe(tmp_path, training={"max_steps": 2, "batch_size": 6})
-    assert_bad_input(run_cli("rlhf", path), "training.batch_size", "num_generations (4)", "batch_size: 8")
+    assert_bad_input(invoke("rlhf", path), "training.batch_size", "num_generations (4)", "batch_size: 8")
     assert not (tmp_path / "run").exists()
 
 
