@@ -185,6 +185,7 @@ def losses(run: Path) -> list[float]:
     return [r["loss"] for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
 
 
+@pytest.mark.slow
 def test_a_classification_run_saves_adapters_that_load_again_and_export_refuses_to_merge(
     tmp_path: Path,
 ) -> None:
@@ -264,6 +265,7 @@ output: {dir: eval}
     }
 
 
+@pytest.mark.slow
 def test_an_sft_run_with_parallel_adapters_learns_and_continues(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 

@@ -322,6 +322,7 @@ def temp_leftovers(folder: Path) -> list[str]:
     return [p.name for p in folder.iterdir() if p.name.endswith(".llmtune-tmp")]
 
 
+@pytest.mark.slow
 def test_export_refuses_a_file_a_foreign_folder_and_the_model_itself(lora_run: Path, tmp_path: Path) -> None:
     write(tmp_path / "weights.bin", "not mine to replace")
     write(tmp_path / "mine" / "keep.txt", "keep")
@@ -336,6 +337,7 @@ def test_export_refuses_a_file_a_foreign_folder_and_the_model_itself(lora_run: P
     assert not (lora_run / "model" / "inside").exists()
 
 
+@pytest.mark.slow
 def test_export_writes_new_empty_or_its_own_earlier_folder(lora_run: Path, tmp_path: Path) -> None:
     write(tmp_path / "exp.tmp" / "keep.txt", "a user's folder that happens to be named like a temp")
     out = tmp_path / "exp"
@@ -364,6 +366,7 @@ def test_export_writes_new_empty_or_its_own_earlier_folder(lora_run: Path, tmp_p
     assert temp_leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_export_that_fails_removes_only_its_temp_folder(lora_run: Path, tmp_path: Path) -> None:
     broken = Path(shutil.copytree(lora_run / "model", tmp_path / "adapter"))
     shutil.rmtree(broken / "base")
@@ -390,6 +393,7 @@ def test_an_adapter_that_cannot_merge_is_exported_as_an_adapter_and_said_so(
     assert "PeftModel.from_pretrained" in result.stderr
 
 
+@pytest.mark.slow
 def test_export_merges_by_default_where_peft_can(lora_run: Path, tmp_path: Path) -> None:
     result = run_cli("export", lora_run, "--output", tmp_path / "merged")
     assert result.code == 0, result.stderr[-2000:]

@@ -63,17 +63,14 @@ def summary(name: str, tests: dict[str, dict], sessions: list[dict]) -> list[str
     wall = sum(t["wall"] for t in tests.values())
     cpu = sum(t["cpu_total"] for t in tests.values())
     fast = [t for t in tests.values() if not t["slow"]]
-    start = next((s for s in sessions if s["session"] == "start"), None)
-    finish = next((s for s in reversed(sessions) if s["session"] == "finish"), None)
     lines = [f"### {name}", ""]
-    if start:
-        lines.append(f"- command: `pytest {' '.join(start['argv'])}`")
+    starts = [x for x in sessions if x["session"] == "start"]
+    finishes = [x for x in sessions if x["session"] == "finish"]
+    for start, finish in zip(starts, finishes):  # one line per pytest session the file holds
+        load = f"load {start['load'][0]:.1f} -> {finish['load'][0]:.1f}"
         lines.append(
-            f"- load average (1, 5, 15 min) at start: {', '.join(f'{v:.1f}' for v in start['load'])}"
+            f"- `pytest {' '.join(start['argv'])}`: {finish['time'] - start['time']:.0f} s wall, {load}"
         )
-    if start and finish:
-        lines.append(f"- load average at end: {', '.join(f'{v:.1f}' for v in finish['load'])}")
-        lines.append(f"- wall time of the session: {finish['time'] - start['time']:.0f} s")
     lines += [
         f"- tests recorded: {len(tests)} ({len(fast)} not marked slow)",
         f"- sum of test wall seconds: {wall:.0f} s; sum of test CPU seconds: {cpu:.0f} s "
@@ -96,30 +93,27 @@ def summary(name: str, tests: dict[str, dict], sessions: list[dict]) -> list[str
     return lines + [""]
 
 
-def by_file(tests: dict[str, dict]) -> dict[str, float]:
-    files: dict[str, float] = {}
-    for t in tests.values():
-        name = t["test"].split("::")[0]
-        files[name] = files.get(name, 0.0) + t["cpu_total"]
-    return files
-
-
 def compare(before: dict[str, dict], after: dict[str, dict]) -> list[str]:
-    old, new = by_file(before), by_file(after)
+    """CPU seconds per file over the tests both runs hold (a file partly run in one of them is
+    compared on its common tests only)."""
+    common = set(before) & set(after)
+    files: dict[str, list[float]] = {}
+    for test in common:
+        row = files.setdefault(test.split("::")[0], [0.0, 0.0, 0])
+        row[0] += before[test]["cpu_total"]
+        row[1] += after[test]["cpu_total"]
+        row[2] += 1
     lines = [
-        "### Per file, CPU seconds (files both runs hold)",
+        f"### Per file, CPU seconds over the {len(common)} tests both runs hold",
         "",
-        "| file | before | after | after / before |",
-        "|---|---:|---:|---:|",
+        "| file | tests | before | after | after / before |",
+        "|---|---:|---:|---:|---:|",
     ]
-    both = sorted(set(old) & set(new), key=lambda f: -old[f])
-    for name in both:
-        ratio = new[name] / old[name] if old[name] else float("nan")
-        lines.append(f"| `{name}` | {old[name]:.1f} | {new[name]:.1f} | {ratio:.2f} |")
-    total_old, total_new = sum(old[f] for f in both), sum(new[f] for f in both)
-    lines.append(
-        f"| all of these | {total_old:.1f} | {total_new:.1f} | {total_new / max(total_old, 1e-9):.2f} |"
-    )
+    for name, (old, new, n) in sorted(files.items(), key=lambda kv: -kv[1][0]):
+        lines.append(f"| `{name}` | {n} | {old:.1f} | {new:.1f} | {new / old if old else float('nan'):.2f} |")
+    old = sum(r[0] for r in files.values())
+    new = sum(r[1] for r in files.values())
+    lines.append(f"| all of these | {len(common)} | {old:.1f} | {new:.1f} | {new / max(old, 1e-9):.2f} |")
     return lines + [""]
 
 
@@ -128,6 +122,7 @@ def main() -> None:
     parser.add_argument("after", type=Path, help="records of the run to summarise")
     parser.add_argument("--before", type=Path, help="records of an earlier run to compare with")
     parser.add_argument("--output", type=Path, default=Path("tests/SUITE_TIMES.md"))
+    parser.add_argument("--note", action="append", default=[], help="a line to add under the title")
     args = parser.parse_args()
     after, after_sessions = load(args.after)
     lines = [
@@ -137,6 +132,8 @@ def main() -> None:
         f"at commit {commit()}; machine: {machine()}.",
         "CPU seconds = the test process's plus its waited-for subprocesses' (load-independent); wall "
         "seconds depend on the machine's load at the time.",
+        "",
+        *[f"- {note}" for note in args.note],
         "",
     ]
     if args.before:
