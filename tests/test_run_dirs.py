@@ -377,6 +377,7 @@ def test_export_that_fails_removes_only_its_temp_folder(lora_run: Path, tmp_path
     assert not (tmp_path / "exp").exists() and temp_leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_an_adapter_that_cannot_merge_is_exported_as_an_adapter_and_said_so(
     lora_run: Path, tmp_path: Path
 ) -> None:

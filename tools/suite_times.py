@@ -69,7 +69,7 @@ def summary(name: str, tests: dict[str, dict], sessions: list[dict]) -> list[str
     for start, finish in zip(starts, finishes):  # one line per pytest session the file holds
         load = f"load {start['load'][0]:.1f} -> {finish['load'][0]:.1f}"
         lines.append(
-            f"- `pytest {' '.join(start['argv'])}`: {finish['time'] - start['time']:.0f} s wall, {load}"
+            f"- `pytest {' '.join(start['argv'])[:160]}`: {finish['time'] - start['time']:.0f} s wall, {load}"
         )
     lines += [
         f"- tests recorded: {len(tests)} ({len(fast)} not marked slow)",
