@@ -192,8 +192,9 @@ def test_kd_loss_matches_a_direct_computation() -> None:
 
 @pytest.mark.slow
 def test_a_killed_distill_resumes_without_relabelling(tmp_path: Path) -> None:
-    """SIGTERM once the journal holds its first chunk; --resume labels only the missing rows."""
-    rows = [{"text": " ".join(THINGS[(i + k) % 8] for k in range(40)) + f" {i}"} for i in range(3000)]
+    """SIGTERM once the journal holds its first chunk (of 64 rows; 1016 to label, so the kill
+    lands long before the end); --resume labels only the missing rows."""
+    rows = [{"text": " ".join(THINGS[(i + k) % 8] for k in range(40)) + f" {i}"} for i in range(1000)]
     write_jsonl(tmp_path / "transfer.jsonl", rows)
     write_jsonl(tmp_path / "test.jsonl", [review(i) for i in range(16)])
     recipe = {
@@ -228,7 +229,7 @@ def test_a_killed_distill_resumes_without_relabelling(tmp_path: Path) -> None:
     resumed = invoke("distill", path, "--resume", "--json")
     assert resumed.code == 0, resumed.stderr[-3000:]
     side = resumed.json()["distillation"]
-    total = 3000 + 16
+    total = 1000 + 16
     assert side["teacher_rows_reused"] == before
     assert side["teacher_rows_labelled"] == total - before
     ids = [r["id"] for r in read_jsonl(run / "teacher_labels.jsonl")]
