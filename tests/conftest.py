@@ -14,6 +14,11 @@ from typing import Any
 
 import pytest
 import yaml
+from cputime import (  # noqa: F401  (LLMTUNE_TEST_TIMES: per-test CPU seconds)
+    pytest_runtest_protocol,
+    pytest_sessionfinish,
+    pytest_sessionstart,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -98,13 +103,20 @@ def one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-def invoke(*args: str | Path) -> Result:
-    """`llmtune ARGS` in this process (exit code, stdout, stderr)."""
+def invoke(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> Result:
+    """`llmtune ARGS` in this process (exit code, stdout, stderr): the same code path as the
+    command, without paying for a new Python and torch's import (seconds of CPU each). Use it for
+    what a run decides and writes (bad input, plans, small runs); keep `run_cli` where the
+    process itself is the point (signals, locks held by another process, exit of a real
+    interpreter, environment read at start-up)."""
+    import contextlib
+
     from typer.testing import CliRunner
 
     from llmtune.cli import app
 
-    out = CliRunner().invoke(app, [str(a) for a in args])
+    with contextlib.chdir(cwd) if cwd is not None else contextlib.nullcontext():
+        out = CliRunner().invoke(app, [str(a) for a in args], env=env)
     if out.exception is not None and not isinstance(out.exception, SystemExit):
         raise out.exception
     return Result(out.exit_code, out.stdout, out.stderr)
@@ -145,6 +157,35 @@ training: {{{training}}}
 output: {{dir: run}}
 {extra}""",
     )
+
+
+def initial_weights(task: str, seed: int) -> dict:
+    """The random init of `recipe()`'s scratch llama, rebuilt from the run's seed: what training
+    started from, to check what moved."""
+    import torch
+
+    from llmtune.models.loading import build_scratch_model, build_tokenizer
+    from llmtune.recipes.common import ScratchModel
+
+    torch.manual_seed(seed)
+    spec = ScratchModel(architecture="llama", hidden_size=32, num_layers=2, num_heads=2)
+    head = "classification" if task == "classification" else "causal_lm"
+    labels = ["neg", "pos"] if task == "classification" else None
+    return build_scratch_model(spec, build_tokenizer(spec, []), head=head, labels=labels).state_dict()
+
+
+def varied_weights(model: Any, seed: int = 1) -> Any:
+    """Redraw a scratch model's weights wider than a fresh init's, so that its greedy output
+    depends on the whole prompt (a fresh tiny model repeats one token whatever it reads, which
+    hides a prompt that was cut, shifted or never templated)."""
+    import torch
+
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() > 1:
+                param.normal_(0.0, 0.5)
+    return model
 
 
 # ---- tiny bulk-infer jobs shared by the bulk-infer tests

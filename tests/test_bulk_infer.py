@@ -25,6 +25,7 @@ from conftest import (
     make_rows,
     read_jsonl,
     run_cli,
+    varied_weights,
     write,
     write_jsonl,
 )
@@ -64,9 +65,8 @@ def test_kill_9_mid_run_then_rerun_equals_a_clean_run(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "llmtune", "bulk-infer", str(recipe)], stderr=subprocess.DEVNULL
     )
-    deadline = time.monotonic() + 120
     while not (out.exists() and out.read_bytes().count(b"\n") >= 20):
-        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it was killed"
+        assert proc.poll() is None, "the run ended before it was killed"
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -273,7 +273,8 @@ def test_chat_models_get_their_chat_template_and_system_message(tmp_path: Path) 
         "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
         "{% if add_generation_prompt %}<|assistant|>{% endif %}"
     )
-    build_scratch_model(spec, tokenizer, head="causal_lm", labels=None).save_pretrained(tmp_path / "chat")
+    model = varied_weights(build_scratch_model(spec, tokenizer, head="causal_lm", labels=None))
+    model.save_pretrained(tmp_path / "chat")
     tokenizer.save_pretrained(tmp_path / "chat")
     recipe = make_recipe(tmp_path, rows=6, model={"path": "chat"}, chat=True, system="Answer briefly.")
     result = llmtune("bulk-infer", recipe)
@@ -284,3 +285,8 @@ def test_chat_models_get_their_chat_template_and_system_message(tmp_path: Path) 
     expected = [g.texts[0] for g in engine.generate(prompts, max_new_tokens=6)]
     got = by_id(tmp_path / "out" / "res.jsonl")
     assert [got[r["id"]]["output"] for r in make_rows(6)] == expected
+    # the template made a difference: the same rows without it give other outputs
+    plain = [
+        g.texts[0] for g in engine.generate([f"Q: {r['text']}\nA:" for r in make_rows(6)], max_new_tokens=6)
+    ]
+    assert plain != expected

@@ -53,6 +53,7 @@ def run_both(tmp_path: Path, name: str, rows: int = 30, **overrides: Any) -> dic
     [{"generation": {"max_new_tokens": 6}}, {"task": "classify", "labels": ["negative", "positive"]}],
     ids=["generate", "classify"],
 )
+@pytest.mark.slow
 def test_ray_writes_the_rows_engine_hf_writes(tmp_path: Path, local_ray: None, task: dict) -> None:
     runs = run_both(tmp_path, "job", rows=30, **task)
     (hf_code, hf_summary, hf_out), (ray_code, ray_summary, ray_out) = runs["hf"], runs["ray"]
@@ -77,6 +78,7 @@ def assert_same_rows(got: Path, expected: Path) -> None:
         assert row.get("scores", {}) == pytest.approx(want.get("scores", {}), rel=1e-5, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_failed_rows_give_the_errors_file_and_exit_3_of_engine_hf(tmp_path: Path, local_ray: None) -> None:
     rows = make_rows(12)
     for row in rows[::3]:
@@ -93,6 +95,7 @@ def test_failed_rows_give_the_errors_file_and_exit_3_of_engine_hf(tmp_path: Path
     assert any("over max_length 64" in e["reason"] for e in ray_errors)
 
 
+@pytest.mark.slow
 def test_sigterm_then_kill_9_then_rerun_writes_every_id_once(tmp_path: Path, local_ray: None) -> None:
     rows, slow = 300, {"generation": {"max_new_tokens": 16}}
     clean = llmtune(

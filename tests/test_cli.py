@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, assert_bad_input, run_cli, write, write_jsonl
+from conftest import ROOT, assert_bad_input, invoke, run_cli, write, write_jsonl
 
 WORDS_POS = ["great", "lovely", "superb", "excellent", "fine", "happy"]
 WORDS_NEG = ["awful", "broken", "terrible", "poor", "sad", "rude"]
@@ -113,6 +113,7 @@ def test_schema_is_json_schema() -> None:
     assert len(json.loads(run_cli("schema").stdout)["oneOf"]) == 5
 
 
+@pytest.mark.slow
 def test_run_directory_contents(finished_run: Path) -> None:
     run = finished_run / "runs" / "tiny"
     for name in (
@@ -134,14 +135,16 @@ def test_run_directory_contents(finished_run: Path) -> None:
     assert json.loads((run / "eval.json").read_text())["metrics"]["n"] == 12
 
 
+@pytest.mark.slow
 def test_finished_run_is_not_clobbered(finished_run: Path) -> None:
     run = finished_run / "runs" / "tiny"
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
-    result = run_cli("finetune", finished_run / "tiny.yaml")
+    result = invoke("finetune", finished_run / "tiny.yaml")
     assert_bad_input(result, "holds a finished run", "output.overwrite")
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
 
 
+@pytest.mark.slow
 def test_lock_held_exits_75_touching_nothing(finished_run: Path) -> None:
     run = finished_run / "runs" / "tiny"
     with open(run / ".llmtune.lock", "w") as holder:
@@ -156,7 +159,7 @@ def test_lock_held_exits_75_touching_nothing(finished_run: Path) -> None:
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path) -> None:
     recipe = tiny_recipe(tmp_path)
-    result = run_cli("finetune", recipe, "--dry-run", "--json")
+    result = invoke("finetune", recipe, "--dry-run", "--json")
     assert result.code == 0, result.stderr
     plan = result.json()
     assert plan["rows"] == {"train": 36, "validation": 0, "test": 12}
@@ -165,6 +168,8 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path) -> None:
 
 
 # --- bad input: exit 2, one clear message naming file/line/key, no traceback, nothing written ---
+# In this process (`invoke`: the CLI's own error handling, seconds cheaper than a new Python with
+# torch); test_bad_malformed_yaml and test_bad_corrupt_jsonl_line check the same in a real process.
 
 
 def bad(tmp_path: Path, verb: str = "finetune", extra_args: tuple = (), **replace: str):
@@ -174,7 +179,7 @@ def bad(tmp_path: Path, verb: str = "finetune", extra_args: tuple = (), **replac
         assert old.replace("__", " ") in text or old in text
         text = text.replace(old, new)
     write(recipe, text)
-    result = run_cli(verb, recipe, *extra_args)
+    result = invoke(verb, recipe, *extra_args)
     assert not (tmp_path / "runs").exists(), "bad input must write nothing"
     return recipe, result
 
@@ -182,6 +187,7 @@ def bad(tmp_path: Path, verb: str = "finetune", extra_args: tuple = (), **replac
 def test_bad_malformed_yaml(tmp_path: Path) -> None:
     recipe, result = bad(tmp_path, **{"labels: [neg, pos]": "labels: [neg, pos"})
     assert_bad_input(result, f"{recipe}:", "invalid YAML")
+    assert_bad_input(run_cli("finetune", recipe), f"{recipe}:", "invalid YAML")  # a real process too
 
 
 def test_bad_unknown_key_with_suggestion(tmp_path: Path) -> None:
@@ -217,7 +223,7 @@ def test_bad_missing_data_file(tmp_path: Path) -> None:
 def test_bad_empty_dataset(tmp_path: Path) -> None:
     recipe = tiny_recipe(tmp_path)
     write(tmp_path / "train.jsonl", "")
-    result = run_cli("finetune", recipe)
+    result = invoke("finetune", recipe)
     assert_bad_input(result, f"{tmp_path / 'train.jsonl'}", "empty")
 
 
@@ -239,7 +245,7 @@ def test_bad_label_not_in_labels(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in (tmp_path / "test.jsonl").read_text().splitlines()]
     rows[3]["sentiment"] = "mixed"
     write_jsonl(tmp_path / "test.jsonl", rows)
-    result = run_cli("finetune", recipe)
+    result = invoke("finetune", recipe)
     assert_bad_input(result, f"{tmp_path / 'test.jsonl'}:4", "label 'mixed' is not in labels")
 
 

@@ -21,6 +21,24 @@ from llmtune.recipes.common import ModelRef, RecipeBase
 
 BERT = {"architecture": "bert", "hidden_size": 64, "num_layers": 2, "num_heads": 2}
 TEXTS = [f"the {w} was {q}" for w in ("cat", "meal", "room", "trip", "film") for q in ("fine", "awful", "ok")]
+# sentences about different things: a real encoder scores them apart (look-alikes score alike)
+VARIED = [
+    "I loved every minute of this film",
+    "the invoice is overdue by three weeks",
+    "Paris is the capital of France",
+    "my cat sleeps all day on the sofa",
+    "terrible service, never again",
+    "quantum computers use qubits",
+    "please reset my password",
+    "the soup was cold and salty",
+    "a goal in the last minute won the match",
+    "rain is expected tomorrow afternoon",
+    "ok",
+    "the stock market fell sharply today",
+    "thank you so much for your help!",
+    "he fixed the bike with a spanner",
+    "what time does the train leave?",
+]
 
 
 def saved_classifier(folder: Path, labels: list[str], scale: float = 40.0) -> Path:
@@ -40,13 +58,13 @@ def saved_classifier(folder: Path, labels: list[str], scale: float = 40.0) -> Pa
     return folder
 
 
-def outputs(ref: ModelRef, folder: Path) -> tuple[Any, torch.Tensor]:
+def outputs(ref: ModelRef, folder: Path, texts: list[str] = TEXTS) -> tuple[Any, torch.Tensor]:
     """The model `ref` loads (for inference, as bulk-infer and prompt-eval load it) and its
-    outputs on TEXTS."""
+    outputs on `texts`."""
     recipe = RecipeBase(kind="x")
     recipe.attach_source(folder / "r.yaml")  # model paths are relative to the recipe
     loaded = load_model(ref, recipe, head="classification")
-    batch = loaded.tokenizer(TEXTS, return_tensors="pt", padding=True)
+    batch = loaded.tokenizer(texts, return_tensors="pt", padding=True)
     with torch.inference_mode():
         return loaded.model, loaded.model(**batch).logits
 
@@ -83,16 +101,17 @@ def test_int8_one_output_head_scores_like_float(tmp_path: Path) -> None:
     torch.manual_seed(0)
     AutoModelForSequenceClassification.from_pretrained(base, num_labels=1).save_pretrained(tmp_path / "reg")
     AutoTokenizer.from_pretrained(base).save_pretrained(tmp_path / "reg")
-    _, float_scores = outputs(ModelRef(path="reg"), tmp_path)
-    model, int8_scores = outputs(ModelRef(path="reg", quantization="int8"), tmp_path)
+    _, float_scores = outputs(ModelRef(path="reg"), tmp_path, VARIED)
+    model, int8_scores = outputs(ModelRef(path="reg", quantization="int8"), tmp_path, VARIED)
     assert cpu.is_int8(model) and type(model.classifier) is torch.nn.Linear
     spread = float_scores.max() - float_scores.min()
-    # rows this alike (a random head, short look-alike texts) differ little: int8's error stays
-    # a fraction of that difference and the scores keep their order (measured: 0.31, r = 0.88)
-    assert spread > 0
-    assert (float_scores - int8_scores).abs().max() < 0.5 * spread
+    # a random head spreads the scores little: int8's error (it is there: the body runs
+    # quantized) stays a small part of that spread and the order of the rows is kept
+    # (measured: largest error 0.18 of the spread, r = 0.96)
+    error = (float_scores - int8_scores).abs().max()
+    assert spread > 0 and 0 < error < 0.3 * spread, (error, spread)
     pair = torch.stack([float_scores[:, 0], int8_scores[:, 0]])
-    assert torch.corrcoef(pair)[0, 1] > 0.7
+    assert torch.corrcoef(pair)[0, 1] > 0.9
 
 
 def test_bulk_infer_classifies_and_generates_with_int8(tmp_path: Path) -> None:
@@ -134,8 +153,15 @@ def test_prompt_eval_scores_with_an_int8_classifier(tmp_path: Path) -> None:
     result = llmtune("prompt-eval", path)
     assert result.code == 0, result.stderr
     predictions = read_jsonl(tmp_path / "out" / "predictions.jsonl")
-    by_model = {m: [p for p in predictions if p["model"] == m] for m in ("fp32", "int8")}
+    by_model = {m: {p["id"]: p["scores"] for p in predictions if p["model"] == m} for m in ("fp32", "int8")}
     assert len(by_model["fp32"]) == len(by_model["int8"]) == len(TEXTS)
+    # the int8 model really ran quantized (its probabilities move) and agrees with float32
+    gaps = [
+        abs(by_model["fp32"][i][label] - by_model["int8"][i][label])
+        for i in by_model["fp32"]
+        for label in ("negative", "positive")
+    ]
+    assert 0 < max(gaps) < 0.05, max(gaps)
 
 
 def test_int8_is_refused_for_training_and_off_the_cpu(tmp_path: Path) -> None:

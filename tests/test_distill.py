@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import assert_bad_input, read_jsonl, run_cli, write, write_jsonl
+from conftest import assert_bad_input, invoke, read_jsonl, run_cli, write, write_jsonl
 
 GOOD = ["good", "great", "lovely", "fine", "superb"]
 BAD = ["bad", "awful", "poor", "broken", "dreadful"]
@@ -77,11 +77,12 @@ def distill_recipe(folder: Path, teacher: Path, **overrides: object) -> Path:
     return write(folder / "distill.yaml", yaml.safe_dump(recipe))
 
 
+@pytest.mark.slow
 def test_soft_labels_from_teacher_blocks_with_trimmed_vocabulary(tmp_path: Path, teacher: Path) -> None:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    result = run_cli("distill", distill_recipe(tmp_path, teacher), "--json")
+    result = invoke("distill", distill_recipe(tmp_path, teacher), "--json")
     assert result.code == 0, result.stderr[-3000:]
     summary = result.json()
     run = tmp_path / "run"
@@ -123,11 +124,33 @@ def test_soft_labels_from_teacher_blocks_with_trimmed_vocabulary(tmp_path: Path,
     assert labels == [p["prediction"] for p in predictions]
 
 
-def test_hard_labels_with_a_scratch_student_and_no_baseline(tmp_path: Path, teacher: Path) -> None:
+@pytest.mark.slow
+def test_hard_labels_with_a_scratch_student_and_no_baseline(
+    tmp_path: Path, teacher: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In this process, the loss spied on: every training step learns the teacher's argmax."""
+    import torch.nn.functional as F
+
+    import llmtune.jobs.distill.losses as losses
+
+    real, steps = losses.distillation_loss, []
+
+    def spy(student_logits, teacher_probs, gold, **kwargs):  # type: ignore[no-untyped-def]
+        loss = real(student_logits, teacher_probs, gold, **kwargs)
+        # with alpha: 1 the loss is cross-entropy on the teacher's argmax, whatever the gold
+        hard = F.cross_entropy(student_logits.float(), teacher_probs.argmax(-1))
+        steps.append((kwargs["hard"], loss.item(), hard.item()))
+        return loss
+
+    monkeypatch.setattr(losses, "distillation_loss", spy)
     student = {"scratch": {"architecture": "bert", "hidden_size": 16, "num_layers": 1, "num_heads": 2}}
-    path = distill_recipe(tmp_path, teacher, student=student, strategy="hard_labels", baseline=False)
-    result = run_cli("distill", path, "--json")
+    path = distill_recipe(
+        tmp_path, teacher, student=student, strategy="hard_labels", baseline=False, alpha=1.0
+    )
+    result = invoke("distill", path, "--json")
     assert result.code == 0, result.stderr[-3000:]
+    assert len(steps) >= 4 and all(h for h, _, _ in steps), steps  # 4 steps (and evaluation, if any)
+    assert all(loss == pytest.approx(hard, rel=1e-5) for _, loss, hard in steps), steps
     side = result.json()["distillation"]
     assert side["baseline"] is None
     assert side["student"]["params"] < side["teacher"]["params"]
@@ -167,9 +190,11 @@ def test_kd_loss_matches_a_direct_computation() -> None:
     assert got.item() == pytest.approx(sum(hard) / 3, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_a_killed_distill_resumes_without_relabelling(tmp_path: Path) -> None:
-    """SIGTERM once the journal holds its first chunk; --resume labels only the missing rows."""
-    rows = [{"text": " ".join(THINGS[(i + k) % 8] for k in range(40)) + f" {i}"} for i in range(3000)]
+    """SIGTERM once the journal holds its first chunk (of 64 rows; 1016 to label, so the kill
+    lands long before the end); --resume labels only the missing rows."""
+    rows = [{"text": " ".join(THINGS[(i + k) % 8] for k in range(40)) + f" {i}"} for i in range(1000)]
     write_jsonl(tmp_path / "transfer.jsonl", rows)
     write_jsonl(tmp_path / "test.jsonl", [review(i) for i in range(16)])
     recipe = {
@@ -201,10 +226,10 @@ def test_a_killed_distill_resumes_without_relabelling(tmp_path: Path) -> None:
     before = len(read_jsonl(run / "teacher_labels.jsonl"))
     assert before >= 64
 
-    resumed = run_cli("distill", path, "--resume", "--json")
+    resumed = invoke("distill", path, "--resume", "--json")
     assert resumed.code == 0, resumed.stderr[-3000:]
     side = resumed.json()["distillation"]
-    total = 3000 + 16
+    total = 1000 + 16
     assert side["teacher_rows_reused"] == before
     assert side["teacher_rows_labelled"] == total - before
     ids = [r["id"] for r in read_jsonl(run / "teacher_labels.jsonl")]
@@ -216,16 +241,18 @@ def _refused(tmp_path: Path, result: object, *fragments: str) -> None:
     assert not (tmp_path / "run").exists(), "a refused run wrote something"
 
 
+@pytest.mark.slow
 def test_a_student_that_is_not_smaller_is_refused(tmp_path: Path, teacher: Path) -> None:
     every_block = distill_recipe(tmp_path, teacher, student={"from_teacher": {"layers": [0, 1, 2, 3]}})
-    _refused(tmp_path, run_cli("distill", every_block), "student.from_teacher.layers", "must keep fewer")
+    _refused(tmp_path, invoke("distill", every_block), "student.from_teacher.layers", "must keep fewer")
     big = {"scratch": {"architecture": "bert", "hidden_size": 128, "num_layers": 4, "num_heads": 2}}
     bigger = distill_recipe(tmp_path, teacher, student=big)
-    _refused(tmp_path, run_cli("distill", bigger), "student", "must be smaller")
+    _refused(tmp_path, invoke("distill", bigger), "student", "must be smaller")
     beyond = distill_recipe(tmp_path, teacher, student={"from_teacher": {"layers": [0, 7]}})
-    _refused(tmp_path, run_cli("distill", beyond), "there is no block 7")
+    _refused(tmp_path, invoke("distill", beyond), "there is no block 7")
 
 
+@pytest.mark.slow
 def test_label_sets_that_differ_are_refused(tmp_path: Path, teacher: Path) -> None:
     other = tmp_path / "other-student"
     shutil.copytree(teacher, other)
@@ -233,13 +260,13 @@ def test_label_sets_that_differ_are_refused(tmp_path: Path, teacher: Path) -> No
     config["id2label"], config["label2id"] = {"0": "spam", "1": "ham"}, {"spam": 0, "ham": 1}
     (other / "config.json").write_text(json.dumps(config))
     student = {"path": str(other)}
-    _refused(tmp_path, run_cli("distill", distill_recipe(tmp_path, teacher, student=student)), "differ from")
+    _refused(tmp_path, invoke("distill", distill_recipe(tmp_path, teacher, student=student)), "differ from")
     wrong_labels = distill_recipe(tmp_path, teacher, labels=["negative", "positive"])
-    _refused(tmp_path, run_cli("distill", wrong_labels), "labels", "differ from the teacher's labels")
+    _refused(tmp_path, invoke("distill", wrong_labels), "labels", "differ from the teacher's labels")
     test_rows = [{**review(i), "label": "meh"} for i in range(4)]
     path = distill_recipe(tmp_path, teacher)
     write_jsonl(tmp_path / "test.jsonl", test_rows)
-    _refused(tmp_path, run_cli("distill", path), "test.jsonl:1", "'meh' is not one of the teacher's labels")
+    _refused(tmp_path, invoke("distill", path), "test.jsonl:1", "'meh' is not one of the teacher's labels")
 
 
 # ------------------------------------------------------------------ regression (strategy: scores)
@@ -280,13 +307,14 @@ def regression_recipe(folder: Path, teacher: Path, **overrides: object) -> Path:
     return write(folder / "distill.yaml", yaml.safe_dump(recipe))
 
 
+@pytest.mark.slow
 def test_regression_student_learns_the_teachers_scores(tmp_path: Path, regression_teacher: Path) -> None:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from llmtune.metrics import regression_metrics
 
-    result = run_cli("distill", regression_recipe(tmp_path, regression_teacher), "--json")
+    result = invoke("distill", regression_recipe(tmp_path, regression_teacher), "--json")
     assert result.code == 0, result.stderr[-3000:]
     side = result.json()["distillation"]
     run = tmp_path / "run"
@@ -324,19 +352,20 @@ def test_regression_student_learns_the_teachers_scores(tmp_path: Path, regressio
     assert scores == pytest.approx([p["prediction"] for p in predictions], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_regression_and_classification_models_do_not_mix(
     tmp_path: Path, regression_teacher: Path, teacher: Path
 ) -> None:
     # a classifier teacher for task: regression
-    _refused(tmp_path, run_cli("distill", regression_recipe(tmp_path, teacher)), "teacher", "classifier")
+    _refused(tmp_path, invoke("distill", regression_recipe(tmp_path, teacher)), "teacher", "classifier")
     # a regression teacher for task: classification
-    _refused(tmp_path, run_cli("distill", distill_recipe(tmp_path, regression_teacher)), "task: regression")
+    _refused(tmp_path, invoke("distill", distill_recipe(tmp_path, regression_teacher)), "task: regression")
     # a classifier student for a regression teacher, and the other way round
     path = regression_recipe(tmp_path, regression_teacher, student={"path": str(teacher)})
-    _refused(tmp_path, run_cli("distill", path), "student.path", "the student is a classifier")
+    _refused(tmp_path, invoke("distill", path), "student.path", "the student is a classifier")
     path = distill_recipe(tmp_path, teacher, student={"path": str(regression_teacher)})
-    _refused(tmp_path, run_cli("distill", path), "student.path", "the student is a regression model")
+    _refused(tmp_path, invoke("distill", path), "student.path", "the student is a regression model")
     # gold scores must be numbers
     path = regression_recipe(tmp_path, regression_teacher)
     write_jsonl(tmp_path / "test.jsonl", [{**rating(i), "label": "five"} for i in range(3)])
-    _refused(tmp_path, run_cli("distill", path), "test.jsonl:2", "expected a number")
+    _refused(tmp_path, invoke("distill", path), "test.jsonl:2", "expected a number")

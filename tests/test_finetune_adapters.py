@@ -134,7 +134,7 @@ def test_an_architecture_without_known_blocks_is_refused_by_name() -> None:
 
 def test_parallel_adapters_at_the_attention_are_refused(tmp_path: Path) -> None:
     recipe = cls_recipe(tmp_path, "method: {type: adapter, placement: parallel, sites: [attention]}")
-    assert_bad_input(run_cli("validate", recipe), "placement: parallel", "method")
+    assert_bad_input(invoke("validate", recipe), "placement: parallel", "method")
 
 
 # ---------------------------------------------------------------- end to end, through the CLI
@@ -185,6 +185,7 @@ def losses(run: Path) -> list[float]:
     return [r["loss"] for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
 
 
+@pytest.mark.slow
 def test_a_classification_run_saves_adapters_that_load_again_and_export_refuses_to_merge(
     tmp_path: Path,
 ) -> None:
@@ -264,6 +265,7 @@ output: {dir: eval}
     }
 
 
+@pytest.mark.slow
 def test_an_sft_run_with_parallel_adapters_learns_and_continues(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 

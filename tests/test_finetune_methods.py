@@ -12,7 +12,16 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TRAINING, assert_bad_input, invoke, read_jsonl, recipe, write_jsonl
+from conftest import (
+    ROOT,
+    TRAINING,
+    assert_bad_input,
+    initial_weights,
+    invoke,
+    read_jsonl,
+    recipe,
+    write_jsonl,
+)
 
 METHODS = ["full", "lora", "dora", "ia3", "prefix", "prompt", "last_layers"]
 
@@ -58,11 +67,52 @@ def test_method_trains_and_saves_a_loadable_model(tmp_path: Path, task: str, met
         assert model.config.id2label == {0: "neg", 1: "pos"}
     if method in ("prefix", "prompt"):
         check_only_virtual_tokens_trained(run / "model", task, method, seed=7)
+    if method in ("full", "last_layers", "dora", "ia3"):
+        check_the_trained_weights_moved(run / "model", task, method, seed=7)
     if method == "lora" and task == "causal_lm":  # with gradient checkpointing: every block still learns
         from safetensors.torch import load_file
 
         adapter = load_file(run / "model" / "adapter_model.safetensors")
         assert all(v.abs().max() > 0 for k, v in adapter.items() if "lora_B" in k)
+
+
+def check_the_trained_weights_moved(model_dir: Path, task: str, method: str, seed: int) -> None:
+    """What the method trains moved away from its init, and nothing else did: every tensor
+    (full); the last block, final norm and head but not the first block (last_layers, layers: 1);
+    every DoRA / IA3 tensor, over an untouched base (dora, ia3)."""
+    import torch
+    from safetensors.torch import load_file
+
+    fresh = initial_weights(task, seed)
+    if method in ("full", "last_layers"):
+        saved = load_file(model_dir / "model.safetensors")
+        assert set(saved) <= set(fresh)
+        moved = {k for k in saved if not torch.equal(saved[k], fresh[k])}
+        if method == "full":
+            assert moved == set(saved), set(saved) - moved
+            return
+        last = {k for k in saved if k.startswith("model.layers.1.")}
+        assert last and last | {"model.norm.weight"} <= moved, (last | {"model.norm.weight"}) - moved
+        assert not {k for k in moved if k.startswith("model.layers.0.")}, moved
+        head = "score.weight" if task == "classification" else "model.embed_tokens.weight"  # tied to lm_head
+        assert head in moved
+        return
+    base = load_file(model_dir / "base" / "model.safetensors")
+    assert all(torch.equal(base[k], fresh[k]) for k in base)
+    adapter = load_file(model_dir / "adapter_model.safetensors")
+    if method == "ia3":  # scaling vectors start at 1
+        vectors = [v for k, v in adapter.items() if "ia3_l" in k]
+        assert len(vectors) == 14 and all(not torch.equal(v, torch.ones_like(v)) for v in vectors)
+        return
+    # dora: B starts at 0, the magnitude at the base weight's row norms
+    assert [k for k in adapter if "lora_B" in k] and all(
+        v.abs().max() > 0 for k, v in adapter.items() if "lora_B" in k
+    )
+    magnitudes = {k: v for k, v in adapter.items() if "lora_magnitude_vector" in k}
+    assert len(magnitudes) == 14
+    for key, magnitude in magnitudes.items():
+        weight = base[key.removeprefix("base_model.model.").replace("lora_magnitude_vector", "weight")]
+        assert not torch.allclose(magnitude, weight.norm(dim=1)), key
 
 
 def check_only_virtual_tokens_trained(model_dir: Path, task: str, method: str, seed: int) -> None:
@@ -71,14 +121,7 @@ def check_only_virtual_tokens_trained(model_dir: Path, task: str, method: str, s
     import torch
     from safetensors.torch import load_file
 
-    from llmtune.models.loading import build_scratch_model, build_tokenizer
-    from llmtune.recipes.common import ScratchModel
-
-    torch.manual_seed(seed)
-    spec = ScratchModel(architecture="llama", hidden_size=32, num_layers=2, num_heads=2)
-    head = "classification" if task == "classification" else "causal_lm"
-    labels = ["neg", "pos"] if task == "classification" else None
-    fresh = build_scratch_model(spec, build_tokenizer(spec, []), head=head, labels=labels).state_dict()
+    fresh = initial_weights(task, seed)
     saved = load_file(model_dir / "base" / "model.safetensors")
     assert set(saved) <= set(fresh)
     assert all(torch.equal(saved[k], fresh[k]) for k in saved)

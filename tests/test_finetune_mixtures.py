@@ -120,6 +120,7 @@ def test_what_trains_is_what_the_run_records_with_each_source_s_columns_and_temp
     assert recorded["replay"]["share"] == pytest.approx(0.25, abs=0.005) and recorded["replay"]["rows"] == 40
 
 
+@pytest.mark.slow
 def test_mixture_replay_and_retain_end_to_end(tmp_path: Path) -> None:
     two_sources(tmp_path, a_rows=40, b_rows=40)
     write_jsonl(tmp_path / "general_test.jsonl", general(50)[40:])
@@ -150,6 +151,7 @@ def test_mixture_replay_and_retain_end_to_end(tmp_path: Path) -> None:
     assert "retain: general data" in result.stderr
 
 
+@pytest.mark.slow
 def test_classification_sources_get_their_own_template(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "reviews.jsonl", [{"review": f"{w} is fine", "label": "pos"} for w in WORDS * 3])
     write_jsonl(

@@ -72,6 +72,7 @@ def assert_metrics_match(reported: dict, gold: list[float], predicted: list[floa
     assert reported["n"] == len(gold)
 
 
+@pytest.mark.slow
 def test_regression_run_metrics_slices_and_bulk_infer_scores(tmp_path: Path) -> None:
     path = regression_recipe(tmp_path, extra="evaluation: {slices: [category]}\n")
     result = run_cli("finetune", path, "--json", cwd=tmp_path)
@@ -162,6 +163,7 @@ def test_a_non_numeric_label_is_refused_with_file_and_line(tmp_path: Path) -> No
     assert_bad_input(outside, "train.jsonl:10: label: 5 is outside label_range [1, 4]")
 
 
+@pytest.mark.slow
 def test_early_stopping_on_mae_keeps_the_lowest_with_huber_loss(tmp_path: Path) -> None:
     training = (
         "max_steps: 8, batch_size: 4, learning_rate: 3.0e-3, logging_steps: 1, eval_steps: 1, "

@@ -6,10 +6,12 @@ that cannot continue the earlier adapter is refused (exit 2) before anything is 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import pytest
 import torch
-from conftest import assert_bad_input, invoke, read_jsonl, run_cli, write, write_jsonl
+from conftest import assert_bad_input, invoke, read_jsonl, write, write_jsonl
 
 WORDS = ["cat", "dog", "sun", "red", "blue", "tree", "fish", "bird"]
 SCRATCH = "{scratch: {architecture: llama, hidden_size: 32, num_layers: 2, num_heads: 2}}"
@@ -43,9 +45,20 @@ def adapter_weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(run / "model" / "adapter_model.safetensors")
 
 
-def test_a_lora_run_is_continued_then_stacked_and_the_lineage_is_recorded(tmp_path: Path) -> None:
-    first = sft_recipe(tmp_path, "first", "{type: lora, r: 4}")
-    assert invoke("finetune", first).code == 0
+@pytest.fixture(scope="module")
+def first_lora(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The earlier LoRA run both LoRA tests continue, trained once: each test copies it."""
+    folder = tmp_path_factory.mktemp("first-lora")
+    result = invoke("finetune", sft_recipe(folder, "first", "{type: lora, r: 4}"))
+    assert result.code == 0, result.stderr[-3000:]
+    return folder / "first"
+
+
+@pytest.mark.slow
+def test_a_lora_run_is_continued_then_stacked_and_the_lineage_is_recorded(
+    tmp_path: Path, first_lora: Path
+) -> None:
+    shutil.copytree(first_lora, tmp_path / "first")
 
     # stack: false trains the same adapter further: same keys, new values, lineage [first]
     second = sft_recipe(tmp_path, "second", "{type: lora, r: 4}", "{path: first/model}")
@@ -79,20 +92,23 @@ def test_a_lora_run_is_continued_then_stacked_and_the_lineage_is_recorded(tmp_pa
     assert [s["name"] for s in manifest(tmp_path / "third")["lineage"]] == ["first", "second"]
 
 
-def test_a_method_that_cannot_continue_the_earlier_adapter_is_refused(tmp_path: Path) -> None:
-    first = sft_recipe(tmp_path, "first", "{type: lora, r: 4}")
-    assert invoke("finetune", first).code == 0
+@pytest.mark.slow
+def test_a_method_that_cannot_continue_the_earlier_adapter_is_refused(
+    tmp_path: Path, first_lora: Path
+) -> None:
+    shutil.copytree(first_lora, tmp_path / "first")
     ia3 = sft_recipe(tmp_path, "ia3", "{type: ia3}", "{path: first/model}")
     assert_bad_input(
-        run_cli("finetune", ia3), "earlier run's LORA adapter", "method.stack: true", "method.type"
+        invoke("finetune", ia3), "earlier run's LORA adapter", "method.stack: true", "method.type"
     )
     assert not (tmp_path / "ia3").exists()
     # stacking needs an earlier adapter: on a plain model there is nothing to stack on
     plain = sft_recipe(tmp_path, "plain", "{type: lora, stack: true}")
-    assert_bad_input(run_cli("finetune", plain), "method.stack")
+    assert_bad_input(invoke("finetune", plain), "method.stack")
     assert not (tmp_path / "plain").exists()
 
 
+@pytest.mark.slow
 def test_a_full_model_run_is_continued(tmp_path: Path) -> None:
     first = sft_recipe(tmp_path, "first", "{type: full}")
     assert invoke("finetune", first).code == 0

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import assert_bad_input, run_cli, write, write_jsonl
+from conftest import assert_bad_input, invoke, run_cli, write, write_jsonl
 
 FAMILIES = {
     "drupe": "peach plum cherry apricot mango olive nectarine date coconut damson greengage sloe jujube",
@@ -183,7 +183,7 @@ def test_shots_without_examples_slot_is_refused(fruits: Path) -> None:
     body = PROMPTS.replace(
         'template: "{{ examples }}{{ text }}:"\n    shots: 4', 'template: "{{ text }}:"\n    shots: 4'
     )
-    result = run_cli("prompt-eval", recipe(fruits, body))
+    result = invoke("prompt-eval", recipe(fruits, body))
     assert_bad_input(result, "eval.yaml:", "prompts.few_shot", "{{ examples }}")
     assert not (fruits / "out").exists()
 
@@ -198,20 +198,20 @@ def test_more_shots_than_the_pool_is_refused(fruits: Path) -> None:
 
 
 def test_labels_missing_from_the_data_are_refused(fruits: Path) -> None:
-    result = run_cli("prompt-eval", recipe(fruits, PROMPTS + "labels: [drupe, pome, citrus]\n"))
+    result = invoke("prompt-eval", recipe(fruits, PROMPTS + "labels: [drupe, pome, citrus]\n"))
     assert_bad_input(result, "train.jsonl:", "label 'berry' is not in labels")
     assert not (fruits / "out").exists()
     write_jsonl(fruits / "test.jsonl", [{"id": "x", "fruit": "fig"}])
     assert_bad_input(
-        run_cli("prompt-eval", recipe(fruits, PROMPTS)), "test.jsonl:1", "'family' (mapped to label)"
+        invoke("prompt-eval", recipe(fruits, PROMPTS)), "test.jsonl:1", "'family' (mapped to label)"
     )
 
 
 def test_chat_prompt_needs_a_chat_template_and_gate_a_known_metric(fruits: Path) -> None:
     path = recipe(fruits, PROMPTS)
-    result = run_cli("prompt-eval", path, "--set", "prompts.one_shot.chat=true")
+    result = invoke("prompt-eval", path, "--set", "prompts.one_shot.chat=true")
     assert_bad_input(result, "prompts.one_shot.chat", "has no chat template")
-    assert_bad_input(run_cli("prompt-eval", path, "--fail-under", "bleu=0.3"), "--fail-under", "'bleu'")
+    assert_bad_input(invoke("prompt-eval", path, "--fail-under", "bleu=0.3"), "--fail-under", "'bleu'")
     assert not (fruits / "out").exists()
 
 
@@ -230,7 +230,7 @@ def test_example_pool_labels_are_all_reported_with_the_near_label(fruits: Path) 
         '    examples_from: pool.jsonl\n    example_template: "{{ text }}: {{ label }}\\n"\n'
         "labels: [drupe, pome, berry, citrus]\n"
     )
-    result = run_cli("prompt-eval", recipe(fruits, body))
+    result = invoke("prompt-eval", recipe(fruits, body))
     assert_bad_input(result, "pool.jsonl:2", "'Pome'", "did you mean 'pome'", "pool.jsonl:4", "'syconium'")
     assert "pool.jsonl:3" not in result.stderr
     assert not (fruits / "out").exists()

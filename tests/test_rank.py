@@ -3,26 +3,23 @@ script on stdin, a pseudo-terminal, real signals). Each answer must be in the fi
 is accepted, every other field and row must stay as it was, and a rerun continues at the first
 unranked row.
 
-Tests that talk to a running session wait for the prompt text before answering or signalling;
-the 60 s limit is only a guard against a session that hangs."""
+Tests that talk to a running session wait for the prompt text before answering or signalling
+(no time limit: a session that ends early fails the test at once, one that hangs hangs it)."""
 
 from __future__ import annotations
 
 import json
 import os
 import pty
-import select
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from conftest import Result, assert_bad_input, write, write_jsonl
 
 ASK = "? help: "
-HANG_GUARD_S = 60
 
 
 def candidates(path: Path) -> Path:
@@ -87,17 +84,13 @@ class Screen:
 
     def wait_for(self, marker: str, after: int = 0) -> int:
         """Read until `marker` appears at or after `after`; return where it ends."""
-        deadline = time.monotonic() + HANG_GUARD_S
         while marker not in self.text[after:]:
-            left = deadline - time.monotonic()
-            assert left > 0, f"no {marker!r} after {HANG_GUARD_S} s:\n{self.text[-3000:]}"
-            if select.select([self.fd], [], [], left)[0]:
-                try:
-                    chunk = os.read(self.fd, 4096)
-                except OSError:  # a pty whose other side has closed
-                    chunk = b""
-                assert chunk, f"the session ended before {marker!r}:\n{self.text[-3000:]}"
-                self.text += chunk.decode(errors="replace")
+            try:
+                chunk = os.read(self.fd, 4096)
+            except OSError:  # a pty whose other side has closed
+                chunk = b""
+            assert chunk, f"the session ended before {marker!r}:\n{self.text[-3000:]}"
+            self.text += chunk.decode(errors="replace")
         return self.text.index(marker, after) + len(marker)
 
 
@@ -193,7 +186,7 @@ def test_a_signal_while_waiting_keeps_the_saved_answers(tmp_path: Path, sig: int
     answer(proc, "B > A > C > D")
     screen.wait_for(ASK, screen.wait_for("[1 of 3 ranked, 0 skipped] r2"))
     proc.send_signal(sig)
-    assert proc.wait(timeout=HANG_GUARD_S) == code, log.read_text()
+    assert proc.wait() == code, log.read_text()
     if sig == signal.SIGINT:  # Ctrl-C is how people stop: a quit, not an error
         assert "quit: every answer given is saved" in log.read_text() and "error:" not in log.read_text()
     else:
@@ -274,7 +267,7 @@ def test_a_second_session_on_the_same_file_exits_75(tmp_path: Path) -> None:
     assert second.code == 75, second.stderr
     assert "held by" in second.stderr
     answer(proc, "q")
-    assert proc.wait(timeout=HANG_GUARD_S) == 0, log.read_text()
+    assert proc.wait() == 0, log.read_text()
     assert rankings(path) == ["", "", ""]
 
 
@@ -285,7 +278,7 @@ def test_a_file_changed_by_another_program_is_not_overwritten(tmp_path: Path) ->
     changed = path.read_text(encoding="utf-8") + json.dumps({**GOOD, "id": "new"}) + "\n"
     write(path, changed)  # e.g. collect appending rows while someone ranks
     answer(proc, "A > B > C > D")
-    assert proc.wait(timeout=HANG_GUARD_S) == 75, log.read_text()
+    assert proc.wait() == 75, log.read_text()
     assert "changed by another program" in log.read_text()
     assert path.read_text(encoding="utf-8") == changed
 
@@ -314,7 +307,7 @@ def test_a_terminal_session_edits_lines_recalls_answers_and_quits_on_ctrl_c(tmp_
         os.write(controller, b"\x7fa\r")  # Backspace, a, Enter
         screen.wait_for("? help:", screen.wait_for("[2 of 3 ranked, 0 skipped] line 3"))
         os.write(controller, b"\x03")  # Ctrl-C
-        assert proc.wait(timeout=HANG_GUARD_S) == 130, screen.text
+        assert proc.wait() == 130, screen.text
         screen.wait_for("quit: every answer given is saved")
     finally:
         os.close(controller)

@@ -11,7 +11,7 @@ import typing
 from pathlib import Path
 
 import pytest
-from conftest import Result, assert_bad_input, run_cli, write, write_jsonl
+from conftest import Result, assert_bad_input, invoke, run_cli, write, write_jsonl
 
 from llmtune.recipes import RECIPE_KINDS, load_recipe
 from llmtune.recipes.common import RecipePath
@@ -205,7 +205,7 @@ def test_alias_bomb_is_refused_in_bounded_memory(tmp_path: Path) -> None:
 )
 def test_bad_set_is_exit_2_naming_the_flag(tmp_path: Path, override: str, fragments: list[str]) -> None:
     write(tmp_path / "r.yaml", GOOD)
-    assert_bad_input(run_cli("validate", "r.yaml", "--set", override, cwd=tmp_path), *fragments)
+    assert_bad_input(invoke("validate", "r.yaml", "--set", override, cwd=tmp_path), *fragments)
 
 
 @pytest.mark.parametrize(
@@ -225,7 +225,7 @@ def test_dry_run_refuses_bad_recipe_and_writes_nothing(
     path = tmp_path / "r.yaml"
     path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text, encoding="utf-8")
     before = _files(tmp_path)
-    assert_bad_input(run_cli("finetune", "r.yaml", "--dry-run", cwd=tmp_path), *fragments)
+    assert_bad_input(invoke("finetune", "r.yaml", "--dry-run", cwd=tmp_path), *fragments)
     assert _files(tmp_path) == before
 
 
@@ -371,7 +371,7 @@ prompts:
 def test_missing_inherited_data_is_named_by_its_absolute_path(tmp_path: Path) -> None:
     write(tmp_path / "a" / "base.yaml", GOOD.replace("train: train.jsonl", "train: data/missing.jsonl"))
     write(tmp_path / "b" / "r.yaml", "extends: ../a/base.yaml\n")
-    result = run_cli("finetune", "r.yaml", "--dry-run", cwd=tmp_path / "b")
+    result = invoke("finetune", "r.yaml", "--dry-run", cwd=tmp_path / "b")
     assert_bad_input(result, "not found", str(tmp_path.resolve() / "a" / "data" / "missing.jsonl"))
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import assert_bad_input, read_jsonl, run_cli, write, write_jsonl
+from conftest import assert_bad_input, invoke, read_jsonl, run_cli, write, write_jsonl
 
 LLAMA = {"scratch": {"architecture": "llama", "hidden_size": 32, "num_layers": 2, "num_heads": 2}}
 TOPICS = ["a refund", "my password", "the delivery", "an invoice", "my account", "the warranty"]
@@ -167,14 +167,14 @@ def test_bad_prompts_are_refused_and_nothing_is_written(
     tmp_path: Path, rows: list[dict[str, Any]], data: dict[str, Any], fragments: list[str]
 ) -> None:
     path = collect_recipe(tmp_path, rows, data={"train": "prompts.jsonl", **data})
-    assert_bad_input(run_cli("rlhf", path), *fragments)
+    assert_bad_input(invoke("rlhf", path), *fragments)
     assert not (tmp_path / "run").exists()
 
 
 def test_no_train_data_is_refused(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "test.jsonl", questions(2))
     path = collect_recipe(tmp_path, questions(2), data={"test": "test.jsonl"})
-    assert_bad_input(run_cli("rlhf", path), "data.train", "stage collect needs data.train")
+    assert_bad_input(invoke("rlhf", path), "data.train", "stage collect needs data.train")
     assert not (tmp_path / "run").exists()
 
 
@@ -218,5 +218,5 @@ def test_a_model_that_cannot_generate_is_refused(tmp_path: Path, kind: str) -> N
     path = collect_recipe(
         tmp_path, questions(2), model=model, data={"train": "prompts.jsonl", "template": "{{ question }}"}
     )
-    assert_bad_input(run_cli("rlhf", path), "is not a causal language model", "model")
+    assert_bad_input(invoke("rlhf", path), "is not a causal language model", "model")
     assert not (tmp_path / "run").exists()

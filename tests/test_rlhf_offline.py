@@ -9,7 +9,7 @@ from pathlib import Path
 from statistics import fmean
 
 import pytest
-from conftest import assert_bad_input, read_jsonl, run_cli, write, write_jsonl
+from conftest import assert_bad_input, invoke, read_jsonl, run_cli, write, write_jsonl
 
 TRAIN_WORDS = ["cat", "dog", "sun", "red", "blue", "tree", "fish", "bird", "moon", "star", "rock", "leaf"]
 TEST_WORDS = ["lake", "wind", "snow", "sand"]
@@ -73,6 +73,7 @@ def completion_logp(model, tokenizer, prompt: str, completion: str) -> float:
     return float(sum(logps[i - 1, ids[i]] for i in range(start, len(ids))))
 
 
+@pytest.mark.slow
 def test_dpo_on_rankings_with_ties_learns_the_preference_and_saves_a_loadable_adapter(tmp_path: Path) -> None:
     unranked = {**ranking_row("zero"), "ranking": ""}
     write_jsonl(tmp_path / "train.jsonl", [ranking_row(w) for w in TRAIN_WORDS] + [unranked])
@@ -110,6 +111,7 @@ def test_dpo_on_rankings_with_ties_learns_the_preference_and_saves_a_loadable_ad
     assert mine == pytest.approx(evaluation["metrics"]["logp_chosen"], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_dpo_full_fine_tune_on_pairs_saves_a_plain_model(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "train.jsonl", [pair_row(w) for w in TRAIN_WORDS])
     write_jsonl(tmp_path / "test.jsonl", [pair_row(w) for w in TEST_WORDS])
@@ -138,6 +140,7 @@ def test_dpo_full_fine_tune_on_pairs_saves_a_plain_model(tmp_path: Path) -> None
     assert rejected == pytest.approx(metrics["logp_rejected"], abs=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rows", ["labels", "rankings"])
 def test_kto_on_label_rows_and_on_rankings(tmp_path: Path, rows: str) -> None:
     if rows == "labels":  # two bad answers for each good one: TRL's weights rebalance them
@@ -163,11 +166,11 @@ def test_kto_on_label_rows_and_on_rankings(tmp_path: Path, rows: str) -> None:
 def test_kto_refuses_batches_of_one_and_data_without_bad_rows(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "train.jsonl", [r for w in TRAIN_WORDS for r in label_rows(w)])
     write_jsonl(tmp_path / "test.jsonl", [r for w in TEST_WORDS for r in label_rows(w)])
-    result = run_cli("rlhf", recipe(tmp_path, "kto", training="batch_size: 1"), cwd=tmp_path)
+    result = invoke("rlhf", recipe(tmp_path, "kto", training="batch_size: 1"), cwd=tmp_path)
     assert_bad_input(result, "training.batch_size", "2 or more")
 
     write_jsonl(tmp_path / "train.jsonl", [label_rows(w)[0] for w in TRAIN_WORDS])
-    result = run_cli("rlhf", recipe(tmp_path, "kto"), cwd=tmp_path)
+    result = invoke("rlhf", recipe(tmp_path, "kto"), cwd=tmp_path)
     assert_bad_input(result, "data.train", "good and bad")
     assert not (tmp_path / "run").exists()
 
@@ -194,6 +197,7 @@ def reward_model(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_a_reward_model_gives_the_mean_reward_before_and_after_with_its_samples(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "train.jsonl", [pair_row(w) for w in TRAIN_WORDS])
     write_jsonl(tmp_path / "test.jsonl", [pair_row(w) for w in TEST_WORDS])
@@ -219,12 +223,12 @@ def test_bad_rankings_missing_test_split_and_dry_run(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "train.jsonl", rows)
     write_jsonl(tmp_path / "test.jsonl", [ranking_row(w) for w in TEST_WORDS])
     path = recipe(tmp_path, "dpo")
-    assert_bad_input(run_cli("rlhf", path, cwd=tmp_path), "train.jsonl:3", "'A > B > Q'")
+    assert_bad_input(invoke("rlhf", path, cwd=tmp_path), "train.jsonl:3", "'A > B > Q'")
 
     rows[2] = ranking_row("oops")
     write_jsonl(tmp_path / "train.jsonl", rows)
     no_test = write(tmp_path / "no_test.yaml", path.read_text().replace(", test: test.jsonl", ""))
-    assert_bad_input(run_cli("rlhf", no_test, cwd=tmp_path), "data.test")
+    assert_bad_input(invoke("rlhf", no_test, cwd=tmp_path), "data.test")
 
     result = run_cli("rlhf", path, "--dry-run", "--json", cwd=tmp_path)
     assert result.code == 0, result.stderr[-2000:]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import assert_bad_input, read_jsonl, run_cli, write, write_jsonl
+from conftest import assert_bad_input, invoke, read_jsonl, run_cli, write, write_jsonl
 
 WORDS = ["cat", "dog", "sun", "red", "blue", "tree", "fish", "bird", "moon", "star", "rain", "wind"]
 POLICY = {"scratch": {"architecture": "llama", "hidden_size": 32, "num_layers": 2, "num_heads": 2}}
@@ -128,6 +128,7 @@ def test_the_total_is_the_weighted_sum_and_each_part_is_named_for_trl() -> None:
 
 
 # -------------------------------------------------------------------------- end to end
+@pytest.mark.slow
 def test_grpo_raises_the_mean_reward_of_an_easy_rule(tmp_path: Path) -> None:
     """Measured: 0.25 -> 0.75 at seed 42 with beta 0.04 (0.25 -> 0.79 with beta 0; seeds 1, 7, 123
     with beta 0: +0.50, +0.46, +0.38)."""
@@ -172,6 +173,7 @@ def test_grpo_raises_the_mean_reward_of_an_easy_rule(tmp_path: Path) -> None:
     AutoTokenizer.from_pretrained(run / "model")
 
 
+@pytest.mark.slow
 def test_rloo_with_a_reward_model_of_another_tokenizer(tmp_path: Path) -> None:
     rm = save_reward_model(tmp_path / "rm")
     path = policy_recipe(
@@ -208,6 +210,7 @@ def test_rloo_with_a_reward_model_of_another_tokenizer(tmp_path: Path) -> None:
     assert not (run / "model" / "ref").exists()
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_end(tmp_path: Path) -> None:
     path = policy_recipe(
         tmp_path, training={"max_steps": 200, "batch_size": 8, "learning_rate": 1.0e-2, "logging_steps": 1}
@@ -245,27 +248,27 @@ def test_a_killed_run_resumes_to_the_end(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------- refusals
 def test_a_policy_stage_with_nothing_to_optimise_is_refused(tmp_path: Path) -> None:
     path = policy_recipe(tmp_path, rewards=[])
-    assert_bad_input(run_cli("rlhf", path), "needs something to optimise", "reward_model")
+    assert_bad_input(invoke("rlhf", path), "needs something to optimise", "reward_model")
     assert not (tmp_path / "run").exists()
 
 
 def test_a_classifier_is_not_a_reward_model(tmp_path: Path) -> None:
     save_reward_model(tmp_path / "clf", labels=("bad", "good"))
     path = policy_recipe(tmp_path, reward_model={"path": "clf"})
-    result = run_cli("rlhf", path)
+    result = invoke("rlhf", path)
     assert_bad_input(result, "reward_model", "2 outputs", "train one with stage: reward")
     assert not (tmp_path / "run").exists()
 
 
 def test_held_out_prompts_are_required(tmp_path: Path) -> None:
     path = policy_recipe(tmp_path, data={"train": "train.jsonl"})
-    assert_bad_input(run_cli("rlhf", path), "data.test", "data.split.test")
+    assert_bad_input(invoke("rlhf", path), "data.test", "data.split.test")
     assert not (tmp_path / "run").exists()
 
 
 def test_a_batch_that_splits_a_group_is_refused(tmp_path: Path) -> None:
     path = policy_recipe(tmp_path, training={"max_steps": 2, "batch_size": 6})
-    assert_bad_input(run_cli("rlhf", path), "training.batch_size", "num_generations (4)", "batch_size: 8")
+    assert_bad_input(invoke("rlhf", path), "training.batch_size", "num_generations (4)", "batch_size: 8")
     assert not (tmp_path / "run").exists()
 
 

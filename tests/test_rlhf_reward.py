@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_bad_input, read_jsonl, run_cli, write, write_jsonl
+from conftest import assert_bad_input, invoke, read_jsonl, run_cli, write, write_jsonl
 
 TOPICS = ["order", "refund", "password", "invoice", "parcel", "account", "card", "plan", "box", "email"]
 LETTERS = "ABCD"
@@ -192,7 +192,7 @@ def test_malformed_ranking_is_refused_with_file_and_line(tmp_path: Path) -> None
     write_jsonl(tmp_path / "train.jsonl", rows)
     write_jsonl(tmp_path / "test.jsonl", ranking_rows(2, start=50))
     path = reward_recipe(tmp_path)
-    result = run_cli("rlhf", path, cwd=tmp_path)
+    result = invoke("rlhf", path, cwd=tmp_path)
     assert_bad_input(result, "train.jsonl:3", "A appears twice")
     assert not (tmp_path / "run").exists()
 
@@ -203,7 +203,7 @@ def test_only_unranked_rows_are_refused(tmp_path: Path) -> None:
         row["ranking"] = ""
     write_jsonl(tmp_path / "train.jsonl", rows)
     write_jsonl(tmp_path / "test.jsonl", ranking_rows(2, start=50))
-    result = run_cli("rlhf", reward_recipe(tmp_path), cwd=tmp_path)
+    result = invoke("rlhf", reward_recipe(tmp_path), cwd=tmp_path)
     assert_bad_input(result, "data.train", "4 not ranked yet", "rank the rows first")
     assert not (tmp_path / "run").exists()
 
@@ -211,7 +211,7 @@ def test_only_unranked_rows_are_refused(tmp_path: Path) -> None:
 def test_no_held_out_pairs_is_refused(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "train.jsonl", ranking_rows(4))
     write_jsonl(tmp_path / "test.jsonl", ranking_rows(2, start=50))
-    result = run_cli("rlhf", reward_recipe(tmp_path, data="train: train.jsonl"), cwd=tmp_path)
+    result = invoke("rlhf", reward_recipe(tmp_path, data="train: train.jsonl"), cwd=tmp_path)
     assert_bad_input(result, "data.test", "data.split.test")
     assert not (tmp_path / "run").exists()
 
@@ -219,7 +219,7 @@ def test_no_held_out_pairs_is_refused(tmp_path: Path) -> None:
     for row in unranked:
         row["ranking"] = " "
     write_jsonl(tmp_path / "test.jsonl", unranked)
-    result = run_cli("rlhf", reward_recipe(tmp_path), cwd=tmp_path)
+    result = invoke("rlhf", reward_recipe(tmp_path), cwd=tmp_path)
     assert_bad_input(result, "no preference pairs in data.test")
     assert not (tmp_path / "run").exists()
 
@@ -313,8 +313,7 @@ def test_sigterm_then_resume_ends_like_an_uninterrupted_run(tmp_path: Path) -> N
         log = run / "metrics.jsonl"
         return sum('"step"' in line for line in log.read_text().splitlines()) if log.exists() else 0
 
-    deadline = time.monotonic() + 600
-    while steps() < 12 and proc.poll() is None and time.monotonic() < deadline:
+    while steps() < 12 and proc.poll() is None:
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import Result, assert_bad_input, run_cli, write, write_jsonl
+from conftest import Result, assert_bad_input, invoke, run_cli, write, write_jsonl
 
 from llmtune.errors import BadInput, LockHeld
 from llmtune.runs.outputs import OutputLock
@@ -322,6 +322,7 @@ def temp_leftovers(folder: Path) -> list[str]:
     return [p.name for p in folder.iterdir() if p.name.endswith(".llmtune-tmp")]
 
 
+@pytest.mark.slow
 def test_export_refuses_a_file_a_foreign_folder_and_the_model_itself(lora_run: Path, tmp_path: Path) -> None:
     write(tmp_path / "weights.bin", "not mine to replace")
     write(tmp_path / "mine" / "keep.txt", "keep")
@@ -331,11 +332,12 @@ def test_export_refuses_a_file_a_foreign_folder_and_the_model_itself(lora_run: P
         (tmp_path / "mine", "is not an llmtune export"),
         (lora_run / "model" / "inside", "the model being exported"),
     ):
-        assert_bad_input(run_cli("export", lora_run, "--output", output, "--merge"), expected)
+        assert_bad_input(invoke("export", lora_run, "--output", output, "--merge"), expected)
     assert snapshot(tmp_path) == before
     assert not (lora_run / "model" / "inside").exists()
 
 
+@pytest.mark.slow
 def test_export_writes_new_empty_or_its_own_earlier_folder(lora_run: Path, tmp_path: Path) -> None:
     write(tmp_path / "exp.tmp" / "keep.txt", "a user's folder that happens to be named like a temp")
     out = tmp_path / "exp"
@@ -365,16 +367,18 @@ def test_export_writes_new_empty_or_its_own_earlier_folder(lora_run: Path, tmp_p
     assert temp_leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_export_that_fails_removes_only_its_temp_folder(lora_run: Path, tmp_path: Path) -> None:
     broken = Path(shutil.copytree(lora_run / "model", tmp_path / "adapter"))
     shutil.rmtree(broken / "base")
     config = json.loads((broken / "adapter_config.json").read_text())
     write(broken / "adapter_config.json", json.dumps({**config, "base_model_name_or_path": "nobody/gone"}))
-    result = run_cli("export", broken, "--output", tmp_path / "exp", "--merge")
+    result = invoke("export", broken, "--output", tmp_path / "exp", "--merge")
     assert_bad_input(result, "cannot load the base model", "nobody/gone", "--no-merge")
     assert not (tmp_path / "exp").exists() and temp_leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_an_adapter_that_cannot_merge_is_exported_as_an_adapter_and_said_so(
     lora_run: Path, tmp_path: Path
 ) -> None:
@@ -382,7 +386,7 @@ def test_an_adapter_that_cannot_merge_is_exported_as_an_adapter_and_said_so(
     config = json.loads((adapter / "adapter_config.json").read_text())
     write(adapter / "adapter_config.json", json.dumps({**config, "peft_type": "PREFIX_TUNING"}))
     assert_bad_input(
-        run_cli("export", adapter, "--output", tmp_path / "a", "--merge"), "PREFIX_TUNING", "cannot be merged"
+        invoke("export", adapter, "--output", tmp_path / "a", "--merge"), "PREFIX_TUNING", "cannot be merged"
     )
     result = run_cli("export", adapter, "--output", tmp_path / "b")
     assert result.code == 0, result.stderr[-2000:]
@@ -391,6 +395,7 @@ def test_an_adapter_that_cannot_merge_is_exported_as_an_adapter_and_said_so(
     assert "PeftModel.from_pretrained" in result.stderr
 
 
+@pytest.mark.slow
 def test_export_merges_by_default_where_peft_can(lora_run: Path, tmp_path: Path) -> None:
     result = run_cli("export", lora_run, "--output", tmp_path / "merged")
     assert result.code == 0, result.stderr[-2000:]

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import assert_bad_input, read_jsonl, run_cli, write, write_jsonl
+from conftest import assert_bad_input, invoke, read_jsonl, run_cli, write, write_jsonl
 
 from llmtune.errors import BadInput, GateFailed
 from llmtune.metrics import classification_metrics
@@ -274,18 +274,18 @@ def test_prompt_eval_refuses_a_missing_slice_column_and_impossible_gates(tmp_pat
     del row["lang"]
     lines[4] = json.dumps(row)
     write(tmp_path / "test.jsonl", "\n".join(lines) + "\n")
-    assert_bad_input(run_cli("prompt-eval", path), "test.jsonl:5: slices: the row has no 'lang' column")
+    assert_bad_input(invoke("prompt-eval", path), "test.jsonl:5: slices: the row has no 'lang' column")
     fruit_recipe(tmp_path)  # every row has lang again
     assert_bad_input(
-        run_cli("prompt-eval", path, "--fail-under", "f1@lang=de=0.5"),
+        invoke("prompt-eval", path, "--fail-under", "f1@lang=de=0.5"),
         "--fail-under: f1@lang=de: no scored row has lang=de; the values are dx, ex, fx",
     )
     assert_bad_input(
-        run_cli("prompt-eval", path, "--fail-under", "f1@region=0.5"), "'region' is not a slice column"
+        invoke("prompt-eval", path, "--fail-under", "f1@region=0.5"), "'region' is not a slice column"
     )
-    assert_bad_input(run_cli("prompt-eval", path, "--fail-under", "invalid_rate=0.1"), "lower is better")
+    assert_bad_input(invoke("prompt-eval", path, "--fail-under", "invalid_rate=0.1"), "lower is better")
     bad_recipe = fruit_recipe(tmp_path, "fail_under: {f1@region: 0.5}\n")
-    assert_bad_input(run_cli("prompt-eval", bad_recipe), "eval.yaml", "'region' is not a slice column")
+    assert_bad_input(invoke("prompt-eval", bad_recipe), "eval.yaml", "'region' is not a slice column")
     assert not (tmp_path / "out").exists()
 
 
@@ -338,17 +338,17 @@ def test_finetune_fail_under_exits_1_after_a_completed_run(tmp_path: Path) -> No
 def test_finetune_refuses_gates_it_cannot_check_before_anything_loads(tmp_path: Path) -> None:
     path = classification_recipe(tmp_path)
     assert_bad_input(
-        run_cli("finetune", path, "--fail-under", "accuracy@lang=0.5"),
+        invoke("finetune", path, "--fail-under", "accuracy@lang=0.5"),
         "--fail-under: accuracy@lang: 'lang' is not a slice column (the recipe has no slices)",
     )
-    assert_bad_input(run_cli("finetune", path, "--fail-under", "accuracy>0.5"), "expected METRIC=VALUE")
-    assert_bad_input(run_cli("finetune", path, "--fail-under", "rmse=0.5"), "cannot gate on 'rmse'")
+    assert_bad_input(invoke("finetune", path, "--fail-under", "accuracy>0.5"), "expected METRIC=VALUE")
+    assert_bad_input(invoke("finetune", path, "--fail-under", "rmse=0.5"), "cannot gate on 'rmse'")
     assert_bad_input(
-        run_cli("finetune", path, "--set", "data.test=null", "--fail-under", "f1=0.5"),
+        invoke("finetune", path, "--set", "data.test=null", "--fail-under", "f1=0.5"),
         "ft.yaml: --fail-under: the gate is measured on the test split",
     )
     sweep = write(tmp_path / "sweep.yaml", "params: {training.learning_rate: [1.0e-3, 2.0e-3]}\n")
-    result = run_cli("finetune", path, "--sweep", sweep, "--fail-under", "f1=0.5")
+    result = invoke("finetune", path, "--sweep", sweep, "--fail-under", "f1=0.5")
     assert_bad_input(result, "a sweep ranks its trials")
     assert not (tmp_path / "run").exists()
 
@@ -403,4 +403,4 @@ data: {train: train.jsonl}
 evaluation: {slices: [lang]}
 """,
     )
-    assert_bad_input(run_cli("validate", str(path)), "evaluation.slices", "causal_lm")
+    assert_bad_input(invoke("validate", str(path)), "evaluation.slices", "causal_lm")
