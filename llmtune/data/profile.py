@@ -104,8 +104,10 @@ def _pick_label(profile: DataProfile, values: dict[str, list[Any]]) -> str | Non
     candidates = [
         c
         for c in profile.columns
-        if c != profile.mapping.get("id") and 2 <= len(set(map(str, values[c]))) <= MAX_CLASSES
-    ]
+        if c != profile.mapping.get("id")
+        and c.lower() not in TEXT_NAMES
+        and 2 <= len(set(map(str, values[c]))) <= min(MAX_CLASSES, len(values[c]) - 1)
+    ]  # a class column repeats values: one value per row is text or an id, not labels
     if not candidates:
         profile.warnings.append(
             "no column looks like a label (2 to 50 distinct values): set data.columns.label by hand"

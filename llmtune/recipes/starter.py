@@ -35,7 +35,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         },
     },
     "bulk-infer": {
-        "model": {"path": "runs/sentiment-lora/model"},
+        "model": {"path": "runs/quickstart/model"},
         "input": {"path": "inbox/*.jsonl", "id_column": "id", "columns": {"text": "review"}},
         "template": "{{ text }}",
         "task": "classify",

@@ -52,6 +52,8 @@ def example_from_data(kind: str, data: Path, recipe: Path | None) -> tuple[dict[
         example["input"] = {"path": path, "id_column": profile.mapping.get("id"), "columns": {"text": text}}
         if profile.labels:
             example["labels"] = sorted(profile.labels)
+        # rows to label need no label column: the labels are the model's (edit `labels` to them)
+        profile.warnings = [w for w in profile.warnings if not w.startswith("no column looks like a label")]
     return example, _said(profile, data)
 
 
