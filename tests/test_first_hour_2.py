@@ -180,7 +180,7 @@ def test_dry_run_lists_the_run_directory_problem_with_the_rest(tmp_path: Path) -
 def test_help_env_and_schema_read_well(hf_home: Path) -> None:
     top = run_cli("--help").stdout
     verbs = top.split("Commands:")[1]
-    assert "..." not in verbs and "…" not in verbs and "the message says how to load it" in verbs
+    assert "..." not in verbs and "…" not in verbs and "with a model card" in verbs
     usage = run_cli("finetune", "--help").stdout
     assert "finetune [OPTIONS] RECIPE" in usage and "{RECIPE}" not in usage
     env = json.loads(run_cli("env", "--json").stdout)

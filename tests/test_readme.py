@@ -41,14 +41,10 @@ ARRIVING_FROM_OTHER_BRANCHES = {
     "predict": "issue 25",
     "chat": "issue 25",
     "runs": "issue 25",
-    "export --format": "issue 23",
-    "export --quantize": "issue 23",
 }
 ARRIVING_FILES = {  # linked from the README, written on other branches (same rule: empty at merge)
     "docs/guarantees.md",
-    "docs/development.md",
     "docs/results.md",
-    "docs/export.md",
     "docs/engines.md",
     "docs/using-a-model.md",
     "bench/results/run_disk.md",

@@ -184,6 +184,8 @@ ALTERNATIVES: dict[str, dict[str, Any]] = {
         "task": "classification",
         "labels": ["negative", "positive"],
         "scoring": "choices",
+        # a real instruct model (downloaded once) in place of the scratch ones
+        "models": {"small": {"path": "Qwen/Qwen2.5-0.5B-Instruct"}},
     },
     "finetune": {
         "train": [
