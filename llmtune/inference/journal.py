@@ -20,10 +20,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from llmtune.errors import STOP_SIGNALS
+from llmtune.runs.outputs import TMP_SUFFIX, open_append, open_existing
+
 Record = dict[str, Any]
 
 # files in a model folder that loading does not read
-NOT_MODEL_FILES = (".jsonl", ".csv", ".parquet", ".lock", ".log", ".md", ".tmp", ".partial")
+NOT_MODEL_FILES = (".jsonl", ".csv", ".parquet", ".lock", ".log", ".md", ".tmp", ".partial", TMP_SUFFIX)
 
 
 def text_fingerprint(*parts: Any) -> str:
@@ -71,13 +74,13 @@ def iter_journal(path: Path) -> Iterator[Record]:
 
 @contextmanager
 def signals_held() -> Iterator[None]:
-    """SIGTERM and SIGINT wait until the block has run (a chunk is written whole), then act as
+    """SIGTERM, SIGINT and SIGHUP wait until the block has run (a chunk is written whole), then act as
     usual. Only the main thread can handle signals; elsewhere the block simply runs."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[int] = []
-    previous = {s: signal.signal(s, lambda n, _: caught.append(n)) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.signal(s, lambda n, _: caught.append(n)) for s in STOP_SIGNALS}
     try:
         yield
     finally:
@@ -103,11 +106,11 @@ class Journal:
         }
 
     def _cut_torn_line(self) -> None:
-        if not self.path.exists():
+        if not self.path.exists() and not self.path.is_symlink():
             return
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with self.path.open("r+b") as f:
+        with open_existing(self.path) as f:  # never through a link
+            data = f.read()
+            if data and not data.endswith(b"\n"):
                 f.truncate(data.rfind(b"\n") + 1)
 
     def append(self, records: list[Record]) -> None:
@@ -118,7 +121,7 @@ class Journal:
         text = "".join(json.dumps(r, ensure_ascii=False, default=float) + "\n" for r in records)
         with signals_held():
             self._cut_torn_line()
-            with self.path.open("a", encoding="utf-8") as f:
+            with open_append(self.path) as f:
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())

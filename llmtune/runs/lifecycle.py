@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -152,7 +153,8 @@ def _run_training(job: TrainingJob, options: JobOptions) -> dict[str, Any]:
     from llmtune.runs.training import measured_once, resume_point, validation_metrics, watch_signals
 
     run_dir = RunDir(run_dir_path(job.recipe, options.output), job.recipe)
-    agreed(lambda: run_dir.claim(resume=options.resume, ranks_agree=True), only_main=True)
+    claim = partial(run_dir.claim, resume=options.resume, ranks_agree=True, dry_run=options.dry_run)
+    agreed(claim, only_main=True)
 
     def prepare() -> tuple[list[Path], Plan]:
         check(job.recipe)

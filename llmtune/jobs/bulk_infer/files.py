@@ -14,22 +14,31 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import io
 import json
 import os
 import re
 import signal
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from llmtune.errors import BadInput
 from llmtune.jobs.bulk_infer.paths import OutputPaths, id_key
 from llmtune.models.info import resolve_model_path
 from llmtune.recipes.bulk_infer import BulkInferRecipe
-from llmtune.runs.outputs import apply_umask, atomic_write_text, umask
+from llmtune.runs.outputs import (
+    TMP_SUFFIX,
+    apply_umask,
+    atomic_write_text,
+    check_plain_file,
+    open_append,
+    open_existing,
+    temp_file,
+    umask,
+)
 
 Record = dict[str, Any]
 
@@ -61,7 +70,7 @@ def _model_folders(recipe: BulkInferRecipe) -> list[tuple[str, Path]]:
 
 
 # files in a model folder that loading does not read (an output written there is fine)
-NOT_MODEL_FILES = (".jsonl", ".csv", ".parquet", ".lock", ".log", ".md", ".tmp", ".partial")
+NOT_MODEL_FILES = (".jsonl", ".csv", ".parquet", ".lock", ".log", ".md", ".tmp", ".partial", TMP_SUFFIX)
 
 
 def _digest_folder(digest: Any, folder: Path) -> None:
@@ -115,8 +124,9 @@ def repair_journal(path: Path) -> int:
     Only that line is cut (a complete last row that lacks its newline gets one). Any other line
     that is not a result row means the file is not a journal bulk-infer wrote: BadInput, and the
     file is left as it is."""
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return 0
+    check_plain_file(path)
     data = path.read_bytes()
     lines = data.split(b"\n")
     for number, line in enumerate(lines[:-1], 1):
@@ -130,7 +140,7 @@ def repair_journal(path: Path) -> int:
     last = lines[-1]
     if not last:
         return 0
-    with path.open("r+b") as f:
+    with open_existing(path) as f:  # never through a link
         if _valid(last):  # complete, only the newline is missing
             f.seek(0, os.SEEK_END)
             f.write(b"\n")
@@ -189,7 +199,7 @@ class AppendFile:
         self._file = self._open()
 
     def _open(self) -> Any:
-        return self.path.open("a", encoding="utf-8")
+        return open_append(self.path)
 
     def append(self, records: list[Record]) -> None:
         if not records:
@@ -208,9 +218,9 @@ class ReplacingFile(AppendFile):
     on close: readers see the previous version or this one, never a truncated file."""
 
     def _open(self) -> Any:
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".partial")
+        check_plain_file(self.path)  # replaced at the end: refused now, before any row runs
+        fd, self._tmp = temp_file(self.path.parent, self.path.name)
         os.fchmod(fd, 0o666 & ~umask())  # the user's umask, as a plain open would give
-        self._tmp = Path(tmp)
         return os.fdopen(fd, "w", encoding="utf-8")
 
     def close(self) -> None:
@@ -227,18 +237,16 @@ def materialise(journal: Path, results: Path) -> None:
     records = list({id_key(r["id"]): r for r in iter_journal(journal)}.values())
     if len({type(r["id"]) for r in records}) > 1:  # a typed column cannot hold 1 and "1" apart
         records = [{**r, "id": id_key(r["id"])} for r in records]
-    results.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=results.parent, prefix=f".{results.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
+    fd, tmp = temp_file(results.parent, results.name)
     try:
-        if results.suffix.lower() == ".parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
+        with os.fdopen(fd, "wb") as f:  # written through the new file's descriptor, never its name
+            if results.suffix.lower() == ".parquet":
+                import pyarrow as pa
+                import pyarrow.parquet as pq
 
-            pq.write_table(pa.Table.from_pylist(records), tmp)
-        else:
-            _write_csv(records, tmp)
+                pq.write_table(pa.Table.from_pylist(records), f)
+            else:
+                _write_csv(records, f)
         apply_umask(tmp)  # mkstemp made it 0600
         os.replace(tmp, results)
     except BaseException:
@@ -246,7 +254,7 @@ def materialise(journal: Path, results: Path) -> None:
         raise
 
 
-def _write_csv(records: list[Record], path: Path) -> None:
+def _write_csv(records: list[Record], out: IO[bytes]) -> None:
     import csv
 
     flat = []
@@ -261,10 +269,12 @@ def _write_csv(records: list[Record], path: Path) -> None:
                 row[key] = value
         flat.append(row)
     columns = list(dict.fromkeys(k for row in flat for k in row))
-    with path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(flat)
+    f = io.TextIOWrapper(out, encoding="utf-8", newline="")
+    writer = csv.DictWriter(f, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(flat)
+    f.flush()
+    f.detach()
 
 
 def shard_parts(paths: OutputPaths) -> list[Path]:

@@ -29,7 +29,7 @@ from typing import Any
 import llmtune.jobs.bulk_infer.chunks as chunks
 import llmtune.jobs.bulk_infer.files as bulk_io
 from llmtune.data.templates import Template
-from llmtune.errors import BadInput
+from llmtune.errors import STOP_SIGNALS, BadInput
 from llmtune.jobs.bulk_infer.inputs import InputRow
 from llmtune.jobs.bulk_infer.paths import OutputPaths
 from llmtune.jobs.bulk_infer.progress import Tally
@@ -196,7 +196,7 @@ def _start(settings: RaySettings, temp_dir: str | None, debug: bool) -> None:
     level = logging.INFO if debug else logging.WARNING
     # ray.init installs its own SIGTERM handler (sys.exit); the job's handler must stay, so
     # that SIGTERM/SIGINT end the run with 143/130 after the journal is closed
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     try:
         if settings.address is None:
             ray.init(

@@ -38,7 +38,8 @@ def run(recipe: PromptEvalRecipe, options: JobOptions) -> dict[str, Any]:
     """Score every model x prompt pair on the same rows; returns the summary (for --json)."""
     quiet_libraries(options.debug)
     run_dir = RunDir(run_dir_path(recipe, options.output), recipe)
-    run_dir.claim()  # first: an overlapping run exits 75 before reading anything
+    # first: an overlapping run exits 75 before reading anything (a dry run takes no lock)
+    run_dir.claim(dry_run=options.dry_run)
     try:
         if recipe.engine == "vllm":
             require_vllm()

@@ -11,6 +11,7 @@ from llmtune.console import markdown_table, say, table
 from llmtune.metrics import confusion_markdown
 from llmtune.recipes.prompt_eval import PromptEvalRecipe
 from llmtune.runs.outputs import atomic_write_text
+from llmtune.runs.plots import save_figure
 from llmtune.runs.rundir import RunDir
 from llmtune.slices import Gate, gate_failures, gates_summary, slices_markdown
 
@@ -138,9 +139,7 @@ def write_chart(
     ax.set_ylabel(metric)
     ax.set_title(f"{recipe.name}: {metric} per prompt and model", fontsize=10)
     ax.legend(fontsize=8, loc="upper center", ncols=len(models), frameon=False)
-    fig.tight_layout()
-    fig.savefig(run_dir.path / CHART, dpi=110)
-    plt.close(fig)
+    save_figure(fig, run_dir.path / CHART)
     return CHART
 
 

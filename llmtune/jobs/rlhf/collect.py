@@ -69,7 +69,8 @@ class Prompt:
 def run_collect(recipe: RlhfRecipe, options: JobOptions) -> dict[str, Any]:
     """Sample K responses per prompt into candidates.jsonl; returns the summary (for --json)."""
     run_dir = RunDir(run_dir_path(recipe, options.output), recipe)
-    run_dir.claim(resume=options.resume)  # first: an overlapping run exits 75 before reading anything
+    # first: an overlapping run exits 75 before reading anything (a dry run takes no lock)
+    run_dir.claim(resume=options.resume, dry_run=options.dry_run)
     try:
         if recipe.engine == "vllm":
             require_vllm()
