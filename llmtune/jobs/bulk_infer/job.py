@@ -31,6 +31,7 @@ from llmtune.jobs.bulk_infer.inputs import InputRow, found_in_journal, read_inpu
 from llmtune.jobs.bulk_infer.model import check_without_weights, model_info, setup_model
 from llmtune.jobs.bulk_infer.progress import Tally, summarise
 from llmtune.models.loading import quiet_libraries
+from llmtune.models.positions import check_new_tokens
 from llmtune.recipes.bulk_infer import BulkInferRecipe
 from llmtune.runs.options import JobOptions
 from llmtune.runs.outputs import OutputLock
@@ -63,6 +64,10 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
         if rows:
             template.check_fields(set().union(*(r.row for r in rows)), file=str(files[0]))
         info = model_info(recipe)
+        if recipe.task == "generate":
+            check_new_tokens(
+                recipe, recipe.model, recipe.generation.max_new_tokens, "generation.max_new_tokens"
+            )
         if recipe.engine == "vllm":
             vllm_engine.require_causal_lm(info.head)
         fingerprints = {

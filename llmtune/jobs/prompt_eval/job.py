@@ -26,6 +26,7 @@ from llmtune.jobs.prompt_eval.prompts import PromptBuilder, chat_prompt
 from llmtune.jobs.prompt_eval.report import evaluate_gate, print_table, write_outputs
 from llmtune.jobs.prompt_eval.scoring import normalise, pair_metrics, score_prompts, scoring_method
 from llmtune.models.loading import inspect_model, load_model, quiet_libraries
+from llmtune.models.positions import check_new_tokens
 from llmtune.recipes.common import ModelRef
 from llmtune.recipes.prompt_eval import PromptEvalRecipe, PromptSpec, gate_metrics
 from llmtune.runs.lifecycle import recorded, show_plan
@@ -214,6 +215,8 @@ def plan_model(ref: ModelRef, recipe: PromptEvalRecipe, name: str, labels: list[
     head = (
         recipe.model_heads.get(name) or info.head or ("classification" if info.architectures else "causal_lm")
     )
+    if head == "causal_lm" and recipe.scoring == "generate":
+        check_new_tokens(recipe, ref, recipe.max_new_tokens, "max_new_tokens", f"models.{name}")
     if head == "causal_lm" or labels is None:
         return ModelPlan(head, None, info.tokenizer_dir)
     if info.head_labels is None:
