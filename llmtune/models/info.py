@@ -109,8 +109,11 @@ def resolve_model_path(ref: ModelRef, recipe: RecipeBase, key: str) -> str:
         return str(local)
     if local.exists():
         raise BadInput(f"{local} is a file; expected a model folder or a hub id", key=f"{key}.path")
+    import huggingface_hub.constants as hub
     from huggingface_hub import snapshot_download
-    from huggingface_hub.constants import HF_HUB_CACHE, HF_HUB_OFFLINE
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    from llmtune.models.hub import why_offline
 
     looked = f"looked in {local} and in the Hugging Face cache {HF_HUB_CACHE}"
     if ref.path.count("/") > 1 or ref.path.startswith((".", "/", "~")):
@@ -119,10 +122,8 @@ def resolve_model_path(ref: ModelRef, recipe: RecipeBase, key: str) -> str:
         return snapshot_download(ref.path, revision=ref.revision, local_files_only=True)
     except Exception:  # noqa: BLE001 - not cached: fall through to the hub or refuse
         pass
-    if HF_HUB_OFFLINE:
-        raise BadInput(
-            f"model {ref.path!r} not found: {looked}; the hub is off (HF_HUB_OFFLINE=1)", key=f"{key}.path"
-        )
+    if hub.HF_HUB_OFFLINE:
+        raise BadInput(f"model {ref.path!r} not found: {looked}; {why_offline()}", key=f"{key}.path")
     try:
         return snapshot_download(ref.path, revision=ref.revision)
     except Exception as exc:  # noqa: BLE001 - any hub failure means we cannot get the model

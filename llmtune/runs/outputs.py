@@ -160,7 +160,7 @@ def sweep_stale_temps(folder: Path) -> list[Path]:
         return []
     for entry in entries:
         match = _TEMP_NAME.match(entry.name)
-        if not match or match["host"] != _HOST or _alive(int(match["pid"])):
+        if not match or match["host"] != _HOST or process_alive(int(match["pid"])):
             continue
         try:
             st = entry.stat(follow_symlinks=False)
@@ -172,7 +172,8 @@ def sweep_stale_temps(folder: Path) -> list[Path]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process `pid` runs on this machine (this one included)."""
     if pid == os.getpid():
         return True
     try:

@@ -11,19 +11,25 @@ Who does what:
   and its failures to the errors file as the batch arrives, in whatever order batches finish.
 A kill -9 loses at most the batches in flight; the rerun's done-id filter runs only the rest,
 so every id is written once. With `ray.address: null` a private local Ray starts for the job
-(no dashboard, its own temp folder) and stops at the end, on SIGTERM/SIGINT too.
+(no dashboard, its own temp folder) and stops at the end, on SIGTERM/SIGINT/SIGHUP too; a folder a
+kill -9 left is removed by the next run (`sweep_stale_ray_folders`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import pickle
+import re
 import shutil
 import signal
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import llmtune.jobs.bulk_infer.chunks as chunks
@@ -178,7 +184,10 @@ def ray_session(settings: RaySettings, *, debug: bool = False) -> Iterator[None]
     if ray.is_initialized():
         yield
         return
-    temp_dir = None if settings.address else tempfile.mkdtemp(prefix="llmtune-ray-")
+    temp_dir = None
+    if settings.address is None:
+        sweep_stale_ray_folders()
+        temp_dir = tempfile.mkdtemp(prefix=f"{RAY_PREFIX}{os.getpid()}-")
     try:
         _start(settings, temp_dir, debug)
         yield
@@ -187,6 +196,56 @@ def ray_session(settings: RaySettings, *, debug: bool = False) -> Iterator[None]
             ray.shutdown()
             if temp_dir is not None:
                 shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+RAY_PREFIX = "llmtune-ray-"  # + the driver's pid: a private Ray's temp folder, in the system's temp dir
+_RAY_FOLDER = re.compile(rf"^{RAY_PREFIX}(\d+)-[A-Za-z0-9_]+$")
+
+
+def sweep_stale_ray_folders(root: Path | None = None) -> list[Path]:
+    """Remove the temp folders of private Rays whose driver is gone (a kill -9 leaves them, and
+    Ray's own processes for about a minute): only folders named as llmtune names them, owned by
+    this user, not links, whose pid no longer runs. Ray processes still using such a folder (its
+    path in their command line, this user's) get SIGTERM first."""
+    from llmtune.runs.outputs import process_alive
+
+    root = Path(root or tempfile.gettempdir())
+    removed = []
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return []
+    for entry in entries:
+        match = _RAY_FOLDER.match(entry.name)
+        if not match or process_alive(int(match[1])):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            continue
+        for pid in _processes_using(entry.path):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(Path(entry.path))
+    return removed
+
+
+def _processes_using(folder: str) -> list[int]:
+    """This user's processes whose command line names `folder` (Ray's raylet, GCS, workers)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if proc.stat().st_uid != os.getuid():
+                continue
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(folder.encode() in arg for arg in args) and int(proc.name) != os.getpid():
+            found.append(int(proc.name))
+    return found
 
 
 def _start(settings: RaySettings, temp_dir: str | None, debug: bool) -> None:
