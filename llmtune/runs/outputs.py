@@ -60,11 +60,11 @@ def _refusal(path: Path, what: str) -> BadInput:
     )
 
 
-def check_plain_file(path: Path) -> None:
+def check_plain_file(path: Path, *, in_place: bool = True) -> None:
     """Refuse (BadInput, naming it) a path llmtune would write that is a symbolic link, or exists
-    and is not a regular file, or is a file with a second hard link (writing it would change, or
-    split from, the other name). A missing path is fine. Only the last component is checked: the
-    folders of a path are where the user pointed it."""
+    and is not a regular file, or (`in_place`: written in place, not replaced by a rename) is a
+    file with a second hard link, whose other name would change too. A missing path is fine. Only
+    the last component is checked: the folders of a path are where the user pointed it."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -73,7 +73,7 @@ def check_plain_file(path: Path) -> None:
         raise _refusal(path, f"is a symbolic link (to {os.readlink(path)})")
     if not stat.S_ISREG(st.st_mode):
         raise _refusal(path, "exists and is not a regular file")
-    if st.st_nlink > 1:
+    if in_place and st.st_nlink > 1:
         raise _refusal(
             path,
             f"has {st.st_nlink} hard links: writing it would change the file behind its other names too "
@@ -230,6 +230,15 @@ LOCK_RECORD = 64  # bytes: "pid N since T", padded, so that a lock file is rewri
 _LOCK_TEXT = re.compile(rb"^(pid \d+ since \S+)?\s*$")
 
 
+def _check_lock_text(fd: int, path: Path) -> None:
+    if os.fstat(fd).st_size > LOCK_RECORD or not _LOCK_TEXT.match(os.pread(fd, LOCK_RECORD + 1, 0)):
+        raise BadInput(
+            "is not a lock file of llmtune's (it holds something else); llmtune never overwrites "
+            "it: move it away",
+            file=str(path),
+        )
+
+
 class OutputLock:
     """An exclusive, non-blocking flock: a second holder gets LockHeld (exit 75) at once.
 
@@ -254,6 +263,16 @@ class OutputLock:
         check_plain_file(path)
         if path.name.endswith(".lock"):
             check_plain_file(path.with_name(path.name.removesuffix(".lock")))
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        except PermissionError:
+            return  # acquire() says so, naming it; a dry run only reads
+        try:
+            _check_lock_text(fd, path)
+        finally:
+            os.close(fd)
 
     def acquire(self) -> None:
         """Take the lock, or raise LockHeld naming its holder; nothing is touched then."""
@@ -286,13 +305,11 @@ class OutputLock:
                 continue
             except PermissionError:
                 raise BadInput(f"cannot open the lock file {self.path}: permission denied") from None
-            if not _LOCK_TEXT.match(os.pread(fd, LOCK_RECORD + 1, 0)) or os.fstat(fd).st_size > LOCK_RECORD:
+            try:
+                _check_lock_text(fd, self.path)
+            except BadInput:
                 os.close(fd)
-                raise BadInput(
-                    "is not a lock file of llmtune's (it holds something else); llmtune never "
-                    "overwrites it: move it away",
-                    file=str(self.path),
-                )
+                raise
             return fd, False
         raise LockHeld(f"{self.path} keeps being created and removed by another process")
 

@@ -218,7 +218,7 @@ class ReplacingFile(AppendFile):
     on close: readers see the previous version or this one, never a truncated file."""
 
     def _open(self) -> Any:
-        check_plain_file(self.path)  # replaced at the end: refused now, before any row runs
+        check_plain_file(self.path, in_place=False)  # a link there: refused before any row runs
         fd, self._tmp = temp_file(self.path.parent, self.path.name)
         os.fchmod(fd, 0o666 & ~umask())  # the user's umask, as a plain open would give
         return os.fdopen(fd, "w", encoding="utf-8")

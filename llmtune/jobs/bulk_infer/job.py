@@ -34,7 +34,7 @@ from llmtune.models.loading import quiet_libraries
 from llmtune.models.positions import check_new_tokens
 from llmtune.recipes.bulk_infer import BulkInferRecipe
 from llmtune.runs.options import JobOptions
-from llmtune.runs.outputs import OutputLock
+from llmtune.runs.outputs import OutputLock, check_plain_file
 
 
 def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
@@ -43,6 +43,8 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
     shard = bulk_paths.parse_shard(options.shard)
     paths = bulk_paths.output_paths(recipe, options.output, shard)
     bulk_paths.check_paths(recipe, options.output)  # before any file is opened, the lock included
+    for written in {paths.journal, paths.results, paths.errors}:  # never through a planted link
+        check_plain_file(written, in_place=written == paths.journal)
     if options.merge_shards:
         return merge(paths, shard, dry_run=options.dry_run)
     refresh = options.refresh
@@ -53,6 +55,7 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
         raise BadInput(f"expected a positive number of rows, got {limit}", key="--limit")
 
     # the lock comes first, so that an overlapping cron run exits 75 before reading anything
+    OutputLock(paths.lock).check()  # a link or a foreign file there: exit 2, in a dry run too
     lock = None if options.dry_run else _take_lock(paths.lock)
     try:
         if recipe.engine == "ray":
