@@ -70,6 +70,31 @@ def test_sighup_is_held_while_a_journal_chunk_is_written(tmp_path: Path) -> None
     assert written and list(journal.done()) == [1, 2]
 
 
+@pytest.mark.slow
+def test_a_full_disk_fails_the_run_and_a_rerun_writes_every_id_once(tmp_path: Path) -> None:
+    import resource
+
+    write_jsonl(tmp_path / "in.jsonl", make_rows(24))
+    recipe = make_recipe(tmp_path, generation={"max_new_tokens": 4}, batching={"chunk_rows": 4})
+    out = tmp_path / "out" / "res.jsonl"
+
+    def small_disk() -> None:  # `ulimit -f 2`: no file may grow past 2 KiB
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
+
+    full = subprocess.run(
+        [sys.executable, "-m", "llmtune", "bulk-infer", str(recipe)],
+        capture_output=True,
+        text=True,
+        preexec_fn=small_disk,
+    )
+    assert full.returncode == 1, full.stderr[-3000:]
+    assert "File too large" in full.stderr and "Traceback" not in full.stderr
+    assert 0 < out.stat().st_size <= 2048
+    rerun = llmtune("bulk-infer", recipe, "--json")
+    assert rerun.code == 0, rerun.stderr
+    assert sorted(by_id(out)) == [r["id"] for r in make_rows(24)]  # each id once, none torn
+
+
 # ---------------------------------------------------------------------------- sweeps
 @pytest.mark.parametrize("folder", ["a?b=1", "x%2Fy", "sp ace#frag"])
 def test_the_study_goes_to_the_run_folders_study_db_whatever_its_name(tmp_path: Path, folder: str) -> None:

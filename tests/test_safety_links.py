@@ -209,15 +209,22 @@ def test_collect_refuses_a_run_directory_with_a_planted_link(tmp_path: Path, vic
     assert victim.read_bytes() == SECRET
 
 
-def test_a_dry_run_opens_nothing_for_writing_not_even_the_lock(tmp_path: Path) -> None:
-    recipe = collect_recipe(tmp_path, ["Q: hi\nA:"])
+@pytest.mark.parametrize("verb", ["rlhf", "finetune"])
+def test_a_dry_run_opens_nothing_for_writing_not_even_the_lock(tmp_path: Path, verb: str) -> None:
+    from conftest import recipe as finetune_recipe
+
+    path = (
+        collect_recipe(tmp_path, ["Q: hi\nA:"])
+        if verb == "rlhf"
+        else finetune_recipe(tmp_path, "sft", "lora")
+    )
     run = earlier_run(tmp_path)
     before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir()}
-    result = llmtune("rlhf", recipe, "--dry-run")
+    result = llmtune(verb, path, "--dry-run")
     assert result.code == 0, result.stderr
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir()} == before
     other = tmp_path / "new"
-    assert llmtune("rlhf", recipe, "--dry-run", "--output", other).code == 0
+    assert llmtune(verb, path, "--dry-run", "--output", other).code == 0
     assert not other.exists()
 
 
@@ -289,3 +296,11 @@ def test_the_collect_dry_run_shows_control_sequences_instead_of_running_them(tmp
     assert "\x1b" not in result.stderr and "\x07" not in result.stderr and "\r" not in result.stderr
     assert "\\x1b]0;pwned\\x07" in result.stderr and "\\x1b]52;c;" in result.stderr
     assert "\\[bold]x\\[/bold]" in result.stderr  # markup escaped: a terminal shows it as text
+
+
+def test_init_never_writes_through_a_dangling_link(tmp_path: Path, victim: Path) -> None:
+    target = victim.with_name("created-by-llmtune.yaml")
+    (tmp_path / "recipe.yaml").symlink_to(target)
+    result = llmtune("init", "finetune", tmp_path / "recipe.yaml")
+    assert result.code == 2 and "not overwriting" in result.stderr
+    assert not target.exists()

@@ -27,6 +27,7 @@ from llmtune.console import say, table
 from llmtune.data.templates import Template
 from llmtune.errors import BadInput, RowsFailed
 from llmtune.inference.engine import Engine
+from llmtune.inference.journal import signals_held
 from llmtune.jobs.bulk_infer.inputs import InputRow, found_in_journal, read_input
 from llmtune.jobs.bulk_infer.model import check_without_weights, model_info, setup_model
 from llmtune.jobs.bulk_infer.progress import Tally, summarise
@@ -105,7 +106,7 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
         if shard is None:
             bulk_io.materialise(paths.journal, paths.results)
     finally:
-        with bulk_io.signals_held():  # a second signal must not cut the clean-up short
+        with signals_held():  # a second signal must not cut the clean-up short
             lock.release()
     summary = summarise(paths, plan, tally, len(rows) - len(pending), len(pending) - len(todo))
     if tally.failed:

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import llmtune.jobs.bulk_infer.chunks as chunks
-import llmtune.jobs.bulk_infer.files as bulk_io
 from llmtune.data.templates import Template
 from llmtune.errors import STOP_SIGNALS, BadInput
+from llmtune.inference.journal import signals_held
 from llmtune.jobs.bulk_infer.inputs import InputRow
 from llmtune.jobs.bulk_infer.paths import OutputPaths
 from llmtune.jobs.bulk_infer.progress import Tally
@@ -192,7 +192,7 @@ def ray_session(settings: RaySettings, *, debug: bool = False) -> Iterator[None]
         _start(settings, temp_dir, debug)
         yield
     finally:
-        with bulk_io.signals_held():  # a second signal must not cut the clean-up short
+        with signals_held():  # a second signal must not cut the clean-up short
             ray.shutdown()
             if temp_dir is not None:
                 shutil.rmtree(temp_dir, ignore_errors=True)
