@@ -274,6 +274,22 @@ class OutputLock:
         finally:
             os.close(fd)
 
+    def holder(self) -> str | None:
+        """Who holds this lock now ("pid N since T"), or None when no process does; reads only."""
+        path = real_lock_path(self.path)
+        check_plain_file(path)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except (FileNotFoundError, PermissionError):
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, LOCK_RECORD, 0).decode(errors="replace").strip() or "another process"
+        finally:
+            os.close(fd)  # closing drops the shared lock, if it was taken
+        return None
+
     def acquire(self) -> None:
         """Take the lock, or raise LockHeld naming its holder; nothing is touched then."""
         self.check()

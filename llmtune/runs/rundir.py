@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from llmtune.errors import BadInput
+from llmtune.errors import BadInput, LockHeld
 from llmtune.recipes.common import ModelRef, RecipeBase
 from llmtune.runs.distributed import manifest_fields, ranks
 from llmtune.runs.lineage import lineage, read_manifest
@@ -122,7 +122,9 @@ class RunDir:
             children = [c.name for c in real.iterdir()]
             foreign = sorted(c for c in children if c != LOCK_NAME and not c.endswith(TMP_SUFFIX))
             if children == [LOCK_NAME] and not self.lock.held:
-                foreign = [LOCK_NAME]
+                if holder := self.lock.holder():  # a run that has just started here: overlap
+                    raise LockHeld(f"{self.path / LOCK_NAME} is held by {holder}; nothing was touched")
+                foreign = [LOCK_NAME]  # a lock file alone, held by no one: anyone can make one
             if foreign:
                 shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
                 raise self._refuse(
