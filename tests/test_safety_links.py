@@ -216,7 +216,7 @@ def test_a_dry_run_opens_nothing_for_writing_not_even_the_lock(tmp_path: Path, v
     path = (
         collect_recipe(tmp_path, ["Q: hi\nA:"])
         if verb == "rlhf"
-        else finetune_recipe(tmp_path, "sft", "lora")
+        else finetune_recipe(tmp_path, "classification", "lora")
     )
     run = earlier_run(tmp_path)
     before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir()}
