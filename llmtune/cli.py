@@ -93,8 +93,11 @@ def _fail(lines: str, code: int) -> None:
     from llmtune.console import quiet
 
     if not quiet():  # under torchrun every rank fails with rank 0's verdict; one of them says it
-        for line in lines.splitlines():
-            print(f"error: {line}", file=sys.stderr)
+        try:
+            for line in lines.splitlines():
+                print(f"error: {line}", file=sys.stderr)
+        except OSError:
+            pass  # a closed terminal (SIGHUP): the exit code still says how the job ended
     raise typer.Exit(code)
 
 
