@@ -44,8 +44,6 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
     shard = bulk_paths.parse_shard(options.shard)
     paths = bulk_paths.output_paths(recipe, options.output, shard)
     bulk_paths.check_paths(recipe, options.output)  # before any file is opened, the lock included
-    for written in {paths.journal, paths.results, paths.errors}:  # never through a planted link
-        check_plain_file(written, in_place=written == paths.journal)
     if options.merge_shards:
         return merge(paths, shard, dry_run=options.dry_run)
     refresh = options.refresh
@@ -59,6 +57,7 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
     OutputLock(paths.lock).check()  # a link or a foreign file there: exit 2, in a dry run too
     lock = None if options.dry_run else _take_lock(paths.lock)
     try:
+        check_no_links(paths)  # after the lock: an overlapping run exits 75 whatever it finds
         if recipe.engine == "ray":
             ray_pool.check_installed()
         if recipe.engine == "vllm":
@@ -114,6 +113,13 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
     return summary
 
 
+def check_no_links(paths: bulk_paths.OutputPaths) -> None:
+    """Refuse (exit 2, naming it) a symlink, or a non-regular file, at a path this run writes; a
+    hard link too where the file is appended to in place (the journal)."""
+    for written in {paths.journal, paths.results, paths.errors}:
+        check_plain_file(written, in_place=written == paths.journal)
+
+
 def _take_lock(path: Path) -> OutputLock:
     lock = OutputLock(path)
     lock.acquire()
@@ -130,6 +136,7 @@ def merge(paths: bulk_paths.OutputPaths, shard: tuple[int, int] | None, *, dry_r
         return {"dry_run": True, "parts": [str(p) for p in parts]}
     lock = _take_lock(paths.lock)
     try:
+        check_no_links(paths)
         summary = bulk_io.merge_shards(paths)
     finally:
         lock.release()
