@@ -231,6 +231,8 @@ _LOCK_TEXT = re.compile(rb"^(pid \d+ since \S+)?\s*$")
 
 
 def _check_lock_text(fd: int, path: Path) -> None:
+    """A lock file must hold only what llmtune writes in one (call it with the lock held, or on a
+    lock no process holds: a held one is an overlap whatever it says, exit 75)."""
     if os.fstat(fd).st_size > LOCK_RECORD or not _LOCK_TEXT.match(os.pread(fd, LOCK_RECORD + 1, 0)):
         raise BadInput(
             "is not a lock file of llmtune's (it holds something else); llmtune never overwrites "
@@ -270,7 +272,10 @@ class OutputLock:
         except PermissionError:
             return  # acquire() says so, naming it; a dry run only reads
         try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # held by a run: acquire() says 75
             _check_lock_text(fd, path)
+        except BlockingIOError:
+            pass
         finally:
             os.close(fd)
 
@@ -303,6 +308,11 @@ class OutputLock:
             holder = os.pread(fd, LOCK_RECORD, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise LockHeld(f"{self.path} is held by {holder}; nothing was touched") from None
+        try:
+            _check_lock_text(fd, self.path)  # ours now: nothing but a lock record may be in it
+        except BadInput:
+            os.close(fd)  # unlocks
+            raise
         record = f"pid {os.getpid()} since {dt.datetime.now().isoformat(timespec='seconds')}"
         os.pwrite(fd, record.ljust(LOCK_RECORD - 1).encode() + b"\n", 0)
         self._fd, self._made_file, self._made_dirs = fd, made_file, made_dirs
@@ -321,11 +331,6 @@ class OutputLock:
                 continue
             except PermissionError:
                 raise BadInput(f"cannot open the lock file {self.path}: permission denied") from None
-            try:
-                _check_lock_text(fd, self.path)
-            except BadInput:
-                os.close(fd)
-                raise
             return fd, False
         raise LockHeld(f"{self.path} keeps being created and removed by another process")
 
