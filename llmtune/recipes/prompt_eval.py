@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -98,7 +97,8 @@ class PromptEvalRecipe(RecipeBase):
     """choices: text put between prompt and label (lm-evaluation-harness's target_delimiter); default
     a space, or nothing for chat prompts."""
     answer_pattern: str | None = None
-    """generate: regex searched in the output; its first group (or the whole match) is the answer."""
+    """generate: regex searched in the output; its first group (or the whole match) is the answer
+    (RE2 syntax: no backreferences or lookaround; it runs in linear time)."""
     max_new_tokens: int = Field(16, ge=1)
     """generate: tokens generated per row."""
     metrics: list[str] = Field(default_factory=lambda: ["accuracy", "precision", "recall", "f1"])
@@ -140,10 +140,9 @@ class PromptEvalRecipe(RecipeBase):
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
         if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"not a valid regular expression: {exc}") from None
+            from llmtune.data.patterns import compile_pattern
+
+            compile_pattern(value)  # RE2: linear time; ValueError names what it cannot run
         return value
 
     @field_validator("data")

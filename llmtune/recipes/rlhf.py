@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from llmtune.recipes.common import Data, ModelRef, RecipeBase, Section, Training
+from llmtune.recipes.common import Data, ModelRef, Output, RecipeBase, Section, Training
 from llmtune.recipes.distributed import Distributed
 from llmtune.recipes.engines import VllmSettings
 from llmtune.recipes.finetune import MethodSpec
@@ -58,7 +58,8 @@ class RuleReward(Section):
     target: int | None = Field(None, ge=1)
     """length: the longest output, in characters, that is not penalised."""
     pattern: str | None = None
-    """regex: a Python regular expression searched for in the output."""
+    """regex: a regular expression searched for in the output (RE2 syntax, Python's without
+    backreferences and lookaround: it runs in time linear in the output, never spins)."""
     must_match: bool = True
     """regex: true rewards outputs that contain a match; false rewards outputs that contain none."""
 
@@ -69,13 +70,19 @@ class RuleReward(Section):
         if self.type == "regex":
             if not self.pattern:
                 raise ValueError("a regex reward needs pattern")
-            import re
+            from llmtune.data.patterns import compile_pattern
 
-            try:
-                re.compile(self.pattern)
-            except re.error as exc:
-                raise ValueError(f"pattern {self.pattern!r} is not a regular expression: {exc}") from None
+            compile_pattern(self.pattern)  # RE2: linear time; ValueError names what it cannot run
         return self
+
+
+class RlhfOutput(Output):
+    """Where the run directory goes."""
+
+    replace_rankings: bool = False
+    """stage collect: replace a candidates.jsonl that holds people's rankings (they are lost).
+    Without it such a run is refused: move the file away, or rank into another file with
+    `llmtune rank CANDIDATES --output FILE`."""
 
 
 class RlhfRecipe(RecipeBase):
@@ -121,6 +128,8 @@ class RlhfRecipe(RecipeBase):
     'llmtune[vllm]')."""
     vllm: VllmSettings = Field(default_factory=VllmSettings)
     """engine: vllm settings."""
+    output: RlhfOutput = Field(default_factory=RlhfOutput)
+    """Where the run directory goes."""
 
     @model_validator(mode="after")
     def _stage_needs(self) -> RlhfRecipe:
@@ -132,6 +141,8 @@ class RlhfRecipe(RecipeBase):
             raise ValueError(f"rewards (rule rewards) are used by stage policy only, not {self.stage}")
         if self.data.aggregate != "all" and self.stage not in ("reward", "dpo", "kto"):
             raise ValueError(f"data.aggregate is used by stages reward, dpo and kto, not {self.stage}")
+        if self.output.replace_rankings and self.stage != "collect":
+            raise ValueError(f"output.replace_rankings is used by stage collect only, not {self.stage}")
         if self.margin != "none" and self.stage != "reward":
             raise ValueError(f"margin is used by stage reward only, not {self.stage}")
         return self

@@ -131,9 +131,14 @@ def write_starter(
         print(text, end="")
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    try:
+        with path.open("x", encoding="utf-8") as f:  # O_EXCL: never an existing file, nor a link
+            f.write(text)
+    except FileExistsError:
+        raise BadInput(f"{path} already exists (or is a link); not overwriting it") from None
     print(f"wrote {path}", file=sys.stderr)
     schema = path.parent / schema_file(kind)
-    if not schema.exists():
-        schema.write_text(json.dumps(json_schema(kind), indent=2) + "\n", encoding="utf-8")
+    if not schema.exists() and not schema.is_symlink():
+        with schema.open("x", encoding="utf-8") as f:
+            f.write(json.dumps(json_schema(kind), indent=2) + "\n")
         print(f"wrote {schema} (`llmtune schema {kind}`, for editors' completion)", file=sys.stderr)

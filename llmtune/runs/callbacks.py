@@ -15,6 +15,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from llmtune.console import live_console, say, stderr_is_terminal
+from llmtune.errors import STOP_SIGNALS
 from llmtune.runs.outputs import apply_umask
 from llmtune.runs.rundir import RunDir
 
@@ -117,14 +118,14 @@ def _duration(seconds: float) -> str:
 
 
 class GracefulStop(TrainerCallback):
-    """On SIGTERM/SIGINT: finish the current step, save a checkpoint, then stop."""
+    """On SIGTERM/SIGINT/SIGHUP: finish the current step, save a checkpoint, then stop."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._note)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

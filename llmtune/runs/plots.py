@@ -4,6 +4,7 @@ metrics.jsonl) and predicted-vs-true scatter plots of regression runs. Drawn hea
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ def training_curves(run_dir: Path, scores: tuple[str, ...] = ("eval_accuracy", "
             score_ax.set_ylim(0, 1.02)  # shares and rates: the whole scale, so gains are not magnified
         score_ax.legend()
         score_ax.grid(alpha=0.3)
-    _save(fig, run_dir / CURVES)
+    save_figure(fig, run_dir / CURVES)
     return f"\n## Training curves\n\n![training curves]({CURVES})\n"
 
 
@@ -71,7 +72,7 @@ def predicted_vs_true(run_dir: Path, gold: list[float], predicted: list[float], 
     ax.set_title(f"{split} split, {len(gold)} rows")
     ax.legend(loc="upper left")
     ax.grid(alpha=0.3)
-    _save(fig, run_dir / SCATTER)
+    save_figure(fig, run_dir / SCATTER)
     return f"\n## Predicted vs true ({split} split)\n\n![predicted vs true]({SCATTER})\n"
 
 
@@ -84,12 +85,22 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> None:
-    """Write the figure under a temporary name and rename it: readers never see half a PNG."""
+def save_figure(fig: Any, path: Path) -> None:
+    """Write the figure to a new temp file and rename it onto `path`: readers never see half a
+    PNG, and a link at `path` (or at a temp name) is never written through."""
     import matplotlib.pyplot as plt
 
+    from llmtune.runs.outputs import temp_file, umask
+
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    fd, tmp = temp_file(path.parent, path.name)
+    try:
+        os.fchmod(fd, 0o666 & ~umask())
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, dpi=110, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)

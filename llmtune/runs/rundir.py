@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
+import os
 import platform
 import re
 import shutil
@@ -25,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from llmtune.errors import BadInput
+from llmtune.errors import BadInput, LockHeld
 from llmtune.recipes.common import ModelRef, RecipeBase
 from llmtune.runs.distributed import manifest_fields, ranks
 from llmtune.runs.lineage import lineage, read_manifest
@@ -35,6 +36,7 @@ from llmtune.runs.outputs import (
     apply_umask,
     atomic_write_json,
     atomic_write_text,
+    open_append,
 )
 
 LOCK_NAME = ".llmtune.lock"
@@ -115,10 +117,14 @@ class RunDir:
                 f"{self.path} is a file, not an llmtune run directory; choose another output.dir"
             )
         if real.is_dir() and self.stored_manifest() is None:
-            # the lock and temp files are llmtune's own (a run killed before its manifest)
-            foreign = sorted(
-                c.name for c in real.iterdir() if c.name != LOCK_NAME and not c.name.endswith(TMP_SUFFIX)
-            )
+            # a run killed before its manifest leaves temp files (and its lock): those are
+            # llmtune's own; a lock file alone is not, since anyone can make one
+            children = [c.name for c in real.iterdir()]
+            foreign = sorted(c for c in children if c != LOCK_NAME and not c.endswith(TMP_SUFFIX))
+            if children == [LOCK_NAME] and not self.lock.held:
+                if holder := self.lock.holder():  # a run that has just started here: overlap
+                    raise LockHeld(f"{self.path / LOCK_NAME} is held by {holder}; nothing was touched")
+                foreign = [LOCK_NAME]  # a lock file alone, held by no one: anyone can make one
             if foreign:
                 shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
                 raise self._refuse(
@@ -127,6 +133,20 @@ class RunDir:
                     "another output.dir (or --output)"
                 )
         self.check_reads(_read_paths(self.recipe))
+        self.check_no_links()
+
+    def check_no_links(self) -> None:
+        """Refuse a run directory where something llmtune writes (RUN_CONTENTS, the lock) is a
+        symbolic link: llmtune made none of them links, so one there was put by someone else."""
+        if not self.path.is_dir():
+            return
+        self.lock.check()
+        for child in self.path.iterdir():
+            if child.is_symlink() and any(fnmatch(child.name, p.rstrip("/")) for p in RUN_CONTENTS):
+                raise self._refuse(
+                    f"{child} is a symbolic link (to {os.readlink(child)}), and llmtune never writes "
+                    "through a link it did not create: remove it, or choose another output.dir"
+                )
 
     def check_reads(self, paths: Iterable[Path]) -> None:
         """Refuse a run directory that is or holds a file the job reads, or lies in a folder it reads."""
@@ -210,17 +230,20 @@ class RunDir:
                     key="data",
                 )
 
-    def claim(self, *, resume: bool = False, ranks_agree: bool = False) -> None:
+    def claim(self, *, resume: bool = False, ranks_agree: bool = False, dry_run: bool = False) -> None:
         """Check that this folder may be used, then take its lock: the first thing a job does,
         so an overlapping run exits 75 before it reads data or loads a model. Under torchrun /
         accelerate launch only a training run (`ranks_agree`: rank 0 claims, the others follow
-        its verdict) may claim; any other job is refused on every rank, before the lock."""
+        its verdict) may claim; any other job is refused on every rank, before the lock.
+        A dry run only checks: it opens nothing for writing, not even the lock."""
         if not ranks_agree and ranks().many:
             raise self._refuse(
                 f"this {self.recipe.kind} job runs in one process: start it with plain `llmtune`, "
                 "not under torchrun or accelerate launch (those are for training runs)"
             )
         self.check_writable(resume=resume)  # before the lock file: a refused folder is untouched
+        if dry_run:
+            return
         self.lock.acquire()
         try:
             self.check_writable(resume=resume)  # again under the lock: a run may have ended meanwhile
@@ -318,7 +341,7 @@ class RunDir:
 
     def log_metrics(self, record: dict[str, Any]) -> None:
         """Append one line to metrics.jsonl (flushed, so a crash keeps what was logged)."""
-        with (self.path / "metrics.jsonl").open("a", encoding="utf-8") as f:
+        with open_append(self.path / "metrics.jsonl") as f:
             f.write(json.dumps(record, default=float) + "\n")
             f.flush()
 

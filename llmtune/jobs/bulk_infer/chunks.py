@@ -14,6 +14,7 @@ from llmtune.console import say
 from llmtune.data.templates import Template
 from llmtune.errors import BadInput, Interrupted
 from llmtune.inference.engine import Engine
+from llmtune.inference.journal import signals_held
 from llmtune.jobs.bulk_infer.inputs import InputRow
 from llmtune.jobs.bulk_infer.paths import OutputPaths
 from llmtune.jobs.bulk_infer.progress import Progress, Tally
@@ -126,8 +127,8 @@ class Writer:
     tally and the progress line advanced. Engine hf and the Ray driver both write through it."""
 
     def __init__(self, paths: OutputPaths, rows: int, tally: Tally) -> None:
-        self.journal = bulk_io.AppendFile(paths.journal)
-        self.errors = bulk_io.ReplacingFile(paths.errors)  # this run's failures replace the last run's
+        self.journal = bulk_io.result_file(paths.journal)
+        self.errors = bulk_io.errors_file(paths.errors)  # this run's failures replace the last run's
         self.progress = Progress(rows)
         self.tally = tally
 
@@ -143,7 +144,7 @@ class Writer:
         self.progress.advance(rows, self.tally.new_tokens)
 
     def close(self) -> None:
-        with bulk_io.signals_held():  # a second signal must not cut the clean-up short
+        with signals_held():  # a second signal must not cut the clean-up short
             self.progress.close()
             self.journal.close()
             self.errors.close()

@@ -2,7 +2,8 @@
 merging, csv/parquet (paths and ids are in `paths.py`).
 
 Every result row is appended to a JSON-lines *journal* in flushed, fsynced chunks, written with
-SIGTERM/SIGINT held back. The journal is the source of truth: a rerun skips the ids it holds (by
+SIGTERM/SIGINT/SIGHUP held back (the one journal implementation: `llmtune.inference.journal`,
+shared with distill's labelling and rlhf's collect). The journal is the source of truth: a rerun skips the ids it holds (by
 `id_key`, so that ids keep their type and `1` is not `"1"`), a line torn by a crash is cut off on
 the next run, and a row is never written twice. For `x.jsonl` the journal is the output itself;
 for csv and parquet it is `x.journal.jsonl`, and `x.csv` / `x.parquet` is rewritten atomically
@@ -14,22 +15,21 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import io
 import json
 import os
 import re
-import signal
-import tempfile
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from llmtune.errors import BadInput
+from llmtune.inference.journal import AppendFile, ReplacingFile, digest_folder, encode, iter_journal
+from llmtune.inference.journal import repair_journal as cut_torn_line
 from llmtune.jobs.bulk_infer.paths import OutputPaths, id_key
 from llmtune.models.info import resolve_model_path
 from llmtune.recipes.bulk_infer import BulkInferRecipe
-from llmtune.runs.outputs import apply_umask, atomic_write_text, umask
+from llmtune.runs.outputs import atomic_write_text, temp_file, umask
 
 Record = dict[str, Any]
 
@@ -49,7 +49,7 @@ def model_fingerprint(recipe: BulkInferRecipe) -> str:
     digest = hashlib.sha256(json.dumps(ref.model_dump(exclude=spelling), sort_keys=True).encode())
     for role, folder in _model_folders(recipe):
         digest.update(role.encode())
-        _digest_folder(digest, folder)
+        digest_folder(digest, folder)
     return digest.hexdigest()[:16]
 
 
@@ -60,46 +60,7 @@ def _model_folders(recipe: BulkInferRecipe) -> list[tuple[str, Path]]:
     return folders
 
 
-# files in a model folder that loading does not read (an output written there is fine)
-NOT_MODEL_FILES = (".jsonl", ".csv", ".parquet", ".lock", ".log", ".md", ".tmp", ".partial")
-
-
-def _digest_folder(digest: Any, folder: Path) -> None:
-    # small files whole; big weight files by size plus their first and last MiB (fast for GBs)
-    for file in sorted(folder.rglob("*")):
-        relative = file.relative_to(folder)
-        if not file.is_file() or file.suffix.lower() in NOT_MODEL_FILES:
-            continue
-        if any(part.startswith(".") for part in relative.parts):
-            continue
-        size = file.stat().st_size
-        digest.update(f"{relative.as_posix()}:{size}".encode())
-        with file.open("rb") as f:
-            if size <= 64 << 20:
-                digest.update(f.read())
-            else:
-                digest.update(f.read(1 << 20))
-                f.seek(size - (1 << 20))
-                digest.update(f.read())
-
-
 # --------------------------------------------------------------------- journal
-def iter_journal(path: Path) -> Iterator[Record]:
-    """Complete, valid rows of a journal (a torn or garbled line is passed over)."""
-    if not path.exists():
-        return
-    with path.open("rb") as f:
-        for line in f:
-            if not line.endswith(b"\n"):
-                return  # torn by a crash; repair_journal cuts it off
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and "id" in record:
-                yield record
-
-
 def done_fingerprints(*paths: Path) -> dict[str, tuple[str | None, str | None]]:
     """id_key -> (model_fingerprint, prompt_fingerprint) of every row already written."""
     done: dict[str, tuple[str | None, str | None]] = {}
@@ -110,42 +71,19 @@ def done_fingerprints(*paths: Path) -> dict[str, tuple[str | None, str | None]]:
 
 
 def repair_journal(path: Path) -> int:
-    """Cut a last line torn by a crash; returns how many lines were removed (0 or 1).
+    """Cut a last line torn by a crash (`inference.journal.repair_journal`); any other line that
+    is not a result row means the file is not a journal bulk-infer wrote: BadInput, and the file
+    is left as it is."""
 
-    Only that line is cut (a complete last row that lacks its newline gets one). Any other line
-    that is not a result row means the file is not a journal bulk-infer wrote: BadInput, and the
-    file is left as it is."""
-    if not path.exists():
-        return 0
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    for number, line in enumerate(lines[:-1], 1):
-        if line.strip() and not _valid(line):
-            raise BadInput(
-                "is not a result row that bulk-infer wrote; output.path must be a file that bulk-infer "
-                "writes (move this file away, or fix the line)",
-                file=f"{path}:{number}",
-                key="output.path",
-            )
-    last = lines[-1]
-    if not last:
-        return 0
-    with path.open("r+b") as f:
-        if _valid(last):  # complete, only the newline is missing
-            f.seek(0, os.SEEK_END)
-            f.write(b"\n")
-        else:
-            f.truncate(len(data) - len(last))
-        os.fsync(f.fileno())
-    return 0 if _valid(last) else 1
+    def refuse(number: int) -> BadInput:
+        return BadInput(
+            "is not a result row that bulk-infer wrote; output.path must be a file that bulk-infer "
+            "writes (move this file away, or fix the line)",
+            file=f"{path}:{number}",
+            key="output.path",
+        )
 
-
-def _valid(line: bytes) -> bool:
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return False
-    return isinstance(record, dict) and "id" in record
+    return cut_torn_line(path, refuse)
 
 
 def rewrite_journal(path: Path, keep: Callable[[Record], bool]) -> int:
@@ -158,65 +96,17 @@ def rewrite_journal(path: Path, keep: Callable[[Record], bool]) -> int:
 
 
 def _line(record: Record) -> str:
-    return json.dumps(record, ensure_ascii=False, default=str) + "\n"
+    return encode(record, default=str)
 
 
-@contextmanager
-def signals_held() -> Iterator[None]:
-    """SIGTERM and SIGINT wait until the block has run (a chunk is written whole), then act as
-    usual. Only the main thread can handle signals; elsewhere the block simply runs."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    previous = {s: signal.signal(s, lambda n, _: caught.append(n)) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        if caught:
-            signal.raise_signal(caught[0])
+def result_file(path: Path) -> AppendFile:
+    """The journal of results, appended in whole chunks (values JSON has no type for as text)."""
+    return AppendFile(path, default=str)
 
 
-class AppendFile:
-    """A JSON-lines file appended to in chunks: each chunk is written, flushed and fsynced
-    together with signals held back, so a crash leaves at most one torn line at the end."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._file = self._open()
-
-    def _open(self) -> Any:
-        return self.path.open("a", encoding="utf-8")
-
-    def append(self, records: list[Record]) -> None:
-        if not records:
-            return
-        with signals_held():
-            self._file.write("".join(_line(r) for r in records))
-            self._file.flush()
-            os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        self._file.close()
-
-
-class ReplacingFile(AppendFile):
-    """Appended like AppendFile, but to a hidden temp file beside `path` that replaces `path`
-    on close: readers see the previous version or this one, never a truncated file."""
-
-    def _open(self) -> Any:
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".partial")
-        os.fchmod(fd, 0o666 & ~umask())  # the user's umask, as a plain open would give
-        self._tmp = Path(tmp)
-        return os.fdopen(fd, "w", encoding="utf-8")
-
-    def close(self) -> None:
-        with signals_held():
-            self._file.close()
-            os.replace(self._tmp, self.path)
+def errors_file(path: Path) -> ReplacingFile:
+    """This run's failures, replacing the last run's errors file when the run ends."""
+    return ReplacingFile(path, default=str)
 
 
 # -------------------------------------------------------- materialise and merge
@@ -227,26 +117,24 @@ def materialise(journal: Path, results: Path) -> None:
     records = list({id_key(r["id"]): r for r in iter_journal(journal)}.values())
     if len({type(r["id"]) for r in records}) > 1:  # a typed column cannot hold 1 and "1" apart
         records = [{**r, "id": id_key(r["id"])} for r in records]
-    results.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=results.parent, prefix=f".{results.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
+    fd, tmp = temp_file(results.parent, results.name)
     try:
-        if results.suffix.lower() == ".parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
+        os.fchmod(fd, 0o666 & ~umask())  # the user's umask, not mkstemp's 0600
+        with os.fdopen(fd, "wb") as f:  # written through the new file's descriptor, never its name
+            if results.suffix.lower() == ".parquet":
+                import pyarrow as pa
+                import pyarrow.parquet as pq
 
-            pq.write_table(pa.Table.from_pylist(records), tmp)
-        else:
-            _write_csv(records, tmp)
-        apply_umask(tmp)  # mkstemp made it 0600
+                pq.write_table(pa.Table.from_pylist(records), f)
+            else:
+                _write_csv(records, f)
         os.replace(tmp, results)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
-def _write_csv(records: list[Record], path: Path) -> None:
+def _write_csv(records: list[Record], out: IO[bytes]) -> None:
     import csv
 
     flat = []
@@ -261,10 +149,12 @@ def _write_csv(records: list[Record], path: Path) -> None:
                 row[key] = value
         flat.append(row)
     columns = list(dict.fromkeys(k for row in flat for k in row))
-    with path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(flat)
+    f = io.TextIOWrapper(out, encoding="utf-8", newline="")
+    writer = csv.DictWriter(f, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(flat)
+    f.flush()
+    f.detach()
 
 
 def shard_parts(paths: OutputPaths) -> list[Path]:

@@ -27,13 +27,15 @@ from llmtune.console import say, table
 from llmtune.data.templates import Template
 from llmtune.errors import BadInput, RowsFailed
 from llmtune.inference.engine import Engine
+from llmtune.inference.journal import signals_held
 from llmtune.jobs.bulk_infer.inputs import InputRow, found_in_journal, read_input
 from llmtune.jobs.bulk_infer.model import check_without_weights, model_info, setup_model
 from llmtune.jobs.bulk_infer.progress import Tally, summarise
 from llmtune.models.loading import quiet_libraries
+from llmtune.models.positions import check_new_tokens
 from llmtune.recipes.bulk_infer import BulkInferRecipe
 from llmtune.runs.options import JobOptions
-from llmtune.runs.outputs import OutputLock
+from llmtune.runs.outputs import OutputLock, check_plain_file
 
 
 def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
@@ -52,8 +54,10 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
         raise BadInput(f"expected a positive number of rows, got {limit}", key="--limit")
 
     # the lock comes first, so that an overlapping cron run exits 75 before reading anything
+    OutputLock(paths.lock).check()  # a link or a foreign file there: exit 2, in a dry run too
     lock = None if options.dry_run else _take_lock(paths.lock)
     try:
+        check_no_links(paths)  # after the lock: an overlapping run exits 75 whatever it finds
         if recipe.engine == "ray":
             ray_pool.check_installed()
         if recipe.engine == "vllm":
@@ -63,6 +67,10 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
         if rows:
             template.check_fields(set().union(*(r.row for r in rows)), file=str(files[0]))
         info = model_info(recipe)
+        if recipe.task == "generate":
+            check_new_tokens(
+                recipe, recipe.model, recipe.generation.max_new_tokens, "generation.max_new_tokens"
+            )
         if recipe.engine == "vllm":
             vllm_engine.require_causal_lm(info.head)
         fingerprints = {
@@ -97,12 +105,19 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
         if shard is None:
             bulk_io.materialise(paths.journal, paths.results)
     finally:
-        with bulk_io.signals_held():  # a second signal must not cut the clean-up short
+        with signals_held():  # a second signal must not cut the clean-up short
             lock.release()
     summary = summarise(paths, plan, tally, len(rows) - len(pending), len(pending) - len(todo))
     if tally.failed:
         raise RowsFailed(f"{tally.failed} row(s) failed; see {paths.errors}", summary)
     return summary
+
+
+def check_no_links(paths: bulk_paths.OutputPaths) -> None:
+    """Refuse (exit 2, naming it) a symlink, or a non-regular file, at a path this run writes; a
+    hard link too where the file is appended to in place (the journal)."""
+    for written in {paths.journal, paths.results, paths.errors}:
+        check_plain_file(written, in_place=written == paths.journal)
 
 
 def _take_lock(path: Path) -> OutputLock:
@@ -121,6 +136,7 @@ def merge(paths: bulk_paths.OutputPaths, shard: tuple[int, int] | None, *, dry_r
         return {"dry_run": True, "parts": [str(p) for p in parts]}
     lock = _take_lock(paths.lock)
     try:
+        check_no_links(paths)
         summary = bulk_io.merge_shards(paths)
     finally:
         lock.release()

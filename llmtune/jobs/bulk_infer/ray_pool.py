@@ -11,25 +11,31 @@ Who does what:
   and its failures to the errors file as the batch arrives, in whatever order batches finish.
 A kill -9 loses at most the batches in flight; the rerun's done-id filter runs only the rest,
 so every id is written once. With `ray.address: null` a private local Ray starts for the job
-(no dashboard, its own temp folder) and stops at the end, on SIGTERM/SIGINT too.
+(no dashboard, its own temp folder) and stops at the end, on SIGTERM/SIGINT/SIGHUP too; a folder a
+kill -9 left is removed by the next run (`sweep_stale_ray_folders`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import pickle
+import re
 import shutil
 import signal
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import llmtune.jobs.bulk_infer.chunks as chunks
-import llmtune.jobs.bulk_infer.files as bulk_io
 from llmtune.data.templates import Template
-from llmtune.errors import BadInput
+from llmtune.errors import STOP_SIGNALS, BadInput
+from llmtune.inference.journal import signals_held
 from llmtune.jobs.bulk_infer.inputs import InputRow
 from llmtune.jobs.bulk_infer.paths import OutputPaths
 from llmtune.jobs.bulk_infer.progress import Tally
@@ -178,15 +184,68 @@ def ray_session(settings: RaySettings, *, debug: bool = False) -> Iterator[None]
     if ray.is_initialized():
         yield
         return
-    temp_dir = None if settings.address else tempfile.mkdtemp(prefix="llmtune-ray-")
+    temp_dir = None
+    if settings.address is None:
+        sweep_stale_ray_folders()
+        temp_dir = tempfile.mkdtemp(prefix=f"{RAY_PREFIX}{os.getpid()}-")
     try:
         _start(settings, temp_dir, debug)
         yield
     finally:
-        with bulk_io.signals_held():  # a second signal must not cut the clean-up short
+        with signals_held():  # a second signal must not cut the clean-up short
             ray.shutdown()
             if temp_dir is not None:
                 shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+RAY_PREFIX = "llmtune-ray-"  # + the driver's pid: a private Ray's temp folder, in the system's temp dir
+_RAY_FOLDER = re.compile(rf"^{RAY_PREFIX}(\d+)-[A-Za-z0-9_]+$")
+
+
+def sweep_stale_ray_folders(root: Path | None = None) -> list[Path]:
+    """Remove the temp folders of private Rays whose driver is gone (a kill -9 leaves them, and
+    Ray's own processes for about a minute): only folders named as llmtune names them, owned by
+    this user, not links, whose pid no longer runs. Ray processes still using such a folder (its
+    path in their command line, this user's) get SIGTERM first."""
+    from llmtune.runs.outputs import process_alive
+
+    root = Path(root or tempfile.gettempdir())
+    removed = []
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return []
+    for entry in entries:
+        match = _RAY_FOLDER.match(entry.name)
+        if not match or process_alive(int(match[1])):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            continue
+        for pid in _processes_using(entry.path):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(Path(entry.path))
+    return removed
+
+
+def _processes_using(folder: str) -> list[int]:
+    """This user's processes whose command line names `folder` (Ray's raylet, GCS, workers)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if proc.stat().st_uid != os.getuid():
+                continue
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(folder.encode() in arg for arg in args) and int(proc.name) != os.getpid():
+            found.append(int(proc.name))
+    return found
 
 
 def _start(settings: RaySettings, temp_dir: str | None, debug: bool) -> None:
@@ -196,7 +255,7 @@ def _start(settings: RaySettings, temp_dir: str | None, debug: bool) -> None:
     level = logging.INFO if debug else logging.WARNING
     # ray.init installs its own SIGTERM handler (sys.exit); the job's handler must stay, so
     # that SIGTERM/SIGINT end the run with 143/130 after the journal is closed
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     try:
         if settings.address is None:
             ray.init(

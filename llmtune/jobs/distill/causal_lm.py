@@ -38,6 +38,7 @@ from llmtune.jobs.distill.labelling import (
 )
 from llmtune.jobs.distill.lm_eval import generation_speed, lm_metrics
 from llmtune.models.loading import LoadedModel, inspect_model
+from llmtune.models.positions import check_new_tokens
 from llmtune.recipes.distill import DistillRecipe
 from llmtune.runs.lifecycle import Metrics, Outcome, Plan
 from llmtune.runs.rundir import RunDir
@@ -90,6 +91,8 @@ class LanguageModelDistill:
                 f"{teacher_info.head or teacher_info.architectures}",
                 key="teacher.path",
             )
+        new_tokens = recipe.generation.max_new_tokens
+        check_new_tokens(recipe, recipe.teacher, new_tokens, "generation.max_new_tokens", "teacher")
         self.teacher = common.load_teacher(recipe, "causal_lm", dry_run=dry_run)
         self.student = self.build_student(dry_run)
         sizes = common.check_smaller(recipe, self.teacher, self.student, SMALLER_HINT)

@@ -38,7 +38,7 @@ def run(recipe: FinetuneRecipe, options: JobOptions, run_trial: RunTrial) -> dic
     """Run every trial of the sweep through `run_trial` (one ordinary fine-tune) and report the
     best one."""
     run_dir = RunDir(run_dir_path(recipe, options.output), recipe)
-    run_dir.claim(resume=options.resume)
+    run_dir.claim(resume=options.resume, dry_run=options.dry_run)
     try:
         sweep, where = load_sweep(recipe, options.sweep)
         metric = _ranking_metric(recipe, sweep, where)

@@ -93,10 +93,26 @@ def check_resumable(run_dir: RunDir, sweep: Sweep, metric: str, where: str) -> N
     if not path.exists():
         return
     _quiet(optuna)
+    _check_study_file(path, where)
     try:
         stored = optuna.load_study(study_name="sweep", storage=_storage(path)).user_attrs.get("sweep")
     except KeyError:
+        trials = run_dir.path / "trials"
+        if trials.is_dir() and any(trials.iterdir()):  # trials ran, so the study was made: lost
+            raise BadInput(
+                f"{path} holds no study, but trials ran in {trials}: the sweep cannot be continued; "
+                "start a new run (another --output)",
+                file=where,
+                key="--resume",
+            ) from None
         return  # interrupted before the study was made
+    except Exception as exc:  # noqa: BLE001 - sqlite/sqlalchemy's errors for a damaged database
+        raise BadInput(
+            f"{path} cannot be read as the sweep's study ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+            "start a new run (another --output)",
+            file=where,
+            key="--resume",
+        ) from None
     if stored is not None and stored != _identity(sweep, metric):
         changed = sorted(
             k
@@ -310,8 +326,34 @@ def _identity(sweep: Sweep, metric: str) -> dict[str, Any]:
     return {**sweep.model_dump(mode="json", exclude=set(RESUMABLE)), "metric": metric}
 
 
-def _storage(path: Path) -> str:
-    return f"sqlite:///{path.resolve()}"
+def _storage(path: Path) -> Any:
+    """The study's SQLite storage at exactly `path`: connected through sqlite3 with the path as it
+    is, never parsed as a URL (a folder named `a?b` or `x%2Fy` would send a URL elsewhere)."""
+    import sqlite3
+
+    import optuna
+
+    real = str(path.resolve())
+    return optuna.storages.RDBStorage(
+        url="sqlite://", engine_kwargs={"creator": lambda: sqlite3.connect(real)}
+    )
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_study_file(path: Path, where: str) -> None:
+    """Refuse a study.db that is not an SQLite database (empty, truncated, another file)."""
+    with path.open("rb") as f:
+        header = f.read(len(SQLITE_HEADER))
+    if header != SQLITE_HEADER:
+        what = "is empty" if not header else "is not an SQLite database"
+        raise BadInput(
+            f"{path} {what}, so the interrupted sweep cannot be continued from it; start a new run "
+            "(another --output), or move the file away and rerun without --resume",
+            file=where,
+            key="--resume",
+        )
 
 
 def _quiet(optuna: Any) -> None:

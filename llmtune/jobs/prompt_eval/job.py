@@ -31,6 +31,7 @@ from llmtune.jobs.prompt_eval.report import evaluate_gate, print_table, write_ou
 from llmtune.jobs.prompt_eval.scoring import normalise, pair_metrics, score_prompts, scoring_method
 from llmtune.jobs.prompt_eval.statistics import Measure
 from llmtune.models.loading import inspect_model, load_model, quiet_libraries
+from llmtune.models.positions import check_new_tokens
 from llmtune.recipes.common import ModelRef
 from llmtune.recipes.prompt_eval import PromptEvalRecipe, PromptSpec, gate_metrics
 from llmtune.runs.lifecycle import recorded, show_plan
@@ -43,7 +44,8 @@ def run(recipe: PromptEvalRecipe, options: JobOptions) -> dict[str, Any]:
     """Score every model x prompt pair on the same rows; returns the summary (for --json)."""
     quiet_libraries(options.debug)
     run_dir = RunDir(run_dir_path(recipe, options.output), recipe)
-    run_dir.claim()  # first: an overlapping run exits 75 before reading anything
+    # first: an overlapping run exits 75 before reading anything (a dry run takes no lock)
+    run_dir.claim(dry_run=options.dry_run)
     try:
         if recipe.engine == "vllm":
             require_vllm()
@@ -251,6 +253,8 @@ def plan_model(ref: ModelRef, recipe: PromptEvalRecipe, name: str, labels: list[
     head = (
         recipe.model_heads.get(name) or info.head or ("classification" if info.architectures else "causal_lm")
     )
+    if head == "causal_lm" and recipe.scoring == "generate":
+        check_new_tokens(recipe, ref, recipe.max_new_tokens, "max_new_tokens", f"models.{name}")
     if head == "causal_lm" or labels is None:
         return ModelPlan(head, None, info.tokenizer_dir)
     if info.head_labels is None:

@@ -18,6 +18,7 @@ from llmtune.jobs.prompt_eval.noise import (
 from llmtune.metrics import confusion_markdown
 from llmtune.recipes.prompt_eval import PromptEvalRecipe
 from llmtune.runs.outputs import atomic_write_text
+from llmtune.runs.plots import save_figure
 from llmtune.runs.rundir import RunDir
 from llmtune.slices import Gate, gate_failures, gates_summary, slices_markdown
 
@@ -199,9 +200,7 @@ def write_chart(
     level = f"{100 * recipe.statistics.confidence:g}%"
     ax.set_title(f"{recipe.name}: {metric} per prompt and model\n(error bars: {level} intervals)", fontsize=9)
     ax.legend(fontsize=8, loc="upper center", ncols=len(models), frameon=False)
-    fig.tight_layout()
-    fig.savefig(run_dir.path / CHART, dpi=110)
-    plt.close(fig)
+    save_figure(fig, run_dir.path / CHART)
     return CHART
 
 

@@ -12,10 +12,10 @@ How a row is scored depends on the model's head:
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmtune.data.patterns import compile_pattern
 from llmtune.metrics import classification_metrics
 from llmtune.recipes.prompt_eval import PromptEvalRecipe
 
@@ -126,7 +126,7 @@ def normalise(text: str) -> str:
 def extract_answer(text: str, pattern: str | None) -> str:
     """The answer in a generated text: `pattern`'s first group (or match), else its first line."""
     if pattern is not None:
-        found = re.search(pattern, text)
+        found = compile_pattern(pattern).search(text)
         if found is None:
             return ""
         text = found.group(1) if found.groups() else found.group(0)

@@ -30,16 +30,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmtune.console import markdown_table, say, table
+from llmtune.console import markdown_table, say, shown, table
 from llmtune.data.rankings import letters
 from llmtune.data.readers import SKIP_HINT, read_rows, refuse
 from llmtune.errors import BadInput
-from llmtune.inference.journal import Journal, folder_fingerprint, text_fingerprint
+from llmtune.inference.journal import Journal, folder_fingerprint, signals_held, text_fingerprint
 from llmtune.inference.vllm_engine import require_vllm
 from llmtune.jobs.rlhf.common import prompt_text, template_of
+from llmtune.models.positions import check_new_tokens
 from llmtune.recipes.rlhf import RlhfRecipe
 from llmtune.runs.lifecycle import recorded, show_plan
 from llmtune.runs.options import JobOptions
+from llmtune.runs.outputs import OutputLock
 from llmtune.runs.rundir import RunDir, run_dir_path
 
 CANDIDATES = "candidates.jsonl"
@@ -69,19 +71,30 @@ class Prompt:
 def run_collect(recipe: RlhfRecipe, options: JobOptions) -> dict[str, Any]:
     """Sample K responses per prompt into candidates.jsonl; returns the summary (for --json)."""
     run_dir = RunDir(run_dir_path(recipe, options.output), recipe)
-    run_dir.claim(resume=options.resume)  # first: an overlapping run exits 75 before reading anything
+    # first: an overlapping run exits 75 before reading anything (a dry run takes no lock)
+    run_dir.claim(resume=options.resume, dry_run=options.dry_run)
+    # `llmtune rank` takes this lock while people rank: collect never replaces the file under it
+    candidates_lock = OutputLock(run_dir.path / f"{CANDIDATES}.lock")
     try:
+        check_rankings_kept(recipe, run_dir.path / CANDIDATES)
+        if options.dry_run:
+            candidates_lock.check()
+        else:
+            candidates_lock.acquire()
+            check_rankings_kept(recipe, run_dir.path / CANDIDATES)  # again, under the lock
         if recipe.engine == "vllm":
             require_vllm()
         prompts, files, skipped = read_prompts(recipe)
         check_causal_lm(recipe)
+        check_new_tokens(recipe, recipe.model, recipe.generation.max_new_tokens, "generation.max_new_tokens")
         plan = {**_plan(recipe, run_dir, prompts), "skipped_rows": skipped}
         if options.dry_run:
             show_plan(plan)
-            say(f"first prompt ({prompts[0].id}):\n{prompts[0].text}")
+            say(f"first prompt ({shown(prompts[0].id)}):\n{shown(prompts[0].text)}")
             run_dir.abandon()
             return {"dry_run": True, **plan}
     except BaseException:
+        candidates_lock.discard()
         run_dir.abandon()  # bad input: nothing written
         raise
 
@@ -96,9 +109,36 @@ def run_collect(recipe: RlhfRecipe, options: JobOptions) -> dict[str, Any]:
         _report(run_dir, recipe, summary)
         return summary
 
-    summary = recorded(run_dir, options, files, work)
+    try:
+        summary = recorded(run_dir, options, files, work)
+    finally:
+        with signals_held():
+            candidates_lock.release()
     say(f"next: rank them with `{summary['next']}`")
     return summary
+
+
+def check_rankings_kept(recipe: RlhfRecipe, candidates: Path) -> None:
+    """Refuse a run that would replace a candidates file holding people's rankings (exit 2),
+    unless the recipe says so (output.replace_rankings)."""
+    if recipe.output.replace_rankings or not candidates.exists():
+        return
+    ranked = 0
+    with candidates.open("rb") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            ranked += isinstance(row, dict) and bool(row.get("ranking"))
+    if ranked:
+        raise BadInput(
+            f"{candidates} holds {ranked} ranking(s) people gave; this run would replace it and lose "
+            "them. Keep them: move the file away (or rank into another file with `llmtune rank "
+            "CANDIDATES --output FILE`), or set output.replace_rankings: true to replace it anyway",
+            file=str(recipe.source) if recipe.source else None,
+            key="output.replace_rankings",
+        )
 
 
 def read_prompts(recipe: RlhfRecipe) -> tuple[list[Prompt], list[Path], int]:

@@ -43,6 +43,7 @@ from llmtune.models.loading import inspect_model, load_model
 from llmtune.recipes.common import Training
 from llmtune.recipes.rlhf import RlhfRecipe
 from llmtune.runs.lifecycle import Metrics, Outcome, Plan, source_of
+from llmtune.runs.outputs import atomic_write_text
 from llmtune.runs.rundir import RunDir
 from llmtune.runs.training import (
     callbacks,
@@ -195,8 +196,7 @@ class PolicyJob:
         self.samples[when] = rows
         if when == "before":  # kept for a resumed run, which does not measure "before" again
             path = self.run_dir.path / "checkpoints" / BEFORE_SAMPLES
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(rows), encoding="utf-8")
+            atomic_write_text(path, json.dumps(rows))
         return sample_metrics(rows, [c.name for c in self.mix.components], len(self.prompts["test"]))
 
     # ----------------------------------------------------------------------- save

@@ -5,8 +5,9 @@ Rules are data (`rewards:` in the recipe), never code: a recipe cannot import an
 rule types are built here from their fields:
 - length: `-max(0, len(response) - target) / target` (0 up to `target` characters, then minus the
   share by which the response is longer);
-- regex: 1.0 when the response meets the rule (`must_match: true`: `re.search` finds `pattern`;
-  false: it finds none), else 0.0.
+- regex: 1.0 when the response meets the rule (`must_match: true`: a search finds `pattern`;
+  false: it finds none), else 0.0. Patterns run on RE2 (`llmtune.data.patterns`): linear time, so
+  a pattern like `(?s)(.+)+QQQ9` cannot stall training; one RE2 cannot run is exit 2 at recipe time.
 
 Each component is handed to TRL as its own reward function (a callable named after it, so that
 TRL logs `rewards/<name>/mean` per component) with its weight in the config's `reward_weights`;
@@ -15,11 +16,11 @@ the same components score the held-out samples before and after training (`Rewar
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from llmtune.data.patterns import compile_pattern
 from llmtune.recipes.rlhf import RuleReward
 
 Score = Callable[[list[str], list[str]], list[float]]
@@ -37,7 +38,7 @@ def length_penalty(target: int) -> Score:
 
 def regex_reward(pattern: str, must_match: bool = True) -> Score:
     """1.0 when `pattern` is found in the response (must_match) or not found (not must_match)."""
-    compiled = re.compile(pattern)
+    compiled = compile_pattern(pattern)  # RE2: linear in the response, never spins
 
     def score(prompts: list[str], responses: list[str]) -> list[float]:
         return [1.0 if (compiled.search(r) is not None) == must_match else 0.0 for r in responses]
