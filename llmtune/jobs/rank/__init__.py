@@ -58,13 +58,13 @@ def run_rank(
 ) -> dict[str, int]:
     """Rank the rows of `candidates` interactively (stdin/stdout), saving each answer at once into
     the file itself, or into `output` (created from it on the first answer; a rerun reads it)."""
-    if sys.stdin is None or sys.stdin.closed or not _readable(sys.stdin):
-        raise BadInput(
-            "stdin is closed: there is nothing to read answers from "
-            "(run it in a terminal, pipe answers in, or use --web)"
-        )
-    book, lock = open_book(candidates, output, annotator)
+    book, lock = open_book(candidates, output, annotator)  # the file's own problems come first
     try:
+        if sys.stdin is None or sys.stdin.closed or not _readable(sys.stdin):
+            raise BadInput(
+                "stdin is closed: there is nothing to read answers from "
+                "(run it in a terminal, pipe answers in, or use --web)"
+            )
         answered = rank_rows(book, revisit=revisit)
     finally:
         with signals_held():
