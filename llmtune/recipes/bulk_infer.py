@@ -108,8 +108,10 @@ class BulkInferRecipe(RecipeBase):
     """Batch sizes and token budget."""
     engine: EngineName = "hf"
     """hf: transformers in this process; vllm: vLLM's offline LLM (pip install 'llmtune[vllm]');
-    ray: model replicas in a Ray Data actor pool (pip install 'llmtune[ray]'). Same rows, same
-    resume, lock, errors file and exit codes."""
+    ray: model replicas in a Ray Data actor pool (pip install 'llmtune[ray]'); onnx: ONNX Runtime
+    on an export folder, or the model exported once into a cache (classify, score; pip install
+    'llmtune[onnx]'); llamacpp: llama.cpp on a GGUF file (generate; pip install
+    'llmtune[llamacpp]'). Same rows, same resume, lock, errors file and exit codes."""
     ray: RaySettings = Field(default_factory=RaySettings)
     """engine: ray settings (a cluster address, replicas)."""
     vllm: VllmSettings = Field(default_factory=VllmSettings)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import llmtune.inference.vllm_engine as vllm_engine
+import llmtune.inference.registry as registry
 import llmtune.jobs.bulk_infer.chunks as chunks
 import llmtune.jobs.bulk_infer.files as bulk_io
 import llmtune.jobs.bulk_infer.paths as bulk_paths
@@ -26,9 +26,9 @@ import llmtune.jobs.bulk_infer.ray_pool as ray_pool
 from llmtune.console import say, table
 from llmtune.data.templates import Template
 from llmtune.errors import BadInput, RowsFailed
-from llmtune.inference.engine import Engine
+from llmtune.inference.interface import InferenceEngine
 from llmtune.jobs.bulk_infer.inputs import InputRow, found_in_journal, read_input
-from llmtune.jobs.bulk_infer.model import check_without_weights, model_info, setup_model
+from llmtune.jobs.bulk_infer.model import check_without_weights, model_info, runtime_of, setup_model
 from llmtune.jobs.bulk_infer.progress import Tally, summarise
 from llmtune.models.loading import quiet_libraries
 from llmtune.recipes.bulk_infer import BulkInferRecipe
@@ -56,15 +56,12 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
     try:
         if recipe.engine == "ray":
             ray_pool.check_installed()
-        if recipe.engine == "vllm":
-            vllm_engine.require_vllm()
+        registry.require(runtime_of(recipe))
         rows, files, duplicates = read_input(recipe, shard)
         template = Template(recipe.template, where="template")
         if rows:
             template.check_fields(set().union(*(r.row for r in rows)), file=str(files[0]))
         info = model_info(recipe)
-        if recipe.engine == "vllm":
-            vllm_engine.require_causal_lm(info.head)
         fingerprints = {
             "model_fingerprint": bulk_io.model_fingerprint(recipe),
             "prompt_fingerprint": recipe.prompt_fingerprint(),
@@ -99,6 +96,8 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
     finally:
         with bulk_io.signals_held():  # a second signal must not cut the clean-up short
             lock.release()
+            if engine is not None:
+                engine.close()
     summary = summarise(paths, plan, tally, len(rows) - len(pending), len(pending) - len(todo))
     if tally.failed:
         raise RowsFailed(f"{tally.failed} row(s) failed; see {paths.errors}", summary)
@@ -171,7 +170,7 @@ def _plan(
 
 def infer(
     recipe: BulkInferRecipe,
-    engine: Engine,
+    engine: InferenceEngine,
     todo: list[InputRow],
     paths: bulk_paths.OutputPaths,
     fingerprints: dict[str, str],

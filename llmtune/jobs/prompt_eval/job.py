@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import llmtune.inference.registry as registry
 from llmtune.console import say
 from llmtune.data.readers import Rows, check_labels, closest, infer_labels, load_splits, read_rows, refuse
 from llmtune.errors import BadInput, GateFailed, Problem
 from llmtune.inference.batching import free_memory
-from llmtune.inference.vllm_engine import require_vllm, vllm_engine
 from llmtune.jobs.prompt_eval.prompts import PromptBuilder, chat_prompt
 from llmtune.jobs.prompt_eval.report import evaluate_gate, print_table, write_outputs
 from llmtune.jobs.prompt_eval.scoring import normalise, pair_metrics, score_prompts, scoring_method
@@ -41,7 +41,7 @@ def run(recipe: PromptEvalRecipe, options: JobOptions) -> dict[str, Any]:
     run_dir.claim()  # first: an overlapping run exits 75 before reading anything
     try:
         if recipe.engine == "vllm":
-            require_vllm()
+            registry.require("vllm")
         gates = parse_gates(
             options.fail_under, gate_metrics(recipe.task), recipe.slices, defaults=recipe.fail_under
         )
@@ -320,23 +320,19 @@ def score_all(
 def _engine(recipe: PromptEvalRecipe, ref: ModelRef, name: str, plan: ModelPlan, loaded: Any) -> Any:
     """The shared engine over a loaded model; causal LMs run on vLLM with engine: vllm
     (classification heads always run here)."""
-    if recipe.engine == "vllm" and plan.head == "causal_lm":
-        return vllm_engine(
-            loaded,
-            ref,
-            recipe,
-            recipe.vllm,
-            key=f"models.{name}",
-            max_length=recipe.data.max_length,
-            max_new_tokens=recipe.max_new_tokens,
-        )
-    from llmtune.inference.engine import Engine
-
-    return Engine(
+    engine = recipe.engine if plan.head == "causal_lm" else "hf"
+    return registry.over_loaded(
+        engine,
         loaded,
+        ref=ref,
+        recipe=recipe,
+        head=plan.head,
+        key=f"models.{name}",
         batch_size=recipe.batching.batch_size,
         max_batch_tokens=recipe.batching.max_batch_tokens,
         max_length=recipe.data.max_length,
+        max_new_tokens=recipe.max_new_tokens,
+        settings={"vllm": recipe.vllm},
     )
 
 
