@@ -3,7 +3,7 @@
 Steps: refuse a written path that is also a read path; take the lock beside the output (held
 -> exit 75); read and check the input rows (ids, duplicates) and the template (bad input -> exit
 2, nothing written); work out which ids are already in the output; print the plan on --dry-run;
-load the model; then, chunk by chunk, render prompts, run the shared batched engine and append
+when rows are owed, load the model (a rerun with nothing new imports no torch and loads nothing); then, chunk by chunk, render prompts, run the shared batched engine and append
 the results (flushed) to the journal. Rows that fail go to the errors file and make the exit code
 3. SIGTERM/SIGINT stop the run between two writes: finished rows stay in the journal and a plain
 rerun does the rest. See `llmtune.jobs.bulk_infer.files` for the files' design.
@@ -28,7 +28,13 @@ from llmtune.data.templates import Template
 from llmtune.errors import BadInput, RowsFailed
 from llmtune.inference.interface import InferenceEngine
 from llmtune.jobs.bulk_infer.inputs import InputRow, found_in_journal, read_input
-from llmtune.jobs.bulk_infer.model import check_without_weights, model_info, runtime_of, setup_model
+from llmtune.jobs.bulk_infer.model import (
+    check_without_weights,
+    model_info,
+    runtime_of,
+    setup_model,
+    with_model_labels,
+)
 from llmtune.jobs.bulk_infer.progress import Tally, summarise
 from llmtune.models.loading import quiet_libraries
 from llmtune.recipes.bulk_infer import BulkInferRecipe
@@ -38,7 +44,6 @@ from llmtune.runs.outputs import OutputLock
 
 def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
     """Run bulk inference from a validated recipe; returns the summary (for --json)."""
-    quiet_libraries(options.debug)
     shard = bulk_paths.parse_shard(options.shard)
     paths = bulk_paths.output_paths(recipe, options.output, shard)
     bulk_paths.check_paths(recipe, options.output)  # before any file is opened, the lock included
@@ -62,6 +67,7 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
         if rows:
             template.check_fields(set().union(*(r.row for r in rows)), file=str(files[0]))
         info = model_info(recipe)
+        recipe = with_model_labels(recipe, info)
         fingerprints = {
             "model_fingerprint": bulk_io.model_fingerprint(recipe),
             "prompt_fingerprint": recipe.prompt_fingerprint(),
@@ -70,9 +76,15 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
         if lock is None:
             table("plan (dry run: nothing written)", ["item", "value"], [[k, v] for k, v in plan.items()])
             return {"dry_run": True, **plan}
-        engine = None if recipe.engine == "ray" else setup_model(recipe, info)
-        if engine is None:  # ray's replicas load the model; the same checks run here without weights
-            check_without_weights(recipe, info)
+        engine = None
+        if plan["to_do"]:  # nothing owed (a cron rerun with no new rows): load nothing, not even torch
+            quiet_libraries(options.debug)
+            if (
+                recipe.engine == "ray"
+            ):  # the replicas load the model; the same checks run here without weights
+                check_without_weights(recipe, info)
+            else:
+                engine = setup_model(recipe, info)
         if bulk_io.repair_journal(paths.journal):  # BadInput when it is not a journal of ours
             say(f"repaired {paths.journal}: cut the torn last line a crash left")
     except BaseException:  # bad input: leave no trace, not even the lock's folder
@@ -87,8 +99,10 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
         pending = [r for r in rows if r.key not in done]
         todo = pending[:limit]
         say(f"{len(todo)} row(s) to do, {len(rows) - len(pending)} already done")
-        if engine is None:
+        if recipe.engine == "ray":
             tally = ray_pool.infer(recipe, info, todo, paths, fingerprints, debug=options.debug)
+        elif engine is None:
+            tally = Tally()
         else:
             tally = infer(recipe, engine, todo, paths, fingerprints)
         if shard is None:

@@ -8,7 +8,7 @@ import llmtune.inference.registry as registry
 from llmtune.errors import BadInput
 from llmtune.inference.interface import EngineRequest, InferenceEngine
 from llmtune.models.info import ModelInfo, head_columns
-from llmtune.models.loading import inspect_model, load_model
+from llmtune.models.loading import inspect_model
 from llmtune.recipes.bulk_infer import BulkInferRecipe
 
 
@@ -29,6 +29,28 @@ def model_info(recipe: BulkInferRecipe) -> ModelInfo:
     registry.check_task(runtime, recipe.task)
     _head_labels(recipe, info)  # a task the head cannot do is refused before anything loads
     return info
+
+
+def with_model_labels(recipe: BulkInferRecipe, info: ModelInfo) -> BulkInferRecipe:
+    """The recipe with `labels:` settled before anything loads: omitted, a classification head's
+    own names (config id2label); given, they must be the head's (BadInput at --dry-run)."""
+    if recipe.task != "classify":
+        return recipe
+    if info.head != "classification":
+        if not recipe.labels:
+            raise BadInput("task: classify with a causal LM needs labels: the names to score", key="labels")
+        return recipe
+    names = info.head_labels
+    if not recipe.labels:
+        if not names:
+            raise BadInput(
+                "task: classify: the model's head has no label names (generic LABEL_0..); give labels",
+                key="labels",
+            )
+        return recipe.model_copy(update={"labels": list(names)})
+    if names and head_columns(names, recipe.labels) is None:
+        raise BadInput(f"labels {recipe.labels} are not the model's labels {names}", key="labels")
+    return recipe
 
 
 def runtime_of(recipe: BulkInferRecipe) -> str:
@@ -69,6 +91,8 @@ def check_without_weights(recipe: BulkInferRecipe, info: ModelInfo) -> None:
     """setup_model's checks on the model built on the meta device (no weights read, no memory),
     for engines that load the model in other processes (ray)."""
     assert info.head is not None
+    from llmtune.models.loading import load_model
+
     labels = _head_labels(recipe, info)
     loaded = load_model(recipe.model, recipe, head=info.head, labels=labels, empty_weights=True)
     request = EngineRequest(
