@@ -36,6 +36,7 @@ from llmtune.jobs.bulk_infer.model import (
     with_model_labels,
 )
 from llmtune.jobs.bulk_infer.progress import Tally, summarise
+from llmtune.models.cpu import last_choice
 from llmtune.models.loading import quiet_libraries
 from llmtune.recipes.bulk_infer import BulkInferRecipe
 from llmtune.runs.options import JobOptions
@@ -113,6 +114,8 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
             if engine is not None:
                 engine.close()
     summary = summarise(paths, plan, tally, len(rows) - len(pending), len(pending) - len(todo))
+    if (choice := last_choice()) is not None:  # set when a model ran on the CPU
+        summary["threads"] = f"{choice.threads or 'default'} ({choice.reason})"
     if tally.failed:
         raise RowsFailed(f"{tally.failed} row(s) failed; see {paths.errors}", summary)
     return summary
