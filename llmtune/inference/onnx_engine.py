@@ -162,8 +162,12 @@ def _onnx_folder(request: EngineRequest) -> Path:
         from llmtune.models.loading import load_model
 
         say(f"engine onnx: exporting {ref.describe()} to ONNX once (cached for later runs)")
-        plain = ref.model_copy(update={"quantization": "none", "dtype": "float32", "device": "cpu"})
-        loaded = load_model(plain, request.recipe, head=request.head, labels=request.labels, key=request.key)
+        loaded = request.loaded  # a model the job loaded already serves when it is plain float32
+        if loaded is None or ref.quantization != "none" or ref.dtype not in ("auto", "float32"):
+            plain = ref.model_copy(update={"quantization": "none", "dtype": "float32", "device": "cpu"})
+            loaded = load_model(
+                plain, request.recipe, head=request.head, labels=request.labels, key=request.key
+            )
         export_onnx(merged_for_inference(loaded.model), loaded.tokenizer, folder, quantize=False)
 
     return cached_export(cache_key(parts, folders), write)

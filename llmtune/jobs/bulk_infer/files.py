@@ -54,6 +54,9 @@ def model_fingerprint(recipe: BulkInferRecipe) -> str:
 
 
 def _model_folders(recipe: BulkInferRecipe) -> list[tuple[str, Path]]:
+    single = recipe.resolve_path(recipe.model.path or "")
+    if recipe.model.path and single.is_file():  # a GGUF file (engine: llamacpp)
+        return [("model", single)]
     folders = [("model", Path(resolve_model_path(recipe.model, recipe, "model")))]
     if recipe.model.adapter:
         folders.append(("adapter", recipe.resolve_path(recipe.model.adapter)))
@@ -66,8 +69,8 @@ NOT_MODEL_FILES = (".jsonl", ".csv", ".parquet", ".lock", ".log", ".md", ".tmp",
 
 def _digest_folder(digest: Any, folder: Path) -> None:
     # small files whole; big weight files by size plus their first and last MiB (fast for GBs)
-    for file in sorted(folder.rglob("*")):
-        relative = file.relative_to(folder)
+    for file in [folder] if folder.is_file() else sorted(folder.rglob("*")):
+        relative = file.relative_to(folder) if file != folder else Path(file.name)
         if not file.is_file() or file.suffix.lower() in NOT_MODEL_FILES:
             continue
         if any(part.startswith(".") for part in relative.parts):

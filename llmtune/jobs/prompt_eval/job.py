@@ -40,8 +40,8 @@ def run(recipe: PromptEvalRecipe, options: JobOptions) -> dict[str, Any]:
     run_dir = RunDir(run_dir_path(recipe, options.output), recipe)
     run_dir.claim()  # first: an overlapping run exits 75 before reading anything
     try:
-        if recipe.engine == "vllm":
-            registry.require("vllm")
+        if recipe.engine != "hf":
+            registry.require(recipe.engine)
         gates = parse_gates(
             options.fail_under, gate_metrics(recipe.task), recipe.slices, defaults=recipe.fail_under
         )
@@ -62,6 +62,9 @@ def run(recipe: PromptEvalRecipe, options: JobOptions) -> dict[str, Any]:
         for builder in builders.values():
             builder.check(rows)
         plans = {name: plan_model(ref, recipe, name, labels) for name, ref in recipe.models.items()}
+        for model_plan in plans.values():  # a scoring the engine cannot do: refused before loading
+            if model_plan.head == "causal_lm" or recipe.engine == "onnx":
+                registry.check_task(recipe.engine, scoring_method(recipe, model_plan.head), key="scoring")
         # plain prompts are the same for every model; chat prompts wait for each model's chat template
         built = {
             name: [b.messages(r, i) if b.spec.chat else b.render(r, i) for i, r in enumerate(rows.rows)]
@@ -320,13 +323,14 @@ def score_all(
 def _engine(recipe: PromptEvalRecipe, ref: ModelRef, name: str, plan: ModelPlan, loaded: Any) -> Any:
     """The shared engine over a loaded model; causal LMs run on vLLM with engine: vllm
     (classification heads always run here)."""
-    engine = recipe.engine if plan.head == "causal_lm" else "hf"
+    engine = recipe.engine if plan.head == "causal_lm" or recipe.engine == "onnx" else "hf"
     return registry.over_loaded(
         engine,
         loaded,
         ref=ref,
         recipe=recipe,
         head=plan.head,
+        labels=plan.head_labels,
         key=f"models.{name}",
         batch_size=recipe.batching.batch_size,
         max_batch_tokens=recipe.batching.max_batch_tokens,
