@@ -82,10 +82,10 @@ def check_model(head: str | None, path: str | None = None, key: str = "engine") 
 
 def open_engine(request: EngineRequest) -> LlamaCppEngine:
     """`engine: llamacpp` (the registry's factory) on the request's GGUF file."""
-    from llmtune.models.cpu import choose_threads, usable_cores
+    from llmtune.models.cpu import runtime_threads
 
     file = gguf_file(request.ref, request.recipe, request.key)
-    threads = choose_threads(request.ref.threads).threads or usable_cores()
+    threads = runtime_threads(request.ref.threads)
     return LlamaCppEngine(
         file,
         threads=threads,

@@ -72,7 +72,7 @@ def check_task(task: str, key: str = "task") -> None:
 def open_engine(request: EngineRequest) -> OnnxEngine:
     """`engine: onnx` (the registry's factory): the request's ONNX folder, or its model exported
     into the cache first; int8 when `model.quantization: int8`."""
-    from llmtune.models.cpu import choose_threads, usable_cores
+    from llmtune.models.cpu import runtime_threads
 
     ref = request.ref
     if ref.quantization not in ("none", "int8"):
@@ -91,8 +91,7 @@ def open_engine(request: EngineRequest) -> OnnxEngine:
                     cache_key({"int8_of": "export"}, [folder]), lambda d: _copy_meta(folder, d)
                 )
             model_file = quantized(folder, into)
-    choice = choose_threads(ref.threads)
-    threads = choice.threads or usable_cores()
+    threads = runtime_threads(ref.threads)
     return OnnxEngine(
         folder,
         model_file,
@@ -110,6 +109,8 @@ def inspect_model(ref: Any, recipe: Any, key: str = "model") -> Any:
     from llmtune.models.info import ModelInfo, head_of, named_labels
     from llmtune.models.regression_head import is_regression, label_range_of
 
+    if ref.path and str(ref.path).lower().endswith(".gguf"):
+        check_model("causal_lm", ref.path)  # refused: llama.cpp's format
     folder = onnx_model_folder(ref, recipe, key)
     if folder is None:
         return None

@@ -112,7 +112,10 @@ def export_onnx(model: Any, tokenizer: Any, folder: Path, quantize: bool = False
     inputs = (ids, mask, torch.zeros_like(ids)) if takes_types else (ids, mask)
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes["logits"] = {0: "batch", 1: "sequence"} if causal else {0: "batch"}
-    with torch.inference_mode(False), torch.no_grad():
+    import warnings
+
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on shapes it keeps dynamic
         torch.onnx.export(
             _LogitsOnly(model, causal, names),
             inputs,

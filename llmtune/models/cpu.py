@@ -154,6 +154,16 @@ def last_choice() -> ThreadChoice | None:
     return _last_choice
 
 
+def runtime_threads(setting: int | str) -> int:
+    """A thread count for runtimes other than torch (ONNX Runtime, llama.cpp): `choose_threads`'s,
+    where OMP_NUM_THREADS (which only torch reads by itself) counts as a number too."""
+    choice = choose_threads(setting)
+    if choice.threads is not None:
+        return choice.threads
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(omp) if omp.isdigit() and int(omp) > 0 else usable_cores()
+
+
 def use_threads(setting: int | str, device: str) -> None:
     """Set torch's threads for a model about to run on `device` (the CPU only: on a GPU the
     CPU threads hardly matter) and say the choice once; torch.get_num_threads() then records it."""

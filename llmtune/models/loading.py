@@ -131,7 +131,7 @@ def load_model(
     return LoadedModel(model, tokenizer, ref.describe(), device, base_path=base_path)
 
 
-def inspect_model(ref: ModelRef, recipe: RecipeBase, key: str) -> ModelInfo:
+def inspect_model(ref: ModelRef, recipe: RecipeBase, key: str, *, deep: bool = True) -> ModelInfo:
     """`info.inspect_model`, adapter-layer folders (`llmtune.models.adapters`) included: their
     `path` is the base model's folder and `adapter` the adapter folder."""
     names = [v for v in (ref.adapter, ref.path) if v and ref.scratch is None]
@@ -139,7 +139,7 @@ def inspect_model(ref: ModelRef, recipe: RecipeBase, key: str) -> ModelInfo:
         from llmtune.models.adapters import inspect_adapter_folder  # imports torch: only when needed
 
         return inspect_adapter_folder(ref, recipe, key) or info.inspect_model(ref, recipe, key)
-    return info.inspect_model(ref, recipe, key)
+    return info.inspect_model(ref, recipe, key, deep=deep)
 
 
 def quantization_for(ref: ModelRef, method: str | None) -> str:

@@ -67,7 +67,9 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
         template = Template(recipe.template, where="template")
         if rows:
             template.check_fields(set().union(*(r.row for r in rows)), file=str(files[0]))
-        info = model_info(recipe)
+        # a cron rerun with every id in the journal loads nothing: the model is only read, not checked
+        owed = refresh == "stale" or not _all_done(rows, paths)
+        info = model_info(recipe, deep=owed or lock is None)
         recipe = with_model_labels(recipe, info)
         fingerprints = {
             "model_fingerprint": bulk_io.model_fingerprint(recipe),
@@ -119,6 +121,11 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
     if tally.failed:
         raise RowsFailed(f"{tally.failed} row(s) failed; see {paths.errors}", summary)
     return summary
+
+
+def _all_done(rows: list[InputRow], paths: bulk_paths.OutputPaths) -> bool:
+    done = found_in_journal(rows, bulk_io.done_fingerprints(*_journals(paths)))
+    return all(r.key in done for r in rows)
 
 
 def _take_lock(path: Path) -> OutputLock:

@@ -12,12 +12,15 @@ from llmtune.models.loading import inspect_model
 from llmtune.recipes.bulk_infer import BulkInferRecipe
 
 
-def model_info(recipe: BulkInferRecipe) -> ModelInfo:
+def model_info(recipe: BulkInferRecipe, *, deep: bool = True) -> ModelInfo:
     """The model's head and label names, from its config (refusing models that are neither a
-    causal LM nor a classifier, and a task the head cannot do)."""
+    causal LM nor a classifier, and a task the head cannot do). `deep=False`: without the checks
+    that import transformers, for a run that will load nothing."""
     runtime = runtime_of(recipe)
     registry.require(runtime)  # a missing extra names it before the model is looked at
-    info = registry.inspect(runtime, recipe.model, recipe) or inspect_model(recipe.model, recipe, "model")
+    info = registry.inspect(runtime, recipe.model, recipe) or inspect_model(
+        recipe.model, recipe, "model", deep=deep
+    )
     if info.head is None:
         raise BadInput(
             f"{recipe.model.path} is neither a causal LM nor a classifier (architectures: "
