@@ -169,7 +169,7 @@ def test_sigterm_then_a_rerun_does_every_row_once(tmp_path: Path, classifier: Pa
     proc.send_signal(signal.SIGTERM)
     assert finish(proc) == 143, log.read_text()[-3000:]
     assert out.read_bytes().startswith(written) and 1 <= len(by_id(out)) < 40
-    rerun = llmtune("bulk-infer", recipe, "--set", "template={{ text }}")
+    rerun = llmtune("bulk-infer", recipe, "--set", "template='{{ text }}'")
     assert rerun.code == 0, rerun.stderr
     assert sorted(by_id(out)) == [r["id"] for r in make_rows(40)]
     assert len(read_jsonl(out)) == 40  # each id exactly once

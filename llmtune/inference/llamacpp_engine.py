@@ -125,6 +125,9 @@ class LlamaCppEngine:
         self.bos_text = self._piece(self.bos_id) if self.bos_id >= 0 else ""
         self.eos_text = self._piece(self.llm.token_eos()) if self.llm.token_eos() >= 0 else ""
         self.chat_template = meta.get("tokenizer.chat_template")
+        self.eos_ids = {
+            t for t in (self.llm.token_eos(), _meta_int(meta, "tokenizer.ggml.eot_token_id")) if t >= 0
+        }
         self.description = f"llama.cpp, {file.name}, {threads} thread(s)"
 
     @property
@@ -183,27 +186,51 @@ class LlamaCppEngine:
     ) -> list[Generation]:
         """One Generation per prompt, in input order (see the module's docstring)."""
         unique, where = dedupe(prompts)
-        sampling = temperature > 0
         results = []
         for prompt in unique:
             tokens = self.encode(prompt)[-self.max_length :]
             texts, used = [], 0
             for copy in range(num_return_sequences):
-                out = self.llm.create_completion(
-                    tokens,
-                    max_tokens=max_new_tokens,
-                    temperature=temperature if sampling else 0.0,
-                    top_p=top_p if sampling else 1.0,
-                    top_k=(top_k or 0) if sampling else 1,
-                    min_p=0.0,
-                    repeat_penalty=1.0,
-                    stop=[s for s in stop if s] or None,
-                    seed=_row_seed(seed, prompt, copy),
-                )
-                texts.append(out["choices"][0]["text"])
-                used += int(out["usage"]["completion_tokens"])
+                self.llm.set_seed(_row_seed(seed, prompt, copy))
+                text, n = self._complete(tokens, max_new_tokens, temperature, top_p, top_k, stop)
+                texts.append(text)
+                used += n
             results.append(Generation(texts, used))
         return [Generation(list(results[j].texts), results[j].new_tokens) for j in where]
+
+    def _complete(
+        self,
+        tokens: list[int],
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        top_k: int | None,
+        stop: Sequence[str],
+    ) -> tuple[str, int]:
+        """One completion, decoded as engine hf decodes (the bytes of every new token, invalid
+        UTF-8 replaced), ended by end-of-sequence, max tokens or the first stop string."""
+        sampling = temperature > 0
+        stops = [s for s in stop if s]
+        new: list[int] = []
+        text = ""
+        steps = self.llm.generate(
+            tokens,
+            temp=temperature if sampling else 0.0,
+            top_p=top_p if sampling else 1.0,
+            top_k=(top_k or 0) if sampling else 1,
+            min_p=0.0,
+            repeat_penalty=1.0,
+            reset=True,
+        )
+        for token in steps:
+            if token in self.eos_ids or len(new) >= max_new_tokens:
+                break
+            new.append(token)
+            text = self.llm.detokenize(new).decode("utf-8", "replace")
+            cuts = [text.find(s) for s in stops if s in text]
+            if cuts:
+                return text[: min(cuts)], len(new)
+        return text, len(new)
 
     # ----------------------------------------------------------------- choices
     def score_choices(self, prompts: list[str], choices: list[str]) -> list[ChoiceScores]:
@@ -252,6 +279,13 @@ class LlamaCppEngine:
     def head_labels(self) -> list[str]:
         """Refused: a GGUF causal LM has no classification head."""
         raise ValueError("engine: llamacpp runs causal LMs; there is no classification head")
+
+
+def _meta_int(meta: dict[str, Any], key: str) -> int:
+    try:
+        return int(meta.get(key, -1))
+    except (TypeError, ValueError):
+        return -1
 
 
 def _row_seed(seed: int, prompt: str, copy: int) -> int:
