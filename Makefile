@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install run test test-vllm lint format clean bench
+.PHONY: install run test test-vllm test-llamacpp lint format clean bench
 
 install: $(STAMP)
 
@@ -39,6 +39,18 @@ $(VLLM_VENV)/.installed: pyproject.toml
 test-vllm: $(VLLM_VENV)/.installed
 	$(VLLM_VENV)/bin/python -m pytest -q -n 2 tests/test_engine_vllm.py
 
+# engine: llamacpp's tests, in a venv of their own: pip compiles llama.cpp for llama-cpp-python
+# (17 min wall, 9 min CPU on the 2-core CI box, under load), too long for every `make test`
+LLAMACPP_VENV ?= .venv-llamacpp
+$(LLAMACPP_VENV)/.installed: pyproject.toml
+	test -x $(LLAMACPP_VENV)/bin/python || $(PYTHON) -m venv $(LLAMACPP_VENV)
+	$(LLAMACPP_VENV)/bin/pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
+	$(LLAMACPP_VENV)/bin/pip install --quiet --disable-pip-version-check -e ".[dev,llamacpp]"
+	touch $@
+
+test-llamacpp: $(LLAMACPP_VENV)/.installed
+	$(LLAMACPP_VENV)/bin/python -m pytest -q -n 2 tests/test_engine_llamacpp.py
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -59,6 +71,7 @@ bench: install $(VLLM_VENV)/.installed $(BENCH_VENV)/bin/lm_eval
 	$(BIN)/python bench/bench_finetune.py
 	$(BIN)/python bench/bench_bulk_infer.py
 	$(BIN)/python bench/bench_int8.py
+	$(BIN)/python bench/bench_cpu_engines.py
 	$(BIN)/python bench/bench_hf_engine.py
 	rm -rf /tmp/bench-head && mkdir -p /tmp/bench-head && git archive HEAD llmtune | tar -x -C /tmp/bench-head
 	$(BIN)/python bench/bench_engines.py --rows 300 --loop-rows 60 --crossover 1000 --code /tmp/bench-head --output bench/results/engines.md
@@ -66,4 +79,4 @@ bench: install $(VLLM_VENV)/.installed $(BENCH_VENV)/bin/lm_eval
 	$(BIN)/python bench/bench_distill.py --output bench/results/distill.md
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) $(BENCH_VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(LLAMACPP_VENV) $(BENCH_VENV) runs .pytest_cache .ruff_cache
