@@ -45,14 +45,12 @@ def onnx_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def head_recipe(tmp_path: Path, classifier: Path, name: str, **overrides: Any) -> Path:
-    return make_recipe(
-        tmp_path,
-        name=f"{name}.yaml",
-        model={"path": str(classifier)},
-        task="classify",
-        output={"path": f"out/{name}.jsonl"},
-        **overrides,
-    )
+    settings = {
+        "model": {"path": str(classifier)},
+        "task": "classify",
+        "output": {"path": f"out/{name}.jsonl"},
+    }
+    return make_recipe(tmp_path, name=f"{name}.yaml", **{**settings, **overrides})
 
 
 def test_onnx_writes_the_rows_engine_hf_writes_and_exports_once(
@@ -86,8 +84,18 @@ def test_onnx_writes_the_rows_engine_hf_writes_and_exports_once(
     )
     assert int8.code == 0, int8.stderr
     assert "exporting" not in int8.stderr and len(list(onnx_cache.iterdir())) == 1
-    for key, row in by_id(tmp_path / "out" / "int8.jsonl").items():
+    int8_rows = by_id(tmp_path / "out" / "int8.jsonl")
+    for key, row in int8_rows.items():
         assert row["scores"]["pos"] == pytest.approx(expected[key]["scores"]["pos"], abs=INT8_TOLERANCE)
+    # quantization: int8 on engine hf means the same ONNX Runtime int8 for a head
+    hf8 = llmtune(
+        "bulk-infer",
+        head_recipe(tmp_path, classifier, "hf8", model={"path": str(classifier), "quantization": "int8"}),
+    )
+    assert hf8.code == 0 and "ONNX Runtime's dynamic int8" in hf8.stderr, hf8.stderr
+    assert {k: r["scores"] for k, r in by_id(tmp_path / "out" / "hf8.jsonl").items()} == {
+        k: r["scores"] for k, r in int8_rows.items()
+    }
 
     # a cron rerun with nothing new reads the input and the journal and stops: no torch, no model
     rerun = subprocess.run(

@@ -90,6 +90,21 @@ def inspect(name: str, ref: Any, recipe: Any, key: str = "model") -> Any:
     return own(ref, recipe, key) if own is not None else None
 
 
+def int8_runtime(name: str, ref: Any, head: str | None) -> str:
+    """The engine that serves `model.quantization: int8` asked of engine `name`: a classification
+    or regression head on engine hf runs ONNX Runtime's dynamic int8 when it is installed (3.7x
+    float32 torch against torch's dynamic int8 at 1.7x, bench/results/int8_paths.md); causal LMs,
+    which ONNX Runtime does not generate with here, keep torch's."""
+    if name != "hf" or getattr(ref, "quantization", None) != "int8" or head != "classification":
+        return name
+    import importlib.util
+
+    installed = (
+        importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+    )
+    return "onnx" if installed else name
+
+
 def open_engine(name: str, request: EngineRequest) -> InferenceEngine:
     """The engine `name` over the model `request` describes."""
     return _module(name).open_engine(request)

@@ -161,7 +161,9 @@ def runtime_threads(setting: int | str) -> int:
     if choice.threads is not None:
         return choice.threads
     omp = os.environ.get("OMP_NUM_THREADS", "").strip()
-    return int(omp) if omp.isdigit() and int(omp) > 0 else usable_cores()
+    if omp.isdigit() and int(omp) > 0:
+        return _record(ThreadChoice(int(omp), "OMP_NUM_THREADS")).threads or 1
+    return _record(ThreadChoice(usable_cores(), "usable cores")).threads or 1
 
 
 def use_threads(setting: int | str, device: str) -> None:
@@ -176,6 +178,7 @@ def use_threads(setting: int | str, device: str) -> None:
     if choice.threads is not None and choice.threads != torch.get_num_threads():
         torch.set_num_threads(choice.threads)
     threads = torch.get_num_threads()
+    _record(ThreadChoice(threads, choice.reason))
     try:  # allowed only before any parallel work started, and once per process
         torch.set_num_interop_threads(threads)
     except RuntimeError:

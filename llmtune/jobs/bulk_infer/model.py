@@ -5,6 +5,7 @@ the checks that refuse a model that cannot serve the recipe before anything is w
 from __future__ import annotations
 
 import llmtune.inference.registry as registry
+from llmtune.console import say
 from llmtune.errors import BadInput
 from llmtune.inference.interface import EngineRequest, InferenceEngine
 from llmtune.models.info import ModelInfo, head_columns
@@ -28,6 +29,7 @@ def model_info(recipe: BulkInferRecipe, *, deep: bool = True) -> ModelInfo:
             "or use a causal LM",
             key="model.path",
         )
+    runtime = runtime_of(recipe, info.head)
     registry.check_head(runtime, info.head, recipe.model.path)
     registry.check_task(runtime, recipe.task)
     _head_labels(recipe, info)  # a task the head cannot do is refused before anything loads
@@ -56,9 +58,12 @@ def with_model_labels(recipe: BulkInferRecipe, info: ModelInfo) -> BulkInferReci
     return recipe
 
 
-def runtime_of(recipe: BulkInferRecipe) -> str:
-    """The registry engine that runs the model: engine ray's replicas run engine hf."""
-    return "hf" if recipe.engine == "ray" else recipe.engine
+def runtime_of(recipe: BulkInferRecipe, head: str | None = None) -> str:
+    """The registry engine that runs the model: engine ray's replicas run engine hf; int8 on a
+    head runs on ONNX Runtime (`registry.int8_runtime`) once the head is known."""
+    if recipe.engine == "ray":
+        return "hf"
+    return registry.int8_runtime(recipe.engine, recipe.model, head)
 
 
 def engine_request(recipe: BulkInferRecipe, info: ModelInfo) -> EngineRequest:
@@ -81,7 +86,10 @@ def engine_request(recipe: BulkInferRecipe, info: ModelInfo) -> EngineRequest:
 
 def setup_model(recipe: BulkInferRecipe, info: ModelInfo) -> InferenceEngine:
     """Open the model on the recipe's engine (adapters folded in) and check it can serve the recipe."""
-    engine = registry.open_engine(runtime_of(recipe), engine_request(recipe, info))
+    runtime = runtime_of(recipe, info.head)
+    if runtime != runtime_of(recipe):
+        say(f"model.quantization: int8 runs on ONNX Runtime's dynamic int8 (engine {runtime})")
+    engine = registry.open_engine(runtime, engine_request(recipe, info))
     try:
         check_model(recipe, engine)
     except BaseException:

@@ -324,6 +324,7 @@ def _engine(recipe: PromptEvalRecipe, ref: ModelRef, name: str, plan: ModelPlan,
     """The shared engine over a loaded model; causal LMs run on vLLM with engine: vllm
     (classification heads always run here)."""
     engine = recipe.engine if plan.head == "causal_lm" or recipe.engine == "onnx" else "hf"
+    engine = registry.int8_runtime(engine, ref, plan.head)  # int8 heads: ONNX Runtime's int8
     return registry.over_loaded(
         engine,
         loaded,
