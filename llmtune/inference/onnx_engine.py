@@ -104,14 +104,15 @@ def open_engine(request: EngineRequest) -> OnnxEngine:
 
 
 def inspect_model(ref: Any, recipe: Any, key: str = "model") -> Any:
-    """The ModelInfo of an ONNX export folder (from its config.json), or None for other models
-    (the job inspects those as engine hf does)."""
+    """The ModelInfo of an ONNX export folder (from its config.json), or of the cached export of
+    the model (a nightly run reads one small file, imports no torch); None for a model not
+    exported yet (the job inspects it as engine hf does)."""
     from llmtune.models.info import ModelInfo, head_of, named_labels
     from llmtune.models.regression_head import is_regression, label_range_of
 
     if ref.path and str(ref.path).lower().endswith(".gguf"):
         check_model("causal_lm", ref.path)  # refused: llama.cpp's format
-    folder = onnx_model_folder(ref, recipe, key)
+    folder = onnx_model_folder(ref, recipe, key) or cached_folder(ref, recipe, key)
     if folder is None:
         return None
     config_file = folder / "config.json"
@@ -141,27 +142,14 @@ def _onnx_folder(request: EngineRequest) -> Path:
     ready = onnx_model_folder(request.ref, request.recipe, request.key)
     if ready is not None:
         return ready
-    from llmtune.models.info import resolve_model_path
-
     ref = request.ref
-    parts = {
-        "ref": ref.model_dump(exclude={"device", "threads", "path", "adapter", "quantization", "dtype"}),
-        "head": request.head,
-        "labels": request.labels,
-    }
-    folders: list[Path] = []
-    if ref.scratch is not None:
-        parts["seed"] = request.recipe.seed  # scratch weights come from the seed
-    else:
-        folders.append(Path(resolve_model_path(ref, request.recipe, request.key)))
-        if ref.adapter:
-            folders.append(request.recipe.resolve_path(ref.adapter))
 
     def write(folder: Path) -> None:
         from llmtune.console import say
         from llmtune.inference.engine import merged_for_inference
-        from llmtune.models.loading import load_model
+        from llmtune.models.loading import load_model, quiet_libraries
 
+        quiet_libraries(debug=False)
         say(f"engine onnx: exporting {ref.describe()} to ONNX once (cached for later runs)")
         loaded = request.loaded  # a model the job loaded already serves when it is plain float32
         if loaded is None or ref.quantization != "none" or ref.dtype not in ("auto", "float32"):
@@ -171,7 +159,32 @@ def _onnx_folder(request: EngineRequest) -> Path:
             )
         export_onnx(merged_for_inference(loaded.model), loaded.tokenizer, folder, quantize=False)
 
-    return cached_export(cache_key(parts, folders), write)
+    return cached_export(_export_key(ref, request.recipe, request.key), write)
+
+
+def _export_key(ref: Any, recipe: Any, key: str) -> str:
+    """The cache key of `ref`'s export: how it is loaded and its folders' files (a scratch model:
+    its spec, seed and label names, which make its weights and head)."""
+    from llmtune.models.info import resolve_model_path
+
+    parts: dict[str, Any] = {
+        "ref": ref.model_dump(exclude={"device", "threads", "path", "adapter", "quantization", "dtype"})
+    }
+    folders: list[Path] = []
+    if ref.scratch is not None:
+        parts["seed"] = recipe.seed  # scratch weights come from the seed
+        parts["labels"] = getattr(recipe, "labels", None)
+    else:
+        folders.append(Path(resolve_model_path(ref, recipe, key)))
+        if ref.adapter:
+            folders.append(recipe.resolve_path(ref.adapter))
+    return cache_key(parts, folders)
+
+
+def cached_folder(ref: Any, recipe: Any, key: str = "model") -> Path | None:
+    """The export of `ref` already in the cache (checked when it was made), or None."""
+    folder = cache_root() / _export_key(ref, recipe, key)
+    return folder if is_onnx_folder(folder) else None
 
 
 def _copy_meta(source: Path, target: Path) -> None:
@@ -199,7 +212,7 @@ class OnnxEngine:
     ) -> None:
         """Open `model_file` with the tokenizer and config of `folder` on `threads` CPU threads."""
         import onnxruntime as ort
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
         from llmtune.models.regression_head import is_regression, label_range_of
 
@@ -208,7 +221,9 @@ class OnnxEngine:
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
         self.inputs = {i.name for i in self.session.get_inputs()}
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        # a tokenizer.json loads without transformers' model registry (and so without torch)
+        fast = (folder / "tokenizer.json").is_file()
+        self.tokenizer = (PreTrainedTokenizerFast if fast else AutoTokenizer).from_pretrained(folder)
         self.config = json.loads((folder / "config.json").read_text())
         # logits of a head are (batch, labels); a causal LM's are (batch, sequence, vocabulary)
         self.classifier = len(self.session.get_outputs()[0].shape) == 2

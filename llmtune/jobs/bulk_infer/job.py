@@ -81,7 +81,10 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
             return {"dry_run": True, **plan}
         engine = None
         if plan["to_do"]:  # nothing owed (a cron rerun with no new rows): load nothing, not even torch
-            quiet_libraries(options.debug)
+            if (
+                runtime_of(recipe, info.head) != "onnx"
+            ):  # ONNX Runtime needs no torch (an export quiets them itself)
+                quiet_libraries(options.debug)
             if (
                 recipe.engine == "ray"
             ):  # the replicas load the model; the same checks run here without weights
