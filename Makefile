@@ -72,6 +72,7 @@ bench: install $(VLLM_VENV)/.installed $(BENCH_VENV)/bin/lm_eval
 	$(BIN)/python bench/bench_bulk_infer.py
 	$(BIN)/python bench/bench_int8.py
 	$(BIN)/python bench/bench_cpu_engines.py
+	$(BIN)/python bench/bench_noop_rerun.py
 	$(BIN)/python bench/bench_hf_engine.py
 	rm -rf /tmp/bench-head && mkdir -p /tmp/bench-head && git archive HEAD llmtune | tar -x -C /tmp/bench-head
 	$(BIN)/python bench/bench_engines.py --rows 300 --loop-rows 60 --crossover 1000 --code /tmp/bench-head --output bench/results/engines.md

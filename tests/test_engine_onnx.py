@@ -197,3 +197,35 @@ def test_scratch_recipe_exports_into_the_cache_once(tmp_path: Path, onnx_cache: 
     second = llmtune("bulk-infer", recipe)
     assert second.code == 0 and "exporting" not in second.stderr, second.stderr
     assert len(by_id(tmp_path / "out" / "res.jsonl")) == 30 and len(list(onnx_cache.iterdir())) == 1
+
+
+def test_a_regression_head_scores_like_engine_hf(tmp_path: Path) -> None:
+    import torch
+
+    from llmtune.models.loading import build_scratch_model, build_tokenizer
+    from llmtune.recipes.common import ScratchModel
+
+    spec = ScratchModel(architecture="bert", hidden_size=32, num_layers=2, num_heads=2)
+    tokenizer = build_tokenizer(spec, [])
+    torch.manual_seed(0)
+    model = build_scratch_model(spec, tokenizer, head="classification", labels=["score"])
+    model.config.label_range = [1.0, 5.0]  # trained on 1..5 scaled to 0..1: both engines scale back
+    with torch.no_grad():
+        model.classifier.weight.mul_(40.0)  # spread the scores apart
+    model.save_pretrained(tmp_path / "reg")
+    tokenizer.save_pretrained(tmp_path / "reg")
+    for engine in ("hf", "onnx"):
+        recipe = make_recipe(
+            tmp_path,
+            name=f"{engine}.yaml",
+            model={"path": "reg"},
+            task="score",
+            engine=engine,
+            output={"path": f"out/{engine}.jsonl"},
+        )
+        result = llmtune("bulk-infer", recipe)
+        assert result.code == 0, result.stderr
+    expected, got = by_id(tmp_path / "out" / "hf.jsonl"), by_id(tmp_path / "out" / "onnx.jsonl")
+    assert len({round(r["score"], 3) for r in expected.values()}) > 3  # spread: a real comparison
+    for key, row in expected.items():
+        assert got[key]["score"] == pytest.approx(row["score"], abs=1e-4)
