@@ -34,7 +34,7 @@ from llmtune.inference.interface import (
     separated_choices,
     split_continuations,
 )
-from llmtune.models.loading import LoadedModel
+from llmtune.models.loading import LoadedModel, merged_for_inference
 
 __all__ = ["ChoiceScores", "Engine", "Generation", "chat_prompt", "open_engine"]
 
@@ -63,17 +63,6 @@ def open_engine(request: EngineRequest) -> Engine:
         max_length=request.max_length,
         label_range=request.label_range,
     )
-
-
-def merged_for_inference(model: Any) -> Any:
-    """A LoRA-style adapter folded into the weights: same outputs, no per-layer adapter cost.
-    Safe when the engine owns the model; methods that cannot merge run unmerged."""
-    if not hasattr(model, "merge_and_unload"):
-        return model
-    try:
-        return model.merge_and_unload()
-    except (AttributeError, ValueError, NotImplementedError, TypeError):
-        return model
 
 
 class Engine:

@@ -146,8 +146,7 @@ def _onnx_folder(request: EngineRequest) -> Path:
 
     def write(folder: Path) -> None:
         from llmtune.console import say
-        from llmtune.inference.engine import merged_for_inference
-        from llmtune.models.loading import load_model, quiet_libraries
+        from llmtune.models.loading import load_model, merged_for_inference, quiet_libraries
 
         quiet_libraries(debug=False)
         say(f"engine onnx: exporting {ref.describe()} to ONNX once (cached for later runs)")

@@ -387,6 +387,17 @@ def build_scratch_model(
     return cls.from_config(config)
 
 
+def merged_for_inference(model: Any) -> Any:
+    """A LoRA-style adapter folded into the weights: same outputs, no per-layer adapter cost.
+    Safe when the engine owns the model; methods that cannot merge run unmerged."""
+    if not hasattr(model, "merge_and_unload"):
+        return model
+    try:
+        return model.merge_and_unload()
+    except (AttributeError, ValueError, NotImplementedError, TypeError):
+        return model
+
+
 def quiet_libraries(debug: bool) -> None:
     """Keep library warnings and progress bars out of the user's way unless debugging."""
     if debug:
