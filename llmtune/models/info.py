@@ -79,7 +79,7 @@ def inspect_model(ref: ModelRef, recipe: RecipeBase, key: str, *, deep: bool = T
             raise BadInput(
                 f"no PEFT adapter in {adapter} (adapter_config.json missing)", key=f"{key}.adapter"
             )
-        adapter_config = check_adapter(adapter)
+        adapter_config = check_adapter(adapter) if deep else read_config(adapter / "adapter_config.json")
     config = check_model_folder(path, ref) if deep else read_config(path / "config.json")
     config_file = path / "config.json"
     if adapter is not None and (adapter / "config.json").exists():
