@@ -80,14 +80,13 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
             table("plan (dry run: nothing written)", ["item", "value"], [[k, v] for k, v in plan.items()])
             return {"dry_run": True, **plan}
         engine = None
-        if plan["to_do"]:  # nothing owed (a cron rerun with no new rows): load nothing, not even torch
-            if (
-                runtime_of(recipe, info.head) != "onnx"
-            ):  # ONNX Runtime needs no torch (an export quiets them itself)
+        # nothing owed (a cron rerun with no new rows): load nothing, not even torch. ONNX Runtime
+        # needs no torch (an export quiets the libraries itself); ray's replicas load the model,
+        # the same checks run here without weights
+        if plan["to_do"]:
+            if runtime_of(recipe, info.head) != "onnx":
                 quiet_libraries(options.debug)
-            if (
-                recipe.engine == "ray"
-            ):  # the replicas load the model; the same checks run here without weights
+            if recipe.engine == "ray":
                 check_without_weights(recipe, info)
             else:
                 engine = setup_model(recipe, info)
