@@ -229,3 +229,22 @@ def test_a_regression_head_scores_like_engine_hf(tmp_path: Path) -> None:
     assert len({round(r["score"], 3) for r in expected.values()}) > 3  # spread: a real comparison
     for key, row in expected.items():
         assert got[key]["score"] == pytest.approx(row["score"], abs=1e-4)
+
+
+def test_prompt_eval_on_onnx_predicts_what_engine_hf_predicts(tmp_path: Path, classifier: Path) -> None:
+    rows = [
+        {"id": str(i), "text": r["text"], "label": ("neg", "pos")[i % 2]} for i, r in enumerate(make_rows(12))
+    ]
+    write_jsonl(tmp_path / "test.jsonl", rows)
+    for engine in ("hf", "onnx"):
+        path = write(
+            tmp_path / f"{engine}.yaml",
+            f"kind: prompt-eval\nmodels:\n  cls: {{path: {classifier}}}\ndata: {{test: test.jsonl}}\n"
+            f"prompts:\n  plain: {{template: '{{{{ text }}}}'}}\nengine: {engine}\noutput: {{dir: {engine}}}\n",
+        )
+        result = llmtune("prompt-eval", path)
+        assert result.code == 0, result.stderr
+    hf, onnx = (read_jsonl(tmp_path / e / "predictions.jsonl") for e in ("hf", "onnx"))
+    assert [p["prediction"] for p in onnx] == [p["prediction"] for p in hf] and len(hf) == 12
+    for a, b in zip(hf, onnx):
+        assert b["scores"] == pytest.approx(a["scores"], abs=PROB_TOLERANCE)
