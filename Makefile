@@ -54,8 +54,8 @@ $(VLLM_VENV)/.installed: pyproject.toml
 test-vllm: $(VLLM_VENV)/.installed
 	$(VLLM_VENV)/bin/python -m pytest -q -n 2 --durations=10 tests/test_engine_vllm.py
 
-# GGUF exports loaded by llama.cpp itself, in a venv of their own: llama-cpp-python compiles
-# llama.cpp (~17 min on 2 cores); without it the GGUF tests check the file with transformers only
+# engine: llamacpp's tests, in a venv of their own: pip compiles llama.cpp for llama-cpp-python
+# (17 min wall, 9 min CPU on the 2-core CI box, under load), too long for every `make test`
 LLAMACPP_VENV ?= .venv-llamacpp
 $(LLAMACPP_VENV)/.installed: pyproject.toml
 	test -x $(LLAMACPP_VENV)/bin/python || $(PYTHON) -m venv $(LLAMACPP_VENV)
@@ -64,7 +64,7 @@ $(LLAMACPP_VENV)/.installed: pyproject.toml
 	touch $@
 
 test-llamacpp: $(LLAMACPP_VENV)/.installed
-	$(LLAMACPP_VENV)/bin/python -m pytest -q -n 2 tests/test_export_gguf.py
+	$(LLAMACPP_VENV)/bin/python -m pytest -q -n 2 --durations=10 tests/test_export_gguf.py tests/test_engine_llamacpp.py
 
 lint: install
 	$(BIN)/ruff check .
@@ -86,6 +86,8 @@ bench: install $(VLLM_VENV)/.installed $(BENCH_VENV)/bin/lm_eval
 	$(BIN)/python bench/bench_finetune.py
 	$(BIN)/python bench/bench_bulk_infer.py
 	$(BIN)/python bench/bench_int8.py
+	$(BIN)/python bench/bench_cpu_engines.py
+	$(BIN)/python bench/bench_noop_rerun.py
 	$(BIN)/python bench/bench_hf_engine.py
 	rm -rf /tmp/bench-head && mkdir -p /tmp/bench-head && git archive HEAD llmtune | tar -x -C /tmp/bench-head
 	$(BIN)/python bench/bench_engines.py --rows 300 --loop-rows 60 --crossover 1000 --code /tmp/bench-head --output bench/results/engines.md
@@ -93,4 +95,4 @@ bench: install $(VLLM_VENV)/.installed $(BENCH_VENV)/bin/lm_eval
 	$(BIN)/python bench/bench_distill.py --output bench/results/distill.md
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) $(BENCH_VENV) runs .pytest_cache .ruff_cache .suite-times.jsonl
+	rm -rf $(VENV) $(VLLM_VENV) $(LLAMACPP_VENV) $(BENCH_VENV) runs .pytest_cache .ruff_cache .suite-times.jsonl

@@ -40,6 +40,8 @@ def offline_env(monkeypatch: pytest.MonkeyPatch, hf_home: Path) -> None:
     monkeypatch.setenv("HF_HOME", str(hf_home))
     monkeypatch.setenv("HF_HUB_CACHE", str(hf_home / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # engine onnx's export cache: one per session, never the user's ~/.cache
+    monkeypatch.setenv("LLMTUNE_ONNX_CACHE", str(hf_home.parent / "onnx-cache"))
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     monkeypatch.delenv("LLMTUNE_DEBUG", raising=False)
 

@@ -95,6 +95,20 @@ def test_no_import_circles() -> None:
     assert not circles, circles[:5]
 
 
+def test_engines_are_reached_only_through_the_interface() -> None:
+    """Jobs hold an InferenceEngine from the registry: no module imports an engine's module (the
+    registry imports them by name when chosen), and every registry entry is a module with
+    `open_engine`, so adding an engine is one module and one entry."""
+    from llmtune.inference.registry import ENGINES
+
+    engine_modules = {e.module for e in ENGINES.values()}
+    reaching = [f"{m} -> {d}" for m, deps in import_graph().items() for d in deps if d in engine_modules]
+    assert not reaching
+    for name, entry in ENGINES.items():
+        source = (ROOT / (entry.module.replace(".", "/") + ".py")).read_text()
+        assert "\ndef open_engine(" in source, name
+
+
 def test_modules_stay_small_enough_to_read_whole() -> None:
     long = {
         str(p.relative_to(ROOT)): n

@@ -5,6 +5,7 @@ auto rule). Tiny scratch models; no timings: the speed is bench/bench_int8.py's 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -128,8 +129,10 @@ def test_bulk_infer_classifies_and_generates_with_int8(tmp_path: Path) -> None:
     records = read_jsonl(tmp_path / "out" / "res.jsonl")
     assert len(records) == 12 and {r["label"] for r in records} <= {"negative", "positive"}
     assert all(sum(r["scores"].values()) == pytest.approx(1.0) for r in records)
-    # conftest sets OMP_NUM_THREADS=1: auto leaves that choice alone, and says so
-    assert "cpu: 1 torch thread(s) (OMP_NUM_THREADS)" in result.stderr
+    # int8 on a head is ONNX Runtime's; conftest sets OMP_NUM_THREADS=1: auto leaves that choice alone
+    assert (
+        "ONNX Runtime's dynamic int8" in result.stderr and "1 (OMP_NUM_THREADS)" in result.json()["threads"]
+    )
 
     llama = {"scratch": {"architecture": "llama", "hidden_size": 32, "num_layers": 2, "num_heads": 2}}
     generate = make_recipe(tmp_path, name="gen.yaml", model={**llama, "quantization": "int8"})
@@ -210,21 +213,40 @@ def test_choose_threads_precedence() -> None:
         assert "LLMTUNE_THREADS" in str(caught.value) and repr(bad) in str(caught.value)
 
 
-def test_auto_rule_takes_the_busy_cores_away(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert cpu.auto_threads(usable=2, load=0.2, own=0.1) == 2  # idle machine: every usable core
-    assert cpu.auto_threads(usable=2, load=1.3, own=0.1) == 1  # one neighbour busy
-    assert cpu.auto_threads(usable=2, load=1.3, own=1.0) == 2  # the load was ours
-    assert cpu.auto_threads(usable=8, load=30.0, own=0.0) == 1  # overloaded: never below 1
-    assert cpu.auto_threads(usable=4, load=0.0, own=3.0) == 4  # never above the usable cores
+def test_auto_rule_takes_the_cores_busy_now_away(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert cpu.auto_threads(usable=2, busy=0.2) == 2  # idle machine: every usable core
+    assert cpu.auto_threads(usable=2, busy=1.1) == 1  # one neighbour busy
+    assert cpu.auto_threads(usable=8, busy=30.0) == 1  # overloaded: never below 1
+    assert cpu.auto_threads(usable=2, busy=1.0, cores=64) == 2  # a 2-CPU quota on a big host
+    assert cpu.auto_threads(usable=4, busy=3.0, cores=4) == 1
+
+    # two /proc/stat readings: cpu0 stayed idle, cpu1 was half busy, cpu2 (not ours) fully busy
+    before = cpu.cpu_times("cpu 0 0 0 0\ncpu0 10 0 0 100 0 0 0 0\ncpu1 10 0 0 100 0 0 0 0\ncpu2 0 0 0 0\n")
+    after = cpu.cpu_times("cpu 0 0 0 0\ncpu0 10 0 0 120 0 0 0 0\ncpu1 20 0 0 110 0 0 0 0\ncpu2 20 0 0 0\n")
+    assert cpu.busy_cores(before, after, {0, 1}) == pytest.approx(0.5)
+    assert cpu.busy_cores(before, after, {0, 1, 2}) == pytest.approx(1.5)
 
     monkeypatch.setattr(cpu.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     monkeypatch.setattr(cpu, "_cgroup_quota", lambda: None)
     assert cpu.usable_cores() == 4
     monkeypatch.setattr(cpu, "_cgroup_quota", lambda: 3)  # a container allowed 3 CPUs' worth
     assert cpu.usable_cores() == 3
+    # a load average that lags (a job that just ended) no longer counts: only what is busy now
     monkeypatch.setattr(cpu.os, "getloadavg", lambda: (2.4, 0.0, 0.0))
-    monkeypatch.setattr(cpu, "own_load", lambda: 0.4)
-    assert cpu.choose_threads("auto", {}) == cpu.ThreadChoice(1, "auto: 3 usable, load 2.4")
+    monkeypatch.setattr(cpu, "sample_busy", lambda cpus, interval=cpu.SAMPLE_S: 0.3)
+    choice = cpu.choose_threads("auto", {})
+    assert choice.threads == 3 and "3 usable, 0.3 busy now" in choice.reason
+    assert cpu.last_choice() == choice
+    monkeypatch.setattr(cpu, "sample_busy", lambda cpus, interval=cpu.SAMPLE_S: 2.6)
+    assert cpu.choose_threads("auto", {}).threads == 1
+    monkeypatch.setattr(cpu, "sample_busy", lambda cpus, interval=cpu.SAMPLE_S: None)  # not Linux
+    assert cpu.choose_threads("auto", {}).threads == 3
+
+
+def test_busy_cores_are_sampled_from_this_machine() -> None:
+    cpus = set(os.sched_getaffinity(0))
+    busy = cpu.sample_busy(cpus, interval=0.05)
+    assert busy is not None and 0.0 <= busy <= len(cpus)
 
 
 def test_prompt_eval_records_the_threads_its_models_ran_with(tmp_path: Path) -> None:

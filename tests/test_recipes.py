@@ -114,7 +114,8 @@ def test_cross_field_rules(tmp_path: Path) -> None:
     text = BASE.replace("kind: finetune", "kind: bulk-infer")
     assert "unknown key" in problems(write(tmp_path / "b.yaml", text))
     bulk = "kind: bulk-infer\nmodel: {path: m}\ninput: {path: x.jsonl}\ntask: classify\noutput: {path: o.jsonl}\n"
-    assert "classify needs labels" in problems(write(tmp_path / "c.yaml", bulk))
+    # labels may be omitted: a classification head brings its own (checked when the model is read)
+    assert load_recipe(write(tmp_path / "c.yaml", bulk)).labels is None
     both = BASE.replace(
         "path: sentence-transformers/all-MiniLM-L6-v2", "path: x\n  scratch: {hidden_size: 32}"
     )

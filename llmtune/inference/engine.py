@@ -19,29 +19,24 @@ What it does for speed, and why each is safe:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from llmtune.errors import BadInput
 from llmtune.inference.batching import TokenBudgetBatcher, left_padded
-from llmtune.models.loading import LoadedModel
+from llmtune.inference.interface import (
+    ChoiceScores,
+    EngineRequest,
+    Generation,
+    Supports,
+    chat_prompt,
+    dedupe,
+    encode_prompt,
+    separated_choices,
+    split_continuations,
+)
+from llmtune.models.loading import LoadedModel, merged_for_inference
 
-
-@dataclass
-class Generation:
-    """What one prompt produced: `num_return_sequences` texts and the tokens generated for them."""
-
-    texts: list[str]
-    new_tokens: int
-
-
-@dataclass
-class ChoiceScores:
-    """Log-likelihood of each choice given one prompt, in the order the choices were given."""
-
-    logprob_sum: list[float]
-    logprob_mean: list[float]
-    num_tokens: list[int]
+__all__ = ["ChoiceScores", "Engine", "Generation", "chat_prompt", "open_engine"]
 
 
 def is_sequence_classifier(model: Any) -> bool:
@@ -51,23 +46,27 @@ def is_sequence_classifier(model: Any) -> bool:
     return model_head(model) == "classification"
 
 
-def chat_prompt(tokenizer: Any, prompt: str, system: str | None, model_name: str | None) -> str:
-    """`prompt` as the user turn (after `system`) of the tokenizer's chat template, ready for the
-    reply; BadInput when the tokenizer has none (every engine renders chat prompts this way)."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise BadInput(
-            f"chat: true but the tokenizer of {model_name or 'this model'} has no chat template; use a "
-            "chat/instruct model or chat: false",
-            key="chat",
-        )
-    messages = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": prompt}
-    ]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+def open_engine(request: EngineRequest) -> Engine:
+    """`engine: hf` (the registry's factory): the request's loaded model, or the model loaded
+    here with the request's head and labels (an adapter folded in when `merge_adapters`)."""
+    from llmtune.models.loading import load_model
+
+    loaded = request.loaded
+    if loaded is None:
+        loaded = load_model(request.ref, request.recipe, head=request.head, labels=request.labels)
+        if request.merge_adapters:
+            loaded.model = merged_for_inference(loaded.model)
+    return Engine(
+        loaded,
+        batch_size=request.batch_size,
+        max_batch_tokens=request.max_batch_tokens,
+        max_length=request.max_length,
+        label_range=request.label_range,
+    )
 
 
 class Engine:
-    """Batched generation and scoring over one loaded model."""
+    """Batched generation and scoring over one loaded model (`engine: hf`)."""
 
     def __init__(
         self,
@@ -97,6 +96,15 @@ class Engine:
         eos = eos if eos is not None else self.tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
 
+    @property
+    def supports(self) -> Supports:
+        """Causal LMs generate and score choices; a head classifies or scores."""
+        causal = not self.classifier
+        return Supports(generate=causal, choices=causal, heads=self.classifier, description="transformers")
+
+    def close(self) -> None:
+        """Nothing to free beyond the model, which the garbage collector takes."""
+
     # ------------------------------------------------------------------ tokens
     def encode(self, prompt: str) -> list[int]:
         """Token ids of a prompt, special tokens as the model expects them (untruncated).
@@ -104,9 +112,7 @@ class Engine:
         A prompt that already starts with the BOS text (a rendered chat template) gets no
         second BOS.
         """
-        bos = self.tokenizer.bos_token
-        add_special = not (bos and prompt.startswith(bos))
-        return self.tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
+        return encode_prompt(self.tokenizer, prompt)
 
     def count_tokens(self, prompts: Sequence[str]) -> list[int]:
         """Prompt lengths in tokens, before truncation (to apply `on_too_long`)."""
@@ -142,7 +148,7 @@ class Engine:
 
         if self.classifier:
             raise ValueError("generate needs a causal LM; this model has a classification head")
-        unique, where = _dedupe(prompts)
+        unique, where = dedupe(prompts)
         encoded = [self.encode(p)[-self.max_length :] for p in unique]
         decoding = Decoding(
             max_new_tokens=max_new_tokens,
@@ -173,7 +179,7 @@ class Engine:
 
         if self.classifier:
             raise ValueError("score_choices needs a causal LM; this model has a classification head")
-        unique, where = _dedupe(prompts)
+        unique, where = dedupe(prompts)
         contexts, continuations = [], []
         for prompt in unique:
             ctx, conts = self._split_continuations(prompt, choices)
@@ -192,18 +198,7 @@ class Engine:
         return [results[j] for j in where]  # type: ignore[misc]
 
     def _split_continuations(self, prompt: str, choices: list[str]) -> tuple[list[int], list[list[int]]]:
-        n_spaces = len(prompt) - len(prompt.rstrip())
-        context = prompt[: len(prompt) - n_spaces]
-        moved = prompt[len(context) :]
-        context_enc = self.encode(context)
-        conts = []
-        for choice in choices:
-            whole = self.encode(context + moved + choice)
-            cont = whole[len(context_enc) :] or whole[-1:]
-            conts.append(cont)
-        # the prompt keeps its last tokens so that prompt + longest choice fits max_length
-        room = max(1, self.max_length - max(len(c) for c in conts))
-        return context_enc[-room:], conts
+        return split_continuations(self.encode, prompt, choices, self.max_length)
 
     def _score_batch(self, contexts: list[list[int]], conts: list[list[list[int]]]) -> list[ChoiceScores]:
         """One forward pass over the left-padded prompts, then one over every (prompt, choice)
@@ -275,13 +270,10 @@ class Engine:
 
     def _score_with_separator(self, prompts: list[str], labels: list[str]) -> list[ChoiceScores]:
         # prompts ending in whitespace already separate the label; the rest get " label"
-        bare = [i for i, p in enumerate(prompts) if p[-1:].isspace()]
-        spaced = [i for i, p in enumerate(prompts) if not p[-1:].isspace()]
         results: list[ChoiceScores | None] = [None] * len(prompts)
-        for indices, choices in ((bare, labels), (spaced, [" " + label for label in labels])):
-            if indices:
-                for i, s in zip(indices, self.score_choices([prompts[i] for i in indices], choices)):
-                    results[i] = s
+        for indices, choices in separated_choices(prompts, labels):
+            for i, s in zip(indices, self.score_choices([prompts[i] for i in indices], choices)):
+                results[i] = s
         return results  # type: ignore[return-value]
 
     def head_labels(self) -> list[str]:
@@ -321,7 +313,7 @@ class Engine:
         order; prompts longer than max_length keep their start, as in training."""
         import torch
 
-        unique, where = _dedupe(prompts)
+        unique, where = dedupe(prompts)
         encoded = [
             self.tokenizer(p, truncation=True, max_length=self.max_length)["input_ids"] for p in unique
         ]
@@ -336,13 +328,6 @@ class Engine:
 
         self.batcher.run([len(e) for e in encoded], 0, 1, run)
         return [list(results[j]) for j in where]  # type: ignore[arg-type]
-
-
-def _dedupe(prompts: Sequence[str]) -> tuple[list[str], list[int]]:
-    """Unique prompts in first-seen order, and for each input its unique prompt's index."""
-    index: dict[str, int] = {}
-    where = [index.setdefault(p, len(index)) for p in prompts]
-    return list(index), where
 
 
 def _copy_generation(g: Generation) -> Generation:

@@ -31,7 +31,16 @@ from pathlib import Path
 from typing import Any
 
 from llmtune.errors import BadInput
-from llmtune.inference.engine import ChoiceScores, Generation, chat_prompt
+from llmtune.inference.interface import (
+    ChoiceScores,
+    EngineRequest,
+    Generation,
+    Supports,
+    chat_prompt,
+    encode_prompt,
+    separated_choices,
+    split_continuations,
+)
 from llmtune.models.cpu import VISION_WHEELS, hide_unloadable_wheels
 from llmtune.models.loading import LoadedModel, bf16_ok, inspect_model, load_model, pick_device, use_threads
 from llmtune.recipes.common import ModelRef, RecipeBase
@@ -55,11 +64,35 @@ def require_causal_lm(head: str | None, key: str = "engine") -> None:
         raise BadInput(HEADS_HINT, key=key)
 
 
+def require(key: str = "engine") -> None:
+    """The registry's check that the extra is installed (`require_vllm`)."""
+    require_vllm(key)
+
+
+def check_model(head: str | None, path: str | None = None, key: str = "engine") -> None:
+    """The registry's check of the model type (`require_causal_lm`)."""
+    require_causal_lm(head, key)
+
+
+def open_engine(request: EngineRequest) -> VllmEngine:
+    """`engine: vllm` (the registry's factory) for a causal LM request."""
+    return vllm_engine(
+        request.loaded,
+        request.ref,
+        request.recipe,
+        request.settings["vllm"],
+        key=request.key,
+        max_length=request.max_length,
+        max_new_tokens=request.max_new_tokens,
+    )
+
+
 class VllmEngine:
     """vLLM's offline `LLM` behind the methods the jobs call on `Engine` (causal LMs)."""
 
     classifier = False  # classification heads are refused up front (require_causal_lm)
     regression = False
+    supports = Supports(generate=True, choices=True, heads=False, description="vLLM")
 
     def __init__(
         self,
@@ -92,9 +125,7 @@ class VllmEngine:
 
     def encode(self, prompt: str) -> list[int]:
         """Token ids as `Engine.encode` makes them (no second BOS after a rendered chat template)."""
-        bos = self.tokenizer.bos_token
-        add_special = not (bos and prompt.startswith(bos))
-        return self.tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
+        return encode_prompt(self.tokenizer, prompt)
 
     def count_tokens(self, prompts: Sequence[str]) -> list[int]:
         """Prompt lengths in tokens, before truncation."""
@@ -184,28 +215,24 @@ class VllmEngine:
         ]
 
     def _split_continuations(self, prompt: str, choices: list[str]) -> tuple[list[int], list[list[int]]]:
-        # the lm-eval rule of Engine._split_continuations: trailing whitespace moves to the choice
-        context = prompt.rstrip()
-        moved = prompt[len(context) :]
-        context_enc = self.encode(context)
-        conts = []
-        for choice in choices:
-            whole = self.encode(context + moved + choice)
-            conts.append(whole[len(context_enc) :] or whole[-1:])
-        room = max(1, self.max_length - max(len(c) for c in conts))
-        return context_enc[-room:], conts
+        return split_continuations(self.encode, prompt, choices, self.max_length)
 
     def classify(self, prompts: list[str], labels: list[str]) -> list[dict[str, float]]:
         """A probability per label for each prompt: softmax over the labels' log-likelihood sums,
         each label scored as `" " + label` unless the prompt ends with whitespace (as `Engine`)."""
         scored: list[ChoiceScores | None] = [None] * len(prompts)
-        bare = [i for i, p in enumerate(prompts) if p[-1:].isspace()]
-        spaced = [i for i, p in enumerate(prompts) if not p[-1:].isspace()]
-        for indices, choices in ((bare, labels), (spaced, [" " + label for label in labels])):
-            if indices:
-                for i, s in zip(indices, self.score_choices([prompts[i] for i in indices], choices)):
-                    scored[i] = s
+        for indices, choices in separated_choices(prompts, labels):
+            for i, s in zip(indices, self.score_choices([prompts[i] for i in indices], choices)):
+                scored[i] = s
         return [dict(zip(labels, _softmax(s.logprob_sum))) for s in scored if s is not None]
+
+    def score(self, prompts: list[str]) -> list[float]:
+        """Regression heads are refused up front (`require_causal_lm`)."""
+        raise ValueError(HEADS_HINT)
+
+    def head_labels(self) -> list[str]:
+        """Classification heads are refused up front (`require_causal_lm`)."""
+        raise ValueError(HEADS_HINT)
 
 
 def vllm_engine(

@@ -3,7 +3,9 @@
 
 Threads: on a shared machine one torch thread more than the free cores costs far more than one
 fewer (on a busy 2-core machine 2 threads ran 10x slower than 1; on an idle one, 1 thread is at
-most 2x slower than 2), so `auto` errs low. An explicit choice always wins: the recipe's integer,
+most 2x slower than 2), so `auto` counts the cores other processes keep busy now (CPU idle time
+sampled over 0.2 s, on the CPUs this process may use) and takes them away; never load that has
+already ended (the 1-minute load average lags: right after a job ends it still counts it). An explicit choice always wins: the recipe's integer,
 then LLMTUNE_THREADS, then OMP_NUM_THREADS (which torch itself reads at start-up).
 
 int8: `torch.ao.quantization.quantize_dynamic` swaps each `nn.Linear` for one that keeps int8
@@ -32,6 +34,9 @@ THREADS_ENV = "LLMTUNE_THREADS"
 """Environment variable that sets the torch threads of every model whose `threads` is auto."""
 
 _last_said: str | None = None  # a process loading several models says its threads once
+_last_choice: ThreadChoice | None = None
+SAMPLE_S = 0.2
+"""How long `auto` watches the CPUs' idle time before choosing."""
 
 
 @dataclass(frozen=True)
@@ -62,41 +67,103 @@ def _cgroup_quota() -> int | None:
         return None
 
 
-def auto_threads(usable: int, load: float, own: float) -> int:
-    """The `auto` rule: the usable cores less the ones other processes keep busy, at least 1.
+def auto_threads(usable: int, busy: float, cores: int | None = None) -> int:
+    """The `auto` rule: the cores this process may use less the ones other processes keep busy
+    now, at least 1. `busy`: cores' worth of CPU time others used while we sampled, over the
+    `cores` this process may run on (default `usable`); rounded, so a neighbour at 0.4 of a core
+    leaves it to us. A cgroup quota (`usable` below `cores`) caps the result."""
+    cores = usable if cores is None else cores
+    return max(1, min(usable, cores - round(busy)))
 
-    `load` is the 1-minute load average (runnable processes, ours included) and `own` our share
-    of it, so others = load - own, rounded (a neighbour at 0.4 of a core leaves it to us)."""
-    others = max(0.0, load - own)
-    return max(1, min(usable, usable - round(others)))
+
+def cpu_times(stat: str) -> dict[int, tuple[int, int]]:
+    """Per-CPU (idle, total) jiffies from the text of /proc/stat (idle includes iowait)."""
+    times = {}
+    for line in stat.splitlines():
+        name, *fields = line.split()
+        if not name.startswith("cpu") or name == "cpu" or not fields:
+            continue
+        values = [int(v) for v in fields[:8]]
+        times[int(name[3:])] = (values[3] + (values[4] if len(values) > 4 else 0), sum(values))
+    return times
 
 
-def own_load() -> float:
-    """This process's share of the 1-minute load average, estimated from its CPU time: the
-    average moves with a 1-minute time constant, so t CPU-seconds add about t/60 while t is
-    small; never more than the threads torch runs."""
-    import torch
+def busy_cores(
+    before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], cpus: set[int]
+) -> float:
+    """Cores' worth of CPU time spent busy between two `cpu_times` readings, over `cpus`."""
+    busy = 0.0
+    for cpu in cpus:
+        if cpu not in before or cpu not in after:
+            continue
+        idle = after[cpu][0] - before[cpu][0]
+        total = after[cpu][1] - before[cpu][1]
+        if total > 0:
+            busy += max(0.0, 1.0 - idle / total)
+    return busy
 
-    return min(time.process_time() / 60.0, float(torch.get_num_threads()))
+
+def sample_busy(cpus: set[int], interval: float = SAMPLE_S) -> float | None:
+    """Cores' worth of CPU others keep busy now: /proc/stat read twice `interval` apart while
+    this process sleeps (so the time counted is not ours); None where there is no /proc/stat."""
+    try:
+        before = cpu_times(Path("/proc/stat").read_text())
+        time.sleep(interval)
+        after = cpu_times(Path("/proc/stat").read_text())
+    except (OSError, ValueError):
+        return None
+    return busy_cores(before, after, cpus)
+
+
+def _allowed_cpus() -> set[int]:
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return set(range(os.cpu_count() or 1))
 
 
 def choose_threads(setting: int | str, environ: dict[str, str] | None = None) -> ThreadChoice:
     """The threads for `model.threads: setting` (an int, or auto) under `environ` (os.environ)."""
     env = os.environ if environ is None else environ
     if isinstance(setting, int):
-        return ThreadChoice(setting, "model.threads")
+        return _record(ThreadChoice(setting, "model.threads"))
     if value := env.get(THREADS_ENV, "").strip():
         if not value.isdigit() or int(value) < 1:
             raise BadInput(f"expected a whole number of threads >= 1, got {value!r}", key=THREADS_ENV)
-        return ThreadChoice(int(value), THREADS_ENV)
+        return _record(ThreadChoice(int(value), THREADS_ENV))
     if env.get("OMP_NUM_THREADS", "").strip():
-        return ThreadChoice(None, "OMP_NUM_THREADS")
+        return _record(ThreadChoice(None, "OMP_NUM_THREADS"))
     usable = usable_cores()
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):  # no load average (Windows): assume an idle machine
-        load = 0.0
-    return ThreadChoice(auto_threads(usable, load, own_load()), f"auto: {usable} usable, load {load:.1f}")
+    cpus = _allowed_cpus()
+    busy = sample_busy(cpus)
+    if busy is None:  # no /proc/stat (not Linux): assume the cores are free
+        return _record(ThreadChoice(usable, f"auto: {usable} usable, busy cores unknown"))
+    threads = auto_threads(usable, busy, len(cpus))
+    reason = f"auto: {usable} usable, {busy:.1f} busy now (CPU idle sampled over {SAMPLE_S} s)"
+    return _record(ThreadChoice(threads, reason))
+
+
+def _record(choice: ThreadChoice) -> ThreadChoice:
+    global _last_choice
+    _last_choice = choice
+    return choice
+
+
+def last_choice() -> ThreadChoice | None:
+    """The latest thread choice this process made, for the run's summary (None: none made)."""
+    return _last_choice
+
+
+def runtime_threads(setting: int | str) -> int:
+    """A thread count for runtimes other than torch (ONNX Runtime, llama.cpp): `choose_threads`'s,
+    where OMP_NUM_THREADS (which only torch reads by itself) counts as a number too."""
+    choice = choose_threads(setting)
+    if choice.threads is not None:
+        return choice.threads
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) > 0:
+        return _record(ThreadChoice(int(omp), "OMP_NUM_THREADS")).threads or 1
+    return _record(ThreadChoice(usable_cores(), "usable cores")).threads or 1
 
 
 def use_threads(setting: int | str, device: str) -> None:
@@ -111,6 +178,7 @@ def use_threads(setting: int | str, device: str) -> None:
     if choice.threads is not None and choice.threads != torch.get_num_threads():
         torch.set_num_threads(choice.threads)
     threads = torch.get_num_threads()
+    _record(ThreadChoice(threads, choice.reason))
     try:  # allowed only before any parallel work started, and once per process
         torch.set_num_interop_threads(threads)
     except RuntimeError:

@@ -61,9 +61,11 @@ class ModelInfo:
         return self.path
 
 
-def inspect_model(ref: ModelRef, recipe: RecipeBase, key: str) -> ModelInfo:
+def inspect_model(ref: ModelRef, recipe: RecipeBase, key: str, *, deep: bool = True) -> ModelInfo:
     """Find `ref`'s folders and check its files: config, weights, tokenizer, adapter, custom code.
-    Raises BadInput naming the file and what is wrong."""
+    Raises BadInput naming the file and what is wrong. `deep=False` leaves out the checks that
+    need transformers (and so torch): custom code, tokenizer classes (for a job that will load
+    nothing, e.g. a rerun with no new rows)."""
     if ref.scratch is not None:
         head: Head = "classification" if ref.scratch.architecture == "bert" else "causal_lm"
         return ModelInfo(head, None, [])
@@ -77,14 +79,15 @@ def inspect_model(ref: ModelRef, recipe: RecipeBase, key: str) -> ModelInfo:
             raise BadInput(
                 f"no PEFT adapter in {adapter} (adapter_config.json missing)", key=f"{key}.adapter"
             )
-        adapter_config = check_adapter(adapter)
-    config = check_model_folder(path, ref)
+        adapter_config = check_adapter(adapter) if deep else read_config(adapter / "adapter_config.json")
+    config = check_model_folder(path, ref) if deep else read_config(path / "config.json")
     config_file = path / "config.json"
     if adapter is not None and (adapter / "config.json").exists():
         config_file = adapter / "config.json"  # a trained head's labels are saved beside the adapter
         config = read_config(config_file)
     tokenizer_dir = adapter if adapter is not None and has_tokenizer(adapter) else path
-    check_tokenizer(tokenizer_dir, ref)
+    if deep:
+        check_tokenizer(tokenizer_dir, ref)
     architectures = list(config.get("architectures") or [])
     head = head_of(architectures, adapter_config.get("task_type"))
     return ModelInfo(

@@ -13,7 +13,6 @@ from typing import Any
 
 from llmtune.errors import BadInput
 from llmtune.models import info
-from llmtune.models.adapters import inspect_adapter_folder, is_adapter_folder, load_adapter_layers
 from llmtune.models.cpu import check_int8, int8_device, quantize_int8, use_threads
 from llmtune.models.info import Head as Head  # re-exported: callers import it from here
 from llmtune.models.info import ModelInfo
@@ -118,6 +117,8 @@ def load_model(
         model = _load_pretrained(str(found.path), head, kwargs, key)
     if head == "classification" and model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    from llmtune.models.adapters import is_adapter_folder, load_adapter_layers
+
     if found.adapter is not None and is_adapter_folder(found.adapter):
         model = load_adapter_layers(model, found.adapter, empty_weights=empty_weights)
     elif found.adapter is not None:
@@ -130,10 +131,15 @@ def load_model(
     return LoadedModel(model, tokenizer, ref.describe(), device, base_path=base_path)
 
 
-def inspect_model(ref: ModelRef, recipe: RecipeBase, key: str) -> ModelInfo:
+def inspect_model(ref: ModelRef, recipe: RecipeBase, key: str, *, deep: bool = True) -> ModelInfo:
     """`info.inspect_model`, adapter-layer folders (`llmtune.models.adapters`) included: their
     `path` is the base model's folder and `adapter` the adapter folder."""
-    return inspect_adapter_folder(ref, recipe, key) or info.inspect_model(ref, recipe, key)
+    names = [v for v in (ref.adapter, ref.path) if v and ref.scratch is None]
+    if any((recipe.resolve_path(v) / "adapter_layers.json").is_file() for v in names):
+        from llmtune.models.adapters import inspect_adapter_folder  # imports torch: only when needed
+
+        return inspect_adapter_folder(ref, recipe, key) or info.inspect_model(ref, recipe, key)
+    return info.inspect_model(ref, recipe, key, deep=deep)
 
 
 def quantization_for(ref: ModelRef, method: str | None) -> str:
@@ -379,6 +385,17 @@ def build_scratch_model(
         )
     cls = AutoModelForSequenceClassification if head == "classification" else AutoModelForCausalLM
     return cls.from_config(config)
+
+
+def merged_for_inference(model: Any) -> Any:
+    """A LoRA-style adapter folded into the weights: same outputs, no per-layer adapter cost.
+    Safe when the engine owns the model; methods that cannot merge run unmerged."""
+    if not hasattr(model, "merge_and_unload"):
+        return model
+    try:
+        return model.merge_and_unload()
+    except (AttributeError, ValueError, NotImplementedError, TypeError):
+        return model
 
 
 def quiet_libraries(debug: bool) -> None:

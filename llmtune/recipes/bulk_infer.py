@@ -101,15 +101,19 @@ class BulkInferRecipe(RecipeBase):
     """generate: text; classify: a label plus a probability per label (soft labels); score: the
     number a regression head predicts (a model from `llmtune finetune` with task: regression)."""
     labels: list[str] | None = None
-    """classify: the label names (scored by log-likelihood, or the model's classification head)."""
+    """classify: the label names (scored by log-likelihood, or the model's classification head).
+    Omitted with a classification head: the model's own names (its config's id2label); names that
+    are not the head's are refused at --dry-run."""
     generation: Generation = Field(default_factory=Generation)
     """Decoding settings for task: generate."""
     batching: Batching = Field(default_factory=Batching)
     """Batch sizes and token budget."""
     engine: EngineName = "hf"
     """hf: transformers in this process; vllm: vLLM's offline LLM (pip install 'llmtune[vllm]');
-    ray: model replicas in a Ray Data actor pool (pip install 'llmtune[ray]'). Same rows, same
-    resume, lock, errors file and exit codes."""
+    ray: model replicas in a Ray Data actor pool (pip install 'llmtune[ray]'); onnx: ONNX Runtime
+    on an export folder, or the model exported once into a cache (classify, score; pip install
+    'llmtune[onnx]'); llamacpp: llama.cpp on a GGUF file (generate; pip install
+    'llmtune[llamacpp]'). Same rows, same resume, lock, errors file and exit codes."""
     ray: RaySettings = Field(default_factory=RaySettings)
     """engine: ray settings (a cluster address, replicas)."""
     vllm: VllmSettings = Field(default_factory=VllmSettings)
@@ -128,8 +132,6 @@ class BulkInferRecipe(RecipeBase):
 
     @model_validator(mode="after")
     def _labels_for_classify(self) -> BulkInferRecipe:
-        if self.task == "classify" and not self.labels:
-            raise ValueError("task: classify needs labels")
         if self.task != "classify" and self.labels:
             raise ValueError(f"labels are for task: classify, not {self.task}")
         if self.system and not self.chat:

@@ -2,7 +2,9 @@
 
 `engine: hf` is transformers in this process; `vllm` is vLLM's offline `LLM` (the optional
 extra `llmtune[vllm]`); `ray` runs `hf` model replicas in a Ray Data actor pool (bulk-infer only;
-the optional extra `llmtune[ray]`). Every engine writes the same rows with the same guarantees.
+the optional extra `llmtune[ray]`); `onnx` is ONNX Runtime on an exported model (`llmtune[onnx]`);
+`llamacpp` is llama.cpp on a GGUF file (`llmtune[llamacpp]`). Every engine writes the same rows
+with the same guarantees.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pydantic import Field
 
 from llmtune.recipes.common import Section
 
-EngineName = Literal["hf", "vllm", "ray"]
+EngineName = Literal["hf", "vllm", "ray", "onnx", "llamacpp"]
 
 
 class RaySettings(Section):

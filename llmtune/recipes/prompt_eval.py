@@ -120,9 +120,10 @@ class PromptEvalRecipe(RecipeBase):
     is scored by its classification head, anything else as a causal LM)."""
     batching: Batching = Field(default_factory=Batching)
     """How rows are grouped into batches by the shared inference engine."""
-    engine: Literal["hf", "vllm"] = "hf"
+    engine: Literal["hf", "vllm", "onnx"] = "hf"
     """How causal LMs are run: hf (transformers, in this process) or vllm (vLLM's offline LLM; pip install
-    'llmtune[vllm]')."""
+    'llmtune[vllm]'); onnx runs every model on ONNX Runtime, exported once into a cache (heads and
+    scoring: choices, not generate; pip install 'llmtune[onnx]')."""
     vllm: VllmSettings = Field(default_factory=VllmSettings)
     """engine: vllm settings."""
 

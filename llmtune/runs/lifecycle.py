@@ -161,7 +161,10 @@ def _run_training(job: TrainingJob, options: JobOptions) -> dict[str, Any]:
     run_dir = RunDir(run_dir_path(job.recipe, options.output), job.recipe)
     refused = None  # a dry run writes nothing: a refused run directory is listed with the rest
     try:
-        agreed(lambda: run_dir.claim(resume=options.resume, ranks_agree=True, dry_run=options.dry_run), only_main=True)
+        agreed(
+            lambda: run_dir.claim(resume=options.resume, ranks_agree=True, dry_run=options.dry_run),
+            only_main=True,
+        )
     except BadInput as exc:
         if not options.dry_run:
             raise

@@ -1,4 +1,4 @@
-"""One chunk of bulk-infer rows through an Engine: render the prompts (template, chat template,
+"""One chunk of bulk-infer rows through an engine: render the prompts (template, chat template,
 too-long rows), run the task, and turn what came back into journal records and errors-file rows.
 Every engine's driver goes through these (engine hf in the job's process, engine ray in each
 replica), so the rows and the failures are the same whichever engine ran them."""
@@ -13,7 +13,7 @@ import llmtune.jobs.bulk_infer.files as bulk_io
 from llmtune.console import say
 from llmtune.data.templates import Template
 from llmtune.errors import BadInput, Interrupted
-from llmtune.inference.engine import Engine
+from llmtune.inference.interface import InferenceEngine
 from llmtune.inference.journal import signals_held
 from llmtune.jobs.bulk_infer.inputs import InputRow
 from llmtune.jobs.bulk_infer.paths import OutputPaths
@@ -22,7 +22,7 @@ from llmtune.recipes.bulk_infer import BulkInferRecipe
 
 
 def render_prompts(
-    recipe: BulkInferRecipe, engine: Engine, template: Template, chunk: list[InputRow], tally: Tally
+    recipe: BulkInferRecipe, engine: InferenceEngine, template: Template, chunk: list[InputRow], tally: Tally
 ) -> tuple[list[InputRow], list[str], list[dict[str, Any]]]:
     """Render each row's prompt; rows whose template fails or that are too long are set aside."""
     ready, prompts, failures = [], [], []
@@ -56,7 +56,7 @@ def render_prompts(
 
 
 def run_chunk(
-    recipe: BulkInferRecipe, engine: Engine, rows: list[InputRow], prompts: list[str]
+    recipe: BulkInferRecipe, engine: InferenceEngine, rows: list[InputRow], prompts: list[str]
 ) -> tuple[list[tuple[InputRow, dict[str, Any]]], list[dict[str, Any]]]:
     """Results for a chunk; when the chunk fails as a whole, rows run one by one so that only
     the rows that fail by themselves go to the errors file."""
@@ -76,7 +76,9 @@ def run_chunk(
     return done, failures
 
 
-def task_results(recipe: BulkInferRecipe, engine: Engine, prompts: list[str]) -> list[dict[str, Any]]:
+def task_results(
+    recipe: BulkInferRecipe, engine: InferenceEngine, prompts: list[str]
+) -> list[dict[str, Any]]:
     """The recipe's task over `prompts`, one result dict per prompt, in order."""
     if recipe.task == "score":
         return [{"score": score} for score in engine.score(prompts)]

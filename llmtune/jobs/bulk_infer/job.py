@@ -3,7 +3,7 @@
 Steps: refuse a written path that is also a read path; take the lock beside the output (held
 -> exit 75); read and check the input rows (ids, duplicates) and the template (bad input -> exit
 2, nothing written); work out which ids are already in the output; print the plan on --dry-run;
-load the model; then, chunk by chunk, render prompts, run the shared batched engine and append
+when rows are owed, load the model (a rerun with nothing new imports no torch and loads nothing); then, chunk by chunk, render prompts, run the shared batched engine and append
 the results (flushed) to the journal. Rows that fail go to the errors file and make the exit code
 3. SIGTERM/SIGINT stop the run between two writes: finished rows stay in the journal and a plain
 rerun does the rest. See `llmtune.jobs.bulk_infer.files` for the files' design.
@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import llmtune.inference.vllm_engine as vllm_engine
+import llmtune.inference.registry as registry
 import llmtune.jobs.bulk_infer.chunks as chunks
 import llmtune.jobs.bulk_infer.files as bulk_io
 import llmtune.jobs.bulk_infer.paths as bulk_paths
@@ -26,11 +26,18 @@ import llmtune.jobs.bulk_infer.ray_pool as ray_pool
 from llmtune.console import say, table
 from llmtune.data.templates import Template
 from llmtune.errors import BadInput, RowsFailed
-from llmtune.inference.engine import Engine
+from llmtune.inference.interface import InferenceEngine
 from llmtune.inference.journal import signals_held
 from llmtune.jobs.bulk_infer.inputs import InputRow, found_in_journal, read_input
-from llmtune.jobs.bulk_infer.model import check_without_weights, model_info, setup_model
+from llmtune.jobs.bulk_infer.model import (
+    check_without_weights,
+    model_info,
+    runtime_of,
+    setup_model,
+    with_model_labels,
+)
 from llmtune.jobs.bulk_infer.progress import Tally, summarise
+from llmtune.models.cpu import last_choice
 from llmtune.models.loading import quiet_libraries
 from llmtune.models.positions import check_new_tokens
 from llmtune.recipes.bulk_infer import BulkInferRecipe
@@ -40,7 +47,6 @@ from llmtune.runs.outputs import OutputLock, check_plain_file
 
 def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
     """Run bulk inference from a validated recipe; returns the summary (for --json)."""
-    quiet_libraries(options.debug)
     shard = bulk_paths.parse_shard(options.shard)
     paths = bulk_paths.output_paths(recipe, options.output, shard)
     bulk_paths.check_paths(recipe, options.output)  # before any file is opened, the lock included
@@ -60,19 +66,19 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
         check_no_links(paths)  # after the lock: an overlapping run exits 75 whatever it finds
         if recipe.engine == "ray":
             ray_pool.check_installed()
-        if recipe.engine == "vllm":
-            vllm_engine.require_vllm()
+        registry.require(runtime_of(recipe))
         rows, files, duplicates = read_input(recipe, shard)
         template = Template(recipe.template, where="template")
         if rows:
             template.check_fields(set().union(*(r.row for r in rows)), file=str(files[0]))
-        info = model_info(recipe)
+        # a cron rerun with every id in the journal loads nothing: the model is only read, not checked
+        owed = refresh == "stale" or not _all_done(rows, paths)
+        info = model_info(recipe, deep=owed or lock is None)
+        recipe = with_model_labels(recipe, info)
         if recipe.task == "generate":
             check_new_tokens(
                 recipe, recipe.model, recipe.generation.max_new_tokens, "generation.max_new_tokens"
             )
-        if recipe.engine == "vllm":
-            vllm_engine.require_causal_lm(info.head)
         fingerprints = {
             "model_fingerprint": bulk_io.model_fingerprint(recipe),
             "prompt_fingerprint": recipe.prompt_fingerprint(),
@@ -81,9 +87,17 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
         if lock is None:
             table("plan (dry run: nothing written)", ["item", "value"], [[k, v] for k, v in plan.items()])
             return {"dry_run": True, **plan}
-        engine = None if recipe.engine == "ray" else setup_model(recipe, info)
-        if engine is None:  # ray's replicas load the model; the same checks run here without weights
-            check_without_weights(recipe, info)
+        engine = None
+        # nothing owed (a cron rerun with no new rows): load nothing, not even torch. ONNX Runtime
+        # needs no torch (an export quiets the libraries itself); ray's replicas load the model,
+        # the same checks run here without weights
+        if plan["to_do"]:
+            if runtime_of(recipe, info.head) != "onnx":
+                quiet_libraries(options.debug)
+            if recipe.engine == "ray":
+                check_without_weights(recipe, info)
+            else:
+                engine = setup_model(recipe, info)
         if bulk_io.repair_journal(paths.journal):  # BadInput when it is not a journal of ours
             say(f"repaired {paths.journal}: cut the torn last line a crash left")
     except BaseException:  # bad input: leave no trace, not even the lock's folder
@@ -98,8 +112,10 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
         pending = [r for r in rows if r.key not in done]
         todo = pending[:limit]
         say(f"{len(todo)} row(s) to do, {len(rows) - len(pending)} already done")
-        if engine is None:
+        if recipe.engine == "ray":
             tally = ray_pool.infer(recipe, info, todo, paths, fingerprints, debug=options.debug)
+        elif engine is None:
+            tally = Tally()
         else:
             tally = infer(recipe, engine, todo, paths, fingerprints)
         if shard is None:
@@ -107,7 +123,11 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
     finally:
         with signals_held():  # a second signal must not cut the clean-up short
             lock.release()
+            if engine is not None:
+                engine.close()
     summary = summarise(paths, plan, tally, len(rows) - len(pending), len(pending) - len(todo))
+    if (choice := last_choice()) is not None:  # set when a model ran on the CPU
+        summary["threads"] = f"{choice.threads or 'default'} ({choice.reason})"
     if tally.failed:
         raise RowsFailed(f"{tally.failed} row(s) failed; see {paths.errors}", summary)
     return summary
@@ -118,6 +138,11 @@ def check_no_links(paths: bulk_paths.OutputPaths) -> None:
     hard link too where the file is appended to in place (the journal)."""
     for written in {paths.journal, paths.results, paths.errors}:
         check_plain_file(written, in_place=written == paths.journal)
+
+
+def _all_done(rows: list[InputRow], paths: bulk_paths.OutputPaths) -> bool:
+    done = found_in_journal(rows, bulk_io.done_fingerprints(*_journals(paths)))
+    return all(r.key in done for r in rows)
 
 
 def _take_lock(path: Path) -> OutputLock:
@@ -187,7 +212,7 @@ def _plan(
 
 def infer(
     recipe: BulkInferRecipe,
-    engine: Engine,
+    engine: InferenceEngine,
     todo: list[InputRow],
     paths: bulk_paths.OutputPaths,
     fingerprints: dict[str, str],

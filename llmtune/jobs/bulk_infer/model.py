@@ -1,23 +1,27 @@
 """The model of a bulk-infer job: what its config says it can do, and the engine that serves it
-(engine hf in this process or in each Ray replica; engine vllm), with the checks that refuse a
-model that cannot serve the recipe before anything is written."""
+(the recipe's `engine:` through the registry; engine ray runs engine hf in each replica), with
+the checks that refuse a model that cannot serve the recipe before anything is written."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import llmtune.inference.vllm_engine as vllm_engine
+import llmtune.inference.registry as registry
+from llmtune.console import say
 from llmtune.errors import BadInput
-from llmtune.inference.engine import Engine
+from llmtune.inference.interface import EngineRequest, InferenceEngine
 from llmtune.models.info import ModelInfo, head_columns
-from llmtune.models.loading import inspect_model, load_model
+from llmtune.models.loading import inspect_model
 from llmtune.recipes.bulk_infer import BulkInferRecipe
 
 
-def model_info(recipe: BulkInferRecipe) -> ModelInfo:
+def model_info(recipe: BulkInferRecipe, *, deep: bool = True) -> ModelInfo:
     """The model's head and label names, from its config (refusing models that are neither a
-    causal LM nor a classifier, and a task the head cannot do)."""
-    info = inspect_model(recipe.model, recipe, "model")
+    causal LM nor a classifier, and a task the head cannot do). `deep=False`: without the checks
+    that import transformers, for a run that will load nothing."""
+    runtime = runtime_of(recipe)
+    registry.require(runtime)  # a missing extra names it before the model is looked at
+    info = registry.inspect(runtime, recipe.model, recipe) or inspect_model(
+        recipe.model, recipe, "model", deep=deep
+    )
     if info.head is None:
         raise BadInput(
             f"{recipe.model.path} is neither a causal LM nor a classifier (architectures: "
@@ -25,34 +29,72 @@ def model_info(recipe: BulkInferRecipe) -> ModelInfo:
             "or use a causal LM",
             key="model.path",
         )
+    runtime = runtime_of(recipe, info.head)
+    registry.check_head(runtime, info.head, recipe.model.path)
+    registry.check_task(runtime, recipe.task)
     _head_labels(recipe, info)  # a task the head cannot do is refused before anything loads
     return info
 
 
-def setup_model(recipe: BulkInferRecipe, info: ModelInfo) -> Engine:
-    """Load the model with the right head, fold adapters in, and check it can serve the recipe."""
+def with_model_labels(recipe: BulkInferRecipe, info: ModelInfo) -> BulkInferRecipe:
+    """The recipe with `labels:` settled before anything loads: omitted, a classification head's
+    own names (config id2label); given, they must be the head's (BadInput at --dry-run)."""
+    if recipe.task != "classify":
+        return recipe
+    if info.head != "classification":
+        if not recipe.labels:
+            raise BadInput("task: classify with a causal LM needs labels: the names to score", key="labels")
+        return recipe
+    names = info.head_labels
+    if not recipe.labels:
+        if not names:
+            raise BadInput(
+                "task: classify: the model's head has no label names (generic LABEL_0..); give labels",
+                key="labels",
+            )
+        return recipe.model_copy(update={"labels": list(names)})
+    if names and head_columns(names, recipe.labels) is None:
+        raise BadInput(f"labels {recipe.labels} are not the model's labels {names}", key="labels")
+    return recipe
+
+
+def runtime_of(recipe: BulkInferRecipe, head: str | None = None) -> str:
+    """The registry engine that runs the model: engine ray's replicas run engine hf; int8 on a
+    head runs on ONNX Runtime (`registry.int8_runtime`) once the head is known."""
+    if recipe.engine == "ray":
+        return "hf"
+    return registry.int8_runtime(recipe.engine, recipe.model, head)
+
+
+def engine_request(recipe: BulkInferRecipe, info: ModelInfo) -> EngineRequest:
+    """What the engine needs to open this recipe's model."""
     assert info.head is not None
-    if recipe.engine == "vllm":  # vLLM loads the weights itself (a scratch/adapter model via a temp folder)
-        engine = vllm_engine.vllm_engine(
-            None,
-            recipe.model,
-            recipe,
-            recipe.vllm,
-            max_length=recipe.max_length,
-            max_new_tokens=recipe.generation.max_new_tokens,
-        )
-        check_model(recipe, engine)
-        return engine
-    loaded = load_model(recipe.model, recipe, head=info.head, labels=_head_labels(recipe, info))
-    loaded.model = _merged_for_inference(loaded.model)
-    engine = Engine(
-        loaded,
+    return EngineRequest(
+        ref=recipe.model,
+        recipe=recipe,
+        head=info.head,
+        labels=_head_labels(recipe, info),
         batch_size=recipe.batching.batch_size,
         max_batch_tokens=recipe.batching.max_batch_tokens,
         max_length=recipe.max_length,
+        max_new_tokens=recipe.generation.max_new_tokens,
         label_range=info.label_range,
+        settings={"vllm": recipe.vllm},
+        merge_adapters=True,  # this job owns the model
     )
-    check_model(recipe, engine)
+
+
+def setup_model(recipe: BulkInferRecipe, info: ModelInfo) -> InferenceEngine:
+    """Open the model on the recipe's engine (adapters folded in) and check it can serve the recipe."""
+    runtime = runtime_of(recipe, info.head)
+    if runtime != runtime_of(recipe):
+        say(f"model.quantization: int8 runs on ONNX Runtime's dynamic int8 (engine {runtime})")
+    engine = registry.open_engine(runtime, engine_request(recipe, info))
+    try:
+        check_model(recipe, engine)
+    except BaseException:
+        engine.close()
+        raise
     return engine
 
 
@@ -60,23 +102,22 @@ def check_without_weights(recipe: BulkInferRecipe, info: ModelInfo) -> None:
     """setup_model's checks on the model built on the meta device (no weights read, no memory),
     for engines that load the model in other processes (ray)."""
     assert info.head is not None
+    from llmtune.models.loading import load_model
+
     labels = _head_labels(recipe, info)
     loaded = load_model(recipe.model, recipe, head=info.head, labels=labels, empty_weights=True)
-    check_model(recipe, Engine(loaded, max_length=recipe.max_length, label_range=info.label_range))
+    request = EngineRequest(
+        ref=recipe.model,
+        recipe=recipe,
+        head=info.head,
+        loaded=loaded,
+        max_length=recipe.max_length,
+        label_range=info.label_range,
+    )
+    check_model(recipe, registry.open_engine("hf", request))
 
 
-def _merged_for_inference(model: Any) -> Any:
-    """A LoRA-style adapter folded into the weights: same outputs, no per-layer adapter cost.
-    Safe here because this job owns the model; methods that cannot merge run unmerged."""
-    if not hasattr(model, "merge_and_unload"):
-        return model
-    try:
-        return model.merge_and_unload()
-    except (AttributeError, ValueError, NotImplementedError, TypeError):
-        return model
-
-
-def check_model(recipe: BulkInferRecipe, engine: Engine) -> None:
+def check_model(recipe: BulkInferRecipe, engine: InferenceEngine) -> None:
     """Refuse, before anything is written, a model that cannot serve this recipe."""
     if recipe.chat:
         engine.apply_chat_template("")  # raises BadInput when there is no chat template

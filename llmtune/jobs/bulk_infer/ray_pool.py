@@ -5,7 +5,8 @@ Who does what:
   holds and checks the model, exactly as with engine hf; it never loads the weights (the checks
   run on the model built on the meta device);
 - Ray Data gets only the pending rows and hands them, `ray.batch_rows` at a time, to a pool of
-  `ray.replicas` actors. Each actor loads the model once (`job.setup_model`, engine hf's Engine)
+  `ray.replicas` actors. Each actor loads the model once (`model.setup_model`: engine hf
+  through the engine registry)
   and runs the same chunk code (`chunks`), so rows, failures and fingerprints are the same;
 - the driver is the only writer: it appends each result batch to the journal (flushed, fsynced)
   and its failures to the errors file as the batch arrives, in whatever order batches finish.

@@ -22,12 +22,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import llmtune.inference.registry as registry
 import llmtune.jobs.distill.common as common
 import llmtune.jobs.distill.reports as reports
 from llmtune.data.readers import Splits, refuse
 from llmtune.data.templates import Template
 from llmtune.errors import BadInput, Problem
-from llmtune.inference.vllm_engine import require_vllm
 from llmtune.jobs.distill.checks import SPLITS, read_splits, rows_of
 from llmtune.jobs.distill.labelling import (
     GENERATIONS,
@@ -72,7 +72,7 @@ class LanguageModelDistill:
     # ------------------------------------------------------------------ preflight
     def preflight(self) -> list[Path]:
         if self.recipe.engine == "vllm":  # the teacher generates on vLLM: refuse early where it is missing
-            require_vllm()
+            registry.require("vllm")
         self.splits = read_lm_rows(self.recipe, self.template)
         self.device = preflight(self.recipe.student, "full", self.recipe.training)
         return self.splits.files

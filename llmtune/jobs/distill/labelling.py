@@ -70,21 +70,21 @@ def teacher_engine(
 ) -> Any:
     """The shared inference engine over the teacher, at the recipe's batch size and max_length;
     vLLM for a causal LM teacher with engine: vllm (teachers with a head run here)."""
-    from llmtune.inference.engine import Engine
+    from llmtune.inference.registry import over_loaded
 
     if recipe.engine == "vllm" and recipe.task == "causal_lm":
-        from llmtune.inference.vllm_engine import vllm_engine
-
-        return vllm_engine(
+        return over_loaded(
+            "vllm",
             teacher,
-            recipe.teacher,
-            recipe,
-            recipe.vllm,
+            ref=recipe.teacher,
+            recipe=recipe,
             key="teacher",
             max_length=recipe.data.max_length,
             max_new_tokens=recipe.generation.max_new_tokens,
+            settings={"vllm": recipe.vllm},
         )
-    return Engine(
+    return over_loaded(
+        "hf",
         teacher,
         batch_size=recipe.measure_batch_size,
         max_length=recipe.data.max_length,

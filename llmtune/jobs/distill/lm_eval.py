@@ -63,14 +63,14 @@ def lm_metrics(
     """loss and perplexity of the gold completions (rows that have one), exact match of greedy
     completions, the first few (prompt, gold, prediction) for the report; and every greedy
     completion, in row order."""
-    from llmtune.inference.engine import Engine
+    from llmtune.inference.registry import over_loaded
 
     answered = [(p, g) for p, g in zip(prompts, golds) if g is not None]
     out: dict[str, Any] = {"n": len(prompts)}
     if answered:
         loss = completion_loss(loaded, answered, max_length, batch_size)
         out.update(loss=loss, perplexity=math.exp(min(loss, 50.0)))
-    engine = Engine(loaded, batch_size=batch_size, max_length=max_length)
+    engine = over_loaded("hf", loaded, batch_size=batch_size, max_length=max_length)
     outputs = engine.generate(
         prompts, max_new_tokens=generation.max_new_tokens, temperature=0.0, stop=generation.stop
     )
@@ -95,10 +95,12 @@ def generation_speed(
     prompts (same batch size, one model after the other in each round, best round counts)."""
     import torch
 
-    from llmtune.inference.engine import Engine
+    from llmtune.inference.registry import over_loaded
 
     best: dict[str, tuple[float, int]] = {}
-    engines = {name: Engine(m, batch_size=batch_size, max_length=max_length) for name, m in models.items()}
+    engines = {
+        name: over_loaded("hf", m, batch_size=batch_size, max_length=max_length) for name, m in models.items()
+    }
     settings = {"max_new_tokens": generation.max_new_tokens, "temperature": 0.0, "stop": generation.stop}
     for engine in engines.values():
         engine.generate(prompts[:batch_size], **settings)  # warm-up

@@ -249,11 +249,13 @@ def exact_match(
 ) -> dict[str, Any]:
     """Share of `rows` whose greedy completion equals the gold one (whitespace-trimmed), and the
     first few (prompt, gold, prediction) for the report."""
-    from llmtune.inference.engine import Engine
+    from llmtune.inference.registry import over_loaded
 
     pairs = [_prompt_and_gold(r, data, loaded.tokenizer) for r in rows]
     # prompts keep their last data.max_length tokens: the longest context the model trained on
-    engine = Engine(loaded, batch_size=recipe.training.batch_size, max_length=recipe.data.max_length)
+    engine = over_loaded(
+        "hf", loaded, batch_size=recipe.training.batch_size, max_length=recipe.data.max_length
+    )
     generations = engine.generate(
         [prompt for prompt, _ in pairs], max_new_tokens=recipe.evaluation.max_new_tokens, temperature=0.0
     )

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import llmtune.inference.registry as registry
 from llmtune.console import say
 from llmtune.data.labels import check_labels, infer_labels
 from llmtune.data.readers import Rows, closest, load_splits, read_rows, refuse
 from llmtune.errors import BadInput, GateFailed, Problem
 from llmtune.inference.batching import free_memory
-from llmtune.inference.vllm_engine import require_vllm, vllm_engine
 from llmtune.jobs.prompt_eval.generation import check_judge_inputs, finish_free_text
 from llmtune.jobs.prompt_eval.measures import annotate, classification_measures, one_class_warning, values
 from llmtune.jobs.prompt_eval.prompts import PromptBuilder, chat_prompt
@@ -47,8 +47,8 @@ def run(recipe: PromptEvalRecipe, options: JobOptions) -> dict[str, Any]:
     # first: an overlapping run exits 75 before reading anything (a dry run takes no lock)
     run_dir.claim(dry_run=options.dry_run)
     try:
-        if recipe.engine == "vllm":
-            require_vllm()
+        if recipe.engine != "hf":
+            registry.require(recipe.engine)
         if recipe.task == "free_text":
             require_scorers()
         gates = parse_gates(
@@ -74,6 +74,9 @@ def run(recipe: PromptEvalRecipe, options: JobOptions) -> dict[str, Any]:
         check_judge_inputs(recipe, rows)
         if recipe.judge is not None:
             inspect_model(recipe.judge.model, recipe, "judge.model")  # it exists, before anything is written
+        for model_plan in plans.values():  # a scoring the engine cannot do: refused before loading
+            if model_plan.head == "causal_lm" or recipe.engine == "onnx":
+                registry.check_task(recipe.engine, scoring_method(recipe, model_plan.head), key="scoring")
         # plain prompts are the same for every model; chat prompts wait for each model's chat template
         built = {
             name: [b.messages(r, i) if b.spec.chat else b.render(r, i) for i, r in enumerate(rows.rows)]
@@ -306,7 +309,9 @@ def score_all(
         method = scoring_method(recipe, plan.head)
         say(f"loading {model_name}: {ref.describe()} ({plan.head}, scored by {method})")
         loaded = load_model(ref, recipe, head=plan.head, key=f"models.{model_name}", labels=plan.head_labels)
-        engine = _engine(recipe, ref, f"models.{model_name}", plan.head, loaded, recipe.max_new_tokens)
+        engine = _engine(
+            recipe, ref, f"models.{model_name}", plan.head, loaded, recipe.max_new_tokens, plan.head_labels
+        )
         for prompt_name, builder in builders.items():
             texts = built[prompt_name]
             if builder.spec.chat:
@@ -377,25 +382,29 @@ def _judge_engine(recipe: PromptEvalRecipe) -> Any:
 
 
 def _engine(
-    recipe: PromptEvalRecipe, ref: ModelRef, key: str, head: str, loaded: Any, max_new_tokens: int
+    recipe: PromptEvalRecipe,
+    ref: ModelRef,
+    key: str,
+    head: str,
+    loaded: Any,
+    max_new_tokens: int,
+    labels: list[str] | None = None,
 ) -> Any:
-    """The shared engine over a loaded model; causal LMs run on vLLM with engine: vllm
-    (classification heads always run here)."""
-    if recipe.engine == "vllm" and head == "causal_lm":
-        return vllm_engine(
-            loaded,
-            ref,
-            recipe,
-            recipe.vllm,
-            key=key,
-            max_length=recipe.data.max_length,
-            max_new_tokens=max_new_tokens,
-        )
-    from llmtune.inference.engine import Engine
-
-    return Engine(
+    """The shared engine over a loaded model, from the registry: causal LMs run on the recipe's
+    engine, classification heads on engine hf (or onnx; int8 heads on ONNX Runtime's int8)."""
+    engine = recipe.engine if head == "causal_lm" or recipe.engine == "onnx" else "hf"
+    engine = registry.int8_runtime(engine, ref, head)
+    return registry.over_loaded(
+        engine,
         loaded,
+        ref=ref,
+        recipe=recipe,
+        head=head,
+        labels=labels,
+        key=key,
         batch_size=recipe.batching.batch_size,
         max_batch_tokens=recipe.batching.max_batch_tokens,
         max_length=recipe.data.max_length,
+        max_new_tokens=max_new_tokens,
+        settings={"vllm": recipe.vllm},
     )

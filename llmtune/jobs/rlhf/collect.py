@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import llmtune.inference.registry as registry
 from llmtune.console import markdown_table, say, shown, table
 from llmtune.data.rankings import letters
 from llmtune.data.readers import SKIP_HINT, read_rows, refuse
 from llmtune.errors import BadInput
 from llmtune.inference.journal import Journal, folder_fingerprint, signals_held, text_fingerprint
-from llmtune.inference.vllm_engine import require_vllm
 from llmtune.jobs.rlhf.common import prompt_text, template_of
 from llmtune.models.positions import check_new_tokens
 from llmtune.recipes.rlhf import RlhfRecipe
@@ -83,7 +83,7 @@ def run_collect(recipe: RlhfRecipe, options: JobOptions) -> dict[str, Any]:
             candidates_lock.acquire()
             check_rankings_kept(recipe, run_dir.path / CANDIDATES)  # again, under the lock
         if recipe.engine == "vllm":
-            require_vllm()
+            registry.require("vllm")
         prompts, files, skipped = read_prompts(recipe)
         check_causal_lm(recipe)
         check_new_tokens(recipe, recipe.model, recipe.generation.max_new_tokens, "generation.max_new_tokens")
@@ -291,22 +291,19 @@ def sample_all(
 
 
 def _engine(recipe: RlhfRecipe, prompts: list[Prompt]) -> Any:
-    from llmtune.inference.engine import Engine
-    from llmtune.inference.vllm_engine import vllm_engine
     from llmtune.models.loading import load_model
 
     say(f"loading {recipe.model.describe()}")
     loaded = load_model(recipe.model, recipe, head="causal_lm", corpus=[p.text for p in prompts])
-    if recipe.engine == "vllm":
-        return vllm_engine(
-            loaded,
-            recipe.model,
-            recipe,
-            recipe.vllm,
-            max_length=recipe.data.max_length,
-            max_new_tokens=recipe.generation.max_new_tokens,
-        )
-    return Engine(loaded, max_length=recipe.data.max_length)
+    return registry.over_loaded(
+        recipe.engine,
+        loaded,
+        ref=recipe.model,
+        recipe=recipe,
+        max_length=recipe.data.max_length,
+        max_new_tokens=recipe.generation.max_new_tokens,
+        settings={"vllm": recipe.vllm},
+    )
 
 
 def _sample(engine: Any, recipe: RlhfRecipe, prompt: Prompt) -> Any:

@@ -26,10 +26,10 @@ class RewardScorer:
     """A trained reward model (one output) scoring responses to prompts."""
 
     def __init__(self, loaded: LoadedModel, max_length: int = 512, batch_size: int = 32) -> None:
-        from llmtune.inference.engine import Engine
+        from llmtune.inference.registry import over_loaded
 
         self.loaded = loaded
-        self.engine = Engine(loaded, batch_size=batch_size, max_length=max_length)
+        self.engine = over_loaded("hf", loaded, batch_size=batch_size, max_length=max_length)
         if not self.engine.regression:
             raise ValueError(f"{loaded.source} is not a reward model: its head has more than one output")
 
@@ -99,11 +99,11 @@ def sample_and_score(
 ) -> Sampled:
     """Sample `samples` responses per prompt (default: generation.num_generations) at the
     recipe's sampling settings, seeded, and score every one with `reward`."""
-    from llmtune.inference.engine import Engine
+    from llmtune.inference.registry import over_loaded
 
     gen = recipe.generation
     count = samples or gen.num_generations
-    engine = Engine(loaded, max_length=recipe.data.max_length)
+    engine = over_loaded("hf", loaded, max_length=recipe.data.max_length)
     was_training = loaded.model.training
     try:
         outputs = engine.generate(
