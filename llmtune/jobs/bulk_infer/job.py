@@ -75,7 +75,7 @@ def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:
         owed = refresh == "stale" or not _all_done(rows, paths)
         info = model_info(recipe, deep=owed or lock is None)
         recipe = with_model_labels(recipe, info)
-        if recipe.task == "generate":
+        if recipe.task == "generate" and recipe.engine != "llamacpp":  # a GGUF file has no config.json
             check_new_tokens(
                 recipe, recipe.model, recipe.generation.max_new_tokens, "generation.max_new_tokens"
             )

@@ -13,7 +13,7 @@ from typing import Any
 from llmtune.console import say
 from llmtune.data.readers import Rows
 from llmtune.errors import BadInput
-from llmtune.jobs.prompt_eval import judge as judging
+import llmtune.jobs.prompt_eval.judge as judging
 from llmtune.jobs.prompt_eval.assertions import run_assertions
 from llmtune.jobs.prompt_eval.measures import generation_measures
 from llmtune.jobs.prompt_eval.references import hypothesis, reference_scores
