@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import llmtune.jobs.prompt_eval.judge as judging
 from llmtune.console import say
 from llmtune.data.readers import Rows
 from llmtune.errors import BadInput
-import llmtune.jobs.prompt_eval.judge as judging
 from llmtune.jobs.prompt_eval.assertions import run_assertions
 from llmtune.jobs.prompt_eval.measures import generation_measures
 from llmtune.jobs.prompt_eval.references import hypothesis, reference_scores
