@@ -14,8 +14,10 @@ reproducible byte for byte):
   from their own lists; a garbled answer is a helpful one mangled, looping, or babble (what a
   small model writes when it goes wrong, so that a reward model learns it is no answer).
 Prompts are `Question: ...\\nAnswer:` and every answer starts with a space, because the reward
-model and the policy read prompt + answer as one text. Prompts are split into train and held-out
-(test); no prompt is in both.
+model and the policy read prompt + answer as one text. Held out means held out: a fifth of the
+topics (all their prompts) are the test split, and test answers use their own openers, sign-offs,
+evasions, insults and babble (PHRASES), so no test answer shares a run of words with a training
+one (tests/test_heldout_data.py).
 
 Files: rankings_{train,test}.jsonl ({id, prompt, responses, ranking, kinds}),
 prompts_{train,test}.jsonl ({id, prompt}), sft_{train,test}.jsonl ({prompt, completion}: a mix of
@@ -252,42 +254,122 @@ TOPICS: list[tuple[list[str], list[str], list[str]]] = [
     ),
 ]
 
-POLITE_OPENERS = [
-    "Sure! ",
-    "Happy to help! ",
-    "Of course. ",
-    "Good question! ",
-    "Certainly. ",
-    "No problem! ",
-    "Thanks for asking. ",
-    "Glad to help. ",
-]
-POLITE_CLOSERS = [" Hope that helps!", " Thank you!", " Have a nice day!", " Let me know if not.", ""]
-CURT_OPENERS = ["", "", "", "Just ", "Simple: ", "Fine. "]
-EVASIVE = [
-    "I can't help with that.",
-    "That's not something I can answer.",
-    "I don't have that information.",
-    "You'll have to ask someone else.",
-    "I'm not able to discuss that.",
-    "No idea, sorry.",
-    "I can't say, I'm afraid.",
-    "That's outside what I can do.",
-    "I'd rather not answer that.",
-]
-RUDE = [
-    "Figure it out yourself.",
-    "Not my problem.",
-    "Stop asking obvious questions.",
-    "Ugh, read the manual.",
-    "Why would I know? Go away.",
-    "That's a dumb question.",
-    "Don't waste my time.",
-    "Look it up, lazy.",
-    "Who cares? Not me.",
-    "Seriously? Google it.",
-    "Go bother someone else.",
-]
+# Phrasings, each list in two parts: train and held-out (test). A held-out answer never uses an
+# opener, sign-off, evasion, insult or babble syllable that a training answer uses, so that a
+# reward model is measured on how it reads answers, not on recognising a fixed vocabulary.
+PHRASES: dict[str, dict[str, list[str]]] = {
+    "train": {
+        "polite_openers": [
+            "Sure! ",
+            "Happy to help! ",
+            "Of course. ",
+            "Good question! ",
+            "Certainly. ",
+            "No problem! ",
+            "Thanks for asking. ",
+            "Glad to help. ",
+        ],
+        "polite_closers": [
+            " Hope that helps!",
+            " Thank you!",
+            " Have a nice day!",
+            " Let me know if not.",
+            "",
+        ],
+        "curt_openers": ["", "", "", "Just ", "Simple: ", "Fine. "],
+        "evasive": [
+            "I can't help with that.",
+            "That's not something I can answer.",
+            "I don't have that information.",
+            "You'll have to ask someone else.",
+            "I'm not able to discuss that.",
+            "No idea, sorry.",
+            "I can't say, I'm afraid.",
+            "That's outside what I can do.",
+            "I'd rather not answer that.",
+            "Not something I deal with.",
+            "I have nothing on that topic.",
+        ],
+        "rude": [
+            "Figure it out yourself.",
+            "Not my problem.",
+            "Stop asking obvious questions.",
+            "Ugh, read the manual.",
+            "Why would I know? Go away.",
+            "That's a dumb question.",
+            "Don't waste my time.",
+            "Look it up, lazy.",
+            "Who cares? Not me.",
+            "Seriously? Google it.",
+            "Go bother someone else.",
+        ],
+        "syllables": [
+            "tin",
+            "tis",
+            "on",
+            "ple",
+            "sup",
+            "and",
+            "the",
+            "ca",
+            "ro",
+            "ment",
+            "ly",
+            "in",
+            "st",
+            "pa",
+        ],
+    },
+    "test": {
+        "polite_openers": [
+            "Absolutely! ",
+            "Great question. ",
+            "I'd be glad to. ",
+            "Thanks for getting in touch! ",
+            "You bet! ",
+            "Gladly. ",
+        ],
+        "polite_closers": [" Take care!", " Best wishes!", " Any more questions, just ask.", ""],
+        "curt_openers": ["", "", "", "Easy: ", "Well, "],
+        "evasive": [
+            "Sorry, that's beyond me.",
+            "I won't be answering this one.",
+            "Can't comment on that, sorry.",
+            "Someone else would know better.",
+            "That isn't a thing I can address.",
+            "I'll pass on this question.",
+        ],
+        "rude": [
+            "What a stupid thing to ask.",
+            "Leave me alone.",
+            "Do your own homework.",
+            "Can't you work that out? Honestly.",
+            "Ask me when you've got a brain.",
+            "Boring. Next.",
+            "Stop pestering me.",
+        ],
+        "syllables": [
+            "gru",
+            "bel",
+            "ox",
+            "var",
+            "mi",
+            "dak",
+            "zo",
+            "lum",
+            "fre",
+            "ek",
+            "nop",
+            "hu",
+            "wa",
+            "qi",
+        ],
+    },
+}
+# Every phrasing, train and held-out (for readers of the data, such as tests).
+POLITE_OPENERS = PHRASES["train"]["polite_openers"] + PHRASES["test"]["polite_openers"]
+EVASIVE = PHRASES["train"]["evasive"] + PHRASES["test"]["evasive"]
+RUDE = PHRASES["train"]["rude"] + PHRASES["test"]["rude"]
 # Answer kinds of one row, and how they tie: tier of each kind (0 best).
 TIER = {
     "polite": 0,
@@ -317,10 +399,11 @@ SFT_KINDS = ["polite", "polite", "curt", "curt", "evasive", "rude", "wrong"]
 TEST_SHARE = 0.2
 
 
-def prompts(rng: random.Random) -> list[tuple[int, str, str]]:
-    """(topic, slot, question) for every topic and slot value: one prompt each."""
+def prompts(rng: random.Random, topics: list[int]) -> list[tuple[int, str, str]]:
+    """(topic, slot, question) for every slot value of `topics`: one prompt each."""
     out = []
-    for t, (questions, _, slots) in enumerate(TOPICS):
+    for t in topics:
+        questions, _, slots = TOPICS[t]
         for slot in slots:
             out.append((t, slot, rng.choice(questions).format(x=slot)))
     return out
@@ -330,110 +413,115 @@ def sentence(text: str) -> str:
     return text[0].upper() + text[1:]
 
 
-def polite(rng: random.Random, core: str) -> str:
-    """Courteous opener, the answer, and a sign-off where it stays short (about 70 characters at
-    most, so that a tiny byte-level policy can write it)."""
-    opener = rng.choice(POLITE_OPENERS)
-    if len(opener + core) > 70:
-        opener = "Sure! "
-    closer = rng.choice(POLITE_CLOSERS)
-    text = opener + sentence(core)
-    return text + closer if len(text + closer) <= 70 else text
+class Writer:
+    """Composes the answers of one split, from that split's topics and phrasings only."""
 
+    def __init__(self, rng: random.Random, split: str, topics: list[int]) -> None:
+        self.rng = rng
+        self.phrases = PHRASES[split]
+        self.topics = topics
 
-def curt(rng: random.Random, core: str) -> str:
-    opener = rng.choice(CURT_OPENERS)
-    text = opener + (core[0].lower() + core[1:] if opener else core)
-    return text.rstrip(".") if rng.random() < 0.4 else text
+    def pick(self, pool: str) -> str:
+        return self.rng.choice(self.phrases[pool])
 
+    def polite(self, core: str) -> str:
+        """Courteous opener, the answer, and a sign-off where it stays short (about 70
+        characters at most, so that a tiny byte-level policy can write it)."""
+        opener = self.pick("polite_openers")
+        if len(opener + core) > 70:
+            opener = min(self.phrases["polite_openers"], key=len)
+        closer = self.pick("polite_closers")
+        text = opener + sentence(core)
+        return text + closer if len(text + closer) <= 70 else text
 
-def wrong(rng: random.Random, topic: int) -> str:
-    """Another topic's answer, politely put: courteous, and no use to this question."""
-    other = rng.choice([t for t in range(len(TOPICS)) if t != topic])
-    _, answers, slots = TOPICS[other]
-    return polite(rng, rng.choice(answers).format(x=rng.choice(slots)))
+    def curt(self, core: str) -> str:
+        opener = self.pick("curt_openers")
+        text = opener + (core[0].lower() + core[1:] if opener else core)
+        return text.rstrip(".") if self.rng.random() < 0.4 else text
 
+    def wrong(self, topic: int) -> str:
+        """Another topic's answer (of this split), politely put: courteous, and no use here."""
+        other = self.rng.choice([t for t in self.topics if t != topic])
+        _, answers, slots = TOPICS[other]
+        return self.polite(self.rng.choice(answers).format(x=self.rng.choice(slots)))
 
-SYLLABLES = ["tin", "tis", "on", "ple", "sup", "and", "the", "ca", "ro", "ment", "ly", "in", "st", "pa"]
+    def garbled(self, core: str) -> str:
+        """Nonsense of the kind a small model writes when it goes wrong: a helpful answer with its
+        words mangled, stuck in a loop, or babble. Ranked with the rude answers, at the bottom, so
+        that a reward model learns that fluent-looking noise is no answer."""
+        rng = self.rng
+        how = rng.choice(["mangle", "loop", "babble"])
+        words = sentence(core).split()
+        if how == "mangle":
+            out = []
+            for word in words:
+                if len(word) > 2 and rng.random() < 0.6:
+                    letters = list(word)
+                    rng.shuffle(letters)
+                    word = "".join(letters[: rng.randint(2, len(letters))])
+                out.append(word)
+            text = " ".join(out)
+        elif how == "loop":
+            start = rng.randint(1, min(3, len(words)))
+            text = " ".join(words[:start] + words[start - 1 : start + 1] * 6)
+        else:
+            count = rng.randint(6, 12)
+            syllables = self.phrases["syllables"]
+            text = " ".join("".join(rng.sample(syllables, rng.randint(1, 2))) for _ in range(count))
+            text = self.pick("polite_openers") + text + "."
+        return text[:70].rstrip()
 
+    def answer(self, kind: str, topic: int, cores: list[str]) -> str:
+        if kind == "polite":
+            return self.polite(cores[0])
+        if kind == "polite2":
+            return self.polite(cores[1])
+        if kind == "curt":
+            return self.curt(self.rng.choice(cores))
+        if kind == "wrong":
+            return self.wrong(topic)
+        if kind.startswith("garbled"):
+            return self.garbled(self.rng.choice(cores))
+        return self.pick("evasive" if kind == "evasive" else "rude")
 
-def garbled(rng: random.Random, core: str) -> str:
-    """Nonsense of the kind a small model writes when it goes wrong: a helpful answer with its
-    words mangled, stuck in a loop, or babble. Ranked with the rude answers, at the bottom, so
-    that a reward model learns that fluent-looking noise is no answer."""
-    how = rng.choice(["mangle", "loop", "babble"])
-    words = sentence(core).split()
-    if how == "mangle":
-        out = []
-        for word in words:
-            if len(word) > 2 and rng.random() < 0.6:
-                letters = list(word)
-                rng.shuffle(letters)
-                word = "".join(letters[: rng.randint(2, len(letters))])
-            out.append(word)
-        text = " ".join(out)
-    elif how == "loop":
-        start = rng.randint(1, min(3, len(words)))
-        text = " ".join(words[:start] + words[start - 1 : start + 1] * 6)
-    else:
-        count = rng.randint(6, 12)
-        text = " ".join("".join(rng.sample(SYLLABLES, rng.randint(1, 2))) for _ in range(count))
-        text = rng.choice(POLITE_OPENERS) + text + "."
-    return text[:70].rstrip()
-
-
-def answer(rng: random.Random, kind: str, topic: int, slot: str, cores: list[str]) -> str:
-    if kind == "polite":
-        return polite(rng, cores[0])
-    if kind == "polite2":
-        return polite(rng, cores[1])
-    if kind == "curt":
-        return curt(rng, rng.choice(cores))
-    if kind == "wrong":
-        return wrong(rng, topic)
-    if kind.startswith("garbled"):
-        return garbled(rng, rng.choice(cores))
-    return rng.choice(EVASIVE if kind == "evasive" else RUDE)
-
-
-def ranking_row(rng: random.Random, ident: str, topic: int, slot: str, question: str) -> dict:
-    cores = [a.format(x=slot) for a in TOPICS[topic][1]]
-    rng.shuffle(cores)
-    kinds = list(rng.choice(LAYOUTS))
-    texts: list[str] = []
-    for kind in kinds:
-        text = answer(rng, kind, topic, slot, cores)
-        while text in texts:  # two rude (or wrong) answers must differ
-            text = answer(rng, kind, topic, slot, cores)
-        texts.append(text)
-    order = list(range(len(kinds)))
-    rng.shuffle(order)  # letters say nothing about quality
-    kinds = [kinds[i].rstrip("2") for i in order]  # polite2 is polite, etc.
-    texts = [texts[i] for i in order]
-    letters = "ABCDE"[: len(kinds)]
-    tiers: dict[int, list[str]] = {}
-    for letter, kind in zip(letters, kinds):
-        tiers.setdefault(TIER[kind], []).append(letter)
-    ranking = " > ".join(" = ".join(tiers[t]) for t in sorted(tiers))
-    prompt = f"Question: {question}\nAnswer:"
-    return {
-        "id": ident,
-        "prompt": prompt,
-        "responses": [" " + t for t in texts],
-        "ranking": ranking,
-        "kinds": kinds,
-    }
-
-
-def sft_rows(rng: random.Random, items: list[tuple[int, str, str]], per_prompt: int) -> list[dict]:
-    out = []
-    for topic, slot, question in items:
+    def ranking_row(self, ident: str, topic: int, slot: str, question: str) -> dict:
+        rng = self.rng
         cores = [a.format(x=slot) for a in TOPICS[topic][1]]
-        for kind in rng.sample(SFT_KINDS, per_prompt):
-            text = answer(rng, kind, topic, slot, cores)
-            out.append({"prompt": f"Question: {question}\nAnswer:", "completion": " " + text})
-    rng.shuffle(out)
-    return out
+        rng.shuffle(cores)
+        kinds = list(rng.choice(LAYOUTS))
+        texts: list[str] = []
+        for kind in kinds:
+            text = self.answer(kind, topic, cores)
+            while text in texts:  # two rude (or wrong) answers must differ
+                text = self.answer(kind, topic, cores)
+            texts.append(text)
+        order = list(range(len(kinds)))
+        rng.shuffle(order)  # letters say nothing about quality
+        kinds = [kinds[i].rstrip("2") for i in order]  # polite2 is polite, etc.
+        texts = [texts[i] for i in order]
+        letters = "ABCDE"[: len(kinds)]
+        tiers: dict[int, list[str]] = {}
+        for letter, kind in zip(letters, kinds):
+            tiers.setdefault(TIER[kind], []).append(letter)
+        ranking = " > ".join(" = ".join(tiers[t]) for t in sorted(tiers))
+        prompt = f"Question: {question}\nAnswer:"
+        return {
+            "id": ident,
+            "prompt": prompt,
+            "responses": [" " + t for t in texts],
+            "ranking": ranking,
+            "kinds": kinds,
+        }
+
+    def sft_rows(self, items: list[tuple[int, str, str]], per_prompt: int) -> list[dict]:
+        out = []
+        for topic, slot, question in items:
+            cores = [a.format(x=slot) for a in TOPICS[topic][1]]
+            for kind in self.rng.sample(SFT_KINDS, per_prompt):
+                text = self.answer(kind, topic, cores)
+                out.append({"prompt": f"Question: {question}\nAnswer:", "completion": " " + text})
+        self.rng.shuffle(out)
+        return out
 
 
 def kto_rows(rankings: list[dict]) -> list[dict]:
@@ -460,19 +548,23 @@ def main() -> None:
     args = parser.parse_args()
     rng = random.Random(args.seed)
     sft_rng = random.Random(f"{args.seed}-sft")  # its own draws: SFT data never shifts the rankings
-    items = prompts(rng)
-    rng.shuffle(items)
-    cut = round(len(items) * TEST_SHARE)
-    splits = {"test": items[:cut], "train": items[cut:]}
+    topics = list(range(len(TOPICS)))
+    rng.shuffle(topics)
+    cut = round(len(topics) * TEST_SHARE)
+    held_out = {"test": sorted(topics[:cut]), "train": sorted(topics[cut:])}
     args.out.mkdir(parents=True, exist_ok=True)
-    for split, chosen in splits.items():
-        rows = [ranking_row(rng, f"{split}-{i + 1:04d}", *item) for i, item in enumerate(chosen)]
+    counts = {}
+    for split in ("test", "train"):
+        chosen = prompts(rng, held_out[split])
+        rng.shuffle(chosen)
+        counts[split] = len(chosen)
+        writer, sft = Writer(rng, split, held_out[split]), Writer(sft_rng, split, held_out[split])
+        rows = [writer.ranking_row(f"{split}-{i + 1:04d}", *item) for i, item in enumerate(chosen)]
         write(args.out / f"rankings_{split}.jsonl", rows)
         write(args.out / f"prompts_{split}.jsonl", [{"id": r["id"], "prompt": r["prompt"]} for r in rows])
-        write(args.out / f"sft_{split}.jsonl", sft_rows(sft_rng, chosen, 5 if split == "train" else 2))
+        write(args.out / f"sft_{split}.jsonl", sft.sft_rows(chosen, 5 if split == "train" else 2))
         if split == "train":
             write(args.out / "kto_train.jsonl", kto_rows(rows))
-    counts = {s: len(c) for s, c in splits.items()}
     print(f"wrote {args.out}: {counts['train']} train and {counts['test']} held-out prompts")
 
 
