@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from provenance import header, load, now, this_command  # noqa: E402
+from provenance import commit, header, load, now, this_command  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -86,42 +86,71 @@ def metric(evaluation: dict, key: str) -> tuple[float | None, float | None]:
     return before, (evaluation.get("metrics") or {}).get(key)
 
 
-def run_one(name: str, result: Result, seed: int) -> tuple[dict, list[str], float]:
-    """Train once; (eval.json, the command, wall seconds)."""
+@dataclass(frozen=True)
+class Run:
+    """One training run of a result: its eval.json and where and how it ran."""
+
+    seed: int
+    evaluation: dict
+    seconds: float
+    command: str
+    commit: str
+    load_before: str
+    load_after: str
+
+
+def run_one(name: str, result: Result, seed: int, reuse: bool) -> Run:
+    """Train once (or, with `reuse`, read a run this script finished before) and record the run
+    in its directory's measured.json."""
     out = ROOT / "runs" / "results" / f"{name}-seed{seed}"
+    if reuse and (out / "measured.json").exists() and (out / "eval.json").exists():
+        print(f"results: {name}, seed {seed}: reusing {out.relative_to(ROOT)}", file=sys.stderr)
+        evaluation = json.loads((out / "eval.json").read_text())
+        return Run(seed, evaluation, **json.loads((out / "measured.json").read_text()))
     command = [  # output.dir is relative to the recipe's folder, as in the recipes
         *("python", "-m", "llmtune", result.verb, result.recipe),
         *("--set", f"seed={seed}", "--set", f"output.dir=../runs/results/{out.name}"),
         *("--set", "output.overwrite=true"),
     ]
     print(f"results: {name}, seed {seed}: {shlex.join(command)}", file=sys.stderr, flush=True)
-    start = time.monotonic()
+    at, before, start = commit(), load(), time.monotonic()
     subprocess.run(
         [sys.executable, *command[1:4], str(ROOT / result.recipe), *command[5:]], cwd=ROOT, check=True
     )
     seconds = time.monotonic() - start
-    return json.loads((out / "eval.json").read_text()), command, seconds
+    measured = {
+        "seconds": round(seconds, 1),
+        "command": shlex.join(command),
+        "commit": at,
+        "load_before": before,
+        "load_after": load(),
+    }
+    (out / "measured.json").write_text(json.dumps(measured, indent=1) + "\n")
+    return Run(seed, json.loads((out / "eval.json").read_text()), **measured)
 
 
 def fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"
 
 
-def table(result: Result, runs: list[tuple[int, dict, float]]) -> list[str]:
+def table(result: Result, runs: list[Run]) -> list[str]:
     """One row per seed (before -> after), and the spread over seeds."""
     lines = [
-        "| seed | wall s | " + " | ".join(f"{k} before | {k} after" for k in result.keys) + " |",
-        "|---|---|" + "---|---|" * len(result.keys),
+        "| seed | commit | wall s | load before; after | "
+        + " | ".join(f"{k} before | {k} after" for k in result.keys)
+        + " |",
+        "|---|---|---|---|" + "---|---|" * len(result.keys),
     ]
-    for seed, evaluation, seconds in runs:
-        cells = [fmt(v) for k in result.keys for v in metric(evaluation, k)]
-        lines.append(f"| {seed} | {seconds:.0f} | " + " | ".join(cells) + " |")
+    for run in runs:
+        cells = [fmt(v) for k in result.keys for v in metric(run.evaluation, k)]
+        where = f"| {run.seed} | {run.commit} | {run.seconds:.0f} | {run.load_before}; {run.load_after} | "
+        lines.append(where + " | ".join(cells) + " |")
     if len(runs) < 2:
         return [*lines, "", "A single run: no spread measured."]
     lines += ["", f"Over {len(runs)} seeds (after training): mean, standard deviation, min - max.", ""]
     lines += ["| metric | mean | sd | min | max |", "|---|---|---|---|---|"]
     for key in result.keys:
-        values = [v for _, e, _ in runs if (v := metric(e, key)[1]) is not None]
+        values = [v for run in runs if (v := metric(run.evaluation, key)[1]) is not None]
         if values:
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
             lines.append(
@@ -130,14 +159,11 @@ def table(result: Result, runs: list[tuple[int, dict, float]]) -> list[str]:
     return lines
 
 
-def measure(name: str, seeds: tuple[int, ...], folder: Path) -> Path:
+def measure(name: str, seeds: tuple[int, ...], folder: Path, reuse: bool = False) -> Path:
     """Run `name` once per seed and write folder/<name>.md."""
     result, started, before = RESULTS[name], now(), load()
-    runs, commands = [], []
-    for seed in seeds:
-        evaluation, command, seconds = run_one(name, result, seed)
-        runs.append((seed, evaluation, seconds))
-        commands.append(shlex.join(command))
+    runs = [run_one(name, result, seed, reuse) for seed in seeds]
+    commands = [run.command for run in runs]
     text = header(f"{name}: {result.recipe}", this_command(), before, started)
     text += f"\nQuoted in {result.quoted_in}. Test split metrics from each run's eval.json.\n\n"
     text += "\n".join(table(result, runs)) + "\n\nRuns:\n\n" + "".join(f"- `{c}`\n" for c in commands)
@@ -152,6 +178,11 @@ def main() -> None:
     parser.add_argument("names", nargs="*", help=f"results to measure: {', '.join(RESULTS)} (default: all)")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default: each result's own)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="read a seed's run when this script finished it before (runs/results/)",
+    )
     parser.add_argument("--list", action="store_true", help="list every result and those not re-run here")
     args = parser.parse_args()
     if args.list:
@@ -165,7 +196,7 @@ def main() -> None:
         parser.error(f"no result named {unknown[0]!r}; choose from {', '.join(RESULTS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.names or list(RESULTS):
-        measure(name, tuple(args.seeds or RESULTS[name].seeds), args.out)
+        measure(name, tuple(args.seeds or RESULTS[name].seeds), args.out, args.reuse)
 
 
 if __name__ == "__main__":
