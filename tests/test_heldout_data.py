@@ -11,9 +11,13 @@ verbatim only (see docs/results.md)."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import make_prefs_data as prefs
+import make_ratings_data as ratings_data
 import pytest
 from conftest import ROOT, read_jsonl
 
@@ -115,6 +119,27 @@ def test_replay_splits_share_no_row() -> None:
     general = set(texts(r, "general_train.jsonl", "text")) & set(texts(r, "general_test.jsonl", "text"))
     sums = set(texts(r, "task_train.jsonl", "prompt")) & set(texts(r, "task_test.jsonl", "prompt"))
     assert not general and not sums
+
+
+def test_the_generators_phrasings_of_train_and_test_are_disjoint() -> None:
+    """Held out by phrasing at the source: no opener, sign-off, evasion, insult, product, remark
+    or closer is in both parts of its list (an empty opener or closer aside)."""
+    pools = [(prefs.PHRASES["train"][k], prefs.PHRASES["test"][k]) for k in prefs.PHRASES["train"]]
+    pools += [(ratings_data.OPENERS["train"][s], ratings_data.OPENERS["test"][s]) for s in range(1, 6)]
+    pools += [(ratings_data.CLOSERS["train"][s], ratings_data.CLOSERS["test"][s]) for s in range(1, 6)]
+    for bank in ("good", "bad", "meh"):
+        pools.append((ratings_data.REMARK_BANKS["train"][bank], ratings_data.REMARK_BANKS["test"][bank]))
+    for category in ratings_data.ASPECTS:
+        pools.append((ratings_data.PRODUCTS["train"][category], ratings_data.PRODUCTS["test"][category]))
+    for train, test in pools:
+        assert not (set(train) & set(test)) - {""}, (train, test)
+
+
+def test_the_shipped_ratings_are_what_the_generator_writes(tmp_path: Path) -> None:
+    tool = ROOT / "tools" / "make_ratings_data.py"
+    subprocess.run([sys.executable, str(tool), "--out", str(tmp_path)], check=True, capture_output=True)
+    for name in ("train.jsonl", "test.jsonl"):
+        assert (tmp_path / name).read_bytes() == (ROOT / "data" / "ratings" / name).read_bytes(), name
 
 
 def test_the_check_finds_a_copied_answer_and_a_reworded_one() -> None:

@@ -9,11 +9,12 @@ and aspects, so `evaluation.slices: [category]` has something to compare. Seeded
 every run. Held out by phrasing: the test reviews are about other products and use other
 openers, remarks and closers than the training reviews (lists in two parts below).
 
-    python tools/make_ratings_data.py            # writes data/ratings/ (400 train, 120 test rows)
+    python tools/make_ratings_data.py [--out data/ratings]   # 400 train, 120 test rows
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 from pathlib import Path
@@ -163,8 +164,10 @@ def rows(rng: random.Random, n: int, split: str) -> list[dict]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "data" / "ratings")
+    folder = parser.parse_args().out
     rng = random.Random(11)
-    folder = ROOT / "data" / "ratings"
     folder.mkdir(parents=True, exist_ok=True)
     for name, n in (("train", 400), ("test", 120)):
         lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows(rng, n, name))
