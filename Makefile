@@ -67,9 +67,9 @@ bench: install $(VLLM_VENV)/.installed $(BENCH_VENV)/bin/lm_eval
 	$(BIN)/python bench/bench_prompt_eval_lmeval.py --rows 160 --output bench/results/prompt_eval_lmeval.md
 	$(BIN)/python bench/bench_distill.py --output bench/results/distill.md
 
-# the docs' quoted recipe results (quickstart, regression, reward: 3 seeds each where they vary),
-# re-run and written to bench/results/<name>.md with commit, machine, load and command (~30 min on
-# 2 cores); `python tools/results.py --list` names the ones it does not re-run. docs/results.md
+# the docs' quoted recipe results (quickstart, regression, reward: 3 seeds each), re-run and
+# written to bench/results/<name>.md with commit, machine, load and command (about an hour on 2
+# busy cores); `python tools/results.py --list` names those it does not re-run. docs/results.md
 results: install
 	$(BIN)/python tools/seed_hf_cache.py
 	$(BIN)/python tools/results.py

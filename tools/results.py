@@ -42,7 +42,11 @@ class Result:
 
 RESULTS = {
     "quickstart": Result(
-        "finetune", "recipes/quickstart.yaml", ("accuracy", "f1"), (42,), "README.md (quickstart output)"
+        "finetune",
+        "recipes/quickstart.yaml",
+        ("accuracy", "f1"),
+        (42, 43, 44),
+        "README.md (quickstart output)",
     ),
     "regression": Result(
         "finetune",
@@ -169,7 +173,7 @@ def measure(name: str, seeds: tuple[int, ...], folder: Path, reuse: bool = False
     text += "\n".join(table(result, runs)) + "\n\nRuns:\n\n" + "".join(f"- `{c}`\n" for c in commands)
     path = folder / f"{name}.md"
     path.write_text(text, encoding="utf-8")
-    print(f"results: wrote {path.relative_to(ROOT)}", file=sys.stderr)
+    print(f"results: wrote {path}", file=sys.stderr)
     return path
 
 
