@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install run test test-fast test-times test-vllm test-llamacpp lint format clean bench
+.PHONY: install run test test-fast test-times test-vllm test-llamacpp lint format clean bench results
 
 install: $(STAMP)
 
@@ -83,16 +83,26 @@ $(BENCH_VENV)/bin/lm_eval:
 # the whole suite (~45 min on 2 cores); tables in bench/results/, readings in BENCHMARKS.md
 bench: install $(VLLM_VENV)/.installed $(BENCH_VENV)/bin/lm_eval
 	$(BIN)/python tools/seed_hf_cache.py
-	$(BIN)/python bench/bench_finetune.py
-	$(BIN)/python bench/bench_bulk_infer.py
-	$(BIN)/python bench/bench_int8.py
+	$(BIN)/python bench/bench_finetune.py --steps 100 --batch 8 --repeats 2 --threads 2 --output bench/results/finetune.md
+	$(BIN)/python bench/bench_bulk_infer.py --gen-rows 64 --cls-rows 640 --output bench/results/bulk_infer.md
+	$(BIN)/python bench/bench_int8.py --rounds 3
+	$(BIN)/python bench/bench_hf_engine.py --rows 48 --rounds 1
 	$(BIN)/python bench/bench_cpu_engines.py
 	$(BIN)/python bench/bench_noop_rerun.py
-	$(BIN)/python bench/bench_hf_engine.py
+	$(BIN)/python bench/bench_export.py
 	rm -rf /tmp/bench-head && mkdir -p /tmp/bench-head && git archive HEAD llmtune | tar -x -C /tmp/bench-head
-	$(BIN)/python bench/bench_engines.py --rows 300 --loop-rows 60 --crossover 1000 --code /tmp/bench-head --output bench/results/engines.md
+	$(BIN)/python bench/bench_engines.py --rows 300 --loop-rows 60 --crossover 1000 --repeat 2 \
+	  --runners loop,pipeline,vllm-alone,vllm-alone-1proc,hf,vllm,ray --crossover-runners hf,vllm-alone \
+	  --code /tmp/bench-head --output bench/results/engines.md
 	$(BIN)/python bench/bench_prompt_eval_lmeval.py --rows 160 --output bench/results/prompt_eval_lmeval.md
 	$(BIN)/python bench/bench_distill.py --output bench/results/distill.md
+
+# the docs' quoted recipe results (quickstart, regression, reward: 3 seeds each), re-run and
+# written to bench/results/<name>.md with commit, machine, load and command (about an hour on 2
+# busy cores); `python tools/results.py --list` names those it does not re-run. docs/results.md
+results: install
+	$(BIN)/python tools/seed_hf_cache.py
+	$(BIN)/python tools/results.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) $(LLAMACPP_VENV) $(BENCH_VENV) runs .pytest_cache .ruff_cache .suite-times.jsonl

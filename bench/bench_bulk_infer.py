@@ -9,16 +9,16 @@ Same model, same rows, one process, side by side:
 Inputs are the bundled review data: mixed lengths. Times exclude model loading for everyone;
 bulk-infer's time is its job's own inference loop (rendering, batching, writing the output).
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_bulk_infer.py [--gen-rows 96] [--cls-rows 640]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_bulk_infer.py --gen-rows 64 --cls-rows 640
 
-Prints a Markdown table and the command that reproduces it.
+Writes a Markdown table to bench/results/bulk_infer.md (--output) after the machine, load and
+the command that reproduces it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -30,6 +30,9 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from provenance import header, load, now, this_command  # noqa: E402
+
 REVIEWS = [ROOT / "data" / "sentiment" / f for f in ("train.jsonl", "test.jsonl", "inbox.jsonl")]
 # ~20M parameters; a BPE tokenizer trained on the reviews gives realistic prompt lengths
 GEN_MODEL = {
@@ -223,11 +226,13 @@ def _rows(label: str, tokens: int, unit: str, runs: list[tuple[str, float, str]]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gen-rows", type=int, default=96)
+    parser.add_argument("--gen-rows", type=int, default=64)
     parser.add_argument("--cls-rows", type=int, default=640)
     parser.add_argument("--repeat", type=int, default=2, help="best of N runs per runner")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "bulk_infer.md")
     args = parser.parse_args()
+    started, load_before = now(), load()
     if args.threads:  # on a shared machine, 1 thread avoids OpenMP spin contention
         torch.set_num_threads(args.threads)
     global REPEAT
@@ -238,17 +243,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         table = bench_generation(work, args.gen_rows) + bench_classification(work, args.cls_rows)
-    header = ["task", "runner", "rows/s", "tokens/s", "vs per-row loop", "greedy text = per-row loop"]
-    print(
-        f"\n{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads\n"
+    columns = ["task", "runner", "rows/s", "tokens/s", "vs per-row loop", "greedy text = per-row loop"]
+    lines = [f"{torch.get_num_threads()} torch thread(s), best of {REPEAT}", ""]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in table]
+    text = header(
+        "Bulk inference: llmtune bulk-infer vs HF pipeline and a per-row loop",
+        this_command(),
+        load_before,
+        started,
     )
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in table:
-        print("| " + " | ".join(str(c) for c in row) + " |")
-    print(
-        f"\nreproduce: HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_bulk_infer.py {' '.join(sys.argv[1:])}".rstrip()
-    )
+    text += "\n" + "\n".join(lines) + "\n"
+    print(text)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text, encoding="utf-8")
+    print(f"wrote {args.output}", file=sys.stderr)
 
 
 if __name__ == "__main__":

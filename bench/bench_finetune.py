@@ -6,10 +6,12 @@ Side by side, on this machine, with the same tiny model, rows, steps and batch:
 Each command runs in its own process; we record its wall time and peak RSS (from wait4) and print
 a Markdown table of llmtune / library ratios. Run:
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_finetune.py [--steps 40] [--repeats 2] [--threads 1]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_finetune.py --steps 100 --batch 8 --repeats 2 --threads 2
 
-One torch thread by default: on a small shared machine a second thread mostly adds contention for
-a model this size, and it makes both sides' numbers far less noisy.
+The table goes to bench/results/finetune.md (--output), after the machine, load and command.
+
+Two torch threads by default, as in BENCHMARKS.md; on a small shared machine `--threads 1` makes
+both sides' numbers less noisy.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from provenance import header, load, now, this_command  # noqa: E402
+
 BIN = Path(sys.executable).parent
 DATA = ROOT / "data" / "sentiment" / "train.jsonl"
 
@@ -138,8 +143,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2, help="best of N per command")
-    parser.add_argument("--threads", default="1", help="OMP_NUM_THREADS for every command (same for both)")
+    parser.add_argument("--threads", default="2", help="OMP_NUM_THREADS for every command (same for both)")
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "finetune.md")
     args = parser.parse_args()
+    started, load_before = now(), load()
     os.environ["OMP_NUM_THREADS"] = args.threads
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -185,19 +192,26 @@ def main() -> None:
                     best[side] = [min(a, b) for a, b in zip(best[side], measure(command))]
             rows.append((name, best["ours"], best["theirs"]))
             print(f"done: {name}", file=sys.stderr)
-    print(f"{args.steps} steps, batch {args.batch}, tiny llama (hidden 64, 2 layers), LoRA r=8, "
-          f"{os.cpu_count()} CPU cores, {args.threads} torch thread(s); best of {args.repeats}\n")  # fmt: skip
-    print(
-        "| case | llmtune s | library s | time ratio | train loop ratio | llmtune MiB | library MiB | memory ratio |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
+    lines = [
+        f"{args.steps} steps, batch {args.batch}, tiny llama (hidden 64, 2 layers), LoRA r=8, "
+        f"{os.cpu_count()} CPU cores, {args.threads} torch thread(s); best of {args.repeats}",
+        "",
+        "| case | llmtune s | library s | time ratio | train loop ratio | llmtune MiB | library MiB | memory ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, ours, theirs in rows:
-        print(
+        lines.append(
             f"| {name} | {ours[0]:.1f} | {theirs[0]:.1f} | {ours[0] / theirs[0]:.2f} | {ours[1] / theirs[1]:.2f} | "
             f"{ours[2]:.0f} | {theirs[2]:.0f} | {ours[2] / theirs[2]:.2f} |"
         )
-    print(f"\nReproduce: HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_finetune.py --steps {args.steps} "
-          f"--batch {args.batch} --repeats {args.repeats} --threads {args.threads}")  # fmt: skip
+    text = header(
+        "Fine-tuning: llmtune finetune vs trl sft and a plain Trainer", this_command(), load_before, started
+    )
+    text += "\n" + "\n".join(lines) + "\n"
+    print(text)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text, encoding="utf-8")
+    print(f"wrote {args.output}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from provenance import header, load, now, this_command  # noqa: E402
+
 REVIEWS = [ROOT / "data" / "sentiment" / f for f in ("train.jsonl", "test.jsonl", "inbox.jsonl")]
 MODEL = {"architecture": "llama", "hidden_size": 448, "num_layers": 6, "num_heads": 7, "tokenizer": "train"}
 STOP = ("ly",)  # on this random model: rows end after 2 to 64 tokens, a third run to 64
@@ -79,6 +82,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-batch-tokens", type=int, default=16384, help="the engine's token budget")
     args = parser.parse_args()
+    started, load_before = now(), load()
     loaded, texts = build_model()
     prompts = [f"Review: {t}\nSummary:" for t in texts[: args.rows]]
     params = sum(p.numel() for p in loaded.model.parameters()) / 1e6
@@ -98,7 +102,13 @@ def main() -> None:
     same = sum(a == [g.texts for g in outputs[1, True]][k] for k, a in enumerate(old_texts))
     lengths = [g.new_tokens for g in outputs[1, True]]
     prompt_tokens = statistics.mean(len(loaded.tokenizer(p)["input_ids"]) for p in prompts)
-    print(table(best, lengths, same, args, params, prompt_tokens))
+    text = table(best, lengths, same, args, params, prompt_tokens)
+    title = "engine hf: continuous batching vs batched generate"
+    text = header(title, this_command(), load_before, started) + "\n" + text + "\n"
+    print(text)
+    out = ROOT / "bench" / "results" / "hf_engine.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
 
 
 def table(best: dict, lengths: list[int], same: int, args: Any, params: float, prompt_tokens: float) -> str:
@@ -122,13 +132,7 @@ def table(best: dict, lengths: list[int], same: int, args: Any, params: float, p
             lines.append(
                 f"| {threads} | {name} | {s:.2f} | {args.rows / s:.1f} | {tokens / s:.0f} | {ratio:.2f}x |"
             )
-    text = "\n".join(lines)
-    out = ROOT / "bench" / "results" / "hf_engine.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        text + "\n\n    .venv/bin/python bench/bench_hf_engine.py " + " ".join(sys.argv[1:]) + "\n"
-    )
-    return text
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

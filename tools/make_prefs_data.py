@@ -14,8 +14,10 @@ reproducible byte for byte):
   from their own lists; a garbled answer is a helpful one mangled, looping, or babble (what a
   small model writes when it goes wrong, so that a reward model learns it is no answer).
 Prompts are `Question: ...\\nAnswer:` and every answer starts with a space, because the reward
-model and the policy read prompt + answer as one text. Prompts are split into train and held-out
-(test); no prompt is in both.
+model and the policy read prompt + answer as one text. Held out means held out: a fifth of the
+topics (all their prompts) are the test split, and test answers use their own openers, sign-offs,
+evasions, insults and babble (PHRASES), so no test answer shares a run of words with a training
+one (tests/test_heldout_data.py).
 
 Files: rankings_{train,test}.jsonl ({id, prompt, responses, ranking, kinds}),
 prompts_{train,test}.jsonl ({id, prompt}), sft_{train,test}.jsonl ({prompt, completion}: a mix of
@@ -31,263 +33,15 @@ import json
 import random
 from pathlib import Path
 
+from prefs_phrases import PHRASES, TOPICS  # tools/ is on sys.path when this script runs
+
 ROOT = Path(__file__).resolve().parent.parent
 
-# (questions, helpful answers, slot values): {x} is the slot.
-TOPICS: list[tuple[list[str], list[str], list[str]]] = [
-    (
-        ["How do I reset my {x} password?", "I forgot my {x} password. What do I do?"],
-        ["Tap 'Forgot password' on the {x} sign-in page.", "Use the reset link on the {x} login screen."],
-        ["email", "banking app", "streaming", "work laptop", "game account", "shop account"],
-    ),
-    (
-        ["Where is my {x} order?", "How can I track the {x} I ordered?"],
-        ["Open Your orders and tap Track next to the {x}.", "The tracking link is in your {x} order email."],
-        ["sofa", "headphones", "running shoes", "book", "phone case", "desk lamp"],
-    ),
-    (
-        ["Can I get a refund for the {x}?", "How do I ask for my money back on the {x}?"],
-        ["Yes, within 30 days: start it under Returns.", "Request it in Your orders; it takes 5 days."],
-        ["broken kettle", "wrong size jacket", "late pizza", "cancelled concert", "faulty charger"],
-    ),
-    (
-        ["When will my {x} be delivered?", "How long does delivery of a {x} take?"],
-        ["Usually 2 to 4 working days for a {x}.", "Your {x} should arrive within 3 working days."],
-        ["parcel", "mattress", "fridge", "grocery order", "bike"],
-    ),
-    (
-        ["What time does the {x} open?", "When is the {x} open on weekends?"],
-        ["The {x} opens at 9am, 10am on weekends.", "9am to 6pm weekdays, 10am to 4pm weekends."],
-        ["library", "post office", "pharmacy", "bank branch", "swimming pool", "town hall"],
-    ),
-    (
-        ["How do I cook {x}?", "What's the easiest way to make {x}?"],
-        ["Simmer the {x} gently until tender, then season.", "Cook the {x} on medium heat and stir often."],
-        ["rice", "lentils", "porridge", "scrambled eggs", "pasta", "quinoa"],
-    ),
-    (
-        ["How long should I boil {x}?", "How many minutes do {x} need in boiling water?"],
-        ["About 8 to 10 minutes for {x}.", "Boil the {x} for roughly 10 minutes."],
-        ["eggs", "potatoes", "carrots", "broccoli", "corn cobs"],
-    ),
-    (
-        ["What can I bring in my {x}?", "Are there limits on my {x}?"],
-        ["One {x} up to 10 kg, liquids under 100 ml.", "Keep the {x} under 10 kg and liquids small."],
-        ["cabin bag", "hand luggage", "carry-on", "backpack"],
-    ),
-    (
-        ["How do I check in for my {x}?", "Can I check in online for my {x}?"],
-        [
-            "Yes: check in on the app 24 hours before the {x}.",
-            "Use online check-in, open a day before the {x}.",
-        ],
-        ["flight", "ferry", "train to Paris", "coach trip"],
-    ),
-    (
-        ["My {x} won't charge. What should I try?", "Why is my {x} not charging?"],
-        ["Try another cable and clean the {x} charging port.", "Check the plug, then restart the {x}."],
-        ["phone", "tablet", "laptop", "smartwatch", "power bank", "e-reader"],
-    ),
-    (
-        ["How do I connect my {x} to the wifi?", "My {x} can't find the wifi. Help?"],
-        [
-            "Open wifi settings on the {x} and pick your network.",
-            "Restart the router, then rejoin on the {x}.",
-        ],
-        ["printer", "smart TV", "laptop", "speaker", "games console"],
-    ),
-    (
-        ["How do I pay my {x} bill?", "Where can I pay the {x} bill online?"],
-        ["Pay the {x} bill under Billing in your account.", "Log in and choose Pay now on the {x} bill."],
-        ["electricity", "water", "phone", "internet", "gas"],
-    ),
-    (
-        ["Why is my {x} bill higher this month?", "My {x} bill went up. Why?"],
-        [
-            "Usage rose; the {x} bill breakdown shows where.",
-            "Check the usage page: the {x} bill lists each charge.",
-        ],
-        ["energy", "mobile", "broadband", "council tax"],
-    ),
-    (
-        ["How do I book a {x} appointment?", "Can I make a {x} appointment online?"],
-        ["Yes, book a {x} slot on our website or app.", "Call us or pick a {x} slot online."],
-        ["dentist", "GP", "haircut", "eye test", "car service", "vet"],
-    ),
-    (
-        ["How do I move my {x} appointment?", "Can I reschedule my {x}?"],
-        ["Open your booking and choose Change {x} time.", "Reschedule the {x} online up to a day before."],
-        ["physio", "dental check-up", "MOT", "massage"],
-    ),
-    (
-        ["How do I cancel my {x} subscription?", "I want to stop my {x} plan. How?"],
-        [
-            "Go to Account, then Subscription, then Cancel.",
-            "Cancel the {x} plan in settings; it ends this month.",
-        ],
-        ["music", "gym", "meal kit", "newspaper", "video", "cloud storage"],
-    ),
-    (
-        ["How do I change my {x}?", "Where can I update my {x}?"],
-        ["Edit your {x} under Account, then Profile.", "Update the {x} in your account settings."],
-        ["email address", "delivery address", "phone number", "username", "card details"],
-    ),
-    (
-        ["How do I return a {x}?", "What's the return process for a {x}?"],
-        ["Print the label in Returns and post the {x} back.", "Drop the {x} at any store with your receipt."],
-        ["shirt", "pair of boots", "toaster", "rug", "toy"],
-    ),
-    (
-        ["I lost my {x}. What now?", "What should I do about a lost {x}?"],
-        [
-            "Freeze the {x} in the app and order a new one.",
-            "Call us to block the {x}; a new one comes in 5 days.",
-        ],
-        ["bank card", "credit card", "travel card", "library card"],
-    ),
-    (
-        ["Does the {x} come with a warranty?", "How long is the warranty on the {x}?"],
-        ["Yes, the {x} has a two-year warranty.", "Two years; register the {x} to claim."],
-        ["washing machine", "vacuum cleaner", "coffee machine", "blender", "hair dryer"],
-    ),
-    (
-        ["How do I use a {x}?", "Can I pay with a {x}?"],
-        ["Enter the {x} code at checkout to use it.", "Yes, add the {x} code on the payment page."],
-        ["gift card", "voucher", "discount code", "gift voucher"],
-    ),
-    (
-        ["How often should I water my {x}?", "How much water does a {x} need?"],
-        ["Water the {x} when the top soil feels dry.", "About once a week for a {x}, less in winter."],
-        ["cactus", "fern", "tomato plant", "basil", "orchid"],
-    ),
-    (
-        ["How do I get {x} out of my shirt?", "What removes {x} stains?"],
-        ["Blot the {x} stain, then wash with cold water.", "Dab the {x} stain with soapy water, don't rub."],
-        ["coffee", "red wine", "grass", "ink", "tomato sauce"],
-    ),
-    (
-        ["How do I delete my {x} account?", "Can I close my {x} account?"],
-        ["Yes: Settings, Privacy, then Delete account.", "Ask support to close it; data goes in 30 days."],
-        ["shop", "forum", "fitness app", "photo app"],
-    ),
-    (
-        ["Is the {x} wheelchair accessible?", "Does the {x} have step-free access?"],
-        ["Yes, the {x} has ramps and a lift.", "Step-free entry is at the side of the {x}."],
-        ["museum", "cinema", "station", "stadium", "theatre"],
-    ),
-    (
-        ["Do you deliver to {x}?", "Can you ship my order to {x}?"],
-        ["Yes, we ship to {x} in about 5 days.", "We do; {x} delivery is shown at checkout."],
-        ["Ireland", "Spain", "Canada", "Norway", "Japan"],
-    ),
-    (
-        ["How do I update my {x}?", "My {x} says an update is ready. What do I do?"],
-        ["Open Settings, then Update, on the {x}.", "Plug in the {x} and tap Install update."],
-        ["phone", "router", "smart TV", "laptop", "tablet"],
-    ),
-    (
-        ["How do I store {x}?", "How long does {x} keep?"],
-        ["Keep {x} cool and dry; it lasts a few days.", "Refrigerate {x} and use it within 3 days."],
-        ["bread", "cooked rice", "fresh fish", "soup", "cut fruit"],
-    ),
-    (
-        ["What's the best way to get to the {x}?", "How do I get to the {x} from the city centre?"],
-        ["Take the number 12 bus; it stops at the {x}.", "The tram goes to the {x} in 15 minutes."],
-        ["airport", "stadium", "hospital", "beach", "zoo"],
-    ),
-    (
-        ["Can I change the date of my {x}?", "How do I move my {x} booking to another day?"],
-        ["Yes, in Manage booking; fees may apply.", "Change the {x} date online up to 48 hours ahead."],
-        ["hotel stay", "flight", "table booking", "car hire"],
-    ),
-    (
-        ["Why was my {x} payment declined?", "My {x} payment failed. Why?"],
-        ["Check the card details and that funds are there.", "Your bank may have blocked it; call them."],
-        ["card", "online", "subscription", "checkout"],
-    ),
-    (
-        ["How do I set up {x}?", "Can you help me turn on {x}?"],
-        ["Turn on {x} in Settings, then Security.", "Open Security settings and enable {x}."],
-        ["two-factor login", "a screen lock", "fingerprint login", "face unlock"],
-    ),
-    (
-        ["How do I clean my {x}?", "What's the right way to clean a {x}?"],
-        ["Wipe the {x} with a damp cloth and mild soap.", "Unplug it and clean the {x} with a soft cloth."],
-        ["oven", "keyboard", "kettle", "fridge", "microwave"],
-    ),
-    (
-        ["Where is the nearest {x}?", "Is there a {x} near the station?"],
-        ["There's a {x} two streets from the station.", "Use the store finder; the closest {x} is nearby."],
-        ["cash machine", "petrol station", "supermarket", "chemist", "car park"],
-    ),
-    (
-        ["How do I add someone to my {x}?", "Can I share my {x} with family?"],
-        ["Yes, invite them under {x} settings, Members.", "Add a member in the {x} account page."],
-        ["streaming plan", "phone contract", "cloud storage", "insurance policy"],
-    ),
-    (
-        ["What should I pack for {x}?", "What do I need for {x}?"],
-        ["Pack layers, a rain jacket and snacks for {x}.", "Bring water, sun cream and comfy shoes for {x}."],
-        ["a weekend hike", "a beach day", "a city break", "a camping trip"],
-    ),
-    (
-        ["How do I make my {x} last longer?", "My {x} battery drains fast. Tips?"],
-        ["Dim the screen and close apps on the {x}.", "Turn on battery saver on the {x}."],
-        ["phone", "laptop", "tablet", "smartwatch"],
-    ),
-    (
-        ["Can I bring my {x} on the train?", "Are {x} allowed on the bus?"],
-        ["Yes, {x} are allowed if they don't block aisles.", "Yes, but keep {x} off the seats."],
-        ["dogs", "bikes", "scooters", "prams"],
-    ),
-    (
-        ["How do I get a copy of my {x}?", "Where can I download my {x}?"],
-        ["Download the {x} from Documents in your account.", "Ask us and we'll email the {x} today."],
-        ["invoice", "receipt", "contract", "statement", "policy document"],
-    ),
-    (
-        ["How do I report a problem with my {x}?", "My {x} is faulty. Who do I tell?"],
-        ["Use Report a fault in the app, with a photo.", "Contact support with your {x} order number."],
-        ["boiler", "dishwasher", "heater", "television"],
-    ),
-]
+# Every phrasing, train and held-out (for readers of the data, such as tests).
+POLITE_OPENERS = PHRASES["train"]["polite_openers"] + PHRASES["test"]["polite_openers"]
+EVASIVE = PHRASES["train"]["evasive"] + PHRASES["test"]["evasive"]
+RUDE = PHRASES["train"]["rude"] + PHRASES["test"]["rude"]
 
-POLITE_OPENERS = [
-    "Sure! ",
-    "Happy to help! ",
-    "Of course. ",
-    "Good question! ",
-    "Certainly. ",
-    "No problem! ",
-    "Thanks for asking. ",
-    "Glad to help. ",
-]
-POLITE_CLOSERS = [" Hope that helps!", " Thank you!", " Have a nice day!", " Let me know if not.", ""]
-CURT_OPENERS = ["", "", "", "Just ", "Simple: ", "Fine. "]
-EVASIVE = [
-    "I can't help with that.",
-    "That's not something I can answer.",
-    "I don't have that information.",
-    "You'll have to ask someone else.",
-    "I'm not able to discuss that.",
-    "No idea, sorry.",
-    "I can't say, I'm afraid.",
-    "That's outside what I can do.",
-    "I'd rather not answer that.",
-]
-RUDE = [
-    "Figure it out yourself.",
-    "Not my problem.",
-    "Stop asking obvious questions.",
-    "Ugh, read the manual.",
-    "Why would I know? Go away.",
-    "That's a dumb question.",
-    "Don't waste my time.",
-    "Look it up, lazy.",
-    "Who cares? Not me.",
-    "Seriously? Google it.",
-    "Go bother someone else.",
-]
 # Answer kinds of one row, and how they tie: tier of each kind (0 best).
 TIER = {
     "polite": 0,
@@ -317,10 +71,11 @@ SFT_KINDS = ["polite", "polite", "curt", "curt", "evasive", "rude", "wrong"]
 TEST_SHARE = 0.2
 
 
-def prompts(rng: random.Random) -> list[tuple[int, str, str]]:
-    """(topic, slot, question) for every topic and slot value: one prompt each."""
+def prompts(rng: random.Random, topics: list[int]) -> list[tuple[int, str, str]]:
+    """(topic, slot, question) for every slot value of `topics`: one prompt each."""
     out = []
-    for t, (questions, _, slots) in enumerate(TOPICS):
+    for t in topics:
+        questions, _, slots = TOPICS[t]
         for slot in slots:
             out.append((t, slot, rng.choice(questions).format(x=slot)))
     return out
@@ -330,110 +85,115 @@ def sentence(text: str) -> str:
     return text[0].upper() + text[1:]
 
 
-def polite(rng: random.Random, core: str) -> str:
-    """Courteous opener, the answer, and a sign-off where it stays short (about 70 characters at
-    most, so that a tiny byte-level policy can write it)."""
-    opener = rng.choice(POLITE_OPENERS)
-    if len(opener + core) > 70:
-        opener = "Sure! "
-    closer = rng.choice(POLITE_CLOSERS)
-    text = opener + sentence(core)
-    return text + closer if len(text + closer) <= 70 else text
+class Writer:
+    """Composes the answers of one split, from that split's topics and phrasings only."""
 
+    def __init__(self, rng: random.Random, split: str, topics: list[int]) -> None:
+        self.rng = rng
+        self.phrases = PHRASES[split]
+        self.topics = topics
 
-def curt(rng: random.Random, core: str) -> str:
-    opener = rng.choice(CURT_OPENERS)
-    text = opener + (core[0].lower() + core[1:] if opener else core)
-    return text.rstrip(".") if rng.random() < 0.4 else text
+    def pick(self, pool: str) -> str:
+        return self.rng.choice(self.phrases[pool])
 
+    def polite(self, core: str) -> str:
+        """Courteous opener, the answer, and a sign-off where it stays short (about 70
+        characters at most, so that a tiny byte-level policy can write it)."""
+        opener = self.pick("polite_openers")
+        if len(opener + core) > 70:
+            opener = min(self.phrases["polite_openers"], key=len)
+        closer = self.pick("polite_closers")
+        text = opener + sentence(core)
+        return text + closer if len(text + closer) <= 70 else text
 
-def wrong(rng: random.Random, topic: int) -> str:
-    """Another topic's answer, politely put: courteous, and no use to this question."""
-    other = rng.choice([t for t in range(len(TOPICS)) if t != topic])
-    _, answers, slots = TOPICS[other]
-    return polite(rng, rng.choice(answers).format(x=rng.choice(slots)))
+    def curt(self, core: str) -> str:
+        opener = self.pick("curt_openers")
+        text = opener + (core[0].lower() + core[1:] if opener else core)
+        return text.rstrip(".") if self.rng.random() < 0.4 else text
 
+    def wrong(self, topic: int) -> str:
+        """Another topic's answer (of this split), politely put: courteous, and no use here."""
+        other = self.rng.choice([t for t in self.topics if t != topic])
+        _, answers, slots = TOPICS[other]
+        return self.polite(self.rng.choice(answers).format(x=self.rng.choice(slots)))
 
-SYLLABLES = ["tin", "tis", "on", "ple", "sup", "and", "the", "ca", "ro", "ment", "ly", "in", "st", "pa"]
+    def garbled(self, core: str) -> str:
+        """Nonsense of the kind a small model writes when it goes wrong: a helpful answer with its
+        words mangled, stuck in a loop, or babble. Ranked with the rude answers, at the bottom, so
+        that a reward model learns that fluent-looking noise is no answer."""
+        rng = self.rng
+        how = rng.choice(["mangle", "loop", "babble"])
+        words = sentence(core).split()
+        if how == "mangle":
+            out = []
+            for word in words:
+                if len(word) > 2 and rng.random() < 0.6:
+                    letters = list(word)
+                    rng.shuffle(letters)
+                    word = "".join(letters[: rng.randint(2, len(letters))])
+                out.append(word)
+            text = " ".join(out)
+        elif how == "loop":
+            start = rng.randint(1, min(3, len(words)))
+            text = " ".join(words[:start] + words[start - 1 : start + 1] * 6)
+        else:
+            count = rng.randint(6, 12)
+            syllables = self.phrases["syllables"]
+            text = " ".join("".join(rng.sample(syllables, rng.randint(1, 2))) for _ in range(count))
+            text = self.pick("polite_openers") + text + "."
+        return text[:70].rstrip()
 
+    def answer(self, kind: str, topic: int, cores: list[str]) -> str:
+        if kind == "polite":
+            return self.polite(cores[0])
+        if kind == "polite2":
+            return self.polite(cores[1])
+        if kind == "curt":
+            return self.curt(self.rng.choice(cores))
+        if kind == "wrong":
+            return self.wrong(topic)
+        if kind.startswith("garbled"):
+            return self.garbled(self.rng.choice(cores))
+        return self.pick("evasive" if kind == "evasive" else "rude")
 
-def garbled(rng: random.Random, core: str) -> str:
-    """Nonsense of the kind a small model writes when it goes wrong: a helpful answer with its
-    words mangled, stuck in a loop, or babble. Ranked with the rude answers, at the bottom, so
-    that a reward model learns that fluent-looking noise is no answer."""
-    how = rng.choice(["mangle", "loop", "babble"])
-    words = sentence(core).split()
-    if how == "mangle":
-        out = []
-        for word in words:
-            if len(word) > 2 and rng.random() < 0.6:
-                letters = list(word)
-                rng.shuffle(letters)
-                word = "".join(letters[: rng.randint(2, len(letters))])
-            out.append(word)
-        text = " ".join(out)
-    elif how == "loop":
-        start = rng.randint(1, min(3, len(words)))
-        text = " ".join(words[:start] + words[start - 1 : start + 1] * 6)
-    else:
-        count = rng.randint(6, 12)
-        text = " ".join("".join(rng.sample(SYLLABLES, rng.randint(1, 2))) for _ in range(count))
-        text = rng.choice(POLITE_OPENERS) + text + "."
-    return text[:70].rstrip()
-
-
-def answer(rng: random.Random, kind: str, topic: int, slot: str, cores: list[str]) -> str:
-    if kind == "polite":
-        return polite(rng, cores[0])
-    if kind == "polite2":
-        return polite(rng, cores[1])
-    if kind == "curt":
-        return curt(rng, rng.choice(cores))
-    if kind == "wrong":
-        return wrong(rng, topic)
-    if kind.startswith("garbled"):
-        return garbled(rng, rng.choice(cores))
-    return rng.choice(EVASIVE if kind == "evasive" else RUDE)
-
-
-def ranking_row(rng: random.Random, ident: str, topic: int, slot: str, question: str) -> dict:
-    cores = [a.format(x=slot) for a in TOPICS[topic][1]]
-    rng.shuffle(cores)
-    kinds = list(rng.choice(LAYOUTS))
-    texts: list[str] = []
-    for kind in kinds:
-        text = answer(rng, kind, topic, slot, cores)
-        while text in texts:  # two rude (or wrong) answers must differ
-            text = answer(rng, kind, topic, slot, cores)
-        texts.append(text)
-    order = list(range(len(kinds)))
-    rng.shuffle(order)  # letters say nothing about quality
-    kinds = [kinds[i].rstrip("2") for i in order]  # polite2 is polite, etc.
-    texts = [texts[i] for i in order]
-    letters = "ABCDE"[: len(kinds)]
-    tiers: dict[int, list[str]] = {}
-    for letter, kind in zip(letters, kinds):
-        tiers.setdefault(TIER[kind], []).append(letter)
-    ranking = " > ".join(" = ".join(tiers[t]) for t in sorted(tiers))
-    prompt = f"Question: {question}\nAnswer:"
-    return {
-        "id": ident,
-        "prompt": prompt,
-        "responses": [" " + t for t in texts],
-        "ranking": ranking,
-        "kinds": kinds,
-    }
-
-
-def sft_rows(rng: random.Random, items: list[tuple[int, str, str]], per_prompt: int) -> list[dict]:
-    out = []
-    for topic, slot, question in items:
+    def ranking_row(self, ident: str, topic: int, slot: str, question: str) -> dict:
+        rng = self.rng
         cores = [a.format(x=slot) for a in TOPICS[topic][1]]
-        for kind in rng.sample(SFT_KINDS, per_prompt):
-            text = answer(rng, kind, topic, slot, cores)
-            out.append({"prompt": f"Question: {question}\nAnswer:", "completion": " " + text})
-    rng.shuffle(out)
-    return out
+        rng.shuffle(cores)
+        kinds = list(rng.choice(LAYOUTS))
+        texts: list[str] = []
+        for kind in kinds:
+            text = self.answer(kind, topic, cores)
+            while text in texts:  # two rude (or wrong) answers must differ
+                text = self.answer(kind, topic, cores)
+            texts.append(text)
+        order = list(range(len(kinds)))
+        rng.shuffle(order)  # letters say nothing about quality
+        kinds = [kinds[i].rstrip("2") for i in order]  # polite2 is polite, etc.
+        texts = [texts[i] for i in order]
+        letters = "ABCDE"[: len(kinds)]
+        tiers: dict[int, list[str]] = {}
+        for letter, kind in zip(letters, kinds):
+            tiers.setdefault(TIER[kind], []).append(letter)
+        ranking = " > ".join(" = ".join(tiers[t]) for t in sorted(tiers))
+        prompt = f"Question: {question}\nAnswer:"
+        return {
+            "id": ident,
+            "prompt": prompt,
+            "responses": [" " + t for t in texts],
+            "ranking": ranking,
+            "kinds": kinds,
+        }
+
+    def sft_rows(self, items: list[tuple[int, str, str]], per_prompt: int) -> list[dict]:
+        out = []
+        for topic, slot, question in items:
+            cores = [a.format(x=slot) for a in TOPICS[topic][1]]
+            for kind in self.rng.sample(SFT_KINDS, per_prompt):
+                text = self.answer(kind, topic, cores)
+                out.append({"prompt": f"Question: {question}\nAnswer:", "completion": " " + text})
+        self.rng.shuffle(out)
+        return out
 
 
 def kto_rows(rankings: list[dict]) -> list[dict]:
@@ -460,19 +220,23 @@ def main() -> None:
     args = parser.parse_args()
     rng = random.Random(args.seed)
     sft_rng = random.Random(f"{args.seed}-sft")  # its own draws: SFT data never shifts the rankings
-    items = prompts(rng)
-    rng.shuffle(items)
-    cut = round(len(items) * TEST_SHARE)
-    splits = {"test": items[:cut], "train": items[cut:]}
+    topics = list(range(len(TOPICS)))
+    rng.shuffle(topics)
+    cut = round(len(topics) * TEST_SHARE)
+    held_out = {"test": sorted(topics[:cut]), "train": sorted(topics[cut:])}
     args.out.mkdir(parents=True, exist_ok=True)
-    for split, chosen in splits.items():
-        rows = [ranking_row(rng, f"{split}-{i + 1:04d}", *item) for i, item in enumerate(chosen)]
+    counts = {}
+    for split in ("test", "train"):
+        chosen = prompts(rng, held_out[split])
+        rng.shuffle(chosen)
+        counts[split] = len(chosen)
+        writer, sft = Writer(rng, split, held_out[split]), Writer(sft_rng, split, held_out[split])
+        rows = [writer.ranking_row(f"{split}-{i + 1:04d}", *item) for i, item in enumerate(chosen)]
         write(args.out / f"rankings_{split}.jsonl", rows)
         write(args.out / f"prompts_{split}.jsonl", [{"id": r["id"], "prompt": r["prompt"]} for r in rows])
-        write(args.out / f"sft_{split}.jsonl", sft_rows(sft_rng, chosen, 5 if split == "train" else 2))
+        write(args.out / f"sft_{split}.jsonl", sft.sft_rows(chosen, 5 if split == "train" else 2))
         if split == "train":
             write(args.out / "kto_train.jsonl", kto_rows(rows))
-    counts = {s: len(c) for s, c in splits.items()}
     print(f"wrote {args.out}: {counts['train']} train and {counts['test']} held-out prompts")
 
 
