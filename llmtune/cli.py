@@ -19,6 +19,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from llmtune import __version__
+from llmtune.cli_use import register as register_use_verbs
 from llmtune.errors import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
@@ -405,6 +406,9 @@ def rank(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+register_use_verbs(app)  # predict, chat, runs: llmtune.cli_use
 
 
 def _version_callback(value: bool) -> None:
