@@ -158,7 +158,7 @@ def _terminal_lines() -> Iterator[str]:
     session: PromptSession[str] = PromptSession(history=InMemoryHistory())
     while True:
         try:
-            line = session.prompt("> ")
+            line = session.prompt("you> ")
         except KeyboardInterrupt:
             continue
         except EOFError:
