@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
 from conftest import Result, assert_bad_input, read_jsonl, run_cli, write, write_jsonl
+from typer.testing import CliRunner
 
 TEXTS = ["the service was great today", "the service was awful today", "great"]
 TRAINING = "{max_steps: 3, batch_size: 8, learning_rate: 1.0e-3}"
@@ -109,7 +109,9 @@ def test_a_classifier_predicts_what_bulk_infer_writes(project: Path, tmp_path: P
         tmp_path, run / "model", TEXTS, template="Review: {{ text }}", task="classify", labels=["neg", "pos"]
     )
     assert [r["text"] for r in rows] == TEXTS
-    assert [(r["label"], r["scores"]) for r in rows] == [(e["label"], e["scores"]) for e in expected]
+    assert [r["label"] for r in rows] == [e["label"] for e in expected]
+    for r, e in zip(rows, expected):  # the same engine; float sums may differ in the last digits
+        assert r["scores"] == pytest.approx(e["scores"], abs=1e-5)
     # without the template the model sees other text: other scores (so the check above means something)
     bare = bulk_infer(tmp_path / "bare", run / "model", TEXTS, task="classify", labels=["neg", "pos"])
     assert [e["scores"] for e in bare] != [r["scores"] for r in rows]
@@ -124,14 +126,14 @@ def test_a_classifier_predicts_what_bulk_infer_writes(project: Path, tmp_path: P
         r["label"] for r in rows
     ]
     write(tmp_path / "reviews.csv", "id,body\n7,great\n")
-    assert predicted(run, "--input", tmp_path / "reviews.csv", "--column", "body") == [{**rows[2], "id": 7}]
+    assert predicted(run, "--input", tmp_path / "reviews.csv", "--column", "body") == [{**rows[2], "id": "7"}]
     assert sorted(p.name for p in project.rglob("*")) == before  # predict wrote nothing
 
 
 def test_regression_and_causal_lm_runs_match_bulk_infer(project: Path, tmp_path: Path) -> None:
     scores = predicted(project / "reg", *TEXTS)
     expected = bulk_infer(tmp_path / "reg", project / "reg" / "model", TEXTS, task="score")
-    assert [r["score"] for r in scores] == [e["score"] for e in expected]
+    assert [r["score"] for r in scores] == pytest.approx([e["score"] for e in expected], abs=1e-5)
     prompts = ["Echo: great\nAnswer:", "Echo: awful\nAnswer:"]
     outputs = predicted(project / "lm", stdin="".join(p.replace("\n", " ") + "\n" for p in prompts))
     # the run's generation length (evaluation.max_new_tokens: 5), greedy
