@@ -100,7 +100,7 @@ def record(run: Path) -> RunRecord:
     stage = recipe.get("stage") or recipe.get("task")
     return RunRecord(
         path=str(run),
-        name=str(manifest.get("name") or run.name),
+        name=run.name,  # what people type after `runs show`; the recipe's name may be shared
         kind=str(manifest.get("kind")),
         stage=str(stage) if stage else None,
         status=status_of(run, manifest),
