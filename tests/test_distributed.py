@@ -287,4 +287,3 @@ def test_grad_accum_takes_the_steps_of_the_same_global_batch(tmp_path: Path) -> 
     # training loss it reports does not hide it (twice the loss before the fix)
     assert len(losses[0]) >= 8 and len(losses[0]) == len(losses[1])
     assert losses[0] == pytest.approx(losses[1], rel=1e-4), losses
-

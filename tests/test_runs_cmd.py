@@ -155,3 +155,21 @@ def test_clean_lists_then_deletes_exactly_that_and_never_a_foreign_file(
     assert snapshot(folder / "failed") | {"-": b""} == resumable
     assert (folder / "notes" / "checkpoints" / "checkpoint-1" / "model.safetensors").exists()
     assert "nothing to clean" in run_cli("runs", "clean", folder).stderr
+
+
+def test_init_and_help_show_how_to_use_a_run() -> None:
+    starter = invoke("init", "finetune").stdout
+    for example in (
+        "llmtune runs",
+        "llmtune predict runs/NAME",
+        "llmtune chat runs/NAME",
+        "llmtune runs clean",
+    ):
+        assert example in starter
+    assert "keep_checkpoints: none" in starter
+    for verb, example in (
+        ("predict", "llmtune predict runs/"),
+        ("chat", "llmtune chat runs/"),
+        ("runs", "runs compare"),
+    ):
+        assert example in invoke(verb, "--help").stdout
