@@ -10,13 +10,12 @@ import json
 import os
 import pty
 import select
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_bad_input, run_cli, write
+from conftest import Result, assert_bad_input, write
 
 LONG = "100000"  # max new tokens: only Ctrl-C ends such a reply
 PATIENCE = 600.0  # seconds: a safety net against a hang, not a timing assumption
@@ -44,6 +43,18 @@ def chat_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def invoke(*args: str | Path, stdin: str | None = None) -> Result:
+    """`llmtune ARGS` in this process, stdin a pipe holding `stdin`."""
+    from typer.testing import CliRunner
+
+    from llmtune.cli import app
+
+    out = CliRunner().invoke(app, [str(a) for a in args], input=stdin)
+    if out.exception is not None and not isinstance(out.exception, SystemExit):
+        raise out.exception
+    return Result(out.exit_code, out.stdout, out.stderr)
 
 
 class Terminal:
@@ -120,17 +131,14 @@ def test_terminal_history_and_ctrl_c_mid_reply(chat_model: Path, tmp_path: Path)
     assert all(len(m["content"]) >= 20 for m in saved[1::2])  # what was streamed before Ctrl-C is kept
 
 
-def test_piped_turns_commands_and_a_safe_save(chat_model: Path, tmp_path: Path) -> None:
+def test_piped_turns_commands_and_a_safe_save(
+    chat_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
     write(tmp_path / "notes.txt", "mine\n")
     turns = "hello\n/system Answer briefly.\nhi there\n/save chat.jsonl\n/save chat.jsonl\n/save notes.txt\n"
-    result = subprocess.run(
-        [sys.executable, "-m", "llmtune", "chat", str(chat_model), "--max-new-tokens", "8"],
-        input=turns,
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = invoke("chat", chat_model, "--max-new-tokens", "8", stdin=turns)
+    assert result.code == 0, result.stderr[-2000:]
     replies = result.stdout.splitlines()
     assert len(replies) == 2 and all(replies)  # one line per turn
     saved = json.loads((tmp_path / "chat.jsonl").read_text())["messages"]
@@ -153,5 +161,5 @@ def test_chat_refuses_a_classifier_and_a_model_without_chat_template(tmp_path: P
     tokenizer = build_tokenizer(spec, [])
     build_scratch_model(spec, tokenizer, head="causal_lm", labels=None).save_pretrained(tmp_path / "plain")
     tokenizer.save_pretrained(tmp_path / "plain")
-    assert_bad_input(run_cli("chat", tmp_path / "plain"), "no chat template")
-    assert_bad_input(run_cli("chat", tmp_path / "nowhere"), "nowhere")
+    assert_bad_input(invoke("chat", tmp_path / "plain"), "no chat template")
+    assert_bad_input(invoke("chat", tmp_path / "nowhere"), "nowhere")
