@@ -5,6 +5,7 @@ As there, each verb hands its options to its job module and bad input becomes ex
 from __future__ import annotations
 
 import importlib
+import os
 import signal
 import sys
 import traceback
@@ -44,7 +45,7 @@ def _exit_codes(debug: bool) -> Iterator[None]:
     except KeyboardInterrupt:
         _fail("interrupted by SIGINT", 128 + signal.SIGINT)
     except BrokenPipeError:  # `llmtune predict ... | head`: the reader has what it wanted
-        sys.stderr.close()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         raise typer.Exit(0) from None
     except Exception as exc:  # noqa: BLE001 - the edge where a crash becomes exit 1
         if debug:

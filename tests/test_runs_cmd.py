@@ -173,3 +173,18 @@ def test_init_and_help_show_how_to_use_a_run() -> None:
         ("runs", "runs compare"),
     ):
         assert example in invoke(verb, "--help").stdout
+
+
+def test_keep_last_keeps_the_newest_checkpoint_and_foreign_files(tmp_path: Path) -> None:
+    from llmtune.runs.disk import droppable, prune_checkpoints
+
+    run = tmp_path / "run"
+    for step in (5, 10, 40):
+        write(run / "checkpoints" / f"checkpoint-{step}" / "model.safetensors", "w" * step)
+    write(run / "checkpoints" / "test_before.json", "{}")
+    write(run / "checkpoints" / "mine.txt", "mine\n")
+    assert prune_checkpoints(run, "last") == 0  # no model/ yet: the checkpoints are all there is
+    write(run / "model" / "config.json", "{}")
+    assert [d.path.name for d in droppable(run, "all")] == []
+    assert prune_checkpoints(run, "last") == 5 + 10 + 2
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-40", "mine.txt"]
