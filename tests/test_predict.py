@@ -6,11 +6,13 @@ prints nothing; a bad MODEL or input is exit 2; nothing is written."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import Result, assert_bad_input, read_jsonl, run_cli, write, write_jsonl
+from conftest import Result, assert_bad_input, read_jsonl, write, write_jsonl
 from typer.testing import CliRunner
 
 TEXTS = ["the service was great today", "the service was awful today", "great"]
@@ -100,6 +102,7 @@ def predicted(*args: str | Path, stdin: str | None = None) -> list[dict]:
     return [json.loads(line) for line in result.stdout.splitlines()]
 
 
+@pytest.mark.slow
 def test_a_classifier_predicts_what_bulk_infer_writes(project: Path, tmp_path: Path) -> None:
     run = project / "cls"
     before = sorted(p.name for p in project.rglob("*"))
@@ -130,6 +133,7 @@ def test_a_classifier_predicts_what_bulk_infer_writes(project: Path, tmp_path: P
     assert sorted(p.name for p in project.rglob("*")) == before  # predict wrote nothing
 
 
+@pytest.mark.slow
 def test_regression_and_causal_lm_runs_match_bulk_infer(project: Path, tmp_path: Path) -> None:
     scores = predicted(project / "reg", *TEXTS)
     expected = bulk_infer(tmp_path / "reg", project / "reg" / "model", TEXTS, task="score")
@@ -146,9 +150,16 @@ def test_regression_and_causal_lm_runs_match_bulk_infer(project: Path, tmp_path:
     )
 
 
+@pytest.mark.slow
 def test_zero_lines_bad_models_and_bad_input(project: Path, tmp_path: Path) -> None:
-    result = run_cli("predict", project / "cls", "--json", cwd=tmp_path)  # stdin: empty
-    assert (result.code, result.stdout) == (0, "")
+    # a real empty pipe: nothing printed, exit 0
+    empty = subprocess.run(
+        [sys.executable, "-m", "llmtune", "predict", str(project / "cls"), "--json"],
+        input="",
+        capture_output=True,
+        text=True,
+    )
+    assert (empty.returncode, empty.stdout) == (0, ""), empty.stderr[-2000:]
     assert_bad_input(invoke("predict", tmp_path / "missing", "x"), "no such run directory")
     write(tmp_path / "mine" / "notes.txt", "x\n")
     assert_bad_input(invoke("predict", tmp_path / "mine", "x"), "neither an llmtune run")

@@ -63,12 +63,14 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_keep_checkpoints_default_drops_them_once_model_is_saved(project: Path) -> None:
     assert not (project / "runs" / "a" / "checkpoints").exists()
     assert (project / "runs" / "a" / "model" / "config.json").exists()
     assert list((project / "runs" / "b" / "checkpoints").glob("checkpoint-*"))  # keep_checkpoints: all
 
 
+@pytest.mark.slow
 def test_the_table_statuses_metrics_and_the_foreign_folder(project: Path) -> None:
     before = snapshot(project)
     result = invoke("runs", project / "runs", "--json")
@@ -94,6 +96,7 @@ def test_the_table_statuses_metrics_and_the_foreign_folder(project: Path) -> Non
     assert snapshot(project) == before  # reading never writes
 
 
+@pytest.mark.slow
 def test_compare_judges_the_difference_with_an_exact_mcnemar_test(project: Path, tmp_path: Path) -> None:
     from scipy.stats import binomtest
 
@@ -130,6 +133,7 @@ def test_compare_judges_the_difference_with_an_exact_mcnemar_test(project: Path,
     assert_bad_input(invoke("runs", "compare", runs / "a"), "at least two runs")
 
 
+@pytest.mark.slow
 def test_clean_lists_then_deletes_exactly_that_and_never_a_foreign_file(
     project: Path, tmp_path: Path
 ) -> None:
