@@ -27,7 +27,8 @@ MaxNew = Annotated[
     typer.Option("--max-new-tokens", metavar="N", help="Causal LMs: tokens generated at most."),
 ]
 Temperature = Annotated[
-    float, typer.Option("--temperature", help="Causal LMs: 0 is greedy (the same text every time).")
+    float,
+    typer.Option("--temperature", metavar="T", help="Causal LMs: 0 is greedy (the same text every time)."),
 ]
 
 
@@ -82,11 +83,13 @@ def predict(
     ] = None,
     as_json: JsonLines = False,
     engine: Annotated[
-        str, typer.Option("--engine", help="hf (transformers) or vllm, as in bulk-infer.")
+        str, typer.Option("--engine", metavar="hf|vllm", help="hf (transformers) or vllm, as in bulk-infer.")
     ] = "hf",
     max_new_tokens: MaxNew = None,
     temperature: Temperature = 0.0,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Sampling seed (default: the run's).")] = None,
+    seed: Annotated[
+        Optional[int], typer.Option("--seed", metavar="N", help="Sampling seed (default: the run's).")
+    ] = None,
     debug: Debug = False,
 ) -> None:
     """Try a model on a few texts: label and probabilities, score, or generation. Writes nothing.
@@ -120,7 +123,7 @@ def chat(
         int, typer.Option("--max-new-tokens", metavar="N", help="Tokens per reply at most.")
     ] = 512,
     temperature: Temperature = 0.0,
-    seed: Annotated[int, typer.Option("--seed", help="Sampling seed.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Sampling seed.")] = 0,
     debug: Debug = False,
 ) -> None:
     """Talk to a causal LM with its chat template: streamed replies, /reset, /system, /save.
