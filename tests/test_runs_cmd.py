@@ -192,3 +192,23 @@ def test_keep_last_keeps_the_newest_checkpoint_and_foreign_files(tmp_path: Path)
     assert [d.path.name for d in droppable(run, "all")] == []
     assert prune_checkpoints(run, "last") == 5 + 10 + 2
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-40", "mine.txt"]
+
+
+def test_a_running_run_whose_process_is_gone_shows_as_stopped(tmp_path: Path) -> None:
+    import os
+
+    manifest = {
+        "llmtune": "0",
+        "kind": "finetune",
+        "name": "x",
+        "status": "running",
+        "started": "2026-01-01T00:00:00",
+    }
+    for name, pid in (("alive", os.getpid()), ("gone", 2**22 + 12345)):
+        write(tmp_path / name / "manifest.json", json.dumps(manifest))
+        write(tmp_path / name / ".llmtune.lock", f"pid {pid} since 2026-01-01T00:00:00")
+    records = {
+        r["name"]: r["status"]
+        for r in map(json.loads, invoke("runs", tmp_path, "--json").stdout.splitlines())
+    }
+    assert records == {"alive": "running", "gone": "stopped"}
