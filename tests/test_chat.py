@@ -90,10 +90,15 @@ class Terminal:
         self.read_until(lambda seen: text.encode() in seen[start:], repr(text))
 
     def streamed(self, after: bytes, count: int) -> None:
-        """Wait until `count` bytes of reply follow the last `after`."""
-        self.read_until(
-            lambda seen: after in seen and len(seen) - seen.rindex(after) > count, "a streamed reply"
-        )
+        """Wait until `count` bytes of reply follow the last `after` and the editor's last escape
+        sequence: model text is printed with control characters escaped, so bytes after the
+        last ESC are the reply, and the editor has let go of the terminal (a Ctrl-C sent now is
+        a SIGINT, not a keystroke)."""
+
+        def replying(seen: bytes) -> bool:
+            return after in seen and len(seen) - max(seen.rindex(after), seen.rfind(b"\x1b")) > count
+
+        self.read_until(replying, "a streamed reply")
 
     def wait(self) -> int:
         while True:  # drain, so that the child never blocks writing
@@ -111,14 +116,14 @@ def test_terminal_history_and_ctrl_c_mid_reply(chat_model: Path, tmp_path: Path)
     term = Terminal("chat", chat_model, "--max-new-tokens", LONG, cwd=tmp_path)
     term.expect("you>")
     term.send("hello\r")
-    term.streamed(b"hello", 300)  # the reply is streaming: stop it
+    term.streamed(b"hello", 200)  # the reply is streaming: stop it
     term.send("\x03")
     term.expect("[stopped]")
     term.expect("you>")  # the session goes on
     term.send("\x1b[A")  # up arrow: the last line comes back from the history
     term.expect("hello")
     term.send("\r")
-    term.streamed(b"hello", 300)
+    term.streamed(b"hello", 200)
     term.send("\x03")
     term.expect("[stopped]")
     term.send("/save chat.jsonl\r")
