@@ -10,6 +10,7 @@ import json
 import os
 import pty
 import select
+import signal
 import sys
 import time
 from pathlib import Path
@@ -65,9 +66,13 @@ class Terminal:
         env = {**os.environ, "TERM": "xterm", "PROMPT_TOOLKIT_NO_CPR": "1", "COLUMNS": "200"}
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: become llmtune
+            # a test run started in the background (`pytest &` in a script) ignores SIGINT, and an
+            # ignored signal stays ignored across exec: give llmtune the default a terminal has
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.chdir(cwd)
             os.execve(sys.executable, [sys.executable, "-m", "llmtune", *map(str, args)], env)
         self.seen = b""
+        self.mark = 0  # where the next expect() starts looking
 
     def send(self, keys: str) -> None:
         os.write(self.fd, keys.encode())
@@ -86,8 +91,10 @@ class Terminal:
                     raise AssertionError(f"llmtune ended before {what}; saw {self.seen[-2000:]!r}") from None
 
     def expect(self, text: str) -> None:
-        start = len(self.seen)
-        self.read_until(lambda seen: text.encode() in seen[start:], repr(text))
+        """Wait for `text` after the previous match (it may have come in the same read)."""
+        mark, needle = self.mark, text.encode()
+        self.read_until(lambda seen: needle in seen[mark:], repr(text))
+        self.mark = self.seen.index(needle, mark) + len(needle)
 
     def streamed(self, after: bytes, count: int) -> None:
         """Wait until `count` bytes of reply follow the last `after` and the editor's last escape
@@ -99,6 +106,7 @@ class Terminal:
             return after in seen and len(seen) - max(seen.rindex(after), seen.rfind(b"\x1b")) > count
 
         self.read_until(replying, "a streamed reply")
+        self.mark = len(self.seen)
 
     def wait(self) -> int:
         while True:  # drain, so that the child never blocks writing
