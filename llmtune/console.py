@@ -99,6 +99,12 @@ def shown(text: object) -> str:
     write the clipboard or print a fake line. Use it for every dataset string printed."""
     from rich.markup import escape
 
+    return escape(safe_text(text))
+
+
+def safe_text(text: object) -> str:
+    """`shown` for plain output (print, not rich): control characters and lone surrogates shown
+    visibly, newlines and tabs kept, nothing else changed."""
     out = []
     for ch in str(text):
         code = ord(ch)
@@ -108,7 +114,7 @@ def shown(text: object) -> str:
             out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
         else:
             out.append(ch)
-    return escape("".join(out))
+    return "".join(out)
 
 
 class RowProgress:

@@ -76,6 +76,9 @@ def test_version_and_fast_help() -> None:
         "schema",
         "env",
         "export",
+        "predict",
+        "chat",
+        "runs",
     ):
         assert verb in result.stdout
 

@@ -326,6 +326,10 @@ class Training(Section):
     """Log loss and learning rate every N steps. auto: about 20 lines over the run."""
     save_total_limit: int = Field(2, ge=1)
     """Checkpoints kept for --resume."""
+    keep_checkpoints: Literal["none", "last", "all"] = "none"
+    """What stays in checkpoints/ once a run has completed and saved model/ (--resume never
+    continues a completed run): none frees the space; last keeps the newest checkpoint (to train
+    on from it by hand); all keeps everything. Checkpoints of runs that stop early always stay."""
     report_to: list[Literal["tensorboard", "mlflow", "wandb", "trackio"]] = Field(default_factory=list)
     """Experiment trackers that receive the loss and metrics (the HF Trainer's integrations):
     tensorboard writes to <run>/tensorboard, mlflow to <run>/mlruns unless MLFLOW_TRACKING_URI is

@@ -234,6 +234,24 @@ def starter_for(
     return starter_recipe(kind, RECIPE_KINDS[kind], stage, short=short, example=example)
 
 
+# what to do with a run once it has finished: the verbs that use it, with an example each
+_USE_A_RUN = [
+    "# After the run (runs/NAME: output.dir with the recipe's name):",
+    "#   llmtune runs                            # the table of your runs: status, test metric, size",
+    "#   llmtune runs show runs/NAME             # one run: summary, plan, metrics",
+    "#   llmtune runs compare runs/A runs/B      # metrics side by side, differences beyond the noise",
+    '#   llmtune predict runs/NAME "some text"   # label / score / generation; stdin and --input too',
+    "#   llmtune chat runs/NAME                  # causal LMs with a chat template: talk to it",
+    "#   llmtune runs clean --yes                # delete checkpoints completed runs kept",
+]
+AFTER_THE_RUN = {
+    "finetune": _USE_A_RUN,
+    "distill": _USE_A_RUN,
+    "rlhf": _USE_A_RUN,
+    "prompt-eval": ["# After the run: llmtune runs (the table), llmtune runs show runs/NAME"],
+}
+
+
 def starter_recipe(
     kind: str,
     model: type[BaseModel],
@@ -265,6 +283,7 @@ def starter_recipe(
             f"# `llmtune schema {kind}` documents them. The run is named after this file: runs/<file stem>.",
             "# Then: llmtune validate FILE; llmtune finetune FILE --dry-run; llmtune finetune FILE",
         ]
+    lines[-1:-1] = AFTER_THE_RUN.get(kind, [])
     if kind == "rlhf":
         lines[3:3] = [
             "# Stages, in the order of the loop: collect -> (people rank: llmtune rank FILE) -> reward ->",

@@ -358,11 +358,26 @@ def recorded(
     summary["run_dir"] = str(run_dir.path)
     if not is_main():
         return summary
+    _prune(run_dir)
     run_dir.close("completed", summary=summary)
     say(f"run directory: {run_dir.path}")
     if (run_dir.path / "report.md").exists():
         say(f"report: {run_dir.path / 'report.md'}")
     return summary
+
+
+def _prune(run_dir: RunDir) -> None:
+    """training.keep_checkpoints, once the run has completed and saved model/."""
+    from llmtune.recipes.common import Training
+    from llmtune.runs.disk import prune_checkpoints
+
+    training = getattr(run_dir.recipe, "training", None)  # jobs without training have no checkpoints
+    if isinstance(training, Training) and (
+        freed := prune_checkpoints(run_dir.path, training.keep_checkpoints)
+    ):
+        say(
+            f"checkpoints: {freed / 1e6:.1f} MB freed (training.keep_checkpoints: {training.keep_checkpoints})"
+        )
 
 
 def _opened(run_dir: RunDir, options: JobOptions, files: list[Path]) -> None:

@@ -57,6 +57,7 @@ SAFE_TO_CHANGE_ON_RESUME = (
     "training.epochs",
     "training.logging_steps",
     "training.save_total_limit",
+    "training.keep_checkpoints",
     "training.early_stopping.patience",
     "sweep.trials",  # a sweep's budget may grow (or its timeout change) when it is resumed
     "sweep.timeout",

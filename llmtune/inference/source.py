@@ -1,0 +1,174 @@
+"""What MODEL names for `llmtune predict` and `llmtune chat`: a run directory (its model/ and
+the way the run fed it: template, columns, max length, generation length, chat format), an
+export, a local model folder, or a hub id. Only files are read here; nothing is loaded."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmtune.errors import BadInput
+from llmtune.recipes.common import ModelRef, RecipeBase
+from llmtune.runs.lineage import read_manifest
+
+EXPORT_FILES = ("export.json", ".llmtune-export.json")
+ENGINE_FOR = {"onnx": "onnx", "gguf": "llamacpp"}
+
+
+@dataclass
+class Source:
+    """A model to run and how its run fed it."""
+
+    ref: ModelRef
+    described: str
+    run: Path | None = None
+    template: str | None = None
+    """The run's data.template (None: the model reads the text as it is)."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """The run's data.columns: canonical field -> column, to read an --input file like the run's data."""
+    max_length: int = 2048
+    max_new_tokens: int = 64
+    chat: bool | None = None
+    """Apply the tokenizer's chat template: True for a run trained on messages, False for other
+    runs, None (when it has one) for models from elsewhere."""
+    seed: int = 42
+
+
+class StubRecipe(RecipeBase):
+    """The recipe fields model loading reads (seed; paths resolve against the working folder)."""
+
+    kind: str = "predict"
+
+
+def find_source(model: str) -> Source:
+    """The Source `model` names; BadInput when it names nothing usable."""
+    path = Path(model).expanduser()
+    if path.is_file():
+        raise BadInput(
+            f"{model} is a file; expected a run directory, a model folder or a hub id", key="MODEL"
+        )
+    if path.is_dir():
+        manifest = read_manifest(path)
+        if manifest is not None:
+            return _from_run(path, manifest)
+        _refuse_other_formats(path)
+        if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+            raise BadInput(
+                f"{model} is neither an llmtune run (no manifest.json) nor a model folder (no config.json)",
+                key="MODEL",
+            )
+        return Source(ModelRef(path=str(path.resolve())), described=str(path))
+    if model.startswith((".", "/", "~")) or model.count("/") > 1 or not model.strip():
+        raise BadInput(f"{model}: no such run directory or model folder", key="MODEL")
+    return Source(ModelRef(path=model), described=model)
+
+
+def _from_run(run: Path, manifest: dict[str, Any]) -> Source:
+    folder = run / "model"
+    if not (folder / "config.json").exists() and not (folder / "adapter_config.json").exists():
+        status = manifest.get("status")
+        raise BadInput(
+            f"the run {run} has no model/ (its status: {status}); predict needs a run that saved its model",
+            key="MODEL",
+        )
+    recipe = _stored_recipe(run)
+    data = recipe.get("data") if isinstance(recipe.get("data"), dict) else {}
+    evaluation = recipe.get("evaluation") if isinstance(recipe.get("evaluation"), dict) else {}
+    summary = manifest.get("summary") if isinstance(manifest.get("summary"), dict) else {}
+    template = data.get("template")
+    columns = data.get("columns")
+    return Source(
+        ModelRef(path=str(folder.resolve())),
+        described=str(run),
+        run=run,
+        template=template if isinstance(template, str) else None,
+        columns=columns if isinstance(columns, dict) else {},
+        max_length=int(data.get("max_length") or 2048),
+        max_new_tokens=int(evaluation.get("max_new_tokens") or 64),
+        chat=summary.get("data_format") == "messages",
+        seed=int(recipe.get("seed") or 42),
+    )
+
+
+def _stored_recipe(run: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load((run / "recipe.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise BadInput(f"cannot read the run's recipe: {exc}", file=str(run / "recipe.yaml")) from None
+    return data if isinstance(data, dict) else {}
+
+
+def _refuse_other_formats(folder: Path) -> None:
+    """An ONNX or GGUF export is run by its own engine, which this command does not have yet."""
+    fmt = None
+    for name in EXPORT_FILES:
+        try:
+            fmt = json.loads((folder / name).read_text()).get("format")
+        except (OSError, ValueError, AttributeError):
+            continue
+        break
+    if fmt is None and any(folder.glob("*.onnx")):
+        fmt = "onnx"
+    if fmt is None and any(folder.glob("*.gguf")):
+        fmt = "gguf"
+    if fmt in ENGINE_FOR:
+        raise BadInput(
+            f"{folder} is a {fmt} export: it needs --engine {ENGINE_FOR[fmt]}, which this llmtune does "
+            "not have; use the run directory or an hf export (llmtune export RUN --output DIR)",
+            key="MODEL",
+        )
+
+
+ENGINES = ("hf", "vllm")
+
+
+def open_engine(source: Source, engine: str = "hf", *, max_new_tokens: int | None = None) -> Any:
+    """The model loaded behind an engine (hf: `Engine`; vllm: `VllmEngine`), as bulk-infer
+    serves it: the head its config names, an adapter merged where peft can merge it, the
+    run's max length. BadInput for a model that is neither a causal LM nor a classifier."""
+    import llmtune.inference.vllm_engine as vllm_engine
+    from llmtune.inference.engine import Engine
+    from llmtune.models.loading import inspect_model, load_model
+    from llmtune.recipes.engines import VllmSettings
+
+    if engine not in ENGINES:
+        hint = " (bulk-infer runs files on a Ray pool)" if engine == "ray" else ""
+        raise BadInput(f"expected --engine hf or vllm, got {engine!r}{hint}", key="--engine")
+    stub = StubRecipe(seed=source.seed)
+    info = inspect_model(source.ref, stub, "MODEL")
+    if info.head is None:
+        raise BadInput(
+            f"{source.described} is neither a causal LM nor a classifier (architectures: "
+            f"{info.architectures or 'unknown'}); fine-tune a head first (llmtune finetune) or use a causal LM",
+            key="MODEL",
+        )
+    if engine == "vllm":
+        vllm_engine.require_vllm("--engine")
+        vllm_engine.require_causal_lm(info.head, "--engine")
+        return vllm_engine.vllm_engine(
+            None,
+            source.ref,
+            stub,
+            VllmSettings(),
+            max_length=source.max_length,
+            max_new_tokens=max_new_tokens or source.max_new_tokens,
+            key="MODEL",
+        )
+    loaded = load_model(source.ref, stub, head=info.head, key="MODEL", labels=info.head_labels)
+    loaded.model = _merged(loaded.model)
+    return Engine(loaded, max_length=source.max_length, label_range=info.label_range)
+
+
+def _merged(model: Any) -> Any:
+    """A LoRA-style adapter folded into the weights, as bulk-infer runs it (same outputs, no
+    per-layer adapter cost); methods that cannot merge run unmerged."""
+    if not hasattr(model, "merge_and_unload"):
+        return model
+    try:
+        return model.merge_and_unload()
+    except (AttributeError, ValueError, NotImplementedError, TypeError):
+        return model
