@@ -83,7 +83,12 @@ def predict(
     ] = None,
     as_json: JsonLines = False,
     engine: Annotated[
-        str, typer.Option("--engine", metavar="hf|vllm", help="hf (transformers) or vllm, as in bulk-infer.")
+        str,
+        typer.Option(
+            "--engine",
+            metavar="hf|vllm|onnx|llamacpp",
+            help="As in bulk-infer; an ONNX or GGUF export picks its own (onnx, llamacpp).",
+        ),
     ] = "hf",
     max_new_tokens: MaxNew = None,
     temperature: Temperature = 0.0,

@@ -70,6 +70,17 @@ def test_onnx_export_loads_in_plain_onnxruntime_and_predicts_what_the_run_predic
     assert "ort.InferenceSession" in card and "More Information Needed" not in card
     assert machine_paths(out, tmp_path, cls_run, hf_home) == []
 
+    # `llmtune predict` on the export runs it on ONNX Runtime and says what the run predicted
+    texts = [r["text"] for r in rows]
+    exported = invoke("predict", out, *texts, "--json")
+    assert exported.code == 0, exported.stderr[-3000:]
+    answers = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert [a["label"] for a in answers] == [r["prediction"] for r in rows]
+    np.testing.assert_allclose(
+        [[a["scores"][k] for k in ("neg", "pos")] for a in answers], expected[:, :2], atol=1e-4
+    )
+    assert_bad_input(invoke("predict", out, "x", "--engine", "vllm"), "--engine onnx")
+
 
 def test_int8_records_its_quantisation_and_its_figures(cls_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "int8"

@@ -164,7 +164,7 @@ def test_zero_lines_bad_models_and_bad_input(project: Path, tmp_path: Path) -> N
     write(tmp_path / "mine" / "notes.txt", "x\n")
     assert_bad_input(invoke("predict", tmp_path / "mine", "x"), "neither an llmtune run")
     write(tmp_path / "onnx" / "model.onnx", "")
-    assert_bad_input(invoke("predict", tmp_path / "onnx", "x"), "onnx export", "--engine onnx")
+    assert_bad_input(invoke("predict", tmp_path / "onnx", "x"), "onnx")  # runs on onnx: no config.json
     assert_bad_input(invoke("predict", "nobody/no-such-model", "x"), "not found")
     assert_bad_input(invoke("predict", project / "cls", "--input", tmp_path / "none.jsonl"), "no such file")
     write_jsonl(tmp_path / "rows.jsonl", [{"body": "x"}])

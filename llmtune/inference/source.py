@@ -36,6 +36,8 @@ class Source:
     """Apply the tokenizer's chat template: True for a run trained on messages, False for other
     runs, None (when it has one) for models from elsewhere."""
     seed: int = 42
+    engine: str | None = None
+    """The engine an export's format needs (onnx, llamacpp); None: any."""
 
 
 class StubRecipe(RecipeBase):
@@ -47,15 +49,20 @@ class StubRecipe(RecipeBase):
 def find_source(model: str) -> Source:
     """The Source `model` names; BadInput when it names nothing usable."""
     path = Path(model).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":  # llama.cpp's own file
+        return Source(ModelRef(path=str(path.resolve())), described=str(path), engine="llamacpp")
     if path.is_file():
         raise BadInput(
-            f"{model} is a file; expected a run directory, a model folder or a hub id", key="MODEL"
+            f"{model} is a file; expected a run directory, a model folder, a GGUF file or a hub id",
+            key="MODEL",
         )
     if path.is_dir():
         manifest = read_manifest(path)
         if manifest is not None:
             return _from_run(path, manifest)
-        _refuse_other_formats(path)
+        fmt = export_format(path)
+        if fmt in ENGINE_FOR:
+            return Source(ModelRef(path=str(path.resolve())), described=str(path), engine=ENGINE_FOR[fmt])
         if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
             raise BadInput(
                 f"{model} is neither an llmtune run (no manifest.json) nor a model folder (no config.json)",
@@ -102,43 +109,43 @@ def _stored_recipe(run: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _refuse_other_formats(folder: Path) -> None:
-    """An ONNX or GGUF export is run by its own engine, which this command does not have yet."""
-    fmt = None
+def export_format(folder: Path) -> str | None:
+    """The format of an `llmtune export` folder (or of a folder holding an .onnx / .gguf file)."""
     for name in EXPORT_FILES:
         try:
             fmt = json.loads((folder / name).read_text()).get("format")
         except (OSError, ValueError, AttributeError):
             continue
-        break
-    if fmt is None and any(folder.glob("*.onnx")):
-        fmt = "onnx"
-    if fmt is None and any(folder.glob("*.gguf")):
-        fmt = "gguf"
-    if fmt in ENGINE_FOR:
-        raise BadInput(
-            f"{folder} is a {fmt} export: it needs --engine {ENGINE_FOR[fmt]}, which this llmtune does "
-            "not have; use the run directory or an hf export (llmtune export RUN --output DIR)",
-            key="MODEL",
-        )
-
-
-ENGINES = ("hf", "vllm")
+        if isinstance(fmt, str):
+            return fmt
+    if any(folder.glob("*.onnx")):
+        return "onnx"
+    if any(folder.glob("*.gguf")):
+        return "gguf"
+    return None
 
 
 def open_engine(source: Source, engine: str = "hf", *, max_new_tokens: int | None = None) -> Any:
     """The model loaded behind an engine (hf: `Engine`; vllm: `VllmEngine`), as bulk-infer
     serves it: the head its config names, an adapter merged where peft can merge it, the
     run's max length. BadInput for a model that is neither a causal LM nor a classifier."""
+    import llmtune.inference.registry as registry
     import llmtune.inference.vllm_engine as vllm_engine
     from llmtune.inference.engine import Engine
     from llmtune.models.loading import inspect_model, load_model
     from llmtune.recipes.engines import VllmSettings
 
-    if engine not in ENGINES:
+    if engine == "hf" and source.engine is not None:
+        engine = source.engine  # an ONNX or GGUF export runs on its own runtime
+    if engine not in registry.ENGINES or engine == "ray":
         hint = " (bulk-infer runs files on a Ray pool)" if engine == "ray" else ""
-        raise BadInput(f"expected --engine hf or vllm, got {engine!r}{hint}", key="--engine")
+        names = ", ".join(n for n in registry.ENGINES)
+        raise BadInput(f"expected --engine {names}, got {engine!r}{hint}", key="--engine")
+    if source.engine is not None and engine != source.engine:
+        raise BadInput(f"{source.described} runs on --engine {source.engine}, not {engine}", key="--engine")
     stub = StubRecipe(seed=source.seed)
+    if engine in ("onnx", "llamacpp"):
+        return _open_runtime(engine, source, stub, max_new_tokens or source.max_new_tokens)
     info = inspect_model(source.ref, stub, "MODEL")
     if info.head is None:
         raise BadInput(
@@ -161,6 +168,29 @@ def open_engine(source: Source, engine: str = "hf", *, max_new_tokens: int | Non
     loaded = load_model(source.ref, stub, head=info.head, key="MODEL", labels=info.head_labels)
     loaded.model = _merged(loaded.model)
     return Engine(loaded, max_length=source.max_length, label_range=info.label_range)
+
+
+def _open_runtime(engine: str, source: Source, stub: StubRecipe, max_new_tokens: int) -> Any:
+    """Engine onnx or llamacpp over an export (or, for onnx, a model exported once into its cache)."""
+    import llmtune.inference.registry as registry
+    from llmtune.inference.interface import EngineRequest
+    from llmtune.models.loading import inspect_model
+
+    registry.require(engine, "--engine")
+    info = registry.inspect(engine, source.ref, stub, "MODEL") or inspect_model(source.ref, stub, "MODEL")
+    head = info.head or "causal_lm"
+    registry.check_head(engine, head, source.ref.path, key="--engine")
+    request = EngineRequest(
+        ref=source.ref,
+        recipe=stub,
+        head=head,
+        labels=info.head_labels,
+        max_length=source.max_length,
+        max_new_tokens=max_new_tokens,
+        label_range=info.label_range,
+        key="MODEL",
+    )
+    return registry.open_engine(engine, request)
 
 
 def _merged(model: Any) -> Any:
