@@ -170,7 +170,7 @@ def test_init_and_help_show_how_to_use_a_run() -> None:
         "llmtune runs clean",
     ):
         assert example in starter
-    assert "keep_checkpoints: none" in starter
+    assert "keep_checkpoints: none" in invoke("init", "finetune", "--full").stdout
     for verb, example in (
         ("predict", "llmtune predict runs/"),
         ("chat", "llmtune chat runs/"),

@@ -126,79 +126,44 @@ def export_format(folder: Path) -> str | None:
 
 
 def open_engine(source: Source, engine: str = "hf", *, max_new_tokens: int | None = None) -> Any:
-    """The model loaded behind an engine (hf: `Engine`; vllm: `VllmEngine`), as bulk-infer
-    serves it: the head its config names, an adapter merged where peft can merge it, the
-    run's max length. BadInput for a model that is neither a causal LM nor a classifier."""
+    """The model behind an engine from the registry, as bulk-infer serves it: the head its config
+    names, an adapter merged where peft can merge it, the run's max length; an ONNX or GGUF
+    export on its own runtime. BadInput for a model that is neither a causal LM nor a classifier,
+    or that the engine cannot run."""
     import llmtune.inference.registry as registry
-    import llmtune.inference.vllm_engine as vllm_engine
-    from llmtune.inference.engine import Engine
-    from llmtune.models.loading import inspect_model, load_model
+    from llmtune.inference.interface import EngineRequest
+    from llmtune.models.loading import inspect_model
     from llmtune.recipes.engines import VllmSettings
 
     if engine == "hf" and source.engine is not None:
         engine = source.engine  # an ONNX or GGUF export runs on its own runtime
-    if engine not in registry.ENGINES or engine == "ray":
+    if engine not in registry.ENGINES:
         hint = " (bulk-infer runs files on a Ray pool)" if engine == "ray" else ""
-        names = ", ".join(n for n in registry.ENGINES)
-        raise BadInput(f"expected --engine {names}, got {engine!r}{hint}", key="--engine")
+        raise BadInput(
+            f"expected --engine {', '.join(registry.ENGINES)}, got {engine!r}{hint}", key="--engine"
+        )
     if source.engine is not None and engine != source.engine:
         raise BadInput(f"{source.described} runs on --engine {source.engine}, not {engine}", key="--engine")
     stub = StubRecipe(seed=source.seed)
-    if engine in ("onnx", "llamacpp"):
-        return _open_runtime(engine, source, stub, max_new_tokens or source.max_new_tokens)
-    info = inspect_model(source.ref, stub, "MODEL")
+    registry.require(engine, "--engine")
+    info = registry.inspect(engine, source.ref, stub, "MODEL") or inspect_model(source.ref, stub, "MODEL")
     if info.head is None:
         raise BadInput(
             f"{source.described} is neither a causal LM nor a classifier (architectures: "
             f"{info.architectures or 'unknown'}); fine-tune a head first (llmtune finetune) or use a causal LM",
             key="MODEL",
         )
-    if engine == "vllm":
-        vllm_engine.require_vllm("--engine")
-        vllm_engine.require_causal_lm(info.head, "--engine")
-        return vllm_engine.vllm_engine(
-            None,
-            source.ref,
-            stub,
-            VllmSettings(),
-            max_length=source.max_length,
-            max_new_tokens=max_new_tokens or source.max_new_tokens,
-            key="MODEL",
-        )
-    loaded = load_model(source.ref, stub, head=info.head, key="MODEL", labels=info.head_labels)
-    loaded.model = _merged(loaded.model)
-    return Engine(loaded, max_length=source.max_length, label_range=info.label_range)
-
-
-def _open_runtime(engine: str, source: Source, stub: StubRecipe, max_new_tokens: int) -> Any:
-    """Engine onnx or llamacpp over an export (or, for onnx, a model exported once into its cache)."""
-    import llmtune.inference.registry as registry
-    from llmtune.inference.interface import EngineRequest
-    from llmtune.models.loading import inspect_model
-
-    registry.require(engine, "--engine")
-    info = registry.inspect(engine, source.ref, stub, "MODEL") or inspect_model(source.ref, stub, "MODEL")
-    head = info.head or "causal_lm"
-    registry.check_head(engine, head, source.ref.path, key="--engine")
+    registry.check_head(engine, info.head, source.ref.path, key="--engine")
     request = EngineRequest(
         ref=source.ref,
         recipe=stub,
-        head=head,
+        head=info.head,
         labels=info.head_labels,
         max_length=source.max_length,
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=max_new_tokens or source.max_new_tokens,
         label_range=info.label_range,
         key="MODEL",
+        settings={"vllm": VllmSettings()},
+        merge_adapters=True,  # folded into the weights, as bulk-infer runs it
     )
     return registry.open_engine(engine, request)
-
-
-def _merged(model: Any) -> Any:
-    """A LoRA-style adapter folded into the weights, as bulk-infer runs it (same outputs, no
-    per-layer adapter cost); methods that cannot merge run unmerged."""
-    if not hasattr(model, "merge_and_unload"):
-        return model
-    try:
-        return model.merge_and_unload()
-    except (AttributeError, ValueError, NotImplementedError, TypeError):
-        return model
