@@ -4,7 +4,7 @@ nightly cron exports once and then only opens the file.
 
 A folder holds `model.onnx` (logits out of `input_ids` + `attention_mask`, and `token_type_ids`
 when the model takes them), `config.json` and the tokenizer's files. int8 is ONNX Runtime's
-dynamic quantisation (`onnxruntime.quantization.quantize_dynamic`, int8 weights per channel,
+dynamic quantisation (`onnxruntime.quantization.quantize_dynamic`, QUInt8 MatMul weights per channel,
 activations quantised on the fly) into `model.int8.onnx` beside it.
 
 `export_onnx` is the one function that writes the graph; `llmtune export --format onnx` may
@@ -25,7 +25,9 @@ MODEL_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 CACHE_ENV = "LLMTUNE_ONNX_CACHE"
 """Where on-the-fly exports are kept (default: ~/.cache/llmtune/onnx)."""
-EXPORT_VERSION = "1"  # bump when export_onnx writes a different graph for the same model
+EXPORT_VERSION = (
+    "2"  # bump when export_onnx writes a different graph; 2: int8 as QUInt8 MatMul weights per channel
+)
 
 
 def is_onnx_folder(path: Path) -> bool:
@@ -84,7 +86,16 @@ def quantized(folder: Path, write_into: Path | None = None) -> Path:
 
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    quantize_dynamic(str(source), str(partial), weight_type=QuantType.QInt8, per_channel=True)
+    # the choice `llmtune export --quantize int8` measured best on the quickstart (labels 0.994 of
+    # float32's against 0.975-0.981 for QInt8 per channel; bench/results/export_parity.md):
+    # QUInt8 weights per output channel on the matrices, embedding tables kept in float32
+    quantize_dynamic(
+        str(source),
+        str(partial),
+        weight_type=QuantType.QUInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul"],
+    )
     os.replace(partial, target)
     return target
 
