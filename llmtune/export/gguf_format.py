@@ -183,7 +183,7 @@ def _vocab(writer: Any, tokenizer: Any, folder: Path) -> None:
         special_vocab = gguf.SpecialVocab(saved, load_merges=True, n_vocab=vocab_size)
     if not special_vocab.merges:  # a byte tokenizer has none; llama.cpp insists on the key
         # a pair of special tokens: never two symbols of a word, so it never merges anything
-        special_vocab.merges = [f"{tokenizer.bos_token} {tokenizer.eos_token}"]
+        special_vocab.merges = [placeholder_merge(tokenizer.bos_token, tokenizer.eos_token)]
     sample = tokenizer("a")["input_ids"]
     special_vocab.add_special_token = {
         "bos": tokenizer.bos_token_id is not None and sample[:1] == [tokenizer.bos_token_id],
@@ -192,6 +192,11 @@ def _vocab(writer: Any, tokenizer: Any, folder: Path) -> None:
     if tokenizer.chat_template:
         special_vocab.chat_template = tokenizer.chat_template
     special_vocab.add_to_gguf(writer, quiet=True)
+
+
+def placeholder_merge(bos: str, eos: str) -> str:
+    """The one merge a byte tokenizer's file carries (llama.cpp needs the key): "<s> </s>"."""
+    return f"{bos} {eos}"
 
 
 def _byte_level(spec: dict[str, Any]) -> bool:

@@ -16,7 +16,9 @@ class TorchRunner:
     """A transformers model and tokenizer: the reference side (and GGUF's fallback reader)."""
 
     def __init__(self, model: Any, tokenizer: Any, max_length: int | None) -> None:
-        self.model, self.tokenizer, self.max_length = model.float().eval(), tokenizer, max_length
+        # a model read from a GGUF file counts as quantized (already dequantized; .float() refuses it)
+        model = model if getattr(model, "is_quantized", False) else model.float()
+        self.model, self.tokenizer, self.max_length = model.eval(), tokenizer, max_length
         self.batch = BATCH
 
     def head_logits(self, texts: list[str]) -> np.ndarray:
@@ -124,5 +126,20 @@ def gguf_side(folder: Path, file: str, n_ctx: int) -> tuple[Any, str]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=file)
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=file)
+    tokenizer = _byte_tokenizer(folder / file) or AutoTokenizer.from_pretrained(str(folder), gguf_file=file)
     return TorchRunner(model, tokenizer, None), "transformers' GGUF reader (llama-cpp-python not installed)"
+
+
+def _byte_tokenizer(path: Path) -> Any:
+    """transformers' tokenizer for a byte tokenizer's file, without its placeholder merge (a merge
+    whose result is not in the vocabulary makes `tokenizers` panic); None for any other file."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.integrations.gguf import convert_gguf_tokenizer, get_gguf_tokenizer
+
+    from llmtune.export.gguf_format import placeholder_merge
+
+    arch, spec, config = get_gguf_tokenizer(str(path))
+    if spec.get("merges") != [placeholder_merge(config["bos_token"], config["eos_token"])]:
+        return None
+    backend, extra = convert_gguf_tokenizer(arch, {**spec, "merges": []})
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **config, **extra)
