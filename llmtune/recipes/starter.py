@@ -243,6 +243,8 @@ _USE_A_RUN = [
     '#   llmtune predict runs/NAME "some text"   # label / score / generation; stdin and --input too',
     "#   llmtune chat runs/NAME                  # causal LMs with a chat template: talk to it",
     "#   llmtune runs clean --yes                # delete checkpoints completed runs kept",
+    "#   llmtune export runs/NAME --format onnx --quantize int8 --output deploy/",
+    "#                                           # deploy (hf, onnx, gguf), checked against the run",
 ]
 AFTER_THE_RUN = {
     "finetune": _USE_A_RUN,
