@@ -25,7 +25,9 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 
 def llmtune(*args: str | Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run([sys.executable, "-m", "llmtune", *map(str, args)], capture_output=True, text=True, env=env)
+    out = subprocess.run(
+        [sys.executable, "-m", "llmtune", *map(str, args)], capture_output=True, text=True, env=env
+    )
     if out.returncode != 0:
         raise SystemExit(f"llmtune {' '.join(map(str, args))} failed:\n{out.stderr[-3000:]}")
     return out
@@ -53,7 +55,9 @@ def main() -> None:
         predicted = llmtune("predict", run, *texts, env=env).stdout
         table = llmtune("runs", work / "runs", env=env).stdout.replace(str(work), "TMP")
     load_after = os.getloadavg()
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
     flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
     mb = 1e6
     lines = [
