@@ -21,21 +21,22 @@ class TorchRunner:
         self.model, self.tokenizer, self.max_length = model.eval(), tokenizer, max_length
         self.batch = BATCH
 
-    def head_logits(self, texts: list[str]) -> np.ndarray:
-        import torch
-
-        out = []
+    def batches(self, texts: list[str], tensors: str) -> Any:
+        """The texts tokenized in padded batches of `self.batch` (`tensors`: "pt" or "np")."""
         for start in range(0, len(texts), self.batch):
-            batch = self.tokenizer(
+            yield self.tokenizer(
                 texts[start : start + self.batch],
                 padding=True,
                 truncation=self.max_length is not None,
                 max_length=self.max_length,
-                return_tensors="pt",
+                return_tensors=tensors,
             )
-            with torch.no_grad():
-                out.append(self.model(**batch).logits.float().numpy())
-        return np.concatenate(out)
+
+    def head_logits(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return np.concatenate([self.model(**b).logits.float().numpy() for b in self.batches(texts, "pt")])
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text)["input_ids"])
@@ -64,17 +65,7 @@ class OnnxSide(TorchRunner):
         self.batch = BATCH
 
     def head_logits(self, texts: list[str]) -> np.ndarray:
-        out = []
-        for start in range(0, len(texts), self.batch):
-            batch = self.tokenizer(
-                texts[start : start + self.batch],
-                padding=True,
-                truncation=self.max_length is not None,
-                max_length=self.max_length,
-                return_tensors="np",
-            )
-            out.append(self.runner.logits(batch))
-        return np.concatenate(out)
+        return np.concatenate([self.runner.logits(b) for b in self.batches(texts, "np")])
 
     def sequence_logits(self, ids: list[int]) -> np.ndarray:
         batch = np.asarray([ids], dtype=np.int64)
