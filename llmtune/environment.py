@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from llmtune import __version__
-from llmtune.runs.rundir import library_versions
+from llmtune.provenance import library_versions
 
 # distribution name -> what it is for in llmtune
 OPTIONAL = {

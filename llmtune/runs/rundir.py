@@ -18,7 +18,6 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 from collections.abc import Iterable
 from fnmatch import fnmatch
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 import yaml
 
 from llmtune.errors import BadInput, LockHeld
+from llmtune.provenance import device_description, git_commit, library_versions, package_version
 from llmtune.recipes.common import ModelRef, RecipeBase
 from llmtune.runs.distributed import manifest_fields, ranks
 from llmtune.runs.lineage import lineage, read_manifest
@@ -276,7 +276,7 @@ class RunDir:
         if not resume and self.stored_manifest() is not None:
             self._clear()
         self.manifest = {
-            "llmtune": _version("llmtune"),
+            "llmtune": package_version("llmtune"),
             "kind": self.recipe.kind,
             "name": self.recipe.name,
             "status": "running",
@@ -284,7 +284,7 @@ class RunDir:
             "ended": None,
             "seed": self.recipe.seed,
             "recipe_file": str(self.recipe.source.resolve()) if self.recipe.source else None,
-            "git_commit": _git_commit(self.recipe.source.parent if self.recipe.source else None),
+            "git_commit": git_commit(self.recipe.source.parent if self.recipe.source else None),
             "versions": library_versions(),
             "python": platform.python_version(),
             "data_files": fingerprints,
@@ -382,44 +382,6 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 def _now() -> str:
     return dt.datetime.now().astimezone().isoformat(timespec="seconds")
-
-
-def _version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
-
-
-def device_description() -> str:
-    """The accelerator this process can use, or the CPU and its thread count."""
-    import torch
-
-    if torch.cuda.is_available():
-        return f"cuda ({torch.cuda.get_device_name(0)} x{torch.cuda.device_count()})"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return f"cpu ({torch.get_num_threads()} threads)"
-
-
-def library_versions() -> dict[str, str | None]:
-    """Versions of the libraries a run depends on."""
-    names = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "scikit-learn")
-    return {name: _version(name) for name in names}
-
-
-def _git_commit(folder: Path | None) -> str | None:
-    if folder is None:
-        return None
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def fingerprint_file(path: Path) -> str:

@@ -32,11 +32,12 @@ from llmtune.jobs.prompt_eval.scoring import normalise, pair_metrics, score_prom
 from llmtune.jobs.prompt_eval.statistics import Measure
 from llmtune.models.loading import inspect_model, load_model, quiet_libraries
 from llmtune.models.positions import check_new_tokens
+from llmtune.provenance import device_description
 from llmtune.recipes.common import ModelRef
 from llmtune.recipes.prompt_eval import PromptEvalRecipe, PromptSpec, gate_metrics
 from llmtune.runs.lifecycle import recorded, show_plan
 from llmtune.runs.options import JobOptions
-from llmtune.runs.rundir import RunDir, device_description, run_dir_path
+from llmtune.runs.rundir import RunDir, run_dir_path
 from llmtune.slices import Gate, check_slice_columns, parse_gates, slice_metrics, slice_values
 
 
