@@ -77,25 +77,39 @@ def training_ranks(recipe: Any) -> Iterator[Ranks]:
     the recipe's `distributed:` section the one `trainer_arguments` applies."""
     settings = getattr(recipe, "distributed", None) or Distributed()
     world = ranks()
-    if world.many:
-        join(settings)
+    joined = world.many and join(settings)
     token = _settings.set(settings)
     try:
         yield world
     finally:
         _settings.reset(token)
+        if joined:
+            leave()
 
 
-def join(settings: Distributed) -> None:
+def join(settings: Distributed) -> bool:
     """Start this rank's process group through accelerate (once per process): gloo on CPU,
-    nccl on CUDA GPUs, or `distributed.backend`. The Trainer later finds it already joined."""
+    nccl on CUDA GPUs, or `distributed.backend`. The Trainer later finds it already joined.
+    Whether this call started it (and `leave` should end it)."""
     import torch.distributed as dist
     from accelerate import PartialState
 
     if dist.is_available() and dist.is_initialized():
-        return
+        return False
     backend = None if settings.backend == "auto" else settings.backend
     PartialState(cpu=backend == "gloo" or not _cuda(), backend=backend)
+    return True
+
+
+def leave() -> None:
+    """End this rank's process group before the process exits, however the run ended. Left to
+    the interpreter's exit, gloo's threads could still be running while C++ statics are torn
+    down, and a rank whose partner had already exited (rank 0 refusing a held lock) died of
+    SIGABRT ("terminate called without an active exception") instead of exiting with its code."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _cuda() -> bool:
