@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cli_server
 import pytest
 import yaml
 from cputime import (  # noqa: F401  (LLMTUNE_TEST_TIMES: per-test CPU seconds)
@@ -57,17 +58,26 @@ class Result:
 
 
 def run_cli(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> Result:
-    """Run `llmtune ARGS` in a subprocess, as a user or a CI job would. No time limit: the
-    machine may be busy, and a hung job shows up as a hung test, not as a flaky one."""
-    full_env = {**os.environ, **(env or {})}
-    proc = subprocess.run(
-        [sys.executable, "-m", "llmtune", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=full_env,
-    )
-    return Result(proc.returncode, proc.stdout, proc.stderr)
+    """Run `llmtune ARGS` in a process of its own, as a user or a CI job would: forked from the
+    worker's CLI server (tests/cli_server.py: torch and transformers already imported) when the
+    environment is the server's, else a fresh `python -m llmtune`. No time limit: the machine may
+    be busy, and a hung job shows up as a hung test, not as a flaky one."""
+    proc = start_cli(*args, cwd=cwd, env={**os.environ, **(env or {})})
+    stdout, stderr = proc.communicate()
+    return Result(proc.returncode, stdout, stderr)
+
+
+def start_cli(
+    *args: str | Path,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    stdout: Any = subprocess.PIPE,
+    stderr: Any = subprocess.PIPE,
+    text: bool = True,
+) -> Any:
+    """`llmtune ARGS` in the background, for tests that signal or kill it: a `subprocess.Popen`
+    or its fork-server twin (pid, poll, wait, send_signal, kill, communicate)."""
+    return cli_server.start([str(a) for a in args], cwd=cwd, env=env, stdout=stdout, stderr=stderr, text=text)
 
 
 def write(path: Path, text: str) -> Path:

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from conftest import (
     make_rows,
     read_jsonl,
     run_cli,
+    start_cli,
     varied_weights,
     write,
     write_jsonl,
@@ -62,9 +62,7 @@ def test_kill_9_mid_run_then_rerun_equals_a_clean_run(tmp_path: Path) -> None:
     clean = llmtune("bulk-infer", recipe, "--output", tmp_path / "clean" / "res.jsonl")
     assert clean.code == 0, clean.stderr
     out = tmp_path / "out" / "res.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmtune", "bulk-infer", str(recipe)], stderr=subprocess.DEVNULL
-    )
+    proc = start_cli("bulk-infer", str(recipe), stderr=subprocess.DEVNULL)
     while not (out.exists() and out.read_bytes().count(b"\n") >= 20):
         assert proc.poll() is None, "the run ended before it was killed"
         time.sleep(0.005)

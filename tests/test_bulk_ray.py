@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_bad_input, by_id, make_recipe, make_rows, read_jsonl, write_jsonl
+from conftest import assert_bad_input, by_id, make_recipe, make_rows, read_jsonl, start_cli, write_jsonl
 from conftest import invoke as llmtune
 
 RAY = {"engine": "ray", "ray": {"replicas": 2, "batch_rows": 4}}
@@ -97,7 +97,7 @@ def test_failed_rows_give_the_errors_file_and_exit_3_of_engine_hf(tmp_path: Path
 
 @pytest.mark.slow
 def test_sigterm_then_kill_9_then_rerun_writes_every_id_once(tmp_path: Path, local_ray: None) -> None:
-    rows, slow = 300, {"generation": {"max_new_tokens": 16}}
+    rows, slow = 120, {"generation": {"max_new_tokens": 16}}
     clean = llmtune(
         "bulk-infer", make_recipe(tmp_path, rows, "hf.yaml", **slow), "--output", tmp_path / "clean.jsonl"
     )
@@ -126,9 +126,7 @@ def stop_mid_run(recipe: Path, out: Path, sig: int, temp: Path, after: int = 0) 
     """Start `llmtune bulk-infer RECIPE` (its own local Ray), send `sig` once the journal holds 4
     rows more than `after`, and return its exit code."""
     env = {**os.environ, "TMPDIR": str(temp)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmtune", "bulk-infer", str(recipe)], stderr=subprocess.DEVNULL, env=env
-    )
+    proc = start_cli("bulk-infer", str(recipe), stderr=subprocess.DEVNULL, env=env)
     try:
         while not (out.exists() and out.read_bytes().count(b"\n") >= after + 4):
             assert proc.poll() is None, "the run ended before the signal"

@@ -9,12 +9,11 @@ import math
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import assert_bad_input, invoke, read_jsonl, run_cli, write, write_jsonl
+from conftest import assert_bad_input, invoke, read_jsonl, run_cli, start_cli, write, write_jsonl
 
 GOOD = ["good", "great", "lovely", "fine", "superb"]
 BAD = ["bad", "awful", "poor", "broken", "dreadful"]
@@ -208,8 +207,9 @@ def test_a_killed_distill_resumes_without_relabelling(tmp_path: Path) -> None:
         "output": {"dir": "run"},
     }
     path = write(tmp_path / "slow.yaml", yaml.safe_dump(recipe))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmtune", "distill", str(path)],
+    proc = start_cli(
+        "distill",
+        str(path),
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,

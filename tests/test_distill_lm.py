@@ -9,12 +9,11 @@ import json
 import math
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import assert_bad_input, invoke, read_jsonl, run_cli, write, write_jsonl
+from conftest import assert_bad_input, invoke, read_jsonl, run_cli, start_cli, write, write_jsonl
 
 WORDS = ["cat", "dog", "sun", "red", "blue", "tree", "fish", "bird", "moon", "star", "rock", "leaf"]
 
@@ -297,8 +296,9 @@ def test_a_killed_sequences_run_resumes_without_regenerating(tmp_path: Path) -> 
     data = {"train": "transfer.jsonl", "test": "test.jsonl", "max_length": 256}
     path = lm_recipe(tmp_path, big, student=small, generation={"max_new_tokens": 12}, data=data)
     write_jsonl(tmp_path / "transfer.jsonl", rows)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmtune", "distill", str(path)],
+    proc = start_cli(
+        "distill",
+        str(path),
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,

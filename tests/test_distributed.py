@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import write, write_jsonl
+from conftest import start_cli, write, write_jsonl
 
 WORDS = ["cat", "dog", "sun", "red", "blue", "tree", "fish", "bird"]
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
@@ -62,16 +62,7 @@ def ranks(*args: str | Path) -> list[subprocess.CompletedProcess[str]]:
     code can be read (torchrun itself exits 1 whenever a rank fails)."""
     port = str(free_port())
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2"}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "llmtune", *map(str, args)],
-            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for r in range(2)
-    ]
+    procs = [start_cli(*args, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(2)]
     out = []
     for proc in procs:
         stdout, stderr = proc.communicate()

@@ -8,13 +8,12 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_bad_input, invoke, read_jsonl, run_cli, write, write_jsonl
+from conftest import assert_bad_input, invoke, read_jsonl, run_cli, start_cli, write, write_jsonl
 
 from llmtune.errors import BadInput
 
@@ -316,8 +315,11 @@ def test_sigterm_and_resume_end_where_an_uninterrupted_adapter_run_ends(tmp_path
     recipe = cls_recipe(tmp_path, method, "max_steps: 24, eval_steps: 2", "seed: 7")
     assert invoke("finetune", recipe, "--output", tmp_path / "straight").code == 0
     run = tmp_path / "interrupted"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmtune", "finetune", str(recipe), "--output", str(run)],
+    proc = start_cli(
+        "finetune",
+        str(recipe),
+        "--output",
+        str(run),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

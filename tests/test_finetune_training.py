@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from conftest import (
     recipe,
     run_cli,
     sft_data,
+    start_cli,
     write,
 )
 
@@ -54,8 +54,11 @@ def test_sigterm_saves_a_checkpoint_and_resume_ends_like_an_uninterrupted_run(tm
     assert invoke("finetune", path, "--output", tmp_path / "straight").code == 0
 
     run = tmp_path / "interrupted"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmtune", "finetune", str(path), "--output", str(run)],
+    proc = start_cli(
+        "finetune",
+        str(path),
+        "--output",
+        str(run),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -84,9 +87,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_ends_like_an_uninterrupted_run(tm
 def test_sigint_stops_with_130_and_a_resumable_run(tmp_path: Path) -> None:
     path = resumable_recipe(tmp_path)
     run = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmtune", "finetune", str(path)], stderr=subprocess.PIPE, text=True
-    )
+    proc = start_cli("finetune", str(path), stderr=subprocess.PIPE, text=True)
     while _steps_logged(run) < 2 and proc.poll() is None:
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)

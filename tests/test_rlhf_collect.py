@@ -8,13 +8,12 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from conftest import assert_bad_input, invoke, read_jsonl, run_cli, write, write_jsonl
+from conftest import assert_bad_input, invoke, read_jsonl, run_cli, start_cli, write, write_jsonl
 
 LLAMA = {"scratch": {"architecture": "llama", "hidden_size": 32, "num_layers": 2, "num_heads": 2}}
 TOPICS = ["a refund", "my password", "the delivery", "an invoice", "my account", "the warranty"]
@@ -106,8 +105,9 @@ def test_a_resumed_run_writes_what_an_uninterrupted_run_writes(tmp_path: Path) -
     assert whole.code == 0, whole.stderr[-3000:]
 
     run = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmtune", "rlhf", str(path)],
+    proc = start_cli(
+        "rlhf",
+        str(path),
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from statistics import fmean
 from typing import Any
 
 import pytest
 import yaml
-from conftest import assert_bad_input, invoke, read_jsonl, run_cli, write, write_jsonl
+from conftest import assert_bad_input, invoke, read_jsonl, run_cli, start_cli, write, write_jsonl
 
 WORDS = ["cat", "dog", "sun", "red", "blue", "tree", "fish", "bird", "moon", "star", "rain", "wind"]
 POLICY = {"scratch": {"architecture": "llama", "hidden_size": 32, "num_layers": 2, "num_heads": 2}}
@@ -218,8 +217,9 @@ def test_a_killed_run_resumes_to_the_end(tmp_path: Path) -> None:
         tmp_path, training={"max_steps": 200, "batch_size": 8, "learning_rate": 1.0e-2, "logging_steps": 1}
     )
     run = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmtune", "rlhf", str(path)],
+    proc = start_cli(
+        "rlhf",
+        str(path),
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,

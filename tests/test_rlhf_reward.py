@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_bad_input, invoke, read_jsonl, run_cli, write, write_jsonl
+from conftest import assert_bad_input, invoke, read_jsonl, run_cli, start_cli, write, write_jsonl
 
 TOPICS = ["order", "refund", "password", "invoice", "parcel", "account", "card", "plan", "box", "email"]
 LETTERS = "ABCD"
@@ -292,7 +292,6 @@ def test_sigterm_then_resume_ends_like_an_uninterrupted_run(tmp_path: Path) -> N
     continues from it and eval.json equals the uninterrupted run's."""
     import signal
     import subprocess
-    import sys
     import time
 
     training = "max_steps: 40, batch_size: 4, learning_rate: 5.0e-3, logging_steps: 1, eval_steps: 5"
@@ -301,8 +300,11 @@ def test_sigterm_then_resume_ends_like_an_uninterrupted_run(tmp_path: Path) -> N
     assert straight.code == 0, straight.stderr[-3000:]
 
     run = tmp_path / "cut"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmtune", "rlhf", str(path), "--output", str(run)],
+    proc = start_cli(
+        "rlhf",
+        str(path),
+        "--output",
+        str(run),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

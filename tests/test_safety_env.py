@@ -15,7 +15,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import SCRATCH, Result, assert_bad_input, by_id, make_recipe, make_rows, write, write_jsonl
+from conftest import (
+    SCRATCH,
+    Result,
+    assert_bad_input,
+    by_id,
+    make_recipe,
+    make_rows,
+    start_cli,
+    write,
+    write_jsonl,
+)
 from conftest import invoke as llmtune
 
 SAFETY_NET_S = 900  # a hung job fails the test instead of hanging the suite
@@ -28,8 +38,9 @@ def test_sighup_stops_bulk_infer_cleanly_like_sigterm(tmp_path: Path) -> None:
     recipe = make_recipe(tmp_path, generation={"max_new_tokens": 200}, batching={"chunk_rows": 1})
     out = tmp_path / "out" / "res.jsonl"
     log = tmp_path / "stderr.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmtune", "bulk-infer", str(recipe)],
+    proc = start_cli(
+        "bulk-infer",
+        str(recipe),
         stdout=subprocess.DEVNULL,
         stderr=log.open("w"),
     )

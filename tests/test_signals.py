@@ -12,22 +12,21 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import SCRATCH, by_id, make_recipe, make_rows, read_jsonl, write, write_jsonl
+from conftest import SCRATCH, by_id, make_recipe, make_rows, read_jsonl, start_cli, write, write_jsonl
 from conftest import invoke as llmtune
 
 
 def start(tmp_path: Path, *args: str | Path) -> tuple[subprocess.Popen, Path]:
     """`python -m llmtune ARGS` in the background; stderr goes to a file (a pipe could fill)."""
     log = tmp_path / "stderr.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmtune", *map(str, args)],
+    proc = start_cli(
+        *map(str, args),
         stdout=subprocess.DEVNULL,
         stderr=log.open("w"),
         env=dict(os.environ),

@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import assert_bad_input, invoke, recipe, write
+from conftest import assert_bad_input, invoke, recipe, start_cli, write
 
 TRAINING = "max_steps: 4, eval_steps: 2, batch_size: 8, learning_rate: 1.0e-2, logging_steps: 1"
 
@@ -137,9 +136,7 @@ def test_timeout_starts_no_new_trial_once_spent(tmp_path: Path) -> None:
 def sigterm_when(args: list[str], *markers: str) -> tuple[int, str]:
     """Run `llmtune ARGS`; send SIGTERM once the stderr lines have shown each marker in turn;
     the exit code and the whole stderr."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmtune", *args], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    proc = start_cli(*args, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     seen, waiting = [], list(markers)
     for line in proc.stderr:

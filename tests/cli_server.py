@@ -1,0 +1,303 @@
+"""The tests' `llmtune` processes, forked from a server that imported torch, transformers, peft and
+llmtune once. Each `llmtune ARGS` still runs in a process of its own, with its own pid, exit
+code (or signal), stdout and stderr, cwd, umask and environment, and signals reach it as they
+reach `python -m llmtune`; what it no longer pays is the 6-10 s of CPU that a fresh interpreter
+spends importing those libraries before it reads its recipe (`python -X importtime -c "from
+transformers import Trainer"`). The suite starts ~200 such processes.
+
+What a fork cannot give, a fresh interpreter still does (`run_cli` and `start_cli` fall back to
+one by themselves):
+- an environment that differs from the server's in a variable read at import (HF_HUB_OFFLINE,
+  OMP_NUM_THREADS...): only LLMTUNE_* and TMPDIR, which are read at run time, may differ;
+- start-up itself: what `python -m llmtune` imports and how a real interpreter exits are tested
+  with `subprocess` directly (test_cli, test_rank, test_engine_onnx, test_distributed).
+
+One server per pytest worker, started on first use with the worker's environment then (the
+session's HF_HOME and offline settings). Run as a script it is the server: one JSON request a
+line on stdin, one JSON reply a line on stdout. `LLMTUNE_TEST_FORK=0` turns it off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+HERE = Path(__file__).resolve()
+# read when a run needs them, not at import, by llmtune, tempfile, or torch.distributed when a
+# rank joins its process group: a fork may differ in these
+_RUNTIME = ("LLMTUNE_", "TMPDIR", "PYTEST_CURRENT_TEST", "RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_")
+
+# CPU seconds of the forked runs (the server's children, not this process's): tests/cputime.py
+# adds them to a test's cpu_children
+forked_cpu = 0.0
+
+
+class CliServer:
+    def __init__(self) -> None:
+        self.env = dict(os.environ)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=self.env,
+            cwd=HERE.parent,
+        )
+        self.ask(None)  # returns once the imports are done
+
+    def ask(self, request: dict[str, Any] | None) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        if request is not None:
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the CLI fork server exited ({self.proc.poll()})")
+        return json.loads(line)
+
+    def serves(self, env: dict[str, str]) -> bool:
+        """Whether a run with this environment behaves as in a fresh interpreter."""
+        if self.proc.poll() is not None:
+            return False
+        keys = {k for k in set(env) | set(self.env) if not k.startswith(_RUNTIME)}
+        return all(env.get(k) == self.env.get(k) for k in keys)
+
+
+class Forked:
+    """The part of `subprocess.Popen` the tests use, for a process the server forked."""
+
+    def __init__(self, server: CliServer, request: dict[str, Any], scratch: Path, text: bool) -> None:
+        self.server, self.scratch, self.text = server, scratch, text
+        self.args = request["args"]
+        self.pid: int = server.ask(request)["pid"]
+        self.returncode: int | None = None
+        self.output: tuple[Any, Any] = (None, None)
+        # what a test reads while the process runs (`for line in proc.stderr`), as from a pipe
+        self.stdout, self.stderr = (
+            Follow(self, Path(request[name])) if request[name].startswith(str(scratch)) else None
+            for name in ("stdout", "stderr")
+        )
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self._ended(self.server.ask({"op": "poll", "pid": self.pid}))
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            self._ended(self.server.ask({"op": "wait", "pid": self.pid}))
+        assert self.returncode is not None
+        return self.returncode
+
+    def _ended(self, reply: dict[str, Any]) -> None:
+        """Once the process has ended: its code, CPU seconds and captured output (read, and its
+        scratch folder removed)."""
+        global forked_cpu
+        if reply.get("code") is None:
+            return
+        self.returncode = reply["code"]
+        forked_cpu += reply["cpu"]
+        self.output = tuple(self._read(name) for name in ("stdout", "stderr"))
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signum)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def communicate(self, timeout: float | None = None) -> tuple[Any, Any]:
+        self.wait()
+        return self.output
+
+    def _read(self, name: str) -> str | bytes | None:
+        path = self.scratch / name
+        if not path.exists():
+            return None
+        return path.read_text(errors="replace") if self.text else path.read_bytes()
+
+
+class Follow:
+    """The lines of a forked process's captured output as it writes them, ending when the
+    process has ended and every line is read: what iterating over a pipe gives."""
+
+    def __init__(self, proc: Forked, path: Path) -> None:
+        self.proc, self.path, self.offset = proc, path, 0
+
+    def __iter__(self) -> Iterator[str]:
+        pending = ""
+        while True:
+            ended = self.proc.returncode is not None or self.proc.poll() is not None
+            chunk = self._more() if not ended else self._rest()
+            pending += chunk
+            *lines, pending = pending.split("\n")
+            yield from (line + "\n" for line in lines)
+            if ended:
+                if pending:
+                    yield pending
+                return
+            if not chunk:
+                time.sleep(0.02)
+
+    def _more(self) -> str:
+        if not self.path.exists():
+            return ""
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        self.offset += len(data)
+        return data.decode(errors="replace")
+
+    def _rest(self) -> str:
+        """What is left once the process has ended (its files read and removed by then)."""
+        text = self.proc.output[1 if self is self.proc.stderr else 0] or ""
+        text = text.decode(errors="replace") if isinstance(text, bytes) else text
+        rest = text.encode()[self.offset :].decode(errors="replace")
+        self.offset += len(rest.encode())
+        return rest
+
+
+_server: CliServer | None = None
+
+
+def server(env: dict[str, str]) -> CliServer | None:
+    """This worker's server if it can run a process with this environment (started on first
+    use), else None: the caller starts a fresh interpreter."""
+    global _server
+    if os.environ.get("LLMTUNE_TEST_FORK", "1") == "0":
+        return None
+    if _server is None:
+        _server = CliServer()
+    return _server if _server.serves(env) else None
+
+
+def _target(stream: Any, scratch: Path, name: str) -> str:
+    """Where the child's stdout or stderr goes: a file the caller gave, /dev/null, or a file in
+    scratch that `communicate` reads (PIPE, or None: the tests never let a child write to the
+    worker's own stdout)."""
+    if stream == subprocess.DEVNULL:
+        return os.devnull
+    if hasattr(stream, "name") and isinstance(stream.name, str):
+        return stream.name
+    return str(scratch / name)
+
+
+def start(
+    args: list[str],
+    *,
+    cwd: Path | str | None = None,
+    env: dict[str, str] | None = None,
+    stdout: int | IO[Any] | None = subprocess.PIPE,
+    stderr: int | IO[Any] | None = subprocess.PIPE,
+    text: bool = True,
+) -> Forked | subprocess.Popen:
+    """`llmtune ARGS` in the background: forked when the server can run it, else `python -m
+    llmtune` through `subprocess.Popen` with the same arguments."""
+    full_env = dict(os.environ if env is None else env)
+    plain = all(
+        s in (subprocess.PIPE, subprocess.DEVNULL, None) or hasattr(s, "name") for s in (stdout, stderr)
+    )
+    forks = server(full_env) if plain else None  # a pty or a raw descriptor: a real Popen
+    if forks is None:
+        return subprocess.Popen(
+            [sys.executable, "-m", "llmtune", *args],
+            cwd=cwd,
+            env=full_env,
+            stdout=stdout,
+            stderr=stderr,
+            text=text,
+        )
+    scratch = Path(tempfile.mkdtemp(prefix="llmtune-cli-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    request = {
+        "op": "start",
+        "args": args,
+        "cwd": str(cwd or Path.cwd()),
+        "env": full_env,
+        "umask": umask,
+        "stdout": _target(stdout, scratch, "stdout"),
+        "stderr": _target(stderr, scratch, "stderr"),
+    }
+    return Forked(forks, request, scratch, text)
+
+
+def _child(request: dict[str, Any]) -> None:
+    """In the forked process: become `llmtune ARGS` started with the request's cwd, umask,
+    environment and streams."""
+    os.chdir(request["cwd"])
+    os.umask(request["umask"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    tempfile.tempdir = None  # TMPDIR as this run's environment says
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
+        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(target, fd)
+        os.close(target)
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    sys.argv = ["llmtune", *request["args"]]
+    from llmtune.cli import main
+
+    main()  # typer exits with the command's code: SystemExit ends this process as `python -m` does
+
+
+def _serve() -> None:
+    # what a training or inference run imports, paid once here instead of in every process
+    import peft  # noqa: F401
+    import torch  # noqa: F401
+    from transformers import AutoModel, Trainer  # noqa: F401
+
+    import llmtune.cli  # noqa: F401
+
+    def reply(message: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(message) + "\n")
+        sys.stdout.flush()
+
+    def ended(pid: int, flags: int) -> dict[str, Any]:
+        done, status, usage = os.wait4(pid, flags)
+        if done == 0:
+            return {"code": None}
+        return {"code": os.waitstatus_to_exitcode(status), "cpu": usage.ru_utime + usage.ru_stime}
+
+    reply({"ready": os.getpid()})
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request["op"] == "poll":
+            reply(ended(request["pid"], os.WNOHANG))
+        elif request["op"] == "wait":
+            reply(ended(request["pid"], 0))
+        else:
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    _child(request)
+                except SystemExit:
+                    raise
+                except BaseException:
+                    import traceback
+
+                    traceback.print_exc()
+                    sys.exit(1)
+                sys.exit(0)
+            reply({"pid": pid})
+
+
+if __name__ == "__main__":
+    _serve()
