@@ -49,7 +49,7 @@ def minilm() -> tuple[torch.nn.Module, object, str]:
 
 
 def adapter_method(placement: str, **extra: object):  # noqa: ANN201 - a MethodSpec
-    from llmtune.recipes.finetune import MethodSpec
+    from llmtune.recipes.methods import MethodSpec
 
     return MethodSpec(type="adapter", reduction_factor=4, **PLACEMENTS[placement], **extra)
 

@@ -388,7 +388,7 @@ def test_qlora_never_trains_an_unquantized_base(saved: Path, tmp_path: Path) -> 
     from llmtune.models.methods import apply_method
     from llmtune.recipes import load_recipe
     from llmtune.recipes.common import ModelRef, ScratchModel
-    from llmtune.recipes.finetune import MethodSpec
+    from llmtune.recipes.methods import MethodSpec
 
     with pytest.raises(RuntimeError, match="loaded unquantized"):
         apply_method(

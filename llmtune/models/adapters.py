@@ -35,7 +35,7 @@ from llmtune.models.info import (
     resolve_model_path,
 )
 from llmtune.recipes.common import ModelRef, RecipeBase
-from llmtune.recipes.finetune import MethodSpec
+from llmtune.recipes.methods import MethodSpec
 
 ADAPTER_CONFIG = "adapter_layers.json"
 ADAPTER_WEIGHTS = "adapter_layers.safetensors"

@@ -39,7 +39,7 @@ def snapshot_base(model: Any, recipe: RecipeBase) -> Any | None:
     method = getattr(recipe, "method", None)
     if method is not None and method.stack and hasattr(model, "peft_config"):
         from llmtune.models.methods import PEFT_TYPES
-        from llmtune.recipes.finetune import MERGEABLE
+        from llmtune.recipes.methods import MERGEABLE
 
         kinds = {PEFT_TYPES[m] for m in MERGEABLE}
         if str(getattr(model.peft_config["default"].peft_type, "value", "")) in kinds:
