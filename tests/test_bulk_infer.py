@@ -31,7 +31,7 @@ from conftest import (
 )
 from conftest import invoke as llmtune
 
-from llmtune.runs.outputs import OutputLock
+from llmtune.outputs import OutputLock
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -237,7 +237,7 @@ def _max_length(run_dir: Path | None) -> int | None:
 
 def _finish(tmp: Path, record: dict[str, Any], output: Path) -> dict[str, Any]:
     """export.json, README.md and the marker."""
-    from llmtune.runs.outputs import atomic_write_json, atomic_write_text
+    from llmtune.outputs import atomic_write_json, atomic_write_text
 
     if "parity" not in record:
         record["parity"] = {"verified": False}

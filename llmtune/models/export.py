@@ -24,8 +24,8 @@ from llmtune.export.landing import EXPORT_MARKER
 from llmtune.models.adapters import ADAPTER_CONFIG, adapter_sets, is_adapter_folder, save_adapter_folder
 from llmtune.models.info import head_of
 from llmtune.models.loading import LoadedModel
+from llmtune.outputs import TMP_SUFFIX, apply_umask, atomic_write_json
 from llmtune.recipes.common import ModelRef, RecipeBase
-from llmtune.runs.outputs import TMP_SUFFIX, apply_umask, atomic_write_json
 
 
 def snapshot_base(model: Any, recipe: RecipeBase) -> Any | None:

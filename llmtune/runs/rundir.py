@@ -26,11 +26,7 @@ from typing import Any
 import yaml
 
 from llmtune.errors import BadInput, LockHeld
-from llmtune.provenance import device_description, git_commit, library_versions, package_version
-from llmtune.recipes.common import ModelRef, RecipeBase
-from llmtune.runs.distributed import manifest_fields, ranks
-from llmtune.runs.lineage import lineage, read_manifest
-from llmtune.runs.outputs import (
+from llmtune.outputs import (
     TMP_SUFFIX,
     OutputLock,
     apply_umask,
@@ -38,6 +34,10 @@ from llmtune.runs.outputs import (
     atomic_write_text,
     open_append,
 )
+from llmtune.provenance import device_description, git_commit, library_versions, package_version
+from llmtune.recipes.common import ModelRef, RecipeBase
+from llmtune.runs.distributed import manifest_fields, ranks
+from llmtune.runs.lineage import lineage, read_manifest
 
 LOCK_NAME = ".llmtune.lock"
 # What a run writes, the one list of it: the only names llmtune ever deletes from a run
