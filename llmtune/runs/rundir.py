@@ -34,10 +34,16 @@ from llmtune.outputs import (
     atomic_write_text,
     open_append,
 )
-from llmtune.provenance import device_description, git_commit, library_versions, package_version
+from llmtune.provenance import (
+    device_description,
+    git_commit,
+    library_versions,
+    package_version,
+    read_manifest,
+)
 from llmtune.recipes.common import ModelRef, RecipeBase
 from llmtune.runs.distributed import manifest_fields, ranks
-from llmtune.runs.lineage import lineage, read_manifest
+from llmtune.runs.lineage import lineage
 
 LOCK_NAME = ".llmtune.lock"
 # What a run writes, the one list of it: the only names llmtune ever deletes from a run
