@@ -27,7 +27,7 @@ WORDS = ["cat", "dog", "sun", "red", "blue", "tree", "fish", "bird"]
 
 
 def scratch_model(architecture: str) -> tuple[torch.nn.Module, object, str]:
-    from llmtune.models.loading import build_scratch_model, build_tokenizer
+    from llmtune.models.scratch import build_scratch_model, build_tokenizer
     from llmtune.recipes.common import ScratchModel
 
     torch.manual_seed(0)

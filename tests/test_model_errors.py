@@ -39,7 +39,7 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import set_seed
 
-    from llmtune.models.loading import build_scratch_model, build_tokenizer
+    from llmtune.models.scratch import build_scratch_model, build_tokenizer
     from llmtune.recipes.common import ScratchModel
 
     folder = tmp_path_factory.mktemp("models")
