@@ -69,7 +69,7 @@ def batch(tokenizer: object, head: str) -> dict[str, torch.Tensor]:
 def test_zero_initialised_up_projection_leaves_the_outputs_unchanged(
     architecture: str, placement: str
 ) -> None:
-    from llmtune.models.adapters import adapter_sets
+    from llmtune.models.bottlenecks import adapter_sets
     from llmtune.models.methods import apply_method
 
     model, tokenizer, head = scratch_model(architecture)
@@ -92,7 +92,7 @@ def test_zero_initialised_up_projection_leaves_the_outputs_unchanged(
 @pytest.mark.parametrize("placement", ["houlsby", "parallel"])
 @pytest.mark.parametrize("architecture", ["bert", "llama", "gpt2"])
 def test_only_the_adapters_and_the_head_train_and_they_learn(architecture: str, placement: str) -> None:
-    from llmtune.models.adapters import ROOT
+    from llmtune.models.bottlenecks import ROOT
     from llmtune.models.methods import apply_method
 
     # a random scratch bert's [CLS] carries too little of the text to learn from in a few steps:

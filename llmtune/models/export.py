@@ -21,7 +21,8 @@ from llmtune import __version__
 from llmtune.console import say
 from llmtune.errors import BadInput
 from llmtune.export.landing import EXPORT_MARKER
-from llmtune.models.adapters import ADAPTER_CONFIG, adapter_sets, is_adapter_folder, save_adapter_folder
+from llmtune.models.adapters import ADAPTER_CONFIG, is_adapter_folder, save_adapter_folder
+from llmtune.models.bottlenecks import adapter_sets
 from llmtune.models.info import head_of
 from llmtune.models.loading import LoadedModel
 from llmtune.outputs import TMP_SUFFIX, apply_umask, atomic_write_json
