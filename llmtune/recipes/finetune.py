@@ -6,9 +6,10 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from llmtune.recipes.common import ModelRef, RecipeBase, RecipePath, Section, TemplateSource, Training
+from llmtune.recipes.common import ModelRef, RecipeBase, Section, Training
 from llmtune.recipes.distributed import Distributed
 from llmtune.recipes.methods import MERGEABLE, PROMPT_LEARNING, MethodSpec
+from llmtune.recipes.paths import RecipePath, TemplateSource
 from llmtune.recipes.sources import MixtureData
 
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1")

@@ -10,7 +10,8 @@ from pathlib import PurePath
 
 from pydantic import Field, field_validator, model_validator
 
-from llmtune.recipes.common import CANONICAL_FIELDS, Data, RecipePath, Section
+from llmtune.recipes.common import CANONICAL_FIELDS, Data, Section
+from llmtune.recipes.paths import RecipePath
 
 
 def _canonical(columns: dict[str, str] | None) -> dict[str, str] | None:
