@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from llmtune import provenance
 from llmtune.errors import BadInput, LockHeld
 from llmtune.outputs import (
     TMP_SUFFIX,
@@ -34,13 +35,7 @@ from llmtune.outputs import (
     atomic_write_text,
     open_append,
 )
-from llmtune.provenance import (
-    device_description,
-    git_commit,
-    library_versions,
-    package_version,
-    read_manifest,
-)
+from llmtune.provenance import device_description, git_commit, library_versions, package_version
 from llmtune.recipes.common import ModelRef, RecipeBase
 from llmtune.runs.distributed import manifest_fields, ranks
 from llmtune.runs.lineage import lineage
@@ -104,7 +99,7 @@ class RunDir:
 
     def stored_manifest(self) -> dict[str, Any] | None:
         """The manifest.json an llmtune run wrote here (any status), or None."""
-        return read_manifest(self.path)
+        return provenance.read_manifest(self.path)
 
     def finished(self) -> bool:
         """Whether a run completed here."""
