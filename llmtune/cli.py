@@ -147,7 +147,7 @@ def _write_traceback(log_file: Path | None) -> Path:
         fd, name = tempfile.mkstemp(prefix="llmtune-", suffix=".log")
         os.close(fd)
         log_file = Path(name)
-    from llmtune.runs.outputs import open_append
+    from llmtune.outputs import open_append
 
     try:
         with open_append(log_file) as f:  # never through a link

@@ -1,10 +1,13 @@
 """Where a run ran: library versions, the device, the recipe's git commit. Recorded in every run's
-manifest and shown by `llmtune env`; a base module, so both read it without importing each other."""
+manifest (read back by `read_manifest`) and shown by `llmtune env`; a base module, so the runs,
+the engines that load a run and `llmtune env` read it without importing each other."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 
 def package_version(package: str) -> str | None:
@@ -45,3 +48,12 @@ def git_commit(folder: Path | None) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The manifest.json an llmtune run wrote in `folder` (any status), or None."""
+    try:
+        data = json.loads((folder / "manifest.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) and {"llmtune", "kind", "status", "started"} <= set(data) else None

@@ -176,7 +176,7 @@ def initial_weights(task: str, seed: int) -> dict:
     started from, to check what moved."""
     import torch
 
-    from llmtune.models.loading import build_scratch_model, build_tokenizer
+    from llmtune.models.scratch import build_scratch_model, build_tokenizer
     from llmtune.recipes.common import ScratchModel
 
     torch.manual_seed(seed)

@@ -1,6 +1,7 @@
 """The layout shows the architecture: data and imports flow CLI -> job -> shared pieces. No job
-imports another job, nothing below the CLI imports it, there are no import circles, and the
-recipe -> TrainingArguments mapping is pinned key by key."""
+imports another job, nothing below the CLI imports it, the shared floors (base modules, recipes,
+data, models, engines) import nothing above them nor a job's recipe, there are no import circles,
+and the recipe -> TrainingArguments mapping is pinned key by key."""
 
 from __future__ import annotations
 
@@ -74,6 +75,63 @@ def test_shared_pieces_never_import_a_job() -> None:
         for m, deps in import_graph().items()
         for d in deps
         if not job_of(m) and job_of(d) and m != "llmtune.cli"
+    ]
+    assert not upward
+
+
+BASE_MODULES = {
+    f"llmtune.{name}" for name in ("errors", "metrics", "console", "environment", "provenance", "outputs")
+} | {"llmtune"}
+# a job's recipe module; the recipes package imports every one of them
+JOB_RECIPES = {
+    f"llmtune.recipes.{kind}" for kind in ("finetune", "distill", "rlhf", "prompt_eval", "bulk_infer")
+}
+JOB_RECIPES.add("llmtune.recipes")
+
+
+def under(module: str, *folders: str) -> bool:
+    """Whether `module` is one of llmtune's `folders` (a package or a top-level module) or in it."""
+    return any(module == f"llmtune.{f}" or module.startswith(f"llmtune.{f}.") for f in folders)
+
+
+def is_cli(module: str) -> bool:
+    """llmtune.cli, its cli_* modules and __main__."""
+    name = module.split(".")[1] if "." in module else ""
+    return name in ("cli", "__main__") or name.startswith("cli_")
+
+
+def test_shared_code_never_imports_a_job_recipe() -> None:
+    """Data, models and engines get what they need from the shared vocabulary (recipes/common,
+    methods, sources, ...) or as parameters, never as a job's recipe type."""
+    upward = [
+        f"{m} -> {d}"
+        for m, deps in import_graph().items()
+        for d in deps
+        if under(m, "data", "models", "inference") and d in JOB_RECIPES
+    ]
+    assert not upward
+
+
+def test_base_modules_import_only_base_modules() -> None:
+    """errors, metrics, console, environment, provenance and outputs are the ground floor."""
+    upward = [
+        f"{m} -> {d}"
+        for m, deps in import_graph().items()
+        for d in deps
+        if m in BASE_MODULES and d not in BASE_MODULES
+    ]
+    assert not upward
+
+
+def test_shared_floors_never_import_runs_jobs_or_the_cli() -> None:
+    """The run lifecycle, the jobs and the CLI sit above data, models, engines, recipes and the base
+    modules: no arrow runs back up (models/ writing a file uses llmtune.outputs, not runs/)."""
+    upward = [
+        f"{m} -> {d}"
+        for m, deps in import_graph().items()
+        for d in deps
+        if (m in BASE_MODULES or under(m, "data", "models", "inference", "recipes"))
+        and (under(d, "runs", "jobs") or is_cli(d))
     ]
     assert not upward
 

@@ -31,7 +31,7 @@ from conftest import (
 )
 from conftest import invoke as llmtune
 
-from llmtune.runs.outputs import OutputLock
+from llmtune.outputs import OutputLock
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -262,7 +262,8 @@ def test_shipped_recipes_validate() -> None:
 
 def test_chat_models_get_their_chat_template_and_system_message(tmp_path: Path) -> None:
     from llmtune.inference.engine import Engine
-    from llmtune.models.loading import build_scratch_model, build_tokenizer, load_model
+    from llmtune.models.loading import load_model
+    from llmtune.models.scratch import build_scratch_model, build_tokenizer
     from llmtune.recipes.common import ModelRef, RecipeBase, ScratchModel
 
     spec = ScratchModel(**SCRATCH["scratch"])

@@ -335,7 +335,7 @@ def test_the_model_fingerprint_follows_content_not_spelling(tmp_path: Path) -> N
     import torch
     from safetensors.torch import load_file, save_file
 
-    from llmtune.models.loading import build_scratch_model, build_tokenizer
+    from llmtune.models.scratch import build_scratch_model, build_tokenizer
     from llmtune.recipes.common import ScratchModel
 
     spec = ScratchModel(**SCRATCH["scratch"])

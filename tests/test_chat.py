@@ -27,7 +27,7 @@ def chat_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A scratch llama saved with a chat template; it never emits an end-of-sequence token."""
     import torch
 
-    from llmtune.models.loading import build_scratch_model, build_tokenizer
+    from llmtune.models.scratch import build_scratch_model, build_tokenizer
     from llmtune.recipes.common import ScratchModel
 
     folder = tmp_path_factory.mktemp("chat") / "model"
@@ -191,7 +191,7 @@ def test_piped_turns_commands_and_a_safe_save(
 
 
 def test_chat_refuses_a_classifier_and_a_model_without_chat_template(tmp_path: Path) -> None:
-    from llmtune.models.loading import build_scratch_model, build_tokenizer
+    from llmtune.models.scratch import build_scratch_model, build_tokenizer
     from llmtune.recipes.common import ScratchModel
 
     spec = ScratchModel(architecture="llama", hidden_size=32, num_layers=1, num_heads=2)

@@ -45,7 +45,7 @@ VARIED = [
 def saved_classifier(folder: Path, labels: list[str], scale: float = 40.0) -> Path:
     """A scratch bert classifier saved as a model folder, its head scaled up so that its
     probabilities spread away from 1/n (a random head barely separates the labels)."""
-    from llmtune.models.loading import build_scratch_model, build_tokenizer
+    from llmtune.models.scratch import build_scratch_model, build_tokenizer
     from llmtune.recipes.common import ScratchModel
 
     spec = ScratchModel(**BERT)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import write, write_jsonl
 
-from llmtune.data.readers import load_splits
+from llmtune.data.splits import load_splits
 from llmtune.errors import BadInput
 from llmtune.recipes import load_recipe
 

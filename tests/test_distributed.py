@@ -119,7 +119,7 @@ def test_two_process_ddp_run_writes_one_run_dir_and_matches_one_process(tmp_path
 
 @pytest.mark.slow
 def test_every_rank_exits_75_when_another_job_holds_the_lock(tmp_path: Path) -> None:
-    from llmtune.runs.outputs import OutputLock
+    from llmtune.outputs import OutputLock
 
     path = ddp_recipe(tmp_path)
     run = tmp_path / "locked"

@@ -11,7 +11,8 @@ from conftest import varied_weights
 
 from llmtune.errors import BadInput
 from llmtune.inference.engine import Engine
-from llmtune.models.loading import LoadedModel, build_scratch_model, build_tokenizer
+from llmtune.models.loading import LoadedModel
+from llmtune.models.scratch import build_scratch_model, build_tokenizer
 from llmtune.recipes.common import ScratchModel
 
 PROMPTS = [

@@ -24,7 +24,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny llama with spread-out weights (so greedy text varies by prompt) saved both ways."""
     import torch
 
-    from llmtune.models.loading import build_scratch_model, build_tokenizer
+    from llmtune.models.scratch import build_scratch_model, build_tokenizer
     from llmtune.recipes.common import ScratchModel
 
     folder = tmp_path_factory.mktemp("models")

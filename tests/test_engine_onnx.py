@@ -27,7 +27,7 @@ INT8_TOLERANCE = 0.02  # dynamic int8 weights on a tiny random model
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A saved tiny classifier whose head names its labels (neg, pos), as `llmtune finetune` saves one."""
-    from llmtune.models.loading import build_scratch_model, build_tokenizer
+    from llmtune.models.scratch import build_scratch_model, build_tokenizer
     from llmtune.recipes.common import ScratchModel
 
     folder = tmp_path_factory.mktemp("models") / "cls"
@@ -202,7 +202,7 @@ def test_scratch_recipe_exports_into_the_cache_once(tmp_path: Path, onnx_cache: 
 def test_a_regression_head_scores_like_engine_hf(tmp_path: Path) -> None:
     import torch
 
-    from llmtune.models.loading import build_scratch_model, build_tokenizer
+    from llmtune.models.scratch import build_scratch_model, build_tokenizer
     from llmtune.recipes.common import ScratchModel
 
     spec = ScratchModel(architecture="bert", hidden_size=32, num_layers=2, num_heads=2)

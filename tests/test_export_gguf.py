@@ -33,7 +33,7 @@ def tiny(architecture: str, tokenizer_kind: str = "byte") -> tuple[object, objec
     """(model, tokenizer): a random llama / gpt2 built as scratch runs build them, or a qwen2."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from llmtune.models.loading import build_scratch_model, build_tokenizer
+    from llmtune.models.scratch import build_scratch_model, build_tokenizer
     from llmtune.recipes.common import ScratchModel
 
     arch = "llama" if architecture == "qwen2" else architecture

@@ -28,7 +28,7 @@ def snapshot(folder: Path) -> dict[str, str]:
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """base/: a model folder that is itself an earlier llmtune export (a merged classifier);
     run/: a LoRA run trained on it (model.path: base)."""
-    from llmtune.models.loading import build_scratch_model, build_tokenizer
+    from llmtune.models.scratch import build_scratch_model, build_tokenizer
     from llmtune.recipes.common import ScratchModel
 
     folder = tmp_path_factory.mktemp("landing")

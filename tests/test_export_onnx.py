@@ -178,7 +178,7 @@ def test_a_regression_head_is_compared_in_the_labels_units(tmp_path: Path) -> No
     """A model folder (not a run) with --verify-data: the gate reads the rows and their labels."""
     from conftest import WORDS
 
-    from llmtune.models.loading import build_scratch_model, build_tokenizer
+    from llmtune.models.scratch import build_scratch_model, build_tokenizer
     from llmtune.recipes.common import ScratchModel
 
     spec = ScratchModel(architecture="bert", hidden_size=32, num_layers=1, num_heads=2)

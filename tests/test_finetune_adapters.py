@@ -26,7 +26,7 @@ WORDS = ["cat", "dog", "sun", "red", "blue", "tree", "fish", "bird"]
 
 
 def scratch_model(architecture: str) -> tuple[torch.nn.Module, object, str]:
-    from llmtune.models.loading import build_scratch_model, build_tokenizer
+    from llmtune.models.scratch import build_scratch_model, build_tokenizer
     from llmtune.recipes.common import ScratchModel
 
     torch.manual_seed(0)
@@ -48,7 +48,7 @@ def minilm() -> tuple[torch.nn.Module, object, str]:
 
 
 def adapter_method(placement: str, **extra: object):  # noqa: ANN201 - a MethodSpec
-    from llmtune.recipes.finetune import MethodSpec
+    from llmtune.recipes.methods import MethodSpec
 
     return MethodSpec(type="adapter", reduction_factor=4, **PLACEMENTS[placement], **extra)
 
@@ -68,7 +68,7 @@ def batch(tokenizer: object, head: str) -> dict[str, torch.Tensor]:
 def test_zero_initialised_up_projection_leaves_the_outputs_unchanged(
     architecture: str, placement: str
 ) -> None:
-    from llmtune.models.adapters import adapter_sets
+    from llmtune.models.bottlenecks import adapter_sets
     from llmtune.models.methods import apply_method
 
     model, tokenizer, head = scratch_model(architecture)
@@ -91,7 +91,7 @@ def test_zero_initialised_up_projection_leaves_the_outputs_unchanged(
 @pytest.mark.parametrize("placement", ["houlsby", "parallel"])
 @pytest.mark.parametrize("architecture", ["bert", "llama", "gpt2"])
 def test_only_the_adapters_and_the_head_train_and_they_learn(architecture: str, placement: str) -> None:
-    from llmtune.models.adapters import ROOT
+    from llmtune.models.bottlenecks import ROOT
     from llmtune.models.methods import apply_method
 
     # a random scratch bert's [CLS] carries too little of the text to learn from in a few steps:

@@ -39,7 +39,7 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import set_seed
 
-    from llmtune.models.loading import build_scratch_model, build_tokenizer
+    from llmtune.models.scratch import build_scratch_model, build_tokenizer
     from llmtune.recipes.common import ScratchModel
 
     folder = tmp_path_factory.mktemp("models")
@@ -388,7 +388,7 @@ def test_qlora_never_trains_an_unquantized_base(saved: Path, tmp_path: Path) -> 
     from llmtune.models.methods import apply_method
     from llmtune.recipes import load_recipe
     from llmtune.recipes.common import ModelRef, ScratchModel
-    from llmtune.recipes.finetune import MethodSpec
+    from llmtune.recipes.methods import MethodSpec
 
     with pytest.raises(RuntimeError, match="loaded unquantized"):
         apply_method(

@@ -63,7 +63,7 @@ def tiny_lm(tmp_path: Path) -> Path:
     """A scratch llama saved as a model folder, so the test can reload it with plain transformers."""
     from transformers import set_seed
 
-    from llmtune.models.loading import build_scratch_model, build_tokenizer
+    from llmtune.models.scratch import build_scratch_model, build_tokenizer
     from llmtune.recipes.common import ScratchModel
 
     spec = ScratchModel(architecture="llama", hidden_size=32, num_layers=2, num_heads=2)

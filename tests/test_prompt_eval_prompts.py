@@ -57,7 +57,7 @@ def test_first_selection_takes_the_pool_in_order() -> None:
 
 
 def test_prompt_renders_examples_and_chat_turns() -> None:
-    from llmtune.models.loading import build_tokenizer
+    from llmtune.models.scratch import build_tokenizer
     from llmtune.recipes.common import ScratchModel
 
     spec = PromptSpec(

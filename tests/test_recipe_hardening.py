@@ -14,7 +14,7 @@ import pytest
 from conftest import Result, assert_bad_input, invoke, run_cli, write, write_jsonl
 
 from llmtune.recipes import RECIPE_KINDS, load_recipe
-from llmtune.recipes.common import RecipePath
+from llmtune.recipes.paths import RecipePath
 from llmtune.recipes.starter import starter_recipe
 
 GOOD = """\

@@ -179,7 +179,7 @@ def reward_model(folder: Path) -> Path:
     """A tiny one-output scratch bert with a byte tokenizer: a reward model for the test."""
     from transformers import AutoModelForSequenceClassification, BertConfig
 
-    from llmtune.models.loading import build_tokenizer
+    from llmtune.models.scratch import build_tokenizer
     from llmtune.recipes.common import ScratchModel
 
     tokenizer = build_tokenizer(ScratchModel(architecture="bert"), [])

@@ -50,7 +50,7 @@ def save_reward_model(folder: Path, labels: tuple[str, ...] = ("score",)) -> Pat
     as an ordinary classifier."""
     import torch
 
-    from llmtune.models.loading import build_scratch_model, build_tokenizer
+    from llmtune.models.scratch import build_scratch_model, build_tokenizer
     from llmtune.recipes.common import ScratchModel
 
     torch.manual_seed(0)

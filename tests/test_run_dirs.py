@@ -20,7 +20,7 @@ import yaml
 from conftest import Result, assert_bad_input, invoke, run_cli, write, write_jsonl
 
 from llmtune.errors import BadInput, LockHeld
-from llmtune.runs.outputs import OutputLock
+from llmtune.outputs import OutputLock
 from llmtune.runs.rundir import LOCK_NAME, run_dir_path
 
 WORDS = {"pos": ["great", "lovely", "superb", "fine"], "neg": ["awful", "broken", "poor", "rude"]}

@@ -18,7 +18,7 @@ from conftest import SCRATCH, assert_bad_input, make_recipe, write, write_jsonl
 from conftest import invoke as llmtune
 
 from llmtune.errors import BadInput
-from llmtune.runs.outputs import LOCK_RECORD, OutputLock, atomic_write_text, sweep_stale_temps
+from llmtune.outputs import LOCK_RECORD, OutputLock, atomic_write_text, sweep_stale_temps
 
 SECRET = b"root:x:0:0:do not touch\n"
 
@@ -139,7 +139,7 @@ def test_an_appended_output_with_a_second_hard_link_is_refused(tmp_path: Path, v
 def test_stale_temp_files_of_dead_llmtune_processes_are_swept_and_nothing_else(
     tmp_path: Path, victim: Path
 ) -> None:
-    from llmtune.runs.outputs import _HOST
+    from llmtune.outputs import _HOST
 
     folder = tmp_path / "out"
     folder.mkdir()

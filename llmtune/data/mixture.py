@@ -1,6 +1,6 @@
 """The rule that draws an epoch's training rows from several sources: a weighted mixture (several
 tasks in one run) and replay of general rows against catastrophic forgetting. The sources are
-read by `llmtune.data.readers.load_splits`; this module only decides which rows an epoch holds.
+read here, source by source, when `llmtune.data.splits.load_splits` meets a mixture or replay.
 
 What one epoch holds:
 - each source is read with its own columns; `data.split` carves validation and test rows from
@@ -19,11 +19,15 @@ Each row carries its source's name under `SOURCE`, so that whatever filters the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from llmtune.recipes.common import Data
-from llmtune.recipes.finetune import FinetuneData, Source
+from llmtune.data.readers import SPLIT_NAMES, Rows, Splits, carve_missing, read_rows
+from llmtune.data.templates import Template
+from llmtune.errors import BadInput
+from llmtune.recipes.common import Data, RecipeBase
+from llmtune.recipes.sources import MixtureData
 
 SOURCE = "_source"
 REPLAY = "replay"
@@ -41,19 +45,12 @@ class Pool:
 
 def is_composite(data: Data) -> bool:
     """Whether the rows are a mixture of sources or include replay."""
-    return isinstance(data, FinetuneData) and data.is_composite()
+    return isinstance(data, MixtureData) and data.is_composite()
 
 
-def task_sources(data: FinetuneData) -> list[tuple[str, Source]]:
-    """(recipe key, source) of every task source; a plain train is one source named `train`."""
-    if data.is_mixture():
-        return [(f"data.train[{i}]", source) for i, source in enumerate(data.train)]  # type: ignore[arg-type]
-    return [("data.train", Source(path=data.train, name="train"))]  # type: ignore[arg-type]
-
-
-def templates(data: FinetuneData) -> dict[str, str | None]:
+def templates(data: MixtureData) -> dict[str, str | None]:
     """Source name -> the template its rows use (its own, else data.template)."""
-    out = {source.label(): source.template or data.template for _, source in task_sources(data)}
+    out = {source.label(): source.template or data.template for _, source in data.task_sources()}
     if data.replay is not None:
         out[REPLAY] = data.replay.template or data.template
     return out
@@ -122,3 +119,72 @@ def count_sources(
         entry.update(drawn=drawn[name], share=round(drawn[name] / max(len(train), 1), 4))
         for split, rows in held.items():
             entry[split] = sum(r.get(SOURCE) == name for r in rows)
+
+
+def read_mixture(
+    recipe: RecipeBase,
+    data: MixtureData,
+    required: tuple[str, ...],
+    label_field: str | None,
+    render_into: str | None,
+) -> Splits:
+    """Each source read with its columns (and template), held-out rows carved from each, and the
+    epoch's training rows drawn by the mixture's rule."""
+    reader = SourceReader(recipe, data, required, render_into)
+    held = {name: Rows() for name in SPLIT_NAMES}
+    pools: list[tuple[Pool, Rows]] = []
+    for key, source in data.task_sources():
+        rows = reader.read(key, source.path, source.columns, source.template or data.template)
+        tag(rows.rows, source.label())
+        rows = carve_missing(rows, held, data, label_field, key)
+        pools.append((Pool(source.label(), len(rows), weight=source.weight), rows))
+    for name in ("validation", "test"):
+        if getattr(data, name) is not None:
+            held[name] = reader.read(f"data.{name}", getattr(data, name), None, data.template)
+        elif data.split and getattr(data.split, name) and not held[name].rows:
+            raise BadInput(
+                f"holds out no row: every source is too small; give data.{name}", key=f"data.split.{name}"
+            )
+    if data.replay is not None:
+        replay = data.replay
+        rows = reader.read("data.replay.path", replay.path, replay.columns, replay.template or data.template)
+        tag(rows.rows, REPLAY)
+        pools.append((Pool(REPLAY, len(rows), ratio=replay.ratio), rows))
+    order = draw([pool for pool, _ in pools], recipe.seed)
+    picked = [(pools[p][1], i) for p, i in order]
+    train = Rows(
+        [r.rows[i] for r, i in picked], [r.where[i] for r, i in picked], sum(r.skipped for _, r in pools)
+    )
+    splits = Splits(train, held["validation"], held["test"], reader.files, data.skip_bad_rows)
+    splits.sources = source_table([pool for pool, _ in pools])
+    return splits
+
+
+@dataclass
+class SourceReader:
+    """Reads every source of one recipe alike (bad-row policy, required fields, rendering of the
+    model input into `render_into`), and collects the files read."""
+
+    recipe: RecipeBase
+    data: Data
+    required: tuple[str, ...]
+    render_into: str | None
+    files: list[Path] = field(default_factory=list)
+
+    def read(
+        self, key: str, spec: str | list[str], columns: dict[str, str] | None, template: str | None
+    ) -> Rows:
+        """One source's rows with its columns (default data.columns); with `render_into`, its model
+        input rendered there by `template` (which then makes that field: it is not required)."""
+        field_name = self.render_into if template is not None else None
+        needed = tuple(f for f in self.required if f != field_name)
+        columns = self.data.columns if columns is None else columns
+        skip = self.data.skip_bad_rows
+        rows, used = read_rows(self.recipe, spec, key, columns=columns, required=needed, skip_bad_rows=skip)
+        self.files.extend(used)
+        if field_name is not None and template is not None:
+            compiled = Template(template, where=template_key(key))
+            compiled.check_fields(set(rows.rows[0]), file=rows.where[0].rsplit(":", 1)[0])
+            for row, where in zip(rows.rows, rows.where):
+                row[field_name] = compiled.render(row, where=where)
+        return rows

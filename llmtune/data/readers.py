@@ -1,4 +1,5 @@
-"""Reading rows for every job: files and globs, column mapping, splits, limits, bad rows.
+"""Reading rows for every job: files and globs, column mapping, bad rows, and carving held-out
+rows from train. A recipe's whole data section is read by `llmtune.data.splits`.
 
 Files are read here rather than through `datasets.load_dataset` because a row that cannot be read
 must be reported with its file and line. Parquet and `save_to_disk` folders go through pyarrow /
@@ -18,13 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmtune.data import mixture
 from llmtune.data.formats import iter_file, kind_of
 from llmtune.data.problems import SKIP_HINT, closest, refuse
-from llmtune.data.templates import Template
 from llmtune.errors import BadInput, Problem
 from llmtune.recipes.common import Data, RecipeBase
-from llmtune.recipes.finetune import FinetuneData, FinetuneRecipe
 
 Row = dict[str, Any]
 FORMATS = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
@@ -192,153 +190,26 @@ def map_columns(row: Row, columns: dict[str, str]) -> Row:
     return mapped
 
 
-def load_splits(
-    recipe: RecipeBase,
-    data: Data,
-    *,
-    required: tuple[str, ...] = (),
-    label_field: str | None = None,
-    render_into: str | None = "text",
-) -> Splits:
-    """train/validation/test rows: read, carve missing splits from train, apply `limit`; and the
-    retain rows of a finetune recipe's evaluation.retain.
-
-    A finetune recipe whose train is a mixture of sources, or that replays general rows, is read
-    source by source and drawn by `llmtune.data.mixture`'s rule: each row then carries its source,
-    and when `render_into` is a field (head tasks: "text") each row's model input is rendered into
-    it with its source's template, so that the job applies no template of its own (None: the job
-    renders per source, as SFT does).
-    """
-    if mixture.is_composite(data):
-        splits = _load_composite(recipe, data, required, label_field, render_into)  # type: ignore[arg-type]
-    else:
-        splits = _load_plain(recipe, data, required, label_field)
-    if data.limit is not None:
-        for name in SPLIT_NAMES:
-            rows = getattr(splits, name)
-            setattr(splits, name, rows.subset(list(range(min(data.limit, len(rows)))), rows.skipped))
-    if splits.sources:
-        held = {name: getattr(splits, name).rows for name in ("validation", "test")}
-        mixture.count_sources(splits.sources, splits.train.rows, held)
-    splits.retain = _read_retain(recipe, data, label_field, render_into, splits.files)
-    return splits
-
-
-def _load_plain(recipe: RecipeBase, data: Data, required: tuple[str, ...], label_field: str | None) -> Splits:
-    read, files = {name: Rows() for name in SPLIT_NAMES}, []
-    options = {"columns": data.columns, "required": required, "skip_bad_rows": data.skip_bad_rows}
-    for name in SPLIT_NAMES:
-        if getattr(data, name) is not None:
-            read[name], used = read_rows(recipe, getattr(data, name), f"data.{name}", **options)
-            files.extend(used)
-    train = _carve_missing(read["train"], read, data, label_field)
-    return Splits(train, read["validation"], read["test"], files, data.skip_bad_rows)
-
-
-def _carve_missing(
+def carve_missing(
     train: Rows, held: dict[str, Rows], data: Data, label_field: str | None, source: str | None = None
 ) -> Rows:
     """Carve data.split's fractions (of all `train` rows) for the splits not given as files, into
     `held`. A source of a mixture too small to give a row gives none (the others may)."""
+    if data.split is None:
+        return train
     total = len(train)
     for name in ("validation", "test"):
-        fraction = getattr(data.split, name) if data.split else 0
+        fraction = getattr(data.split, name)
         if not fraction or getattr(data, name) is not None:
             continue
         n_held = round(total * fraction)
         if source is not None and n_held == 0:
             continue
         key = f"data.split.{name}" + (f" ({source})" if source else "")
-        train, out = carve(train, n_held, data.split.seed, label_field, key)  # type: ignore[union-attr]
+        train, out = carve(train, n_held, data.split.seed, label_field, key)
         held[name].rows.extend(out.rows)
         held[name].where.extend(out.where)
     return train
-
-
-def _load_composite(
-    recipe: RecipeBase,
-    data: FinetuneData,
-    required: tuple[str, ...],
-    label_field: str | None,
-    render_into: str | None,
-) -> Splits:
-    """Each source read with its columns (and template), held-out rows carved from each, and the
-    epoch's training rows drawn by the mixture's rule."""
-    reader = _SourceReader(recipe, data, required, render_into)
-    held = {name: Rows() for name in SPLIT_NAMES}
-    pools: list[tuple[mixture.Pool, Rows]] = []
-    for key, source in mixture.task_sources(data):
-        rows = reader.read(key, source.path, source.columns, source.template or data.template)
-        mixture.tag(rows.rows, source.label())
-        rows = _carve_missing(rows, held, data, label_field, key)
-        pools.append((mixture.Pool(source.label(), len(rows), weight=source.weight), rows))
-    for name in ("validation", "test"):
-        if getattr(data, name) is not None:
-            held[name] = reader.read(f"data.{name}", getattr(data, name), None, data.template)
-        elif data.split and getattr(data.split, name) and not held[name].rows:
-            raise BadInput(
-                f"holds out no row: every source is too small; give data.{name}", key=f"data.split.{name}"
-            )
-    if data.replay is not None:
-        replay = data.replay
-        rows = reader.read("data.replay.path", replay.path, replay.columns, replay.template or data.template)
-        mixture.tag(rows.rows, mixture.REPLAY)
-        pools.append((mixture.Pool(mixture.REPLAY, len(rows), ratio=replay.ratio), rows))
-    order = mixture.draw([pool for pool, _ in pools], recipe.seed)
-    picked = [(pools[p][1], i) for p, i in order]
-    train = Rows(
-        [r.rows[i] for r, i in picked], [r.where[i] for r, i in picked], sum(r.skipped for _, r in pools)
-    )
-    splits = Splits(train, held["validation"], held["test"], reader.files, data.skip_bad_rows)
-    splits.sources = mixture.source_table([pool for pool, _ in pools])
-    return splits
-
-
-@dataclass
-class _SourceReader:
-    """Reads every source of one recipe alike (bad-row policy, required fields, rendering of the
-    model input into `render_into`), and collects the files read."""
-
-    recipe: RecipeBase
-    data: Data
-    required: tuple[str, ...]
-    render_into: str | None
-    files: list[Path] = field(default_factory=list)
-
-    def read(
-        self, key: str, spec: str | list[str], columns: dict[str, str] | None, template: str | None
-    ) -> Rows:
-        """One source's rows with its columns (default data.columns); with `render_into`, its model
-        input rendered there by `template` (which then makes that field: it is not required)."""
-        field_name = self.render_into if template is not None else None
-        needed = tuple(f for f in self.required if f != field_name)
-        columns = self.data.columns if columns is None else columns
-        skip = self.data.skip_bad_rows
-        rows, used = read_rows(self.recipe, spec, key, columns=columns, required=needed, skip_bad_rows=skip)
-        self.files.extend(used)
-        if field_name is not None:
-            compiled = Template(template, where=mixture.template_key(key))  # type: ignore[arg-type]
-            compiled.check_fields(set(rows.rows[0]), file=rows.where[0].rsplit(":", 1)[0])
-            for row, where in zip(rows.rows, rows.where):
-                row[field_name] = compiled.render(row, where=where)
-        return rows
-
-
-def _read_retain(
-    recipe: RecipeBase, data: Data, label_field: str | None, render_into: str | None, files: list[Path]
-) -> Rows:
-    """evaluation.retain's general rows (data.columns), read before any model loads so that a bad
-    file is refused before training. A head task needs the label, and its input made as for the
-    training rows: rendered here for composite data, else by the job (data.template or text). SFT
-    (`render_into` None) decides each row's format itself."""
-    if not isinstance(recipe, FinetuneRecipe) or recipe.evaluation.retain is None:
-        return Rows()
-    head = render_into is not None and label_field is not None
-    template = data.template if head and mixture.is_composite(data) else None
-    needs_text = head and (template is not None or data.template is None)
-    required = (*([render_into] if needs_text else []), *([label_field] if head else []))
-    reader = _SourceReader(recipe, data, required, render_into, files)  # type: ignore[arg-type]
-    return reader.read("evaluation.retain", recipe.evaluation.retain, None, template)
 
 
 def carve(rows: Rows, n_held: int, seed: int, label_field: str | None, what: str) -> tuple[Rows, Rows]:

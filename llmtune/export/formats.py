@@ -39,7 +39,7 @@ def export_run(
     thresholds: list[str] | None = None,
 ) -> dict[str, Any]:
     """Export a run (or a model/adapter folder) to `output`; returns export.json's record."""
-    from llmtune.models.export import model_folder
+    from llmtune.export.hf_format import model_folder
 
     if fmt not in FORMATS:
         raise BadInput(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", key="--format")
@@ -104,8 +104,8 @@ def _require(fmt: str) -> None:
 def _standalone(folder: Path, fmt: str, merge: bool | None) -> tuple[Any, Any, bool]:
     """(model, tokenizer, merged): an adapter merged into its base, loaded in full precision (so
     an adapter trained over a 4-bit base is merged into the de-quantised base, never the 4 bits)."""
+    from llmtune.export.hf_format import can_merge, load_for_export
     from llmtune.models.adapters import is_adapter_folder
-    from llmtune.models.export import _can_merge, load_for_export
 
     if is_adapter_folder(folder):
         raise BadInput(
@@ -121,7 +121,7 @@ def _standalone(folder: Path, fmt: str, merge: bool | None) -> tuple[Any, Any, b
     if not hasattr(model, "peft_config"):
         return model.float().eval(), tokenizer, False
     kind = str(model.peft_config["default"].peft_type.value)
-    if not _can_merge(kind):
+    if not can_merge(kind):
         raise BadInput(
             f"a {kind} adapter cannot be merged into the weights, and {fmt} needs a standalone model; "
             "export it with --format hf",
@@ -237,7 +237,7 @@ def _max_length(run_dir: Path | None) -> int | None:
 
 def _finish(tmp: Path, record: dict[str, Any], output: Path) -> dict[str, Any]:
     """export.json, README.md and the marker."""
-    from llmtune.runs.outputs import atomic_write_json, atomic_write_text
+    from llmtune.outputs import atomic_write_json, atomic_write_text
 
     if "parity" not in record:
         record["parity"] = {"verified": False}
@@ -261,7 +261,7 @@ def _export_hf(
     """--format hf: the Hugging Face folder (llmtune.models.export), with the card, export.json
     and, for a standalone model, the gate (transformers loading the export against the run's
     model with its adapter unmerged)."""
-    from llmtune.models.export import export_model, load_for_export
+    from llmtune.export.hf_format import export_model, load_for_export
 
     run_dir = folder.parent if folder.name == "model" else None
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from llmtune.errors import BadInput
-from llmtune.runs.outputs import TMP_SUFFIX, apply_umask
+from llmtune.outputs import TMP_SUFFIX, apply_umask
 
 EXPORT_MARKER = ".llmtune-export.json"
 """Marks a folder `llmtune export` wrote, and lists the files it wrote there."""

@@ -55,7 +55,7 @@ def verify_rows(run: Path | None, verify_data: Path | None, head: str) -> Rows:
 def _head_rows(recipe: Any) -> Rows:
     """A head run without predictions.jsonl: its test split, else a sample of its training data,
     through its columns and template."""
-    from llmtune.data.readers import load_splits
+    from llmtune.data.splits import load_splits
 
     splits = load_splits(recipe, recipe.data)
     split, what = (splits.test, "test split") if len(splits.test.rows) else (splits.train, "training data")
@@ -110,7 +110,7 @@ def _lm_rows(recipe: Any) -> Rows:
     """Prompts and prompt+answer texts of the run's test split (else its training data), read as
     the run read them: prompt/completion rows (through data.template when there is one),
     conversations (the turns before the last answer, as plain text) or plain text."""
-    from llmtune.data.readers import load_splits
+    from llmtune.data.splits import load_splits
     from llmtune.data.templates import Template
 
     splits = load_splits(recipe, recipe.data, render_into=None)

@@ -6,7 +6,7 @@ Rows are appended in chunks, each written, flushed and fsynced with SIGTERM/SIGI
 back, so a kill leaves at most one torn line at the end; readers pass over it and
 `repair_journal` cuts it off before the next append. Each row carries the fingerprints it was
 computed under, so a changed model or prompt makes old rows stale instead of silently reused.
-Files are opened the way `llmtune.runs.outputs` opens them: never through a link.
+Files are opened the way `llmtune.outputs` opens them: never through a link.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from llmtune.errors import STOP_SIGNALS, BadInput
-from llmtune.runs.outputs import (
+from llmtune.outputs import (
     TMP_SUFFIX,
     check_plain_file,
     open_append,

@@ -12,8 +12,8 @@ from typing import Any
 import yaml
 
 from llmtune.errors import BadInput
+from llmtune.provenance import read_manifest
 from llmtune.recipes.common import ModelRef, RecipeBase
-from llmtune.runs.lineage import read_manifest
 
 EXPORT_FILES = ("export.json", ".llmtune-export.json")
 ENGINE_FOR = {"onnx": "onnx", "gguf": "llamacpp"}

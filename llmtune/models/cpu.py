@@ -237,7 +237,7 @@ def quantize_int8(model: Any) -> Any:
 def _first_block(model: Any) -> Any:
     import torch
 
-    from llmtune.models.adapters import transformer_blocks
+    from llmtune.models.bottlenecks import transformer_blocks
 
     try:
         return transformer_blocks(model)[0]

@@ -12,10 +12,10 @@ from typing import Any
 
 from llmtune.console import say
 from llmtune.errors import BadInput
-from llmtune.models.adapters import adapter_sets, apply_adapter_layers
-from llmtune.models.adapters import transformer_blocks as transformer_blocks  # re-exported
+from llmtune.models.adapters import apply_adapter_layers
+from llmtune.models.bottlenecks import adapter_sets, transformer_blocks
 from llmtune.models.info import Head
-from llmtune.recipes.finetune import MERGEABLE, MethodSpec
+from llmtune.recipes.methods import MERGEABLE, MethodSpec
 
 HEAD_NAMES = ("classifier", "score", "lm_head", "pre_classifier", "pooler")
 # the peft_type each method trains, to tell whether an earlier run's adapter can be continued

@@ -13,10 +13,11 @@ from pydantic import ValidationError
 
 from llmtune.errors import BadInput
 from llmtune.recipes.bulk_infer import BulkInferRecipe
-from llmtune.recipes.common import RecipeBase, RecipePath, rebase_paths
+from llmtune.recipes.common import RecipeBase
 from llmtune.recipes.distill import DistillRecipe
 from llmtune.recipes.finetune import FinetuneRecipe
 from llmtune.recipes.loader import RawRecipe, read_recipe, set_value
+from llmtune.recipes.paths import RecipePath, rebase_paths
 from llmtune.recipes.prompt_eval import PromptEvalRecipe
 from llmtune.recipes.rlhf import RlhfRecipe
 from llmtune.recipes.validate import problems_from

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import PurePath
 from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from llmtune.recipes.common import (
-    CANONICAL_FIELDS,
-    Data,
-    ModelRef,
-    RecipeBase,
-    RecipePath,
-    Section,
-    TemplateSource,
-    Training,
-)
+from llmtune.recipes.common import ModelRef, RecipeBase, Section, Training
 from llmtune.recipes.distributed import Distributed
+from llmtune.recipes.methods import MERGEABLE, PROMPT_LEARNING, MethodSpec
+from llmtune.recipes.paths import RecipePath, TemplateSource
+from llmtune.recipes.sources import MixtureData
 
-Method = Literal["full", "lora", "qlora", "dora", "ia3", "prefix", "prompt", "last_layers", "adapter"]
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1")
 REGRESSION_METRICS = ("mae", "rmse", "r2", "pearson", "spearman")
 CAUSAL_LM_METRICS = ("exact_match", "perplexity")
@@ -28,63 +20,6 @@ TASK_METRICS = {
     "regression": REGRESSION_METRICS,
     "causal_lm": CAUSAL_LM_METRICS,
 }
-PROMPT_LEARNING = ("prefix", "prompt")
-MERGEABLE = ("lora", "qlora", "dora", "ia3")
-
-
-class MethodSpec(Section):
-    """Which weights train: all of them, an adapter, virtual tokens, or the top layers."""
-
-    type: Method = "lora"
-    """full (every weight), lora, qlora (LoRA on a 4-bit base), dora, ia3, prefix, prompt (trained
-    virtual tokens), last_layers (only the top blocks and the head) or adapter (bottleneck adapter
-    layers in every block: reduction_factor, placement, sites, non_linearity, scaling)."""
-    r: int = Field(16, ge=1)
-    """LoRA/DoRA rank."""
-    alpha: int = Field(32, ge=1)
-    """LoRA/DoRA scaling numerator (scale = alpha / r)."""
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    """Dropout on the adapter's input."""
-    target_modules: str | list[str] = "all-linear"
-    """Modules that get adapters: all-linear, or a list of module names."""
-    num_virtual_tokens: int = Field(20, ge=1)
-    """Prefix / prompt tuning: number of trained virtual tokens."""
-    init_text: str | None = None
-    """Prompt tuning: initialise the soft prompt from this text."""
-    layers: int = Field(2, ge=1)
-    """last_layers: train only the top N blocks and the head."""
-    reduction_factor: int = Field(16, ge=1)
-    """adapter: bottleneck width = hidden size / reduction_factor."""
-    placement: Literal["serial", "parallel"] = "serial"
-    """adapter: serial (after a block's output, Houlsby / Pfeiffer) or parallel (beside the
-    feed-forward block, He et al.)."""
-    sites: list[Literal["attention", "feed_forward"]] = Field(default_factory=lambda: ["feed_forward"])
-    """adapter, serial: after which outputs of each block: [feed_forward] is Pfeiffer's placement,
-    [attention, feed_forward] Houlsby's. parallel adapters sit beside the feed-forward block."""
-    non_linearity: Literal["relu", "gelu", "silu", "tanh"] = "relu"
-    """adapter: activation between the down- and up-projection."""
-    scaling: float = Field(1.0, gt=0)
-    """adapter: the adapter's output is multiplied by this before it is added back."""
-    stack: bool = False
-    """model.path is an earlier run's adapter (LoRA family or adapter layers): false continues
-    training that adapter; true freezes it (merged into the base when it can be) and trains a new
-    one on top."""
-
-    @field_validator("sites")
-    @classmethod
-    def _some_sites(cls, value: list[str]) -> list[str]:
-        if not value or len(set(value)) != len(value):
-            raise ValueError("expected one or both of attention, feed_forward, each once")
-        return value
-
-    @model_validator(mode="after")
-    def _parallel_beside_feed_forward(self) -> MethodSpec:
-        if self.placement == "parallel" and "attention" in self.sites:
-            raise ValueError(
-                "placement: parallel puts the adapter beside the feed-forward block; sites [attention, ...] "
-                "is for placement: serial (Houlsby)"
-            )
-        return self
 
 
 class Evaluation(Section):
@@ -104,90 +39,8 @@ class Evaluation(Section):
     where they apply), so the report shows what the model forgot."""
 
 
-def _canonical(columns: dict[str, str] | None) -> dict[str, str] | None:
-    unknown = [k for k in columns or {} if k not in CANONICAL_FIELDS]
-    if unknown:
-        raise ValueError(
-            f"unknown canonical field(s) {unknown}; expected some of {', '.join(CANONICAL_FIELDS)}"
-        )
-    return columns
-
-
-class Source(Section):
-    """One training source of a mixture: its own file(s), share of the rows and, if needed, its
-    own columns and template."""
-
-    path: RecipePath | list[RecipePath]
-    """File, glob or list, relative to this file."""
-    weight: float = Field(1.0, gt=0)
-    """Sampling probability of this source (weights are normalised to sum to 1)."""
-    name: str | None = None
-    """Name in the report; default: the file's stem."""
-    columns: dict[str, str] | None = None
-    """Canonical field -> column name for this source; default: data.columns."""
-    template: str | None = None
-    """Template for this source's rows; default: data.template."""
-
-    @field_validator("columns")
-    @classmethod
-    def _canonical_names(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        return _canonical(value)
-
-    def label(self) -> str:
-        """The source's name in the report: `name`, else the stem of its (first) file."""
-        if self.name:
-            return self.name
-        first = self.path if isinstance(self.path, str) else self.path[0]
-        return PurePath(first).stem or "train"
-
-
-class Replay(Section):
-    """General rows mixed into every epoch against catastrophic forgetting."""
-
-    path: RecipePath | list[RecipePath]
-    """File, glob or list of general rows, relative to this file."""
-    ratio: float = Field(0.2, gt=0.0, lt=1.0)
-    """Share of each epoch's rows that are replayed general rows."""
-    columns: dict[str, str] | None = None
-    """Canonical field -> column name in the replay files; default: data.columns."""
-    template: str | None = None
-    """Template for the replay rows; default: data.template."""
-
-    @field_validator("columns")
-    @classmethod
-    def _canonical_names(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        return _canonical(value)
-
-
-class FinetuneData(Data):
+class FinetuneData(MixtureData):
     """Where rows come from: one training set, or a weighted mixture of sources, plus replay."""
-
-    train: RecipePath | list[RecipePath] | list[Source] | None = None  # type: ignore[assignment]
-    """File, glob or list (relative to this file): .jsonl .json .csv .tsv .parquet .txt, or a
-    datasets save_to_disk folder. A list of {path, weight, columns, template} mixes several
-    sources (multi-task) by weight."""
-    replay: Replay | None = None
-    """{path: general.jsonl, ratio: 0.2}: general rows mixed into every epoch against forgetting."""
-
-    def is_mixture(self) -> bool:
-        """Whether train is a list of weighted sources."""
-        return isinstance(self.train, list) and any(isinstance(s, Source) for s in self.train)
-
-    def is_composite(self) -> bool:
-        """Whether the training rows are drawn from several sources (a mixture, or replay): every
-        row then carries its source, and a head task's rows arrive with their model input
-        rendered (`llmtune.data.mixture`)."""
-        return self.is_mixture() or self.replay is not None
-
-    @model_validator(mode="after")
-    def _distinct_sources(self) -> FinetuneData:
-        names = [s.label() for s in self.train if isinstance(s, Source)] if self.is_mixture() else []
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise ValueError(f"two data.train sources are named {twice[0]!r}: give each a distinct `name`")
-        if self.replay is not None and "replay" in names:
-            raise ValueError("the source name 'replay' is taken by data.replay: rename that source")
-        return self
 
 
 class Export(Section):

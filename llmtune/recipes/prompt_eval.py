@@ -6,8 +6,9 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from llmtune.recipes.common import Data, ModelRef, RecipeBase, RecipePath, Section
+from llmtune.recipes.common import Data, ModelRef, RecipeBase, Section
 from llmtune.recipes.engines import VllmSettings
+from llmtune.recipes.paths import RecipePath
 from llmtune.recipes.prompt_eval_checks import Assertion, Judge, Statistics
 from llmtune.slices import recipe_gates
 

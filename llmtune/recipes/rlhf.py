@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 from llmtune.recipes.common import Data, ModelRef, Output, RecipeBase, Section, Training
 from llmtune.recipes.distributed import Distributed
 from llmtune.recipes.engines import VllmSettings
-from llmtune.recipes.finetune import MethodSpec
+from llmtune.recipes.methods import MethodSpec
 
 Stage = Literal["reward", "policy", "dpo", "kto", "collect"]
 

@@ -16,7 +16,7 @@ from transformers import TrainerCallback
 
 from llmtune.console import live_console, say, stderr_is_terminal
 from llmtune.errors import STOP_SIGNALS
-from llmtune.runs.outputs import apply_umask
+from llmtune.outputs import apply_umask
 from llmtune.runs.rundir import RunDir
 
 # what a person reads on the console per log line; every key still goes to metrics.jsonl

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 
-from llmtune.runs.outputs import TMP_SUFFIX
+from llmtune.outputs import TMP_SUFFIX
 
 # what jobs write directly in checkpoints/ (folders end with "/"): the Trainer's checkpoint-N
 # folders, the measurements stored for --resume, distill's baseline trainer, peft's model card

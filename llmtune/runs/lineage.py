@@ -3,22 +3,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from llmtune.provenance import read_manifest
 from llmtune.recipes.common import ModelRef, RecipeBase
-
-
-def read_manifest(folder: Path) -> dict[str, Any] | None:
-    """The manifest.json an llmtune run wrote in `folder` (any status), or None."""
-    try:
-        data = json.loads((folder / "manifest.json").read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) and {"llmtune", "kind", "status", "started"} <= set(data) else None
 
 
 def lineage(recipe: RecipeBase) -> list[dict[str, Any]]:

@@ -90,7 +90,7 @@ def save_figure(fig: Any, path: Path) -> None:
     PNG, and a link at `path` (or at a temp name) is never written through."""
     import matplotlib.pyplot as plt
 
-    from llmtune.runs.outputs import temp_file, umask
+    from llmtune.outputs import temp_file, umask
 
     fig.tight_layout()
     fd, tmp = temp_file(path.parent, path.name)

@@ -25,12 +25,9 @@ from typing import Any
 
 import yaml
 
+from llmtune import provenance
 from llmtune.errors import BadInput, LockHeld
-from llmtune.provenance import device_description, git_commit, library_versions, package_version
-from llmtune.recipes.common import ModelRef, RecipeBase
-from llmtune.runs.distributed import manifest_fields, ranks
-from llmtune.runs.lineage import lineage, read_manifest
-from llmtune.runs.outputs import (
+from llmtune.outputs import (
     TMP_SUFFIX,
     OutputLock,
     apply_umask,
@@ -38,6 +35,10 @@ from llmtune.runs.outputs import (
     atomic_write_text,
     open_append,
 )
+from llmtune.provenance import device_description, git_commit, library_versions, package_version
+from llmtune.recipes.common import ModelRef, RecipeBase
+from llmtune.runs.distributed import manifest_fields, ranks
+from llmtune.runs.lineage import lineage
 
 LOCK_NAME = ".llmtune.lock"
 # What a run writes, the one list of it: the only names llmtune ever deletes from a run
@@ -98,7 +99,7 @@ class RunDir:
 
     def stored_manifest(self) -> dict[str, Any] | None:
         """The manifest.json an llmtune run wrote here (any status), or None."""
-        return read_manifest(self.path)
+        return provenance.read_manifest(self.path)
 
     def finished(self) -> bool:
         """Whether a run completed here."""

@@ -28,8 +28,8 @@ from llmtune.inference.journal import AppendFile, ReplacingFile, digest_folder, 
 from llmtune.inference.journal import repair_journal as cut_torn_line
 from llmtune.jobs.bulk_infer.paths import OutputPaths, id_key
 from llmtune.models.info import resolve_model_path
+from llmtune.outputs import atomic_write_text, temp_file, umask
 from llmtune.recipes.bulk_infer import BulkInferRecipe
-from llmtune.runs.outputs import atomic_write_text, temp_file, umask
 
 Record = dict[str, Any]
 

@@ -40,9 +40,9 @@ from llmtune.jobs.bulk_infer.progress import Tally, summarise
 from llmtune.models.cpu import last_choice
 from llmtune.models.loading import quiet_libraries
 from llmtune.models.positions import check_new_tokens
+from llmtune.outputs import OutputLock, check_plain_file
 from llmtune.recipes.bulk_infer import BulkInferRecipe
 from llmtune.runs.options import JobOptions
-from llmtune.runs.outputs import OutputLock, check_plain_file
 
 
 def run(recipe: BulkInferRecipe, options: JobOptions) -> dict[str, Any]:

@@ -208,7 +208,7 @@ def sweep_stale_ray_folders(root: Path | None = None) -> list[Path]:
     Ray's own processes for about a minute): only folders named as llmtune names them, owned by
     this user, not links, whose pid no longer runs. Ray processes still using such a folder (its
     path in their command line, this user's) get SIGTERM first."""
-    from llmtune.runs.outputs import process_alive
+    from llmtune.outputs import process_alive
 
     root = Path(root or tempfile.gettempdir())
     removed = []

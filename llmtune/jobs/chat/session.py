@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmtune.runs.outputs import atomic_write_text
+from llmtune.outputs import atomic_write_text
 
 HELP = """commands:
   /reset         forget the conversation (the system message stays)

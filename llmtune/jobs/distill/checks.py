@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from llmtune.data.numeric import numeric_label
-from llmtune.data.readers import Rows, Splits, load_splits, refuse
+from llmtune.data.readers import Rows, Splits, refuse
+from llmtune.data.splits import load_splits
 from llmtune.data.templates import Template
 from llmtune.errors import BadInput, Problem
 from llmtune.models.loading import inspect_model

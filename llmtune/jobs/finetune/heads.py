@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from llmtune.console import say
-from llmtune.data.readers import Row, Rows, Splits, load_splits
+from llmtune.data.readers import Row, Rows, Splits
+from llmtune.data.splits import load_splits
 from llmtune.data.templates import Template
 from llmtune.models.loading import LoadedModel, load_model
 from llmtune.models.methods import apply_method
@@ -37,7 +38,9 @@ SPLITS = ("train", "validation", "test")
 def read_rows(recipe: FinetuneRecipe, template: Template | None) -> Splits:
     """train / validation / test rows that have a label (and a text, or the template's fields)."""
     required = ("label",) if template else ("text", "label")
-    splits = load_splits(recipe, recipe.data, required=required, label_field="label")
+    splits = load_splits(
+        recipe, recipe.data, required=required, label_field="label", retain=recipe.evaluation.retain
+    )
     if template is not None:
         template.check_fields(set(splits.train.rows[0]), file=splits.train.where[0].rsplit(":", 1)[0])
     if not splits.test.rows:

@@ -11,7 +11,8 @@ from typing import Any
 from llmtune.console import say
 from llmtune.data.mixture import SOURCE, templates
 from llmtune.data.mixture import is_composite as _composite
-from llmtune.data.readers import Rows, Splits, load_splits
+from llmtune.data.readers import Rows, Splits
+from llmtune.data.splits import load_splits
 from llmtune.data.templates import Template
 from llmtune.errors import BadInput
 from llmtune.recipes.finetune import FinetuneRecipe
@@ -57,7 +58,8 @@ def setup_sft_data(recipe: FinetuneRecipe) -> SftData:
     Sources may mix text and prompt/completion rows (e.g. general text replayed into a
     prompt/completion task): the run then trains on prompt/completion, a text row being a
     completion with an empty prompt, so its every token is learnt as in plain language modelling."""
-    splits = load_splits(recipe, recipe.data, render_into=None)  # templates apply per source here
+    # templates apply per source here
+    splits = load_splits(recipe, recipe.data, render_into=None, retain=recipe.evaluation.retain)
     template = Template(recipe.data.template, where="data.template") if recipe.data.template else None
     data = SftData(splits, "text", template)
     if _composite(recipe.data):

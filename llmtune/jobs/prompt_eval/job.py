@@ -20,7 +20,8 @@ from typing import Any
 import llmtune.inference.registry as registry
 from llmtune.console import say
 from llmtune.data.labels import check_labels, infer_labels
-from llmtune.data.readers import Rows, closest, load_splits, read_rows, refuse
+from llmtune.data.readers import Rows, closest, read_rows, refuse
+from llmtune.data.splits import load_splits
 from llmtune.errors import BadInput, GateFailed, Problem
 from llmtune.inference.batching import free_memory
 from llmtune.jobs.prompt_eval.generation import check_judge_inputs, finish_free_text

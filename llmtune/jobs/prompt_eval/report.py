@@ -16,8 +16,8 @@ from llmtune.jobs.prompt_eval.noise import (
     with_interval,
 )
 from llmtune.metrics import confusion_markdown
+from llmtune.outputs import atomic_write_text
 from llmtune.recipes.prompt_eval import PromptEvalRecipe
-from llmtune.runs.outputs import atomic_write_text
 from llmtune.runs.plots import save_figure
 from llmtune.runs.rundir import RunDir
 from llmtune.slices import Gate, gate_failures, gates_summary, slices_markdown

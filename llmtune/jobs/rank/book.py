@@ -21,7 +21,7 @@ from llmtune.data.preferences import ranking_of
 from llmtune.data.rankings import RankingError, parse_ranking
 from llmtune.errors import BadInput, LockHeld, Problem
 from llmtune.inference.journal import signals_held
-from llmtune.runs.outputs import OutputLock, atomic_write_text
+from llmtune.outputs import OutputLock, atomic_write_text
 
 MAX_SHOWN = 20  # problems listed in one refusal; the rest are counted
 

@@ -38,10 +38,10 @@ from llmtune.errors import BadInput
 from llmtune.inference.journal import Journal, folder_fingerprint, signals_held, text_fingerprint
 from llmtune.jobs.rlhf.common import prompt_text, template_of
 from llmtune.models.positions import check_new_tokens
+from llmtune.outputs import OutputLock
 from llmtune.recipes.rlhf import RlhfRecipe
 from llmtune.runs.lifecycle import recorded, show_plan
 from llmtune.runs.options import JobOptions
-from llmtune.runs.outputs import OutputLock
 from llmtune.runs.rundir import RunDir, run_dir_path
 
 CANDIDATES = "candidates.jsonl"

@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llmtune.data.readers import Row, Rows, Splits, load_splits
+from llmtune.data.readers import Row, Rows, Splits
+from llmtune.data.splits import load_splits
 from llmtune.data.templates import Template
 from llmtune.errors import BadInput
 from llmtune.models.loading import LoadedModel

@@ -40,9 +40,9 @@ from llmtune.jobs.rlhf.common import (
 )
 from llmtune.models.loading import LoadedModel, inspect_model, load_model
 from llmtune.models.methods import apply_method
+from llmtune.outputs import atomic_write_json
 from llmtune.recipes.rlhf import RlhfRecipe
 from llmtune.runs.lifecycle import Metrics, Outcome, Plan, source_of
-from llmtune.runs.outputs import atomic_write_json
 from llmtune.runs.rundir import RunDir
 from llmtune.runs.training import (
     callbacks,

@@ -40,10 +40,10 @@ from llmtune.errors import BadInput
 from llmtune.jobs.rlhf.diversity import diversity_report
 from llmtune.jobs.rlhf.rules import Component, RewardMix, components_of
 from llmtune.models.loading import inspect_model, load_model
+from llmtune.outputs import atomic_write_text
 from llmtune.recipes.common import Training
 from llmtune.recipes.rlhf import RlhfRecipe
 from llmtune.runs.lifecycle import Metrics, Outcome, Plan, source_of
-from llmtune.runs.outputs import atomic_write_text
 from llmtune.runs.rundir import RunDir
 from llmtune.runs.training import (
     callbacks,

@@ -13,9 +13,9 @@ from typing import Any
 
 from llmtune.errors import LockHeld
 from llmtune.jobs.runs_table.listing import find_runs, status_of
+from llmtune.outputs import OutputLock
+from llmtune.provenance import read_manifest
 from llmtune.runs.disk import Droppable, drop, droppable
-from llmtune.runs.lineage import read_manifest
-from llmtune.runs.outputs import OutputLock
 from llmtune.runs.rundir import LOCK_NAME
 
 

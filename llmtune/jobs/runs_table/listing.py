@@ -17,8 +17,8 @@ from typing import Any
 import yaml
 
 from llmtune.errors import BadInput
+from llmtune.provenance import read_manifest
 from llmtune.runs.disk import size_of
-from llmtune.runs.lineage import read_manifest
 from llmtune.runs.rundir import LOCK_NAME
 
 # the metric a run is known by, in this order of preference (the first its eval.json has)
