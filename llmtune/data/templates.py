@@ -393,3 +393,12 @@ def _null_field(name: str) -> jinja2.StrictUndefined:
         hint=f"field {name!r} is null in this row (use {{{{ {name} | default('') }}}} if it is optional)",
         name=name,
     )
+
+
+def template_of(source: str | None, *, rendered: bool = False) -> Template | None:
+    """A recipe's data.template, compiled. None when there is none (the model reads a field of
+    the row), or when the rows arrive `rendered`: mixed or replayed rows carry their input
+    already rendered into text, each by its source's template, so nothing is rendered again."""
+    if not source or rendered:
+        return None
+    return Template(source, where="data.template")

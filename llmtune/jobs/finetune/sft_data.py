@@ -12,7 +12,7 @@ from llmtune.console import say
 from llmtune.data.mixture import SOURCE, templates
 from llmtune.data.mixture import is_composite as _composite
 from llmtune.data.readers import Rows, Splits, load_splits
-from llmtune.data.templates import Template
+from llmtune.data.templates import Template, template_of
 from llmtune.errors import BadInput
 from llmtune.recipes.finetune import FinetuneRecipe
 
@@ -58,7 +58,7 @@ def setup_sft_data(recipe: FinetuneRecipe) -> SftData:
     prompt/completion task): the run then trains on prompt/completion, a text row being a
     completion with an empty prompt, so its every token is learnt as in plain language modelling."""
     splits = load_splits(recipe, recipe.data, render_into=None)  # templates apply per source here
-    template = Template(recipe.data.template, where="data.template") if recipe.data.template else None
+    template = template_of(recipe.data.template)
     data = SftData(splits, "text", template)
     if _composite(recipe.data):
         data.by_source = {

@@ -34,9 +34,10 @@ import llmtune.inference.registry as registry
 from llmtune.console import markdown_table, say, shown, table
 from llmtune.data.rankings import letters
 from llmtune.data.readers import SKIP_HINT, read_rows, refuse
+from llmtune.data.templates import template_of
 from llmtune.errors import BadInput
 from llmtune.inference.journal import Journal, folder_fingerprint, signals_held, text_fingerprint
-from llmtune.jobs.rlhf.common import prompt_text, template_of
+from llmtune.jobs.rlhf.common import prompt_text
 from llmtune.models.positions import check_new_tokens
 from llmtune.recipes.rlhf import RlhfRecipe
 from llmtune.runs.lifecycle import recorded, show_plan
@@ -152,7 +153,7 @@ def read_prompts(recipe: RlhfRecipe) -> tuple[list[Prompt], list[Path], int]:
     unused = [name for name in ("validation", "test", "split") if getattr(data, name) is not None]
     if unused:
         say(f"stage collect reads data.train only; {', '.join(f'data.{n}' for n in unused)} not used")
-    template = template_of(recipe)
+    template = template_of(recipe.data.template)
     rows, files = read_rows(
         recipe,
         data.train,

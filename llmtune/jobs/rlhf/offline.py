@@ -28,6 +28,7 @@ import llmtune.jobs.rlhf.offline_report as measured
 from llmtune.console import say
 from llmtune.data.preferences import Preferences, graded_of, preferences_of
 from llmtune.data.readers import Rows
+from llmtune.data.templates import template_of
 from llmtune.errors import BadInput
 from llmtune.jobs.rlhf.common import (
     agreement_lines,
@@ -35,13 +36,12 @@ from llmtune.jobs.rlhf.common import (
     people_agreement,
     prompt_text,
     read_splits,
-    stage_plan,
-    template_of,
 )
 from llmtune.models.loading import LoadedModel, inspect_model, load_model
 from llmtune.models.methods import apply_method
 from llmtune.recipes.rlhf import RlhfRecipe
-from llmtune.runs.lifecycle import Metrics, Outcome, Plan, source_of
+from llmtune.runs.job import Metrics, Outcome, Plan, TrainingJob, count_parameters, training_plan
+from llmtune.runs.lifecycle import source_of
 from llmtune.runs.outputs import atomic_write_json
 from llmtune.runs.rundir import RunDir
 from llmtune.runs.training import (
@@ -55,12 +55,12 @@ SAMPLES_BEFORE = "checkpoints/samples_before.json"  # kept for --resume: the bef
 KTO_RANGE = (1.0, 4 / 3)  # KTO paper eq. 8: desirable_weight * good / (undesirable_weight * bad)
 
 
-class OfflineJob:
+class OfflineJob(TrainingJob):
     """The dpo / kto steps the shared training run calls, in order."""
 
     def __init__(self, recipe: RlhfRecipe) -> None:
         self.recipe = recipe
-        self.template = template_of(recipe)
+        self.template = template_of(recipe.data.template)
         self.details: dict[str, Any] = {}
         self.all_tied: dict[str, int] = {}
         self.samples: dict[str, list[dict[str, Any]]] = {}
@@ -231,7 +231,19 @@ class OfflineJob:
             "epochs": self.training.epochs,
             "learning_rate": self.training.learning_rate,
         }
-        return stage_plan(recipe, run_dir, self.loaded, self.model, self.splits, self.training, rows, details)
+        return training_plan(
+            run_dir,
+            task=recipe.stage,
+            method=recipe.method.type,
+            model=recipe.model.describe(),
+            rows=self.splits.counts(),
+            skipped_rows=self.splits.skipped(),
+            parameters=count_parameters(self.model),
+            training=self.training,
+            training_rows=rows,
+            device=self.loaded.device,
+            details=details,
+        )
 
     def reference_kind(self) -> str:
         """What the policy is compared with (TRL's KL anchor), in words."""
