@@ -296,9 +296,9 @@ def validate(
     as_json: JsonOpt = False,
 ) -> None:
     """Check recipes without running them: one line per file, and the resolved recipe for one file."""
-    from llmtune.recipes.check import check_files
+    from llmtune.recipes.validate_files import validate_files
 
-    if not check_files(recipes, set_, show=show, as_json=as_json):
+    if not validate_files(recipes, set_, show=show, as_json=as_json):
         raise typer.Exit(EXIT_BAD_INPUT)
 
 
