@@ -165,7 +165,8 @@ def recorded(
 ) -> dict[str, Any]:
     """Open the run directory, run `work`, and record how it ended in the manifest (a signal
     during `open` itself included). Several ranks: rank 0 opens and records, all of them work."""
-    from llmtune.runs.distributed import agreed, is_main
+    from llmtune.ranks import is_main
+    from llmtune.runs.distributed import agreed
 
     try:
         agreed(lambda: _opened(run_dir, options, files), only_main=True)

@@ -27,8 +27,9 @@ import yaml
 
 from llmtune.errors import BadInput, LockHeld
 from llmtune.provenance import device_description, git_commit, library_versions, package_version
+from llmtune.ranks import ranks
 from llmtune.recipes.common import ModelRef, RecipeBase
-from llmtune.runs.distributed import manifest_fields, ranks
+from llmtune.runs.distributed import manifest_fields
 from llmtune.runs.lineage import lineage, read_manifest
 from llmtune.runs.outputs import (
     TMP_SUFFIX,

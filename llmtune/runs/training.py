@@ -272,7 +272,8 @@ def measured_once(run_dir: Path, name: str, measure: Callable[[], Any]) -> Any:
     run reports what an uninterrupted one would, e.g. test metrics before training). Several
     ranks take rank 0's answer to "stored?", so that all of them measure (it may be a
     collective) or none; rank 0 stores it."""
-    from llmtune.runs.distributed import agreed, is_main
+    from llmtune.ranks import is_main
+    from llmtune.runs.distributed import agreed
     from llmtune.runs.outputs import atomic_write_text
 
     path = run_dir / "checkpoints" / f"{name}.json"
