@@ -14,13 +14,12 @@ import typer
 from llmtune.cli_exit import debug_wanted as _debug
 from llmtune.cli_exit import exit_codes
 from llmtune.cli_exit import fail as _fail
+from llmtune.cli_options import DebugOpt
 from llmtune.errors import (
     EXIT_BAD_INPUT,
     BadInput,
     Incomplete,
 )
-
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and library logs.")]
 
 
 def register(app: typer.Typer) -> None:
