@@ -17,8 +17,6 @@ Before and after training the held-out split is measured (`offline_report.py`), 
 
 from __future__ import annotations
 
-import math
-import random
 from collections import defaultdict
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -37,6 +35,7 @@ from llmtune.jobs.rlhf.common import (
     prompt_text,
     read_splits,
 )
+from llmtune.jobs.rlhf.kto_rows import kto_weights, shuffled
 from llmtune.models.loading import LoadedModel, inspect_model, load_model
 from llmtune.models.methods import apply_method
 from llmtune.recipes.rlhf import RlhfRecipe
@@ -52,7 +51,6 @@ from llmtune.runs.training import (
 )
 
 SAMPLES_BEFORE = "checkpoints/samples_before.json"  # kept for --resume: the before samples
-KTO_RANGE = (1.0, 4 / 3)  # KTO paper eq. 8: desirable_weight * good / (undesirable_weight * bad)
 
 
 class OfflineJob(TrainingJob):
@@ -144,10 +142,10 @@ class OfflineJob(TrainingJob):
     def _kto_data(self) -> None:
         skip = self.recipe.data.skip_bad_rows
         train = self._graded(self.splits.train, "data.train", skip)
-        self.train = _shuffled(train, self.recipe.seed)
+        self.train = shuffled(train, self.recipe.seed)
         validation = self.splits.validation
         self.validation = (
-            _shuffled(self._graded(validation, "data.validation", skip), self.recipe.seed)
+            shuffled(self._graded(validation, "data.validation", skip), self.recipe.seed)
             if validation.rows
             else None
         )
@@ -380,22 +378,3 @@ class OfflineJob(TrainingJob):
         if 0 < pairs < 20:
             return [f"only {pairs} held-out pairs: each moves the accuracies by {1 / pairs:.2f}"]
         return []
-
-
-def kto_weights(good: int, bad: int) -> tuple[float, float]:
-    """(desirable_weight, undesirable_weight): TRL's defaults when good/bad lies in the KTO
-    paper's range [1, 4/3], else the minority's weight raised until it does."""
-    low, high = KTO_RANGE
-    if low <= good / bad <= high:
-        return 1.0, 1.0
-    if good < bad:
-        return math.ceil(100 * bad / good) / 100, 1.0
-    return 1.0, math.floor(100 * good / bad) / 100
-
-
-def _shuffled(columns: dict[str, list[Any]], seed: int) -> dict[str, list[Any]]:
-    """KTO reads its rows in order (its KL term pairs neighbours): mix rankings' good and bad rows
-    and prompts once, seeded, so that batches are not one prompt's answers."""
-    order = list(range(len(columns["prompt"])))
-    random.Random(seed).shuffle(order)
-    return {name: [values[i] for i in order] for name, values in columns.items()}
