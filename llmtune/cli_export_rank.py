@@ -5,7 +5,6 @@ registers them, and every failure leaves through `llmtune.cli_exit`."""
 from __future__ import annotations
 
 import importlib
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -13,19 +12,14 @@ from typing import Annotated, Optional
 import typer
 
 from llmtune.cli_exit import debug_wanted as _debug
+from llmtune.cli_exit import exit_codes
 from llmtune.cli_exit import fail as _fail
-from llmtune.cli_exit import raise_interrupted as _raise_interrupted
+from llmtune.cli_options import DebugOpt
 from llmtune.errors import (
     EXIT_BAD_INPUT,
-    EXIT_LOCKED,
-    STOP_SIGNALS,
     BadInput,
     Incomplete,
-    Interrupted,
-    LockHeld,
 )
-
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and library logs.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -98,8 +92,8 @@ def rank(
 ) -> None:
     """People rank collected outputs (C > B = D > A) in a terminal or a browser; each answer is
     saved at once, a rerun continues. --stats: how much the annotators agree."""
-    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in STOP_SIGNALS}
-    try:
+    saved = "every answer given is saved"
+    with exit_codes(saved, quit_message=f"quit: {saved}"):
         job = importlib.import_module("llmtune.jobs.rank")
         job.main(
             candidates,
@@ -111,14 +105,3 @@ def rank(
             port=port,
             stats=stats,
         )
-    except (BadInput, LockHeld) as exc:
-        _fail(str(exc), EXIT_BAD_INPUT if isinstance(exc, BadInput) else EXIT_LOCKED)
-    except (Interrupted, KeyboardInterrupt) as exc:
-        signum = getattr(exc, "signum", signal.SIGINT)
-        if signum == signal.SIGINT:  # Ctrl-C is how people stop: a quit, not an error
-            print("\nquit: every answer given is saved", file=sys.stderr)
-            raise typer.Exit(128 + signum) from None
-        _fail(f"interrupted by {signal.Signals(signum).name}; every answer given is saved", 128 + signum)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

@@ -18,10 +18,10 @@ import click
 import typer
 from typer.core import TyperGroup
 
+from llmtune.cli_options import DebugOpt
 from llmtune.errors import EXIT_BAD_INPUT, EXIT_FAILED, BadInput, LockHeld
 
 JsonLines = Annotated[bool, typer.Option("--json", help="One JSON object per line on stdout.")]
-Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks and library logs.")]
 MaxNew = Annotated[
     Optional[int],
     typer.Option("--max-new-tokens", metavar="N", help="Causal LMs: tokens generated at most."),
@@ -95,7 +95,7 @@ def predict(
     seed: Annotated[
         Optional[int], typer.Option("--seed", metavar="N", help="Sampling seed (default: the run's).")
     ] = None,
-    debug: Debug = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Try a model on a few texts: label and probabilities, score, or generation. Writes nothing.
 
@@ -129,7 +129,7 @@ def chat(
     ] = 512,
     temperature: Temperature = 0.0,
     seed: Annotated[int, typer.Option("--seed", metavar="N", help="Sampling seed.")] = 0,
-    debug: Debug = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Talk to a causal LM with its chat template: streamed replies, /reset, /system, /save.
 

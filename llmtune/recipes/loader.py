@@ -2,8 +2,9 @@
 
 Handles safe YAML loading, `extends` chains (deep merge, lists replaced, cycles refused),
 `--set KEY=VALUE` overrides and `${ENV}` / `${ENV:-default}` interpolation. Validation against
-the pydantic models happens in `llmtune.recipes.validate`; this module only assembles the data
-and a map from dotted key to (file, line) so that every error can point at its source.
+the pydantic models happens in `llmtune.recipes.load_recipe` (its errors located by
+`llmtune.recipes.problems`); this module only assembles the data and a map from dotted key to
+(file, line) so that every error can point at its source.
 
 A recipe is user input, so reading one must end in data or in `BadInput` naming the file and
 line, whatever the bytes are: not UTF-8, not a mapping, duplicate keys, nesting too deep for the

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from llmtune.recipes.validate import _unwrap
+from llmtune.recipes.annotations import unwrap_optional
 
 EXAMPLES: dict[str, dict[str, Any]] = {
     "finetune": {
@@ -337,7 +337,7 @@ def _render(
         lines += [f"{pad}# {line.strip()}" for line in (field.description or "").splitlines()]
         if name in alternatives:
             lines += _commented(name, alternatives[name], pad, "or")
-        annotation = _unwrap(field.annotation)
+        annotation = unwrap_optional(field.annotation)
         if _is_section(annotation) and isinstance(value, dict):
             inner = only.get(name) if only is not None else None
             lines += [f"{pad}{name}:", *_render(annotation, value, indent + 1, defaults, extras, inner)]
@@ -378,7 +378,7 @@ def _is_section(annotation: Any) -> bool:
 
 def _entry_section(annotation: Any) -> type[BaseModel] | None:
     if typing.get_origin(annotation) is dict:
-        entry = _unwrap(typing.get_args(annotation)[1])
+        entry = unwrap_optional(typing.get_args(annotation)[1])
         return entry if _is_section(entry) else None
     return None
 

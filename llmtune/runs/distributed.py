@@ -1,5 +1,6 @@
-"""Training under `torchrun` / `accelerate launch`: which rank this process is, the process group,
-one verdict for every rank, and the recipe's `distributed:` section as HF TrainingArguments.
+"""Training under `torchrun` / `accelerate launch`: the process group (which rank this process
+is: `llmtune.ranks`), one verdict for every rank, and the recipe's `distributed:` section as HF
+TrainingArguments.
 
 The launcher starts one `llmtune` per rank with WORLD_SIZE, RANK and LOCAL_RANK set. Every rank
 parses and validates the same recipe, loads the model and data, and trains its share; rank 0
@@ -15,57 +16,20 @@ recipe's `distributed:` settings are ignored.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from llmtune.errors import BadInput, Interrupted, LockHeld
+from llmtune.ranks import Ranks, is_main, ranks
 from llmtune.recipes.distributed import DeepSpeed, Distributed, Fsdp
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Ranks:
-    """Where this process stands among the launcher's processes."""
-
-    world_size: int = 1
-    rank: int = 0
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        """Rank 0: the one that writes the run directory, the lock and the console."""
-        return self.rank == 0
-
-    @property
-    def many(self) -> bool:
-        """More than one process: the `distributed:` settings apply."""
-        return self.world_size > 1
-
-
-def ranks() -> Ranks:
-    """This process's world size, rank and local rank, from the variables that torchrun and
-    accelerate launch set (one process of rank 0 without them)."""
-    try:
-        return Ranks(*(int(os.environ.get(k, d)) for k, d in _ENV))
-    except ValueError:
-        raise BadInput("WORLD_SIZE, RANK and LOCAL_RANK must be whole numbers", key="distributed") from None
-
-
-_ENV = (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0"))
-
-
-def is_main() -> bool:
-    """Whether this process writes: rank 0, or the only process."""
-    return ranks().main
 
 
 _settings: ContextVar[Distributed | None] = ContextVar("distributed_settings", default=None)

@@ -3,142 +3,37 @@
 `recorded()` is the bookkeeping every run-directory job shares: open the run directory, do the
 work, and record how it ended (completed, interrupted, failed) in the manifest.
 
-`run_training()` is the whole life of a training run, by composition: the job (a `TrainingJob`:
-finetune's classification and SFT today; distill and the rlhf stages next) supplies preflight,
-setup, the trainer, evaluation, saving and the report; the lifecycle does
+`run_training()` is the whole life of a training run, by composition: the job (a `TrainingJob`,
+`runs.job`: finetune's classification, regression and SFT, the three distill tasks and the trained
+rlhf stages) supplies preflight, setup, the trainer, evaluation, saving and the report; the
+lifecycle does
 
     lock -> preflight -> setup -> dry run (plan, nothing written) or open -> measure before ->
     train (resume, graceful stop on SIGTERM/SIGINT) -> validate -> evaluate -> save -> report -> status
 
-Two optional measurements a job may supply: `retain(trainer)`, its model on general data
-(evaluation.retain) before and after training, so that the report shows what was forgotten; and
-`sources(trainer)`, rows and losses per data source of a mixture. The lifecycle records both in
-the summary and eval.json, prints them and adds them to report.md.
+Two measurements every job declares (`TrainingJob` gives them defaults of "nothing to measure"):
+`retain(trainer)`, its model on general data (evaluation.retain) before and after training, so
+that the report shows what was forgotten; and `sources(trainer)`, rows and losses per data source
+of a mixture. The lifecycle records both in the summary and eval.json, prints them and adds them
+to report.md.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from llmtune.console import say, table
 from llmtune.errors import BadInput, Interrupted
 from llmtune.recipes.common import RecipeBase
+from llmtune.runs.job import Metrics, Outcome, Plan, TrainingJob
 from llmtune.runs.options import JobOptions
 from llmtune.runs.rundir import RunDir, run_dir_path
 from llmtune.runs.sources_report import forgetting, show_retain_and_sources
 
 T = TypeVar("T")
-Metrics = dict[str, Any]
-
-
-@dataclass
-class Plan:
-    """What a training run will do: the --dry-run table and the start of the summary."""
-
-    run_dir: Path
-    task: str
-    method: str
-    model: str
-    rows: dict[str, int]
-    skipped_rows: int
-    trainable_params: int
-    total_params: int
-    planned_steps: int
-    device: str
-    precision: str
-    details: dict[str, Any] = field(default_factory=dict)
-    """Job-specific items (labels, data format), shown in the plan and the summary."""
-
-    def rows_text(self) -> str:
-        """`54 train, 6 validation, 30 test`: the row counts as a person writes them."""
-        return ", ".join(f"{n} {split}" for split, n in self.rows.items() if n or split == "train")
-
-    @property
-    def trainable_share(self) -> float:
-        return round(self.trainable_params / max(self.total_params, 1), 6)
-
-    def as_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        details = out.pop("details")
-        out["run_dir"] = str(self.run_dir)
-        out["trainable_share"] = self.trainable_share
-        return {**out, **details}
-
-
-@dataclass
-class Outcome:
-    """How a training run ended: the summary that --json prints and the report reads."""
-
-    plan: Plan
-    steps: int
-    train_loss: float
-    train_seconds: float
-    validation: Metrics | None = None
-    test_before: Metrics | None = None
-    test: Metrics | None = None
-    retain: dict[str, Metrics | None] | None = None
-    """evaluation.retain: {before, after, change} on the general rows."""
-    sources: dict[str, Metrics] | None = None
-    """Mixtures and replay: per source, its weight, rows drawn and the final model's loss."""
-    selection: Metrics | None = None
-    """How the kept model was chosen: early stopping, checkpoint, validation rows (runs.selection)."""
-    warnings: list[str] = field(default_factory=list)
-    """Why the result may not mean much (too few steps, loss not falling, one class predicted...)."""
-
-    def as_dict(self, headline: Callable[[Metrics | None], Any] = lambda m: m) -> dict[str, Any]:
-        extra = {name: value for name in ("retain", "sources", "selection") if (value := getattr(self, name))}
-        return {
-            **self.plan.as_dict(),
-            **extra,
-            "status": "completed",
-            "train_seconds": round(self.train_seconds, 2),
-            "train_loss": self.train_loss,
-            "steps": self.steps,
-            "test_before": headline(self.test_before),
-            "validation": self.validation,
-            "test": headline(self.test),
-            "warnings": self.warnings,
-        }
-
-
-class TrainingJob(Protocol):
-    """What a trainer-based job supplies to `run_training`."""
-
-    recipe: Any
-
-    def preflight(self) -> list[Path]:
-        """Read and check the data and the hardware rules, before any model loads; returns the
-        data files read (their sha256 goes in the manifest)."""
-
-    def setup(self, run_dir: Path, dry_run: bool = False) -> Plan:
-        """Load the model (on a dry run without its weights), apply the tuning method, encode the
-        splits; the plan."""
-
-    def trainer(self, run_dir: RunDir) -> Any:
-        """The HF / TRL trainer, with the lifecycle's callbacks (`runs.training.callbacks`)."""
-
-    def evaluate(self, trainer: Any) -> Metrics | None:
-        """Metrics of the trainer's current model on the test split (None without one)."""
-
-    def save(self, trainer: Any, run_dir: RunDir) -> None:
-        """Write model/ (and per-row outputs such as predictions.jsonl)."""
-
-    def report(self, run_dir: RunDir, outcome: Outcome) -> None:
-        """Print the results and write report.md."""
-
-    def headline(self, metrics: Metrics | None) -> Any:
-        """The part of the test metrics that goes in the summary."""
-
-    # optional: def warnings(self, outcome: Outcome) -> list[str], the job's own reasons to
-    # distrust the result (e.g. a single class predicted)
-    # optional: def retain(self, trainer) -> Metrics | None, the model on evaluation.retain's rows
-    # optional: def sources(self, trainer) -> dict[str, Metrics] | None, per-source rows and losses
-    # optional: def eval_headline(self, outcome) -> Metrics, keys put first in eval.json
-    # optional: loss_is_objective = False, when the training loss says nothing about progress
 
 
 def run_training(job: TrainingJob, options: JobOptions) -> dict[str, Any]:
@@ -192,9 +87,7 @@ def _run_training(job: TrainingJob, options: JobOptions) -> dict[str, Any]:
         before = measured_once(run_dir.path, "test_before", lambda: job.evaluate(trainer))
         if before is not None:
             say(f"test before training: {_shown(before)}")
-        retained = None
-        if hasattr(job, "retain"):  # optional: general data measured before and after
-            retained = measured_once(run_dir.path, "retain_before", lambda: job.retain(trainer))
+        retained = measured_once(run_dir.path, "retain_before", lambda: job.retain(trainer))
         if retained is not None:
             say(f"retain (general data) before training: {_shown(retained)}")
         started = time.monotonic()
@@ -208,15 +101,14 @@ def _run_training(job: TrainingJob, options: JobOptions) -> dict[str, Any]:
             train_seconds=time.monotonic() - started,
             test_before=before,
         )
-        outcome.selection = model_selection(trainer, getattr(job.recipe, "training", None))
+        outcome.selection = model_selection(trainer, job.recipe.training)
         if trainer.eval_dataset is not None:
             outcome.validation = validation_metrics(trainer)
             say(f"validation ({_kept(outcome.selection)}): {_shown(outcome.validation)}")
         outcome.test = job.evaluate(trainer)
         if retained is not None:
             outcome.retain = forgetting(retained, job.retain(trainer))
-        if hasattr(job, "sources"):
-            outcome.sources = job.sources(trainer)
+        outcome.sources = job.sources(trainer)
         # every rank saves and reports (a job may evaluate there: a collective); rank 0's files stay
         with written_by_main(run_dir.path) as folder:
             finish(job, trainer, run_dir if folder == run_dir.path else RunDir(folder, job.recipe), outcome)
@@ -244,11 +136,9 @@ def _kept(selection: Metrics | None) -> str:
 def finish(job: TrainingJob, trainer: Any, run_dir: RunDir, outcome: Outcome) -> None:
     """After training and evaluation: model/, eval.json, the warnings and the report."""
     job.save(trainer, run_dir)
-    top = job.eval_headline(outcome) if hasattr(job, "eval_headline") else {}
-    write_eval(run_dir, outcome, top)
-    outcome.warnings = training_warnings(outcome, run_dir.path, getattr(job, "loss_is_objective", True))
-    if hasattr(job, "warnings"):  # optional: the job's own reasons to distrust the result
-        outcome.warnings += job.warnings(outcome)
+    write_eval(run_dir, outcome, job.eval_headline(outcome))
+    outcome.warnings = training_warnings(outcome, run_dir.path, job.loss_is_objective)
+    outcome.warnings += job.warnings(outcome)
     job.report(run_dir, outcome)
     show_retain_and_sources(run_dir, outcome)
     for line in outcome.warnings:
@@ -275,7 +165,8 @@ def recorded(
 ) -> dict[str, Any]:
     """Open the run directory, run `work`, and record how it ended in the manifest (a signal
     during `open` itself included). Several ranks: rank 0 opens and records, all of them work."""
-    from llmtune.runs.distributed import agreed, is_main
+    from llmtune.ranks import is_main
+    from llmtune.runs.distributed import agreed
 
     try:
         agreed(lambda: _opened(run_dir, options, files), only_main=True)
@@ -358,13 +249,6 @@ def training_warnings(outcome: Outcome, run_dir: Path, loss_is_objective: bool =
     return out
 
 
-def warnings_markdown(outcome: Outcome) -> list[str]:
-    """The report's warnings section (empty when there is nothing to warn about)."""
-    if not outcome.warnings:
-        return []
-    return ["## Warnings", "", *[f"- {w}" for w in outcome.warnings], ""]
-
-
 def describe(plan: Plan) -> None:
     """The trainable vs total parameter line every training run prints."""
     say(
@@ -376,15 +260,6 @@ def describe(plan: Plan) -> None:
 def show_plan(plan: dict[str, Any]) -> None:
     """The --dry-run table."""
     table("plan (dry run: nothing written)", ["item", "value"], [[k, v] for k, v in plan.items()])
-
-
-def count_parameters(model: Any) -> tuple[int, int]:
-    """(trainable, total) parameters; peft's own count where it applies (right for 4-bit weights)."""
-    if hasattr(model, "get_nb_trainable_parameters"):
-        return model.get_nb_trainable_parameters()
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return trainable, total
 
 
 def _shown(metrics: Metrics) -> str:

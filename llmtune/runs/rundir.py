@@ -36,8 +36,9 @@ from llmtune.outputs import (
     open_append,
 )
 from llmtune.provenance import device_description, git_commit, library_versions, package_version
+from llmtune.ranks import ranks
 from llmtune.recipes.common import ModelRef, RecipeBase
-from llmtune.runs.distributed import manifest_fields, ranks
+from llmtune.runs.distributed import manifest_fields
 from llmtune.runs.lineage import lineage
 
 LOCK_NAME = ".llmtune.lock"

@@ -273,7 +273,8 @@ def measured_once(run_dir: Path, name: str, measure: Callable[[], Any]) -> Any:
     ranks take rank 0's answer to "stored?", so that all of them measure (it may be a
     collective) or none; rank 0 stores it."""
     from llmtune.outputs import atomic_write_text
-    from llmtune.runs.distributed import agreed, is_main
+    from llmtune.ranks import is_main
+    from llmtune.runs.distributed import agreed
 
     path = run_dir / "checkpoints" / f"{name}.json"
     stored = agreed(

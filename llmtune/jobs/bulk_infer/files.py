@@ -63,29 +63,6 @@ def _model_folders(recipe: BulkInferRecipe) -> list[tuple[str, Path]]:
     return folders
 
 
-# files in a model folder that loading does not read (an output written there is fine)
-NOT_MODEL_FILES = (".jsonl", ".csv", ".parquet", ".lock", ".log", ".md", ".tmp", ".partial")
-
-
-def _digest_folder(digest: Any, folder: Path) -> None:
-    # small files whole; big weight files by size plus their first and last MiB (fast for GBs)
-    for file in [folder] if folder.is_file() else sorted(folder.rglob("*")):
-        relative = file.relative_to(folder) if file != folder else Path(file.name)
-        if not file.is_file() or file.suffix.lower() in NOT_MODEL_FILES:
-            continue
-        if any(part.startswith(".") for part in relative.parts):
-            continue
-        size = file.stat().st_size
-        digest.update(f"{relative.as_posix()}:{size}".encode())
-        with file.open("rb") as f:
-            if size <= 64 << 20:
-                digest.update(f.read())
-            else:
-                digest.update(f.read(1 << 20))
-                f.seek(size - (1 << 20))
-                digest.update(f.read())
-
-
 # --------------------------------------------------------------------- journal
 def done_fingerprints(*paths: Path) -> dict[str, tuple[str | None, str | None]]:
     """id_key -> (model_fingerprint, prompt_fingerprint) of every row already written."""

@@ -26,7 +26,7 @@ import llmtune.inference.registry as registry
 import llmtune.jobs.distill.common as common
 import llmtune.jobs.distill.reports as reports
 from llmtune.data.readers import Splits, refuse
-from llmtune.data.templates import Template
+from llmtune.data.templates import Template, template_of
 from llmtune.errors import BadInput, Problem
 from llmtune.jobs.distill.checks import SPLITS, read_splits, rows_of
 from llmtune.jobs.distill.labelling import (
@@ -40,7 +40,7 @@ from llmtune.jobs.distill.lm_eval import generation_speed, lm_metrics
 from llmtune.models.loading import LoadedModel, inspect_model
 from llmtune.models.positions import check_new_tokens
 from llmtune.recipes.distill import DistillRecipe
-from llmtune.runs.lifecycle import Metrics, Outcome, Plan
+from llmtune.runs.job import Metrics, Outcome, Plan, TrainingJob, training_plan
 from llmtune.runs.rundir import RunDir
 from llmtune.runs.training import callbacks, preflight, resolve_training, training_arguments
 
@@ -61,12 +61,12 @@ SMALLER_HINT = "keep fewer blocks, or a smaller path or scratch model"  # trim_v
 GENERATION_CHUNK = 16  # prompts completed between two journal writes: what a kill can lose
 
 
-class LanguageModelDistill:
+class LanguageModelDistill(TrainingJob):
     """The steps the shared training run calls, in order."""
 
     def __init__(self, recipe: DistillRecipe) -> None:
         self.recipe = recipe
-        self.template = common.template_of(recipe)
+        self.template = template_of(recipe.data.template)
         self.comparison: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ preflight
@@ -121,8 +121,18 @@ class LanguageModelDistill:
         if recipe.strategy == "on_policy":  # learns from the teacher alone, on its own completions
             del details["alpha"], details["gold_rows"]
             details["completion_tokens"] = recipe.generation.max_new_tokens
-        return common.distill_plan(
-            recipe, run_dir, "causal_lm", self.splits, self.training, self.student, sizes, details
+        return training_plan(
+            run_dir,
+            task="causal_lm",
+            method=f"distill ({recipe.strategy})",
+            model=recipe.student.describe(),
+            rows=self.splits.counts(),
+            skipped_rows=self.splits.skipped(),
+            parameters=(sizes.trainable, sizes.student_params),
+            training=self.training,
+            training_rows=len(self.splits.train),
+            device=self.student.device,
+            details={**sizes.plan_details(recipe.teacher.describe()), **details},
         )
 
     def build_student(self, dry_run: bool = False) -> LoadedModel:

@@ -16,6 +16,7 @@ from typing import Any
 
 import llmtune.jobs.distill.common as common
 import llmtune.jobs.distill.compare as compare
+from llmtune.data.templates import template_of
 from llmtune.jobs.distill.checks import (
     check_gold,
     check_student_labels,
@@ -37,19 +38,19 @@ from llmtune.jobs.distill.losses import NO_GOLD, Collator, DistillationTrainer
 from llmtune.metrics import classification_metrics
 from llmtune.models.loading import LoadedModel
 from llmtune.recipes.distill import DistillRecipe
-from llmtune.runs.lifecycle import Metrics, Outcome, Plan
+from llmtune.runs.job import Metrics, Outcome, Plan, TrainingJob, training_plan
 from llmtune.runs.rundir import RunDir
 from llmtune.runs.training import callbacks, preflight, resolve_training
 
 HEADLINE = ("accuracy", "precision", "recall", "f1")
 
 
-class ClassificationDistill:
+class ClassificationDistill(TrainingJob):
     """The steps the shared training run calls, in order."""
 
     def __init__(self, recipe: DistillRecipe) -> None:
         self.recipe = recipe
-        self.template = common.template_of(recipe)
+        self.template = template_of(recipe.data.template)
         self.comparison: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ preflight
@@ -76,8 +77,18 @@ class ClassificationDistill:
             "alpha": recipe.alpha,
             "gold_rows": len(self.gold_indices()),
         }
-        return common.distill_plan(
-            recipe, run_dir, "classification", self.splits, self.training, self.student, sizes, details
+        return training_plan(
+            run_dir,
+            task="classification",
+            method=f"distill ({recipe.strategy})",
+            model=recipe.student.describe(),
+            rows=self.splits.counts(),
+            skipped_rows=self.splits.skipped(),
+            parameters=(sizes.trainable, sizes.student_params),
+            training=self.training,
+            training_rows=len(self.splits.train),
+            device=self.student.device,
+            details={**sizes.plan_details(recipe.teacher.describe()), **details},
         )
 
     def build_student(self, dry_run: bool = False) -> LoadedModel:

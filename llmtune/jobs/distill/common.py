@@ -1,7 +1,7 @@
 """What the three distill tasks share, as functions each job's steps call (the way
 `jobs/finetune/heads.py` serves finetune): the text a row shows the models, loading the teacher,
 building the student (teacher blocks, a path or a scratch model; vocabulary trimmed if asked),
-refusing a student that is not smaller, the Plan, the training arguments and test predictions of
+refusing a student that is not smaller, the plan's teacher details, the training arguments and test predictions of
 the two head tasks (classification, regression), the speed measurement, predictions.jsonl and the
 "quality kept" warning. Each job still reads top to bottom in its own file; only the label's
 meaning, the loss, the metrics and the report differ.
@@ -24,17 +24,12 @@ from llmtune.models.info import Head
 from llmtune.models.loading import LoadedModel, load_model
 from llmtune.recipes.common import Training
 from llmtune.recipes.distill import DistillRecipe
-from llmtune.runs.lifecycle import Plan, count_parameters
+from llmtune.runs.job import count_parameters
 from llmtune.runs.rundir import RunDir
-from llmtune.runs.training import planned_steps, resolve_precision, training_arguments
+from llmtune.runs.training import training_arguments
 
 Render = Callable[[Row, str | None], str]
 SMALLER_HINT = "keep fewer blocks, a smaller path or scratch model, or trim_vocab"
-
-
-def template_of(recipe: DistillRecipe) -> Template | None:
-    """The recipe's data.template, compiled (None: the models read a field of the row)."""
-    return Template(recipe.data.template, where="data.template") if recipe.data.template else None
 
 
 def render(row: Row, template: Template | None, where: str | None = None, field: str = "text") -> str:
@@ -109,6 +104,15 @@ class Sizes:
         """The counts the side-by-side comparison shows."""
         return {"teacher_params": self.teacher_params, "student_params": self.student_params}
 
+    def plan_details(self, teacher: str) -> dict[str, Any]:
+        """The plan's first details: the teacher (`teacher`: its description), its size and the
+        student's share of it."""
+        return {
+            "teacher": teacher,
+            "teacher_params": self.teacher_params,
+            "size_ratio": round(self.student_params / self.teacher_params, 4),
+        }
+
 
 def check_smaller(
     recipe: DistillRecipe, teacher: LoadedModel, student: LoadedModel, hint: str = SMALLER_HINT
@@ -124,39 +128,6 @@ def check_smaller(
             key="student",
         )
     return Sizes(teacher_params, total, trainable)
-
-
-def distill_plan(
-    recipe: DistillRecipe,
-    run_dir: Path,
-    task: str,
-    splits: Splits,
-    training: Training,
-    student: LoadedModel,
-    sizes: Sizes,
-    details: dict[str, Any],
-) -> Plan:
-    """The plan of a distill run: the student trained in full, the teacher and the size ratio
-    first among the details, then the task's own `details`."""
-    return Plan(
-        run_dir=run_dir,
-        task=task,
-        method=f"distill ({recipe.strategy})",
-        model=recipe.student.describe(),
-        rows=splits.counts(),
-        skipped_rows=splits.skipped(),
-        trainable_params=sizes.trainable,
-        total_params=sizes.student_params,
-        planned_steps=planned_steps(training, len(splits.train)),
-        device=student.device,
-        precision=resolve_precision(recipe.training, student.device),
-        details={
-            "teacher": recipe.teacher.describe(),
-            "teacher_params": sizes.teacher_params,
-            "size_ratio": round(sizes.student_params / sizes.teacher_params, 4),
-            **details,
-        },
-    )
 
 
 # -------------------------------------------------------- the head tasks' trainer and outputs

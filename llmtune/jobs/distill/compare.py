@@ -12,7 +12,7 @@ from typing import Any
 from llmtune.console import markdown_table, say, table
 from llmtune.models.loading import LoadedModel, resolve_model_path
 from llmtune.recipes.distill import DistillRecipe
-from llmtune.runs.lifecycle import Metrics, Outcome, warnings_markdown
+from llmtune.runs.job import Metrics, Outcome, warnings_markdown
 from llmtune.runs.rundir import RunDir
 
 ROUNDS = 5  # passes over each batch per model, alternating models; the fastest pass counts

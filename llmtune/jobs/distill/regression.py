@@ -22,6 +22,7 @@ import llmtune.jobs.distill.common as common
 import llmtune.jobs.distill.reports as reports
 from llmtune.console import say
 from llmtune.data.numeric import numeric_label
+from llmtune.data.templates import template_of
 from llmtune.jobs.distill.checks import (
     check_regression_models,
     check_scores,
@@ -42,7 +43,7 @@ from llmtune.metrics import regression_metrics
 from llmtune.models.loading import LoadedModel
 from llmtune.models.regression_head import LABEL_RANGE, from_unit, to_unit
 from llmtune.recipes.distill import DistillRecipe
-from llmtune.runs.lifecycle import Metrics, Outcome, Plan
+from llmtune.runs.job import Metrics, Outcome, Plan, TrainingJob, training_plan
 from llmtune.runs.rundir import RunDir
 from llmtune.runs.training import callbacks, preflight, resolve_training
 
@@ -59,12 +60,12 @@ MEASURES = reports.Measures(
 )
 
 
-class RegressionDistill:
+class RegressionDistill(TrainingJob):
     """The steps the shared training run calls, in order."""
 
     def __init__(self, recipe: DistillRecipe) -> None:
         self.recipe = recipe
-        self.template = common.template_of(recipe)
+        self.template = template_of(recipe.data.template)
         self.comparison: dict[str, Any] = {}
 
     def preflight(self) -> list[Path]:
@@ -89,8 +90,18 @@ class RegressionDistill:
             "label_range": self.label_range,
             "gold_rows": len(gold_indices(self.splits.train)),
         }
-        return common.distill_plan(
-            recipe, run_dir, "regression", self.splits, self.training, self.student, sizes, details
+        return training_plan(
+            run_dir,
+            task="regression",
+            method=f"distill ({recipe.strategy})",
+            model=recipe.student.describe(),
+            rows=self.splits.counts(),
+            skipped_rows=self.splits.skipped(),
+            parameters=(sizes.trainable, sizes.student_params),
+            training=self.training,
+            training_rows=len(self.splits.train),
+            device=self.student.device,
+            details={**sizes.plan_details(recipe.teacher.describe()), **details},
         )
 
     def build_student(self, dry_run: bool = False) -> LoadedModel:

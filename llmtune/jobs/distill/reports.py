@@ -12,7 +12,7 @@ from typing import Any
 from llmtune.console import markdown_table, say, table
 from llmtune.jobs.distill.compare import teacher_folders, weights_bytes
 from llmtune.recipes.distill import DistillRecipe
-from llmtune.runs.lifecycle import Metrics, Outcome, warnings_markdown
+from llmtune.runs.job import Metrics, Outcome, warnings_markdown
 from llmtune.runs.rundir import RunDir
 
 

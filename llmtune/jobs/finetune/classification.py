@@ -17,11 +17,12 @@ import llmtune.jobs.finetune.heads as heads
 from llmtune.console import markdown_table, table
 from llmtune.data.labels import check_labels, infer_labels
 from llmtune.data.readers import Splits
-from llmtune.data.templates import Template
+from llmtune.data.templates import Template, template_of
 from llmtune.errors import BadInput
 from llmtune.metrics import classification_metrics, confusion_markdown
 from llmtune.recipes.finetune import FinetuneRecipe
-from llmtune.runs.lifecycle import Metrics, Outcome, Plan, run_training
+from llmtune.runs.job import Metrics, Outcome, Plan, TrainingJob, count_parameters, training_plan
+from llmtune.runs.lifecycle import run_training
 from llmtune.runs.options import JobOptions
 from llmtune.runs.rundir import RunDir
 from llmtune.runs.training import preflight
@@ -34,12 +35,12 @@ def run(recipe: FinetuneRecipe, options: JobOptions) -> dict[str, Any]:
     return run_training(ClassificationJob(recipe), options)
 
 
-class ClassificationJob:
+class ClassificationJob(TrainingJob):
     """The classification steps the shared training run calls, in order."""
 
     def __init__(self, recipe: FinetuneRecipe) -> None:
         self.recipe = recipe
-        self.template = heads.template_of(recipe)
+        self.template = template_of(recipe.data.template, rendered=recipe.data.is_composite())
 
     def preflight(self) -> list[Path]:
         self.splits, self.labels = read_data(self.recipe, self.template)
@@ -57,7 +58,20 @@ class ClassificationJob:
         )
         self.retain_data = heads.encode_retain(self.recipe, self.splits, self.template, self.prepared, target)
         details = {"labels": self.labels, **({"sources": self.splits.sources} if self.splits.sources else {})}
-        return heads.plan(self.recipe, run_dir, self.splits, self.prepared, details)
+        training = self.prepared.training
+        return training_plan(
+            run_dir,
+            task=self.recipe.task,
+            method=self.recipe.method.type,
+            model=self.recipe.model.describe(),
+            rows=self.splits.counts(),
+            skipped_rows=self.splits.skipped(),
+            parameters=count_parameters(self.prepared.model),
+            training=training,
+            training_rows=len(self.splits.train),
+            device=self.prepared.loaded.device,
+            details={**details, "epochs": training.epochs, "learning_rate": training.learning_rate},
+        )
 
     def trainer(self, run_dir: RunDir) -> Any:
         return heads.build_trainer(self.recipe, self.prepared, run_dir, eval_metrics(self.labels))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from llmtune.console import say
@@ -21,12 +20,10 @@ from llmtune.models.loading import LoadedModel, load_model
 from llmtune.models.methods import apply_method
 from llmtune.recipes.common import Training
 from llmtune.recipes.finetune import FinetuneRecipe
-from llmtune.runs.lifecycle import Metrics, Outcome, Plan, count_parameters, warnings_markdown
+from llmtune.runs.job import Metrics, Outcome, warnings_markdown
 from llmtune.runs.rundir import RunDir
 from llmtune.runs.training import (
     callbacks,
-    planned_steps,
-    resolve_precision,
     resolve_training,
     training_arguments,
 )
@@ -68,15 +65,6 @@ def slices_section(metrics: Metrics | None) -> list[str]:
     if not metrics or not metrics.get("slices"):
         return []
     return ["", slices_markdown(metrics["slices"])]
-
-
-def template_of(recipe: FinetuneRecipe) -> Template | None:
-    """The recipe's data.template, compiled (None: the model reads the text field). Mixed or
-    replayed rows arrive with their input already rendered into text, each by its source's
-    template, so the job renders nothing again."""
-    if recipe.data.template is None or recipe.data.is_composite():
-        return None
-    return Template(recipe.data.template, where="data.template")
 
 
 def model_input(row: Row, template: Template | None, where: str | None = None) -> str:
@@ -156,28 +144,6 @@ def encode(
             "attention_mask": enc["attention_mask"],
             "labels": [target(r) for r in rows.rows],
         }
-    )
-
-
-def plan(
-    recipe: FinetuneRecipe, run_dir: Path, splits: Splits, prepared: Prepared, details: dict[str, Any]
-) -> Plan:
-    """The dry-run table and the start of the summary."""
-    trainable, total = count_parameters(prepared.model)
-    training = prepared.training
-    return Plan(
-        run_dir=run_dir,
-        task=recipe.task,
-        method=recipe.method.type,
-        model=recipe.model.describe(),
-        rows=splits.counts(),
-        skipped_rows=splits.skipped(),
-        trainable_params=trainable,
-        total_params=total,
-        planned_steps=planned_steps(training, len(splits.train)),
-        device=prepared.loaded.device,
-        precision=resolve_precision(recipe.training, prepared.loaded.device),
-        details={**details, "epochs": training.epochs, "learning_rate": training.learning_rate},
     )
 
 

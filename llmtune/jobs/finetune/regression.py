@@ -18,11 +18,13 @@ import llmtune.jobs.finetune.heads as heads
 from llmtune.console import markdown_table, table
 from llmtune.data.numeric import numeric_label
 from llmtune.data.readers import SKIP_HINT, SPLIT_NAMES, Row, Rows, Splits, refuse
+from llmtune.data.templates import template_of
 from llmtune.errors import BadInput, Problem
 from llmtune.metrics import lower_is_better, regression_metrics
 from llmtune.models.regression_head import LABEL_RANGE, from_unit, to_unit
 from llmtune.recipes.finetune import REGRESSION_METRICS, FinetuneRecipe
-from llmtune.runs.lifecycle import Metrics, Outcome, Plan, run_training
+from llmtune.runs.job import Metrics, Outcome, Plan, TrainingJob, count_parameters, training_plan
+from llmtune.runs.lifecycle import run_training
 from llmtune.runs.options import JobOptions
 from llmtune.runs.rundir import RunDir
 from llmtune.runs.training import preflight
@@ -35,12 +37,12 @@ def run(recipe: FinetuneRecipe, options: JobOptions) -> dict[str, Any]:
     return run_training(RegressionJob(recipe), options)
 
 
-class RegressionJob:
+class RegressionJob(TrainingJob):
     """The regression steps the shared training run calls, in order."""
 
     def __init__(self, recipe: FinetuneRecipe) -> None:
         self.recipe = recipe
-        self.template = heads.template_of(recipe)
+        self.template = template_of(recipe.data.template, rendered=recipe.data.is_composite())
         self.label_range = recipe.label_range
 
     def preflight(self) -> list[Path]:
@@ -67,7 +69,20 @@ class RegressionJob:
         details = {"loss": self.recipe.loss, "label_range": self.label_range}
         if self.splits.sources:
             details["sources"] = self.splits.sources
-        return heads.plan(self.recipe, run_dir, self.splits, self.prepared, details)
+        training = self.prepared.training
+        return training_plan(
+            run_dir,
+            task=self.recipe.task,
+            method=self.recipe.method.type,
+            model=self.recipe.model.describe(),
+            rows=self.splits.counts(),
+            skipped_rows=self.splits.skipped(),
+            parameters=count_parameters(self.prepared.model),
+            training=training,
+            training_rows=len(self.splits.train),
+            device=self.prepared.loaded.device,
+            details={**details, "epochs": training.epochs, "learning_rate": training.learning_rate},
+        )
 
     def target(self, row: Row) -> float:
         """What the head learns for a row: its label, scaled to 0..1 of label_range when given."""

@@ -37,14 +37,21 @@ from llmtune.models.loading import LoadedModel, load_model
 from llmtune.models.methods import apply_method
 from llmtune.recipes.common import Training
 from llmtune.recipes.finetune import FinetuneRecipe
-from llmtune.runs.lifecycle import Metrics, Outcome, Plan, count_parameters, run_training, warnings_markdown
+from llmtune.runs.job import (
+    Metrics,
+    Outcome,
+    Plan,
+    TrainingJob,
+    count_parameters,
+    training_plan,
+    warnings_markdown,
+)
+from llmtune.runs.lifecycle import run_training
 from llmtune.runs.options import JobOptions
 from llmtune.runs.rundir import RunDir
 from llmtune.runs.training import (
     callbacks,
-    planned_steps,
     preflight,
-    resolve_precision,
     resolve_training,
     training_arguments,
 )
@@ -55,7 +62,7 @@ def run(recipe: FinetuneRecipe, options: JobOptions) -> dict[str, Any]:
     return run_training(SftJob(recipe), options)
 
 
-class SftJob:
+class SftJob(TrainingJob):
     """The SFT steps the shared training run calls, in order."""
 
     def __init__(self, recipe: FinetuneRecipe) -> None:
@@ -93,21 +100,19 @@ class SftJob:
             for name in ("train", "validation", "test")
         }
         self.retain_split = self._retain_split()
-        trainable, total = count_parameters(self.model)
         train_rows = len(self.splits["train"].rows)
         self.training = resolve_training(recipe.training, recipe.method.type, recipe.task, train_rows)
-        return Plan(
-            run_dir=run_dir,
+        return training_plan(
+            run_dir,
             task=recipe.task,
             method=recipe.method.type,
             model=recipe.model.describe(),
             rows=splits.counts(),
             skipped_rows=splits.skipped(),
-            trainable_params=trainable,
-            total_params=total,
-            planned_steps=planned_steps(self.training, train_rows),
+            parameters=count_parameters(self.model),
+            training=self.training,
+            training_rows=train_rows,
             device=self.loaded.device,
-            precision=resolve_precision(recipe.training, self.loaded.device),
             details={
                 "data_format": self.data.format,
                 "epochs": self.training.epochs,

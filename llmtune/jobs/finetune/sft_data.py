@@ -13,7 +13,7 @@ from llmtune.data.mixture import SOURCE, templates
 from llmtune.data.mixture import is_composite as _composite
 from llmtune.data.readers import Rows, Splits
 from llmtune.data.splits import load_splits
-from llmtune.data.templates import Template
+from llmtune.data.templates import Template, template_of
 from llmtune.errors import BadInput
 from llmtune.recipes.finetune import FinetuneRecipe
 
@@ -60,7 +60,7 @@ def setup_sft_data(recipe: FinetuneRecipe) -> SftData:
     completion with an empty prompt, so its every token is learnt as in plain language modelling."""
     # templates apply per source here
     splits = load_splits(recipe, recipe.data, render_into=None, retain=recipe.evaluation.retain)
-    template = Template(recipe.data.template, where="data.template") if recipe.data.template else None
+    template = template_of(recipe.data.template)
     data = SftData(splits, "text", template)
     if _composite(recipe.data):
         data.by_source = {

@@ -93,7 +93,7 @@ def load_sweep(recipe: FinetuneRecipe, path: Path | None) -> tuple[Sweep, str]:
         assert recipe.sweep is not None
         return recipe.sweep, str(recipe.source or "recipe")
     from llmtune.recipes.loader import read_recipe
-    from llmtune.recipes.validate import problems_from
+    from llmtune.recipes.problems import problems_from
 
     raw = read_recipe(path)
     data = raw.data.get("sweep", raw.data) if isinstance(raw.data.get("sweep"), dict) else raw.data

@@ -24,7 +24,7 @@ from typing import Any
 
 from llmtune.console import safe_text
 from llmtune.data.readers import map_columns, read_file
-from llmtune.data.templates import Template
+from llmtune.data.templates import Template, template_of
 from llmtune.errors import BadInput
 from llmtune.inference.source import Source, find_source, open_engine
 
@@ -59,7 +59,7 @@ def run(settings: Settings) -> None:
         raise BadInput(
             f"expected a temperature of 0 or more, got {settings.temperature}", key="--temperature"
         )
-    template = Template(source.template, where="data.template") if source.template else None
+    template = template_of(source.template)
     rows = _rows(settings, source)
     first = next(rows, None)
     if first is None:

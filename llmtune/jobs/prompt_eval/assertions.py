@@ -58,8 +58,3 @@ def _parse_json(text: str) -> Any:
 def run_assertions(assertions: list[Assertion], outputs: list[str]) -> dict[str, list[bool]]:
     """Per assertion name, whether each output passes it (in the order of the outputs)."""
     return {a.label: [check(o) for o in outputs] for a, check in ((a, build_check(a)) for a in assertions)}
-
-
-def all_passed(results: dict[str, list[bool]], n: int) -> list[bool]:
-    """Per row: whether it passed every assertion (the pass_rate metric)."""
-    return [all(passed[i] for passed in results.values()) for i in range(n)]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +25,13 @@ from llmtune.errors import BadInput, GateFailed, Problem
 from llmtune.inference.batching import free_memory
 from llmtune.jobs.prompt_eval.generation import check_judge_inputs, finish_free_text
 from llmtune.jobs.prompt_eval.measures import annotate, classification_measures, one_class_warning, values
+from llmtune.jobs.prompt_eval.model_plans import ModelPlan, check_chat_templates, plan_model
 from llmtune.jobs.prompt_eval.prompts import PromptBuilder, chat_prompt
 from llmtune.jobs.prompt_eval.references import require_scorers, signatures
 from llmtune.jobs.prompt_eval.report import evaluate_gate, print_table, write_outputs
 from llmtune.jobs.prompt_eval.scoring import normalise, pair_metrics, score_prompts, scoring_method
 from llmtune.jobs.prompt_eval.statistics import Measure
 from llmtune.models.loading import inspect_model, load_model, quiet_libraries
-from llmtune.models.positions import check_new_tokens
 from llmtune.provenance import device_description
 from llmtune.recipes.common import ModelRef
 from llmtune.recipes.prompt_eval import PromptEvalRecipe, PromptSpec, gate_metrics
@@ -84,7 +83,7 @@ def run(recipe: PromptEvalRecipe, options: JobOptions) -> dict[str, Any]:
             name: [b.messages(r, i) if b.spec.chat else b.render(r, i) for i, r in enumerate(rows.rows)]
             for name, b in builders.items()
         }
-        _check_chat_templates(recipe, builders, plans)
+        check_chat_templates(recipe, builders, plans)
         plan = _plan(recipe, run_dir, rows, labels, plans)
         if options.dry_run:
             show_plan(plan)
@@ -235,60 +234,6 @@ def _check_pool_labels(pool: Rows, labels: list[str], key: str) -> None:
 
 def _src(recipe: PromptEvalRecipe) -> str | None:
     return str(recipe.source) if recipe.source else None
-
-
-@dataclass
-class ModelPlan:
-    """How one model is loaded and scored, decided before anything is written."""
-
-    head: str  # causal_lm | classification
-    head_labels: list[str] | None = None  # a trained classification head's labels, in its order
-    tokenizer_dir: Path | None = None  # where its tokenizer is (None: a scratch model)
-
-
-def plan_model(ref: ModelRef, recipe: PromptEvalRecipe, name: str, labels: list[str] | None) -> ModelPlan:
-    """The model's head (forced by model_heads, else read from its adapter or config) and, for a
-    trained classification head, its label order, so labels are matched by name, never by position.
-
-    A sequence classifier, or a bare encoder (e.g. BertModel, which gets a new head), is scored by
-    its classification head; anything else as a causal LM. Also checks that the model exists.
-    """
-    info = inspect_model(ref, recipe, f"models.{name}")
-    # a bare encoder (e.g. BertModel) gets a new classification head; no architectures: a causal LM
-    head = (
-        recipe.model_heads.get(name) or info.head or ("classification" if info.architectures else "causal_lm")
-    )
-    if head == "causal_lm" and recipe.scoring == "generate":
-        check_new_tokens(recipe, ref, recipe.max_new_tokens, "max_new_tokens", f"models.{name}")
-    if head == "causal_lm" or labels is None:
-        return ModelPlan(head, None, info.tokenizer_dir)
-    if info.head_labels is None:
-        return ModelPlan(head, labels, info.tokenizer_dir)  # a new or unnamed head: the recipe's labels
-    if not set(labels) <= set(info.head_labels):
-        raise BadInput(
-            f"labels {labels} do not match the classification head of {ref.describe()} ({info.head_labels})",
-            file=_src(recipe),
-            key="labels",
-        )
-    return ModelPlan(head, info.head_labels, info.tokenizer_dir)
-
-
-def _check_chat_templates(
-    recipe: PromptEvalRecipe, builders: dict[str, PromptBuilder], plans: dict[str, ModelPlan]
-) -> None:
-    """Refuse chat prompts for a model without a chat template (before the run directory opens)."""
-    chat = [name for name, b in builders.items() if b.spec.chat]
-    if not chat:
-        return
-    from transformers import AutoTokenizer
-
-    for name, ref in recipe.models.items():
-        tokenizer = None  # scratch models' tokenizers have no chat template
-        if plans[name].tokenizer_dir is not None:
-            tokenizer = AutoTokenizer.from_pretrained(
-                str(plans[name].tokenizer_dir), trust_remote_code=ref.trust_remote_code
-            )
-        chat_prompt(tokenizer, [{"role": "user", "content": "x"}], name, chat[0])
 
 
 def score_all(

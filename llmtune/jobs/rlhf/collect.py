@@ -31,12 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import llmtune.inference.registry as registry
-from llmtune.console import markdown_table, say, shown, table
-from llmtune.data.rankings import letters
+from llmtune.console import say, shown
 from llmtune.data.readers import SKIP_HINT, read_rows, refuse
+from llmtune.data.templates import template_of
 from llmtune.errors import BadInput
 from llmtune.inference.journal import Journal, folder_fingerprint, signals_held, text_fingerprint
-from llmtune.jobs.rlhf.common import prompt_text, template_of
+from llmtune.jobs.rlhf.collect_report import CANDIDATES, collect_plan, write_report
+from llmtune.jobs.rlhf.common import prompt_text
 from llmtune.models.positions import check_new_tokens
 from llmtune.outputs import OutputLock
 from llmtune.recipes.rlhf import RlhfRecipe
@@ -44,7 +45,6 @@ from llmtune.runs.lifecycle import recorded, show_plan
 from llmtune.runs.options import JobOptions
 from llmtune.runs.rundir import RunDir, run_dir_path
 
-CANDIDATES = "candidates.jsonl"
 JOURNAL = "collect_journal.jsonl"
 CHUNK_PROMPTS = 8  # prompts sampled between two journal writes: what a kill can lose
 
@@ -87,7 +87,7 @@ def run_collect(recipe: RlhfRecipe, options: JobOptions) -> dict[str, Any]:
         prompts, files, skipped = read_prompts(recipe)
         check_causal_lm(recipe)
         check_new_tokens(recipe, recipe.model, recipe.generation.max_new_tokens, "generation.max_new_tokens")
-        plan = {**_plan(recipe, run_dir, prompts), "skipped_rows": skipped}
+        plan = {**collect_plan(recipe, run_dir, len(prompts)), "skipped_rows": skipped}
         if options.dry_run:
             show_plan(plan)
             say(f"first prompt ({shown(prompts[0].id)}):\n{shown(prompts[0].text)}")
@@ -106,7 +106,7 @@ def run_collect(recipe: RlhfRecipe, options: JobOptions) -> dict[str, Any]:
         summary = {**_summary(recipe, rows, done), "skipped_rows": skipped}
         summary["candidates"] = str(run_dir.path / CANDIDATES)
         summary["next"] = f"llmtune rank {run_dir.path / CANDIDATES}"
-        _report(run_dir, recipe, summary)
+        write_report(run_dir, recipe, summary)
         return summary
 
     try:
@@ -152,7 +152,7 @@ def read_prompts(recipe: RlhfRecipe) -> tuple[list[Prompt], list[Path], int]:
     unused = [name for name in ("validation", "test", "split") if getattr(data, name) is not None]
     if unused:
         say(f"stage collect reads data.train only; {', '.join(f'data.{n}' for n in unused)} not used")
-    template = template_of(recipe)
+    template = template_of(recipe.data.template)
     rows, files = read_rows(
         recipe,
         data.train,
@@ -322,21 +322,6 @@ def _sample(engine: Any, recipe: RlhfRecipe, prompt: Prompt) -> Any:
     return out
 
 
-def _plan(recipe: RlhfRecipe, run_dir: RunDir, prompts: list[Prompt]) -> dict[str, Any]:
-    g = recipe.generation
-    return {
-        "run_dir": str(run_dir.path),
-        "stage": "collect",
-        "model": recipe.model.describe(),
-        "prompts": len(prompts),
-        "responses_per_prompt": g.num_generations,
-        "letters": f"{letters(g.num_generations)[0]}..{letters(g.num_generations)[-1]}",
-        "max_new_tokens": g.max_new_tokens,
-        "sampling": f"temperature {g.temperature}, top_p {g.top_p}, top_k {g.top_k or 'off'}, seed {recipe.seed}",
-        "output": str(run_dir.path / CANDIDATES),
-    }
-
-
 def _summary(recipe: RlhfRecipe, rows: list[dict[str, Any]], done: Collected) -> dict[str, Any]:
     k = recipe.generation.num_generations
     duplicates = [k - len(set(row["responses"])) for row in rows]
@@ -358,46 +343,3 @@ def _summary(recipe: RlhfRecipe, rows: list[dict[str, Any]], done: Collected) ->
         "empty_responses": sum(r == "" for row in rows for r in row["responses"]),
         "truncated_prompts": done.truncated,
     }
-
-
-def _report(run_dir: RunDir, recipe: RlhfRecipe, summary: dict[str, Any]) -> None:
-    """The numbers on the console and in report.md, with the next step."""
-    items = [
-        "prompts",
-        "responses_per_prompt",
-        "generated_prompts",
-        "reused_from_journal",
-        "tokens_generated",
-        "seconds",
-        "rows_per_second",
-        "duplicates",
-        "prompts_with_duplicates",
-        "empty_responses",
-        "truncated_prompts",
-        "skipped_rows",
-    ]
-    rows = [[name.replace("_", " "), summary[name]] for name in items]
-    table("collect", ["item", "value"], rows)
-    candidates = run_dir.path / CANDIDATES
-    lines = [
-        f"# {recipe.name or 'collect'}: responses to rank",
-        "",
-        f"{summary['prompts']} prompts x {summary['responses_per_prompt']} responses sampled from "
-        f"{summary['model']} (temperature {recipe.generation.temperature}, top_p "
-        f"{recipe.generation.top_p}, top_k {recipe.generation.top_k or 'off'}, seed {recipe.seed}).",
-        "",
-        markdown_table(["item", "value"], rows).rstrip("\n"),
-        "",
-        DUPLICATES_NOTE,
-        "",
-        f"Next: `llmtune rank {candidates}`",
-        "",
-    ]
-    run_dir.write_text("report.md", "\n".join(lines))
-
-
-DUPLICATES_NOTE = (
-    "Duplicates are responses identical to another response of the same prompt (a prompt with 3 "
-    "identical responses counts 2): their letters show the same text, and a ranking can tie them "
-    "(`A = C`)."
-)

@@ -8,23 +8,13 @@ stages yet: exit 2 naming the row). The reward model reads prompt + response as 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from llmtune.data.readers import Row, Rows, Splits
 from llmtune.data.splits import load_splits
 from llmtune.data.templates import Template
 from llmtune.errors import BadInput
-from llmtune.models.loading import LoadedModel
-from llmtune.recipes.common import Training
 from llmtune.recipes.rlhf import RlhfRecipe
-from llmtune.runs.lifecycle import Plan, count_parameters
-from llmtune.runs.training import planned_steps, resolve_precision
-
-
-def template_of(recipe: RlhfRecipe) -> Template | None:
-    """The recipe's data.template, compiled (None: rows give their `prompt` field)."""
-    return Template(recipe.data.template, where="data.template") if recipe.data.template else None
 
 
 def read_splits(recipe: RlhfRecipe, required: tuple[str, ...] = ()) -> Splits:
@@ -56,36 +46,6 @@ def prompt_text(row: Row, template: Template | None, where: str | None = None) -
 def prompts_of(rows: Rows, template: Template | None) -> list[str]:
     """Every row's prompt text, in row order."""
     return [prompt_text(row, template, where) for row, where in zip(rows.rows, rows.where)]
-
-
-def stage_plan(
-    recipe: RlhfRecipe,
-    run_dir: Path,
-    loaded: LoadedModel,
-    model: Any,
-    splits: Splits,
-    training: Training,
-    rows: int,
-    details: dict[str, Any],
-    skipped: int | None = None,
-) -> Plan:
-    """The plan of a trained stage: `rows` training examples (pairs, rows or completions) under
-    the resolved `training`, the model's parameters, and the stage's own `details`."""
-    trainable, total = count_parameters(model)
-    return Plan(
-        run_dir=run_dir,
-        task=recipe.stage,
-        method=recipe.method.type,
-        model=recipe.model.describe(),
-        rows=splits.counts(),
-        skipped_rows=splits.skipped() if skipped is None else skipped,
-        trainable_params=trainable,
-        total_params=total,
-        planned_steps=planned_steps(training, rows),
-        device=loaded.device,
-        precision=resolve_precision(recipe.training, loaded.device),
-        details=details,
-    )
 
 
 def frozen_copy(model: Any) -> Any:

@@ -17,8 +17,6 @@ Before and after training the held-out split is measured (`offline_report.py`), 
 
 from __future__ import annotations
 
-import math
-import random
 from collections import defaultdict
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -28,6 +26,7 @@ import llmtune.jobs.rlhf.offline_report as measured
 from llmtune.console import say
 from llmtune.data.preferences import Preferences, graded_of, preferences_of
 from llmtune.data.readers import Rows
+from llmtune.data.templates import template_of
 from llmtune.errors import BadInput
 from llmtune.jobs.rlhf.common import (
     agreement_lines,
@@ -35,14 +34,14 @@ from llmtune.jobs.rlhf.common import (
     people_agreement,
     prompt_text,
     read_splits,
-    stage_plan,
-    template_of,
 )
+from llmtune.jobs.rlhf.kto_rows import kto_weights, shuffled
 from llmtune.models.loading import LoadedModel, inspect_model, load_model
 from llmtune.models.methods import apply_method
 from llmtune.outputs import atomic_write_json
 from llmtune.recipes.rlhf import RlhfRecipe
-from llmtune.runs.lifecycle import Metrics, Outcome, Plan, source_of
+from llmtune.runs.job import Metrics, Outcome, Plan, TrainingJob, count_parameters, training_plan
+from llmtune.runs.lifecycle import source_of
 from llmtune.runs.rundir import RunDir
 from llmtune.runs.training import (
     callbacks,
@@ -52,15 +51,14 @@ from llmtune.runs.training import (
 )
 
 SAMPLES_BEFORE = "checkpoints/samples_before.json"  # kept for --resume: the before samples
-KTO_RANGE = (1.0, 4 / 3)  # KTO paper eq. 8: desirable_weight * good / (undesirable_weight * bad)
 
 
-class OfflineJob:
+class OfflineJob(TrainingJob):
     """The dpo / kto steps the shared training run calls, in order."""
 
     def __init__(self, recipe: RlhfRecipe) -> None:
         self.recipe = recipe
-        self.template = template_of(recipe)
+        self.template = template_of(recipe.data.template)
         self.details: dict[str, Any] = {}
         self.all_tied: dict[str, int] = {}
         self.samples: dict[str, list[dict[str, Any]]] = {}
@@ -144,10 +142,10 @@ class OfflineJob:
     def _kto_data(self) -> None:
         skip = self.recipe.data.skip_bad_rows
         train = self._graded(self.splits.train, "data.train", skip)
-        self.train = _shuffled(train, self.recipe.seed)
+        self.train = shuffled(train, self.recipe.seed)
         validation = self.splits.validation
         self.validation = (
-            _shuffled(self._graded(validation, "data.validation", skip), self.recipe.seed)
+            shuffled(self._graded(validation, "data.validation", skip), self.recipe.seed)
             if validation.rows
             else None
         )
@@ -231,7 +229,19 @@ class OfflineJob:
             "epochs": self.training.epochs,
             "learning_rate": self.training.learning_rate,
         }
-        return stage_plan(recipe, run_dir, self.loaded, self.model, self.splits, self.training, rows, details)
+        return training_plan(
+            run_dir,
+            task=recipe.stage,
+            method=recipe.method.type,
+            model=recipe.model.describe(),
+            rows=self.splits.counts(),
+            skipped_rows=self.splits.skipped(),
+            parameters=count_parameters(self.model),
+            training=self.training,
+            training_rows=rows,
+            device=self.loaded.device,
+            details=details,
+        )
 
     def reference_kind(self) -> str:
         """What the policy is compared with (TRL's KL anchor), in words."""
@@ -368,22 +378,3 @@ class OfflineJob:
         if 0 < pairs < 20:
             return [f"only {pairs} held-out pairs: each moves the accuracies by {1 / pairs:.2f}"]
         return []
-
-
-def kto_weights(good: int, bad: int) -> tuple[float, float]:
-    """(desirable_weight, undesirable_weight): TRL's defaults when good/bad lies in the KTO
-    paper's range [1, 4/3], else the minority's weight raised until it does."""
-    low, high = KTO_RANGE
-    if low <= good / bad <= high:
-        return 1.0, 1.0
-    if good < bad:
-        return math.ceil(100 * bad / good) / 100, 1.0
-    return 1.0, math.floor(100 * good / bad) / 100
-
-
-def _shuffled(columns: dict[str, list[Any]], seed: int) -> dict[str, list[Any]]:
-    """KTO reads its rows in order (its KL term pairs neighbours): mix rankings' good and bad rows
-    and prompts once, seeded, so that batches are not one prompt's answers."""
-    order = list(range(len(columns["prompt"])))
-    random.Random(seed).shuffle(order)
-    return {name: [values[i] for i in order] for name, values in columns.items()}

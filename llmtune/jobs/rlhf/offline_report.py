@@ -27,7 +27,7 @@ from statistics import fmean
 from typing import Any
 
 from llmtune.console import markdown_table, table
-from llmtune.runs.lifecycle import Metrics, Outcome, warnings_markdown
+from llmtune.runs.job import Metrics, Outcome, warnings_markdown
 from llmtune.runs.rundir import RunDir
 
 TIE = 1e-6  # implicit reward margins closer to 0 than this are ties (policy = reference)

@@ -36,6 +36,7 @@ from typing import Any
 
 import llmtune.jobs.rlhf.common as common
 import llmtune.jobs.rlhf.policy_report as policy_report
+from llmtune.data.templates import template_of
 from llmtune.errors import BadInput
 from llmtune.jobs.rlhf.diversity import diversity_report
 from llmtune.jobs.rlhf.rules import Component, RewardMix, components_of
@@ -43,7 +44,8 @@ from llmtune.models.loading import inspect_model, load_model
 from llmtune.outputs import atomic_write_text
 from llmtune.recipes.common import Training
 from llmtune.recipes.rlhf import RlhfRecipe
-from llmtune.runs.lifecycle import Metrics, Outcome, Plan, source_of
+from llmtune.runs.job import Metrics, Outcome, Plan, TrainingJob, count_parameters, training_plan
+from llmtune.runs.lifecycle import source_of
 from llmtune.runs.rundir import RunDir
 from llmtune.runs.training import (
     callbacks,
@@ -57,7 +59,7 @@ BEFORE_SAMPLES = "samples_before.json"
 that a resumed run writes the same file as an uninterrupted one."""
 
 
-class PolicyJob:
+class PolicyJob(TrainingJob):
     """The steps the shared training run calls, in order."""
 
     loss_is_objective = False  # GRPO/RLOO's loss is near zero by construction: the reward tells
@@ -71,7 +73,7 @@ class PolicyJob:
     def preflight(self) -> list[Path]:
         recipe = self.recipe
         self.splits = common.read_splits(recipe)
-        template = common.template_of(recipe)
+        template = template_of(recipe.data.template)
         self.prompts = {
             name: common.prompts_of(getattr(self.splits, name), template) for name in ("train", "test")
         }
@@ -124,8 +126,18 @@ class PolicyJob:
             "reward_model": recipe.reward_model.describe() if recipe.reward_model else None,
             "learning_rate": self.training.learning_rate,
         }
-        return common.stage_plan(
-            recipe, run_dir, self.loaded, self.model, self.splits, self.training, completions, details
+        return training_plan(
+            run_dir,
+            task=recipe.stage,
+            method=recipe.method.type,
+            model=recipe.model.describe(),
+            rows=self.splits.counts(),
+            skipped_rows=self.splits.skipped(),
+            parameters=count_parameters(self.model),
+            training=self.training,
+            training_rows=completions,
+            device=self.loaded.device,
+            details=details,
         )
 
     def components(self, load: bool) -> list[Component]:

@@ -10,7 +10,7 @@ from typing import Any
 from llmtune.console import markdown_table, say, table
 from llmtune.jobs.rlhf.scoring import Sampled
 from llmtune.recipes.rlhf import RlhfRecipe
-from llmtune.runs.lifecycle import Outcome, warnings_markdown
+from llmtune.runs.job import Outcome, warnings_markdown
 from llmtune.runs.rundir import RunDir
 
 SHOWN_PROMPTS = 5

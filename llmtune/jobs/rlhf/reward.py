@@ -37,12 +37,13 @@ import llmtune.jobs.rlhf.common as common
 from llmtune.console import say
 from llmtune.data.preferences import Preferences, preferences_of
 from llmtune.data.readers import Rows, Splits
-from llmtune.data.templates import Template
+from llmtune.data.templates import Template, template_of
 from llmtune.errors import BadInput
 from llmtune.models.loading import LoadedModel, load_model
 from llmtune.models.methods import apply_method
 from llmtune.recipes.rlhf import RlhfRecipe
-from llmtune.runs.lifecycle import Metrics, Outcome, Plan, source_of
+from llmtune.runs.job import Metrics, Outcome, Plan, TrainingJob, count_parameters, training_plan
+from llmtune.runs.lifecycle import source_of
 from llmtune.runs.rundir import RunDir
 from llmtune.runs.training import (
     callbacks,
@@ -89,12 +90,12 @@ class Scored:
     tie_scores: list[tuple[float, float]]
 
 
-class RewardJob:
+class RewardJob(TrainingJob):
     """The reward stage's steps, in the order the shared training run calls them."""
 
     def __init__(self, recipe: RlhfRecipe) -> None:
         self.recipe = recipe
-        self.template = common.template_of(recipe)
+        self.template = template_of(recipe.data.template)
         self.warned: list[str] = []
 
     # ------------------------------------------------------------------ preflight
@@ -132,17 +133,18 @@ class RewardJob:
             aggregate=recipe.data.aggregate,
             agreement=common.people_agreement(self.splits),
         )
-        skipped = sum(c["skipped"] for c in counts.values())
-        return common.stage_plan(
-            recipe,
+        return training_plan(
             run_dir,
-            self.loaded,
-            self.model,
-            self.splits,
-            self.training,
-            len(train.pairs),
-            details,
-            skipped,
+            task=recipe.stage,
+            method=recipe.method.type,
+            model=recipe.model.describe(),
+            rows=self.splits.counts(),
+            skipped_rows=sum(c["skipped"] for c in counts.values()),
+            parameters=count_parameters(self.model),
+            training=self.training,
+            training_rows=len(train.pairs),
+            device=self.loaded.device,
+            details=details,
         )
 
     def dataset(self, name: str) -> Any:

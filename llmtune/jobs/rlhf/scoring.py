@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from statistics import fmean
-from typing import Any
 
 from llmtune.models.loading import LoadedModel, load_model
 from llmtune.recipes.common import ModelRef
@@ -79,13 +78,6 @@ class Sampled:
     @property
     def mean(self) -> float:
         return fmean(r for per_prompt in self.rewards for r in per_prompt)
-
-    def as_rows(self, limit: int = 5) -> list[dict[str, Any]]:
-        """The first responses per prompt with their rewards, for report.md."""
-        return [
-            {"prompt": p, "response": rs[0], "reward": round(ws[0], 4)}
-            for p, rs, ws in list(zip(self.prompts, self.responses, self.rewards))[:limit]
-        ]
 
 
 def sample_and_score(

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import difflib
-import types
 import typing
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from llmtune.errors import BadInput, Problem
+from llmtune.recipes.annotations import unwrap_optional
 from llmtune.recipes.loader import RawRecipe
 
 
@@ -64,16 +64,8 @@ def _field_names(model: type[BaseModel], loc: tuple[str, ...]) -> list[str]:
 def _section_type(current: Any, part: str) -> Any:
     if isinstance(current, type) and issubclass(current, BaseModel):
         field = current.model_fields.get(part)
-        return _unwrap(field.annotation) if field else None
+        return unwrap_optional(field.annotation) if field else None
     origin = typing.get_origin(current)
     if origin is dict:  # a dict of sections (e.g. models: {base: {...}})
-        return _unwrap(typing.get_args(current)[1])
+        return unwrap_optional(typing.get_args(current)[1])
     return None
-
-
-def _unwrap(annotation: Any) -> Any:
-    """X | None -> X; dict[str, X] stays as is."""
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return _unwrap(args[0]) if len(args) == 1 else annotation
-    return annotation

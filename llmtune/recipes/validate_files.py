@@ -12,7 +12,7 @@ from llmtune.errors import BadInput
 from llmtune.recipes import load_recipe
 
 
-def check_files(paths: list[Path], sets: list[str] | None, *, show: bool, as_json: bool) -> bool:
+def validate_files(paths: list[Path], sets: list[str] | None, *, show: bool, as_json: bool) -> bool:
     """`llmtune validate`: load each recipe; one line per file (errors on stderr), the resolved
     recipe when asked (or for a single file); whether all were valid."""
     failed = 0
