@@ -252,7 +252,7 @@ def init(
     data: FromDataOpt = None,
 ) -> None:
     """Write a commented starter recipe for KIND, and its JSON Schema next to it."""
-    from llmtune.recipes.starter_data import write_starter
+    from llmtune.jobs.init.from_data import write_starter
 
     try:
         write_starter(kind, path, stage=stage, full=full, data=data)

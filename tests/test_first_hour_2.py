@@ -89,8 +89,8 @@ def test_from_suggests_regression_sft_and_warns_about_tiny_classes(tmp_path: Pat
 
 
 def test_from_fits_the_prompt_eval_and_bulk_infer_starters(tmp_path: Path) -> None:
+    from llmtune.jobs.init.from_data import example_from_data
     from llmtune.recipes.starter import starter_for
-    from llmtune.recipes.starter_data import example_from_data
 
     tickets(tmp_path / "tickets.csv")
     recipes = {}

@@ -142,7 +142,7 @@ class PromptEvalRecipe(RecipeBase):
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
         if value is not None:
-            from llmtune.data.patterns import compile_pattern
+            from llmtune.recipes.patterns import compile_pattern
 
             compile_pattern(value)  # RE2: linear time; ValueError names what it cannot run
         return value

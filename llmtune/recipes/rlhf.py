@@ -70,7 +70,7 @@ class RuleReward(Section):
         if self.type == "regex":
             if not self.pattern:
                 raise ValueError("a regex reward needs pattern")
-            from llmtune.data.patterns import compile_pattern
+            from llmtune.recipes.patterns import compile_pattern
 
             compile_pattern(self.pattern)  # RE2: linear time; ValueError names what it cannot run
         return self

@@ -15,8 +15,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmtune.data.patterns import compile_pattern
 from llmtune.metrics import classification_metrics
+from llmtune.recipes.patterns import compile_pattern
 from llmtune.recipes.prompt_eval import PromptEvalRecipe
 
 INVALID = "(no label)"

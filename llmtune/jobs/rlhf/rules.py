@@ -6,7 +6,7 @@ rule types are built here from their fields:
 - length: `-max(0, len(response) - target) / target` (0 up to `target` characters, then minus the
   share by which the response is longer);
 - regex: 1.0 when the response meets the rule (`must_match: true`: a search finds `pattern`;
-  false: it finds none), else 0.0. Patterns run on RE2 (`llmtune.data.patterns`): linear time, so
+  false: it finds none), else 0.0. Patterns run on RE2 (`llmtune.recipes.patterns`): linear time, so
   a pattern like `(?s)(.+)+QQQ9` cannot stall training; one RE2 cannot run is exit 2 at recipe time.
 
 Each component is handed to TRL as its own reward function (a callable named after it, so that
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from llmtune.data.patterns import compile_pattern
+from llmtune.recipes.patterns import compile_pattern
 from llmtune.recipes.rlhf import RuleReward
 
 Score = Callable[[list[str], list[str]], list[float]]
