@@ -267,8 +267,8 @@ def agreement(run: Run, reference: Run) -> str:
     return f"{same}/{len(ids)}"
 
 
-def fmt(x: float, digits: int = 1) -> str:
-    return "n/a" if x != x else f"{x:.{digits}f}"
+def fmt(x: float, digits: int = 1, unit: str = "") -> str:
+    return "n/a" if x != x else f"{x:.{digits}f}{unit}"
 
 
 def main_table(runs: dict[str, list[Run]], loop: str) -> list[str]:
@@ -324,16 +324,16 @@ def goals(main: dict[str, list[Run]], lines_of: dict[str, Any], horizon: int) ->
     hf, alone, engine = rate("hf"), rate("vllm-alone"), rate("vllm")
     ratio = hf / alone
     out.append(
-        f"- engine hf >= 0.8x vLLM's steady-state rows/s: {fmt(ratio, 2)}x -> {_met(ratio >= 0.8, ratio)}"
+        f"- engine hf >= 0.8x vLLM's steady-state rows/s: {fmt(ratio, 2, 'x')} -> {_met(ratio >= 0.8, ratio)}"
     )
     if "llamacpp" in main:
         ratio = rate("llamacpp") / alone
-        out.append(f"- engine llamacpp / vLLM alone, steady-state rows/s: {fmt(ratio, 2)}x")
+        out.append(f"- engine llamacpp / vLLM alone, steady-state rows/s: {fmt(ratio, 2, 'x')}")
     out += end_to_end(lines_of, horizon)
     if "vllm" in main:
         steady = engine / alone
         out.append(
-            f"- engine vllm within 5% of vLLM alone (steady rows/s): {fmt(steady, 3)}x -> "
+            f"- engine vllm within 5% of vLLM alone (steady rows/s): {fmt(steady, 3, 'x')} -> "
             f"{_met(abs(steady - 1) <= 0.05 or steady > 1, steady)}"
         )
     if "vllm" in main and "vllm-alone" in main:
