@@ -81,7 +81,7 @@ $(BENCH_VENV)/bin/lm_eval:
 	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)" lm-eval==0.4.13
 
 # the whole suite (~45 min on 2 cores); tables in bench/results/, readings in BENCHMARKS.md
-bench: install $(VLLM_VENV)/.installed $(BENCH_VENV)/bin/lm_eval
+bench: install $(VLLM_VENV)/.installed $(LLAMACPP_VENV)/.installed $(BENCH_VENV)/bin/lm_eval
 	$(BIN)/python tools/seed_hf_cache.py
 	$(BIN)/python bench/bench_finetune.py --steps 100 --batch 8 --repeats 2 --threads 2 --output bench/results/finetune.md
 	$(BIN)/python bench/bench_bulk_infer.py --gen-rows 64 --cls-rows 640 --output bench/results/bulk_infer.md
@@ -94,6 +94,10 @@ bench: install $(VLLM_VENV)/.installed $(BENCH_VENV)/bin/lm_eval
 	$(BIN)/python bench/bench_engines.py --rows 300 --loop-rows 60 --crossover 1000 --repeat 2 \
 	  --runners loop,pipeline,vllm-alone,vllm-alone-1proc,hf,vllm,ray --crossover-runners hf,vllm-alone \
 	  --code /tmp/bench-head --output bench/results/engines.md
+	# issue 24's generation goals: engine llamacpp (an f16 GGUF of the same model) and hf vs vLLM alone
+	$(BIN)/python bench/bench_engines.py --rows 300 --loop-rows 60 --crossover 1000 --repeat 2 \
+	  --runners loop,hf,llamacpp,vllm-alone,vllm --crossover-runners hf,llamacpp,vllm-alone \
+	  --code /tmp/bench-head --output bench/results/engines_generation.md
 	$(BIN)/python bench/bench_prompt_eval_lmeval.py --rows 160 --output bench/results/prompt_eval_lmeval.md
 	$(BIN)/python bench/bench_distill.py --output bench/results/distill.md
 

