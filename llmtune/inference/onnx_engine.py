@@ -30,7 +30,8 @@ from llmtune.inference.interface import (
     chat_prompt,
     dedupe,
     encode_prompt,
-    separated_choices,
+    label_probabilities,
+    softmax,
     split_continuations,
 )
 from llmtune.inference.onnx_export import (
@@ -275,22 +276,14 @@ class OnnxEngine:
         from llmtune.models.info import head_columns
 
         if not self.classifier:
-            out = []
-            scored: list[ChoiceScores | None] = [None] * len(prompts)
-            for indices, choices in separated_choices(prompts, labels):
-                for i, s in zip(indices, self.score_choices([prompts[i] for i in indices], choices)):
-                    scored[i] = s
-            for s in scored:
-                assert s is not None
-                out.append(dict(zip(labels, _softmax(s.logprob_sum))))
-            return out
+            return label_probabilities(self.score_choices, prompts, labels)
         names = self.head_labels()
         columns = head_columns(names, labels)
         if columns is None:
             raise BadInput(
                 f"labels {labels} do not match the model's classification head {names}", key="labels"
             )
-        return [dict(zip(labels, _softmax([row[c] for c in columns]))) for row in self._head_outputs(prompts)]
+        return [dict(zip(labels, softmax([row[c] for c in columns]))) for row in self._head_outputs(prompts)]
 
     def score(self, prompts: list[str]) -> list[float]:
         """The number a regression head predicts, in the label's units."""
@@ -383,12 +376,3 @@ def _logsumexp(rows: Any) -> Any:
 
     top = rows.max(axis=-1, keepdims=True)
     return top + np.log(np.exp(rows - top).sum(axis=-1, keepdims=True))
-
-
-def _softmax(values: list[float]) -> list[float]:
-    import math
-
-    top = max(values)
-    exps = [math.exp(v - top) for v in values]
-    total = sum(exps)
-    return [e / total for e in exps]
