@@ -108,8 +108,7 @@ def inspect_model(ref: Any, recipe: Any, key: str = "model") -> Any:
     """The ModelInfo of an ONNX export folder (from its config.json), or of the cached export of
     the model (a nightly run reads one small file, imports no torch); None for a model not
     exported yet (the job inspects it as engine hf does)."""
-    from llmtune.models.info import ModelInfo, head_of, named_labels
-    from llmtune.models.regression_head import is_regression, label_range_of
+    from llmtune.models.info import info_of_config
 
     if ref.path and str(ref.path).lower().endswith(".gguf"):
         check_model("causal_lm", ref.path)  # refused: llama.cpp's format
@@ -117,18 +116,7 @@ def inspect_model(ref: Any, recipe: Any, key: str = "model") -> Any:
     if folder is None:
         return None
     config_file = folder / "config.json"
-    config = json.loads(config_file.read_text())
-    architectures = list(config.get("architectures") or [])
-    head = head_of(architectures)
-    return ModelInfo(
-        head,
-        named_labels(config.get("id2label"), config_file),
-        architectures,
-        folder,
-        None,
-        regression=head == "classification" and is_regression(config),
-        label_range=label_range_of(config, config_file),
-    )
+    return info_of_config(json.loads(config_file.read_text()), config_file, folder)
 
 
 def onnx_model_folder(ref: Any, recipe: Any, key: str = "model") -> Path | None:
