@@ -62,14 +62,19 @@ def exit_codes(
     quit_message: str | None = None,
     summary_json: bool = False,
     crashed: Callable[[Exception], str] | None = None,
+    catch_signals: bool = True,
+    broken_pipe_ok: bool = False,
 ) -> Iterator[None]:
     """Run the block with SIGTERM/SIGINT/SIGHUP raising `Interrupted` (the previous handlers come
     back after it), and turn what escapes into an exit code: bad input 2 (with its traceback
     under `debug`), a held lock 75, a stop signal 128 + signum (`stopped`: what the stop left,
     e.g. how to resume; `quit_message`: Ctrl-C is a person quitting, said without an error),
     an incomplete run its own code (its summary on stdout with `summary_json`), and a crash 1
-    with the line `crashed(exc)` returns (without `crashed`, or under `debug`, a crash escapes)."""
-    previous = {sig: signal.signal(sig, raise_interrupted) for sig in STOP_SIGNALS}
+    with the line `crashed(exc)` returns (without `crashed`, or under `debug`, a crash escapes).
+    Without `catch_signals` the signals keep their handlers (Ctrl-C still exits 130; an empty
+    `stopped` adds nothing to its line); with `broken_pipe_ok` a closed stdout (`... | head`)
+    exits 0: the reader has what it wanted."""
+    previous = {sig: signal.signal(sig, raise_interrupted) for sig in STOP_SIGNALS} if catch_signals else {}
     try:
         yield
     except BadInput as exc:
@@ -83,12 +88,18 @@ def exit_codes(
         if signum == signal.SIGINT and quit_message is not None:
             print(f"\n{quit_message}", file=sys.stderr)
             raise typer.Exit(128 + signum) from None
-        fail(f"interrupted by {signal.Signals(signum).name}; {stopped}", 128 + signum)
+        fail(
+            f"interrupted by {signal.Signals(signum).name}" + (f"; {stopped}" if stopped else ""),
+            128 + signum,
+        )
     except Incomplete as exc:
         if summary_json:
             print(json.dumps(exc.summary, default=str))
         fail(str(exc), exc.exit_code)
     except Exception as exc:  # noqa: BLE001 - the one boundary where a crash becomes exit 1
+        if broken_pipe_ok and isinstance(exc, BrokenPipeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            raise typer.Exit(0) from None
         if crashed is None or debug:
             raise
         fail(crashed(exc), EXIT_FAILED)

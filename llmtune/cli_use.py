@@ -5,12 +5,8 @@ As there, each verb hands its options to its job module and bad input becomes ex
 from __future__ import annotations
 
 import importlib
-import os
-import signal
-import sys
-import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -18,8 +14,8 @@ import click
 import typer
 from typer.core import TyperGroup
 
+from llmtune.cli_exit import exit_codes
 from llmtune.cli_options import DebugOpt
-from llmtune.errors import EXIT_BAD_INPUT, EXIT_FAILED, BadInput, LockHeld
 
 JsonLines = Annotated[bool, typer.Option("--json", help="One JSON object per line on stdout.")]
 MaxNew = Annotated[
@@ -32,32 +28,14 @@ Temperature = Annotated[
 ]
 
 
-@contextmanager
-def _exit_codes(debug: bool) -> Iterator[None]:
-    """BadInput -> exit 2 with its lines; Ctrl-C -> 130; a crash -> exit 1 with one line."""
-    try:
-        yield
-    except BadInput as exc:
-        if debug:
-            traceback.print_exc()
-        _fail(str(exc), EXIT_BAD_INPUT)
-    except LockHeld as exc:
-        _fail(str(exc), 75)
-    except KeyboardInterrupt:
-        _fail("interrupted by SIGINT", 128 + signal.SIGINT)
-    except BrokenPipeError:  # `llmtune predict ... | head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
-        raise typer.Exit(0) from None
-    except Exception as exc:  # noqa: BLE001 - the edge where a crash becomes exit 1
-        if debug:
-            raise
-        _fail(f"{type(exc).__name__}: {exc} (rerun with --debug for the traceback)", EXIT_FAILED)
+def _exit_codes(debug: bool) -> AbstractContextManager[None]:
+    """The CLI's boundary without stop-signal handlers (nothing to stop cleanly): BadInput -> exit
+    2 with its lines; Ctrl-C -> 130; a closed stdout (`| head`) -> 0; a crash -> exit 1, one line."""
+    return exit_codes("", debug=debug, crashed=_crash_line, catch_signals=False, broken_pipe_ok=True)
 
 
-def _fail(lines: str, code: int) -> None:
-    for line in lines.splitlines():
-        print(f"error: {line}", file=sys.stderr)
-    raise typer.Exit(code)
+def _crash_line(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
 
 
 def _job(name: str) -> Any:

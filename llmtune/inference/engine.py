@@ -31,7 +31,7 @@ from llmtune.inference.interface import (
     chat_prompt,
     dedupe,
     encode_prompt,
-    separated_choices,
+    separated_scores,
     split_continuations,
 )
 from llmtune.models.loading import LoadedModel, merged_for_inference
@@ -262,19 +262,11 @@ class Engine:
 
         if not self.classifier:
             out = []
-            for scores in self._score_with_separator(prompts, labels):
+            for scores in separated_scores(self.score_choices, prompts, labels):
                 probs = torch.softmax(torch.tensor(scores.logprob_sum), dim=0).tolist()
                 out.append(dict(zip(labels, probs)))
             return out
         return self._classify_with_head(prompts, labels)
-
-    def _score_with_separator(self, prompts: list[str], labels: list[str]) -> list[ChoiceScores]:
-        # prompts ending in whitespace already separate the label; the rest get " label"
-        results: list[ChoiceScores | None] = [None] * len(prompts)
-        for indices, choices in separated_choices(prompts, labels):
-            for i, s in zip(indices, self.score_choices([prompts[i] for i in indices], choices)):
-                results[i] = s
-        return results  # type: ignore[return-value]
 
     def head_labels(self) -> list[str]:
         """The classification head's label names, in output order."""

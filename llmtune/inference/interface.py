@@ -8,7 +8,8 @@ serves), named once in `llmtune.inference.registry.ENGINES`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -179,6 +180,36 @@ def separated_choices(prompts: list[str], labels: list[str]) -> list[tuple[list[
     bare = [i for i, p in enumerate(prompts) if p[-1:].isspace()]
     spaced = [i for i, p in enumerate(prompts) if not p[-1:].isspace()]
     return [(ix, ch) for ix, ch in ((bare, labels), (spaced, [" " + x for x in labels])) if ix]
+
+
+def separated_scores(
+    score_choices: Callable[[list[str], list[str]], list[ChoiceScores]], prompts: list[str], labels: list[str]
+) -> list[ChoiceScores]:
+    """Each prompt's scores of `labels` as its continuation, in input order: `score_choices` (an
+    engine's) is called once per group of `separated_choices`."""
+    scored: list[ChoiceScores | None] = [None] * len(prompts)
+    for indices, choices in separated_choices(prompts, labels):
+        for i, s in zip(indices, score_choices([prompts[i] for i in indices], choices)):
+            scored[i] = s
+    return scored  # type: ignore[return-value]  # the groups cover every prompt
+
+
+def label_probabilities(
+    score_choices: Callable[[list[str], list[str]], list[ChoiceScores]], prompts: list[str], labels: list[str]
+) -> list[dict[str, float]]:
+    """How an engine classifies with a causal LM: per prompt, a softmax over the labels'
+    log-likelihood sums (`separated_scores`)."""
+    return [
+        dict(zip(labels, softmax(s.logprob_sum))) for s in separated_scores(score_choices, prompts, labels)
+    ]
+
+
+def softmax(values: list[float]) -> list[float]:
+    """Probabilities from log-likelihoods or logits (in Python floats)."""
+    top = max(values)
+    exps = [math.exp(v - top) for v in values]
+    total = sum(exps)
+    return [e / total for e in exps]
 
 
 def dedupe(prompts: Sequence[str]) -> tuple[list[str], list[int]]:

@@ -32,7 +32,7 @@ from llmtune.inference.interface import (
     Generation,
     Supports,
     dedupe,
-    separated_choices,
+    label_probabilities,
     split_continuations,
 )
 from llmtune.inference.llamacpp_parallel import ParallelGreedy
@@ -307,19 +307,7 @@ class LlamaCppEngine:
     def classify(self, prompts: list[str], labels: list[str]) -> list[dict[str, float]]:
         """Softmax over the labels' log-likelihood sums (each scored as `" " + label` unless the
         prompt ends with whitespace, as engine hf)."""
-        import math
-
-        scored: list[ChoiceScores | None] = [None] * len(prompts)
-        for indices, choices in separated_choices(prompts, labels):
-            for i, s in zip(indices, self.score_choices([prompts[i] for i in indices], choices)):
-                scored[i] = s
-        out = []
-        for s in scored:
-            assert s is not None
-            top = max(s.logprob_sum)
-            exps = [math.exp(v - top) for v in s.logprob_sum]
-            out.append({label: e / sum(exps) for label, e in zip(labels, exps)})
-        return out
+        return label_probabilities(self.score_choices, prompts, labels)
 
     def score(self, prompts: list[str]) -> list[float]:
         """Refused: a GGUF causal LM has no regression head."""

@@ -30,7 +30,8 @@ from llmtune.inference.interface import (
     chat_prompt,
     dedupe,
     encode_prompt,
-    separated_choices,
+    label_probabilities,
+    softmax,
     split_continuations,
 )
 from llmtune.inference.onnx_export import (
@@ -107,8 +108,7 @@ def inspect_model(ref: Any, recipe: Any, key: str = "model") -> Any:
     """The ModelInfo of an ONNX export folder (from its config.json), or of the cached export of
     the model (a nightly run reads one small file, imports no torch); None for a model not
     exported yet (the job inspects it as engine hf does)."""
-    from llmtune.models.info import ModelInfo, head_of, named_labels
-    from llmtune.models.regression_head import is_regression, label_range_of
+    from llmtune.models.info import info_of_config
 
     if ref.path and str(ref.path).lower().endswith(".gguf"):
         check_model("causal_lm", ref.path)  # refused: llama.cpp's format
@@ -116,18 +116,7 @@ def inspect_model(ref: Any, recipe: Any, key: str = "model") -> Any:
     if folder is None:
         return None
     config_file = folder / "config.json"
-    config = json.loads(config_file.read_text())
-    architectures = list(config.get("architectures") or [])
-    head = head_of(architectures)
-    return ModelInfo(
-        head,
-        named_labels(config.get("id2label"), config_file),
-        architectures,
-        folder,
-        None,
-        regression=head == "classification" and is_regression(config),
-        label_range=label_range_of(config, config_file),
-    )
+    return info_of_config(json.loads(config_file.read_text()), config_file, folder)
 
 
 def onnx_model_folder(ref: Any, recipe: Any, key: str = "model") -> Path | None:
@@ -275,22 +264,14 @@ class OnnxEngine:
         from llmtune.models.info import head_columns
 
         if not self.classifier:
-            out = []
-            scored: list[ChoiceScores | None] = [None] * len(prompts)
-            for indices, choices in separated_choices(prompts, labels):
-                for i, s in zip(indices, self.score_choices([prompts[i] for i in indices], choices)):
-                    scored[i] = s
-            for s in scored:
-                assert s is not None
-                out.append(dict(zip(labels, _softmax(s.logprob_sum))))
-            return out
+            return label_probabilities(self.score_choices, prompts, labels)
         names = self.head_labels()
         columns = head_columns(names, labels)
         if columns is None:
             raise BadInput(
                 f"labels {labels} do not match the model's classification head {names}", key="labels"
             )
-        return [dict(zip(labels, _softmax([row[c] for c in columns]))) for row in self._head_outputs(prompts)]
+        return [dict(zip(labels, softmax([row[c] for c in columns]))) for row in self._head_outputs(prompts)]
 
     def score(self, prompts: list[str]) -> list[float]:
         """The number a regression head predicts, in the label's units."""
@@ -383,12 +364,3 @@ def _logsumexp(rows: Any) -> Any:
 
     top = rows.max(axis=-1, keepdims=True)
     return top + np.log(np.exp(rows - top).sum(axis=-1, keepdims=True))
-
-
-def _softmax(values: list[float]) -> list[float]:
-    import math
-
-    top = max(values)
-    exps = [math.exp(v - top) for v in values]
-    total = sum(exps)
-    return [e / total for e in exps]

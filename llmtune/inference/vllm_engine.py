@@ -38,7 +38,7 @@ from llmtune.inference.interface import (
     Supports,
     chat_prompt,
     encode_prompt,
-    separated_choices,
+    label_probabilities,
     split_continuations,
 )
 from llmtune.models.cpu import VISION_WHEELS, hide_unloadable_wheels
@@ -220,11 +220,7 @@ class VllmEngine:
     def classify(self, prompts: list[str], labels: list[str]) -> list[dict[str, float]]:
         """A probability per label for each prompt: softmax over the labels' log-likelihood sums,
         each label scored as `" " + label` unless the prompt ends with whitespace (as `Engine`)."""
-        scored: list[ChoiceScores | None] = [None] * len(prompts)
-        for indices, choices in separated_choices(prompts, labels):
-            for i, s in zip(indices, self.score_choices([prompts[i] for i in indices], choices)):
-                scored[i] = s
-        return [dict(zip(labels, _softmax(s.logprob_sum))) for s in scored if s is not None]
+        return label_probabilities(self.score_choices, prompts, labels)
 
     def score(self, prompts: list[str]) -> list[float]:
         """Regression heads are refused up front (`require_causal_lm`)."""
@@ -384,9 +380,3 @@ def _continuation_logprob(output: Any, n_tokens: int) -> float:
     for pos in range(len(ids) - n_tokens, len(ids)):
         total += logprobs[pos][ids[pos]].logprob
     return total
-
-
-def _softmax(values: list[float]) -> list[float]:
-    top = max(values)
-    exps = [math.exp(v - top) for v in values]
-    return [e / sum(exps) for e in exps]

@@ -88,8 +88,21 @@ def inspect_model(ref: ModelRef, recipe: RecipeBase, key: str, *, deep: bool = T
     tokenizer_dir = adapter if adapter is not None and has_tokenizer(adapter) else path
     if deep:
         check_tokenizer(tokenizer_dir, ref)
+    return info_of_config(config, config_file, path, adapter, adapter_config.get("task_type"))
+
+
+def info_of_config(
+    config: dict[str, Any],
+    config_file: Path,
+    path: Path,
+    adapter: Path | None = None,
+    task_type: str | None = None,
+) -> ModelInfo:
+    """What a model's config.json (read from `config_file`) says: the head (from its
+    architectures, or an adapter's `task_type`), the label names, and whether the head is a
+    regression and in what label range. `path`/`adapter`: the folders the info names."""
     architectures = list(config.get("architectures") or [])
-    head = head_of(architectures, adapter_config.get("task_type"))
+    head = head_of(architectures, task_type)
     return ModelInfo(
         head,
         named_labels(config.get("id2label"), config_file),

@@ -40,7 +40,7 @@ from llmtune.jobs.distill.lm_eval import generation_speed, lm_metrics
 from llmtune.models.loading import LoadedModel, inspect_model
 from llmtune.models.positions import check_new_tokens
 from llmtune.recipes.distill import DistillRecipe
-from llmtune.runs.job import Metrics, Outcome, Plan, TrainingJob, training_plan
+from llmtune.runs.job import Metrics, Outcome, Plan, TrainingJob
 from llmtune.runs.rundir import RunDir
 from llmtune.runs.training import callbacks, preflight, resolve_training, training_arguments
 
@@ -121,18 +121,8 @@ class LanguageModelDistill(TrainingJob):
         if recipe.strategy == "on_policy":  # learns from the teacher alone, on its own completions
             del details["alpha"], details["gold_rows"]
             details["completion_tokens"] = recipe.generation.max_new_tokens
-        return training_plan(
-            run_dir,
-            task="causal_lm",
-            method=f"distill ({recipe.strategy})",
-            model=recipe.student.describe(),
-            rows=self.splits.counts(),
-            skipped_rows=self.splits.skipped(),
-            parameters=(sizes.trainable, sizes.student_params),
-            training=self.training,
-            training_rows=len(self.splits.train),
-            device=self.student.device,
-            details={**sizes.plan_details(recipe.teacher.describe()), **details},
+        return common.distill_plan(
+            run_dir, recipe, "causal_lm", self.splits, sizes, self.training, self.student, details
         )
 
     def build_student(self, dry_run: bool = False) -> LoadedModel:

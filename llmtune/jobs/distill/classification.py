@@ -38,7 +38,7 @@ from llmtune.jobs.distill.losses import NO_GOLD, Collator, DistillationTrainer
 from llmtune.metrics import classification_metrics
 from llmtune.models.loading import LoadedModel
 from llmtune.recipes.distill import DistillRecipe
-from llmtune.runs.job import Metrics, Outcome, Plan, TrainingJob, training_plan
+from llmtune.runs.job import Metrics, Outcome, Plan, TrainingJob
 from llmtune.runs.rundir import RunDir
 from llmtune.runs.training import callbacks, preflight, resolve_training
 
@@ -77,18 +77,8 @@ class ClassificationDistill(TrainingJob):
             "alpha": recipe.alpha,
             "gold_rows": len(self.gold_indices()),
         }
-        return training_plan(
-            run_dir,
-            task="classification",
-            method=f"distill ({recipe.strategy})",
-            model=recipe.student.describe(),
-            rows=self.splits.counts(),
-            skipped_rows=self.splits.skipped(),
-            parameters=(sizes.trainable, sizes.student_params),
-            training=self.training,
-            training_rows=len(self.splits.train),
-            device=self.student.device,
-            details={**sizes.plan_details(recipe.teacher.describe()), **details},
+        return common.distill_plan(
+            run_dir, recipe, "classification", self.splits, sizes, self.training, self.student, details
         )
 
     def build_student(self, dry_run: bool = False) -> LoadedModel:

@@ -24,7 +24,7 @@ from llmtune.models.info import Head
 from llmtune.models.loading import LoadedModel, load_model
 from llmtune.recipes.common import Training
 from llmtune.recipes.distill import DistillRecipe
-from llmtune.runs.job import count_parameters
+from llmtune.runs.job import Plan, count_parameters, training_plan
 from llmtune.runs.rundir import RunDir
 from llmtune.runs.training import training_arguments
 
@@ -128,6 +128,33 @@ def check_smaller(
             key="student",
         )
     return Sizes(teacher_params, total, trainable)
+
+
+def distill_plan(
+    run_dir: Path,
+    recipe: DistillRecipe,
+    task: str,
+    splits: Splits,
+    sizes: Sizes,
+    training: Training,
+    student: LoadedModel,
+    details: dict[str, Any],
+) -> Plan:
+    """The plan of a distill run of `task`: the student trained on `splits` with the resolved
+    `training`; the teacher and its size lead the plan's details, the job's own `details` follow."""
+    return training_plan(
+        run_dir,
+        task=task,
+        method=f"distill ({recipe.strategy})",
+        model=recipe.student.describe(),
+        rows=splits.counts(),
+        skipped_rows=splits.skipped(),
+        parameters=(sizes.trainable, sizes.student_params),
+        training=training,
+        training_rows=len(splits.train),
+        device=student.device,
+        details={**sizes.plan_details(recipe.teacher.describe()), **details},
+    )
 
 
 # -------------------------------------------------------- the head tasks' trainer and outputs

@@ -131,6 +131,14 @@ def teacher_folders(recipe: DistillRecipe) -> list[Path]:
     return folders + ([recipe.resolve_path(ref.adapter)] if ref.adapter else [])
 
 
+def disk_sizes(recipe: DistillRecipe, student_folder: Path) -> tuple[int | None, int | None]:
+    """Bytes of weights on disk: the teacher's (its folders together; None without one) and the
+    student's."""
+    folders = teacher_folders(recipe)
+    teacher_disk = sum(weights_bytes(f) or 0 for f in folders) if folders else None
+    return teacher_disk, weights_bytes(student_folder)
+
+
 def side_by_side(
     recipe: DistillRecipe,
     sizes: dict[str, Any],
@@ -141,9 +149,7 @@ def side_by_side(
     student_folder: Path,
 ) -> dict[str, Any]:
     """The comparison that eval.json, report.md and the summary show."""
-    folders = teacher_folders(recipe)
-    teacher_disk = sum(weights_bytes(f) or 0 for f in folders) if folders else None
-    student_disk = weights_bytes(student_folder)
+    teacher_disk, student_disk = disk_sizes(recipe, student_folder)
 
     def entry(
         params: int | None, disk: int | None, metrics: Metrics, timing: dict[str, Any] | None
@@ -155,7 +161,7 @@ def side_by_side(
             "rows_per_s": timing and timing["rows_per_s"],
             "accuracy": round(metrics["accuracy"], 4),
             "f1": round(metrics["f1"], 4),
-            "quality_kept": _ratio(metrics["accuracy"], teacher["accuracy"]),
+            "quality_kept": ratio(metrics["accuracy"], teacher["accuracy"]),
         }
 
     return {
@@ -163,16 +169,17 @@ def side_by_side(
         "student": entry(sizes["student_params"], student_disk, student, speed["student"]),
         "baseline": entry(sizes["student_params"], None, baseline, None) if baseline else None,
         "baseline_rows": baseline["rows"] if baseline else None,
-        "size_ratio": _ratio(sizes["student_params"], sizes["teacher_params"]),
-        "disk_ratio": _ratio(student_disk, teacher_disk),
-        "speedup": _ratio(speed["student"]["rows_per_s"], speed["teacher"]["rows_per_s"]),
-        "quality_kept": _ratio(student["accuracy"], teacher["accuracy"]),
+        "size_ratio": ratio(sizes["student_params"], sizes["teacher_params"]),
+        "disk_ratio": ratio(student_disk, teacher_disk),
+        "speedup": ratio(speed["student"]["rows_per_s"], speed["teacher"]["rows_per_s"]),
+        "quality_kept": ratio(student["accuracy"], teacher["accuracy"]),
         "teacher_agreement": round(student["teacher_agreement"], 4),
         "measured_on": {k: speed["teacher"][k] for k in ("rows", "batch_size", "max_length", "threads")},
     }
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b rounded, None when either is missing or b is 0."""
     return round(a / b, 4) if a is not None and b else None
 
 
@@ -218,17 +225,11 @@ def headline(comparison: dict[str, Any]) -> str:
     )
 
 
-def report(
-    recipe: DistillRecipe,
-    run_dir: RunDir,
-    outcome: Outcome,
-    comparison: dict[str, Any],
-    extra: dict[str, Any],
+def write_comparison(
+    run_dir: RunDir, outcome: Outcome, comparison: dict[str, Any], extra: dict[str, Any]
 ) -> None:
-    """Terminal table, report.md, eval.json (the lifecycle's keys plus teacher, baseline and the
-    comparison), and the comparison in the run's summary (--json)."""
-    table("teacher vs student (test split)", COLUMNS, _rows(comparison))
-    say(headline(comparison))
+    """eval.json (the lifecycle's keys, then `extra`, then the comparison) and the comparison in
+    the run's summary (--json)."""
     run_dir.write_json(
         "eval.json",
         {
@@ -240,16 +241,40 @@ def report(
         },
     )
     outcome.plan.details["distillation"] = comparison  # the summary is built from the plan after this
+
+
+def report_head(recipe: DistillRecipe, outcome: Outcome, headline: str, settings: str) -> list[str]:
+    """report.md's first lines: the run, teacher and student, the `headline`, the distill
+    `settings` with the rows, and the training's steps and time."""
     plan = outcome.plan
-    measured = comparison["measured_on"]
-    lines = [
+    return [
         f"# {recipe.name}: distill ({recipe.task}, {recipe.strategy})",
         "",
         f"- teacher: `{recipe.teacher.describe()}`",
         f"- student: {recipe.student.describe()}",
-        f"- {headline(comparison)}",
-        f"- temperature {recipe.temperature}, alpha {recipe.alpha}; rows: {plan.rows_text()}",
+        f"- {headline}",
+        f"- {settings}; rows: {plan.rows_text()}",
         f"- steps: {outcome.steps}, training time: {outcome.train_seconds:.2f} s on {plan.device}",
+    ]
+
+
+def report(
+    recipe: DistillRecipe,
+    run_dir: RunDir,
+    outcome: Outcome,
+    comparison: dict[str, Any],
+    extra: dict[str, Any],
+) -> None:
+    """Terminal table, report.md, eval.json (the lifecycle's keys plus teacher, baseline and the
+    comparison), and the comparison in the run's summary (--json)."""
+    table("teacher vs student (test split)", COLUMNS, _rows(comparison))
+    say(headline(comparison))
+    write_comparison(run_dir, outcome, comparison, extra)
+    measured = comparison["measured_on"]
+    lines = [
+        *report_head(
+            recipe, outcome, headline(comparison), f"temperature {recipe.temperature}, alpha {recipe.alpha}"
+        ),
         f"- speed: {measured['rows']} test rows, batch size {measured['batch_size']}, max_length "
         f"{measured['max_length']}, {measured['threads']} torch threads, tokenizing included; each batch "
         f"run by teacher and student in turn {ROUNDS} times, the fastest pass counts",

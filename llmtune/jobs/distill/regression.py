@@ -43,7 +43,7 @@ from llmtune.metrics import regression_metrics
 from llmtune.models.loading import LoadedModel
 from llmtune.models.regression_head import LABEL_RANGE, from_unit, to_unit
 from llmtune.recipes.distill import DistillRecipe
-from llmtune.runs.job import Metrics, Outcome, Plan, TrainingJob, training_plan
+from llmtune.runs.job import Metrics, Outcome, Plan, TrainingJob
 from llmtune.runs.rundir import RunDir
 from llmtune.runs.training import callbacks, preflight, resolve_training
 
@@ -90,18 +90,8 @@ class RegressionDistill(TrainingJob):
             "label_range": self.label_range,
             "gold_rows": len(gold_indices(self.splits.train)),
         }
-        return training_plan(
-            run_dir,
-            task="regression",
-            method=f"distill ({recipe.strategy})",
-            model=recipe.student.describe(),
-            rows=self.splits.counts(),
-            skipped_rows=self.splits.skipped(),
-            parameters=(sizes.trainable, sizes.student_params),
-            training=self.training,
-            training_rows=len(self.splits.train),
-            device=self.student.device,
-            details={**sizes.plan_details(recipe.teacher.describe()), **details},
+        return common.distill_plan(
+            run_dir, recipe, "regression", self.splits, sizes, self.training, self.student, details
         )
 
     def build_student(self, dry_run: bool = False) -> LoadedModel:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from llmtune.console import markdown_table, say, table
-from llmtune.jobs.distill.compare import teacher_folders, weights_bytes
+from llmtune.jobs.distill.compare import disk_sizes, ratio, report_head, write_comparison
 from llmtune.recipes.distill import DistillRecipe
 from llmtune.runs.job import Metrics, Outcome, warnings_markdown
 from llmtune.runs.rundir import RunDir
@@ -38,9 +38,7 @@ def side_by_side(
 ) -> dict[str, Any]:
     """The comparison that eval.json, report.md and the summary show. `results`: test metrics of
     teacher, student and (None when skipped) baseline; `speed`: per model, the measured columns."""
-    folders = teacher_folders(recipe)
-    teacher_disk = sum(weights_bytes(f) or 0 for f in folders) if folders else None
-    student_disk = weights_bytes(student_folder)
+    teacher_disk, student_disk = disk_sizes(recipe, student_folder)
     disks = {"teacher": teacher_disk, "student": student_disk, "baseline": None}
     teacher_quality = results["teacher"] and results["teacher"].get(measures.kept_by)
     out: dict[str, Any] = {}
@@ -71,11 +69,6 @@ def side_by_side(
         measured_on={k: teacher.get(k) for k in ("rows", "batch_size", "threads")},
     )
     return out
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    """a / b rounded, None when either is missing or b is 0."""
-    return round(a / b, 4) if a is not None and b else None
 
 
 def _rounded(value: Any) -> Any:
@@ -129,26 +122,10 @@ def report(
     header, rows = columns(measures), _rows(comparison, measures)
     table("teacher vs student (test split)", header, rows)
     say(headline(comparison))
-    run_dir.write_json(
-        "eval.json",
-        {
-            "split": "test",
-            "metrics": outcome.test,
-            "before_training": outcome.test_before,
-            **extra,
-            "comparison": comparison,
-        },
-    )
-    outcome.plan.details["distillation"] = comparison  # the summary is built from the plan after this
-    plan = outcome.plan
+    write_comparison(run_dir, outcome, comparison, extra)
+    settings = f"temperature {recipe.temperature}, alpha {recipe.alpha}, beta {recipe.beta}"
     lines = [
-        f"# {recipe.name}: distill ({recipe.task}, {recipe.strategy})",
-        "",
-        f"- teacher: `{recipe.teacher.describe()}`",
-        f"- student: {recipe.student.describe()}",
-        f"- {headline(comparison)}",
-        f"- temperature {recipe.temperature}, alpha {recipe.alpha}, beta {recipe.beta}; rows: {plan.rows_text()}",
-        f"- steps: {outcome.steps}, training time: {outcome.train_seconds:.2f} s on {plan.device}",
+        *report_head(recipe, outcome, headline(comparison), settings),
         f"- quality kept: {measures.kept_why}",
         *[f"- {note}" for note in notes],
         *([f"- speed: {measures.speed_note}"] if measures.speed_note else []),

@@ -21,7 +21,7 @@ from llmtune.data.templates import Template, template_of
 from llmtune.errors import BadInput
 from llmtune.metrics import classification_metrics, confusion_markdown
 from llmtune.recipes.finetune import FinetuneRecipe
-from llmtune.runs.job import Metrics, Outcome, Plan, TrainingJob, count_parameters, training_plan
+from llmtune.runs.job import Metrics, Outcome, Plan, TrainingJob
 from llmtune.runs.lifecycle import run_training
 from llmtune.runs.options import JobOptions
 from llmtune.runs.rundir import RunDir
@@ -57,21 +57,7 @@ class ClassificationJob(TrainingJob):
             self.recipe, self.splits, self.template, labels=self.labels, target=target, dry_run=dry_run
         )
         self.retain_data = heads.encode_retain(self.recipe, self.splits, self.template, self.prepared, target)
-        details = {"labels": self.labels, **({"sources": self.splits.sources} if self.splits.sources else {})}
-        training = self.prepared.training
-        return training_plan(
-            run_dir,
-            task=self.recipe.task,
-            method=self.recipe.method.type,
-            model=self.recipe.model.describe(),
-            rows=self.splits.counts(),
-            skipped_rows=self.splits.skipped(),
-            parameters=count_parameters(self.prepared.model),
-            training=training,
-            training_rows=len(self.splits.train),
-            device=self.prepared.loaded.device,
-            details={**details, "epochs": training.epochs, "learning_rate": training.learning_rate},
-        )
+        return heads.plan(run_dir, self.recipe, self.splits, self.prepared, {"labels": self.labels})
 
     def trainer(self, run_dir: RunDir) -> Any:
         return heads.build_trainer(self.recipe, self.prepared, run_dir, eval_metrics(self.labels))

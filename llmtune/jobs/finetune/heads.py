@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from llmtune.console import say
@@ -20,7 +21,7 @@ from llmtune.models.loading import LoadedModel, load_model
 from llmtune.models.methods import apply_method
 from llmtune.recipes.common import Training
 from llmtune.recipes.finetune import FinetuneRecipe
-from llmtune.runs.job import Metrics, Outcome, warnings_markdown
+from llmtune.runs.job import Metrics, Outcome, Plan, count_parameters, training_plan, warnings_markdown
 from llmtune.runs.rundir import RunDir
 from llmtune.runs.training import (
     callbacks,
@@ -122,6 +123,32 @@ def prepare(
     }
     training = resolve_training(recipe.training, recipe.method.type, recipe.task, len(splits.train))
     return Prepared(loaded, base, model, encoded, training)
+
+
+def plan(
+    run_dir: Path, recipe: FinetuneRecipe, splits: Splits, prepared: Prepared, details: dict[str, Any]
+) -> Plan:
+    """The plan of a head fine-tune: the task's own `details`, then the data's sources (when
+    mixed), the epochs and the learning rate."""
+    training = prepared.training
+    return training_plan(
+        run_dir,
+        task=recipe.task,
+        method=recipe.method.type,
+        model=recipe.model.describe(),
+        rows=splits.counts(),
+        skipped_rows=splits.skipped(),
+        parameters=count_parameters(prepared.model),
+        training=training,
+        training_rows=len(splits.train),
+        device=prepared.loaded.device,
+        details={
+            **details,
+            **({"sources": splits.sources} if splits.sources else {}),
+            "epochs": training.epochs,
+            "learning_rate": training.learning_rate,
+        },
+    )
 
 
 def encode(

@@ -23,7 +23,7 @@ from llmtune.errors import BadInput, Problem
 from llmtune.metrics import lower_is_better, regression_metrics
 from llmtune.models.regression_head import LABEL_RANGE, from_unit, to_unit
 from llmtune.recipes.finetune import REGRESSION_METRICS, FinetuneRecipe
-from llmtune.runs.job import Metrics, Outcome, Plan, TrainingJob, count_parameters, training_plan
+from llmtune.runs.job import Metrics, Outcome, Plan, TrainingJob
 from llmtune.runs.lifecycle import run_training
 from llmtune.runs.options import JobOptions
 from llmtune.runs.rundir import RunDir
@@ -67,22 +67,7 @@ class RegressionJob(TrainingJob):
             self.recipe, self.splits, self.template, self.prepared, self.target
         )
         details = {"loss": self.recipe.loss, "label_range": self.label_range}
-        if self.splits.sources:
-            details["sources"] = self.splits.sources
-        training = self.prepared.training
-        return training_plan(
-            run_dir,
-            task=self.recipe.task,
-            method=self.recipe.method.type,
-            model=self.recipe.model.describe(),
-            rows=self.splits.counts(),
-            skipped_rows=self.splits.skipped(),
-            parameters=count_parameters(self.prepared.model),
-            training=training,
-            training_rows=len(self.splits.train),
-            device=self.prepared.loaded.device,
-            details={**details, "epochs": training.epochs, "learning_rate": training.learning_rate},
-        )
+        return heads.plan(run_dir, self.recipe, self.splits, self.prepared, details)
 
     def target(self, row: Row) -> float:
         """What the head learns for a row: its label, scaled to 0..1 of label_range when given."""

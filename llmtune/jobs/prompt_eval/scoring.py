@@ -11,10 +11,10 @@ How a row is scored depends on the model's head:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmtune.inference.interface import softmax
 from llmtune.metrics import classification_metrics
 from llmtune.recipes.patterns import compile_pattern
 from llmtune.recipes.prompt_eval import PromptEvalRecipe
@@ -106,14 +106,6 @@ def normalised_logprobs(choice: Any, labels: list[str], how: str) -> list[float]
     if how == "mean":
         return list(choice.logprob_mean)
     return [total / max(len(label), 1) for total, label in zip(choice.logprob_sum, labels)]
-
-
-def softmax(values: list[float]) -> list[float]:
-    """Probabilities among the choices from their log-likelihoods."""
-    top = max(values)
-    exps = [math.exp(v - top) for v in values]
-    total = sum(exps)
-    return [e / total for e in exps]
 
 
 def normalise(text: str) -> str:

@@ -8,13 +8,17 @@ stages yet: exit 2 naming the row). The reward model reads prompt + response as 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from llmtune.data.readers import Row, Rows, Splits
 from llmtune.data.splits import load_splits
 from llmtune.data.templates import Template
 from llmtune.errors import BadInput
+from llmtune.models.loading import LoadedModel
+from llmtune.recipes.common import Training
 from llmtune.recipes.rlhf import RlhfRecipe
+from llmtune.runs.job import Plan, count_parameters, training_plan
 
 
 def read_splits(recipe: RlhfRecipe, required: tuple[str, ...] = ()) -> Splits:
@@ -46,6 +50,35 @@ def prompt_text(row: Row, template: Template | None, where: str | None = None) -
 def prompts_of(rows: Rows, template: Template | None) -> list[str]:
     """Every row's prompt text, in row order."""
     return [prompt_text(row, template, where) for row, where in zip(rows.rows, rows.where)]
+
+
+def stage_plan(
+    run_dir: Path,
+    recipe: RlhfRecipe,
+    splits: Splits,
+    loaded: LoadedModel,
+    model: Any,
+    training: Training,
+    training_rows: int,
+    details: dict[str, Any],
+    skipped_rows: int | None = None,
+) -> Plan:
+    """The plan of an rlhf stage training `model` (the method applied to `loaded`): `training_rows`
+    examples (pairs, rows or completions) a step is planned from, `skipped_rows` those the stage
+    skipped when it counts them itself (else the splits' count)."""
+    return training_plan(
+        run_dir,
+        task=recipe.stage,
+        method=recipe.method.type,
+        model=recipe.model.describe(),
+        rows=splits.counts(),
+        skipped_rows=splits.skipped() if skipped_rows is None else skipped_rows,
+        parameters=count_parameters(model),
+        training=training,
+        training_rows=training_rows,
+        device=loaded.device,
+        details=details,
+    )
 
 
 def frozen_copy(model: Any) -> Any:

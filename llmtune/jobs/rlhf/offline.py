@@ -34,13 +34,14 @@ from llmtune.jobs.rlhf.common import (
     people_agreement,
     prompt_text,
     read_splits,
+    stage_plan,
 )
 from llmtune.jobs.rlhf.kto_rows import kto_weights, shuffled
 from llmtune.models.loading import LoadedModel, inspect_model, load_model
 from llmtune.models.methods import apply_method
 from llmtune.outputs import atomic_write_json
 from llmtune.recipes.rlhf import RlhfRecipe
-from llmtune.runs.job import Metrics, Outcome, Plan, TrainingJob, count_parameters, training_plan
+from llmtune.runs.job import Metrics, Outcome, Plan, TrainingJob
 from llmtune.runs.lifecycle import source_of
 from llmtune.runs.rundir import RunDir
 from llmtune.runs.training import (
@@ -229,19 +230,7 @@ class OfflineJob(TrainingJob):
             "epochs": self.training.epochs,
             "learning_rate": self.training.learning_rate,
         }
-        return training_plan(
-            run_dir,
-            task=recipe.stage,
-            method=recipe.method.type,
-            model=recipe.model.describe(),
-            rows=self.splits.counts(),
-            skipped_rows=self.splits.skipped(),
-            parameters=count_parameters(self.model),
-            training=self.training,
-            training_rows=rows,
-            device=self.loaded.device,
-            details=details,
-        )
+        return stage_plan(run_dir, recipe, self.splits, self.loaded, self.model, self.training, rows, details)
 
     def reference_kind(self) -> str:
         """What the policy is compared with (TRL's KL anchor), in words."""

@@ -44,7 +44,7 @@ from llmtune.models.loading import inspect_model, load_model
 from llmtune.outputs import atomic_write_text
 from llmtune.recipes.common import Training
 from llmtune.recipes.rlhf import RlhfRecipe
-from llmtune.runs.job import Metrics, Outcome, Plan, TrainingJob, count_parameters, training_plan
+from llmtune.runs.job import Metrics, Outcome, Plan, TrainingJob
 from llmtune.runs.lifecycle import source_of
 from llmtune.runs.rundir import RunDir
 from llmtune.runs.training import (
@@ -126,18 +126,8 @@ class PolicyJob(TrainingJob):
             "reward_model": recipe.reward_model.describe() if recipe.reward_model else None,
             "learning_rate": self.training.learning_rate,
         }
-        return training_plan(
-            run_dir,
-            task=recipe.stage,
-            method=recipe.method.type,
-            model=recipe.model.describe(),
-            rows=self.splits.counts(),
-            skipped_rows=self.splits.skipped(),
-            parameters=count_parameters(self.model),
-            training=self.training,
-            training_rows=completions,
-            device=self.loaded.device,
-            details=details,
+        return common.stage_plan(
+            run_dir, recipe, self.splits, self.loaded, self.model, self.training, completions, details
         )
 
     def components(self, load: bool) -> list[Component]:

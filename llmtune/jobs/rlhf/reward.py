@@ -42,7 +42,7 @@ from llmtune.errors import BadInput
 from llmtune.models.loading import LoadedModel, load_model
 from llmtune.models.methods import apply_method
 from llmtune.recipes.rlhf import RlhfRecipe
-from llmtune.runs.job import Metrics, Outcome, Plan, TrainingJob, count_parameters, training_plan
+from llmtune.runs.job import Metrics, Outcome, Plan, TrainingJob
 from llmtune.runs.lifecycle import source_of
 from llmtune.runs.rundir import RunDir
 from llmtune.runs.training import (
@@ -133,18 +133,17 @@ class RewardJob(TrainingJob):
             aggregate=recipe.data.aggregate,
             agreement=common.people_agreement(self.splits),
         )
-        return training_plan(
+        skipped = sum(c["skipped"] for c in counts.values())
+        return common.stage_plan(
             run_dir,
-            task=recipe.stage,
-            method=recipe.method.type,
-            model=recipe.model.describe(),
-            rows=self.splits.counts(),
-            skipped_rows=sum(c["skipped"] for c in counts.values()),
-            parameters=count_parameters(self.model),
-            training=self.training,
-            training_rows=len(train.pairs),
-            device=self.loaded.device,
-            details=details,
+            recipe,
+            self.splits,
+            self.loaded,
+            self.model,
+            self.training,
+            len(train.pairs),
+            details,
+            skipped,
         )
 
     def dataset(self, name: str) -> Any:
