@@ -181,7 +181,14 @@ def server(env: dict[str, str]) -> CliServer | None:
         return None
     if _server is None:
         _server = CliServer()
-    return _server if _server.serves(env) else None
+    if _server.serves(env):
+        return _server
+    if os.environ.get("LLMTUNE_TEST_FORK_LOG"):
+        keys = {k for k in set(env) | set(_server.env) if not k.startswith(_RUNTIME)}
+        diff = sorted(k for k in keys if env.get(k) != _server.env.get(k))
+        with open(os.environ["LLMTUNE_TEST_FORK_LOG"], "a") as log:
+            log.write(f"{os.environ.get('PYTEST_CURRENT_TEST')}: {diff}\n")
+    return None
 
 
 def _target(stream: Any, scratch: Path, name: str) -> str:
@@ -257,13 +264,52 @@ def _child(request: dict[str, Any]) -> None:
     main()  # typer exits with the command's code: SystemExit ends this process as `python -m` does
 
 
-def _serve() -> None:
-    # what a training or inference run imports, paid once here instead of in every process
-    import peft  # noqa: F401
-    import torch  # noqa: F401
-    from transformers import AutoModel, Trainer  # noqa: F401
+def _preload() -> None:
+    """What runs import, paid once here instead of in every process: torch, transformers' Trainer
+    and the scratch models' classes, peft, and every llmtune module with what it imports at the
+    top (scikit-learn, scipy, matplotlib, datasets...). The optional engines' libraries (Ray, vLLM,
+    ONNX Runtime, llama.cpp) are imported by llmtune only when a run picks them: not here."""
+    import importlib
+    import pkgutil
 
-    import llmtune.cli  # noqa: F401
+    for name in (
+        "torch",
+        "transformers.models.bert.modeling_bert",
+        "transformers.models.llama.modeling_llama",
+        "transformers.trainer",
+        "peft",
+        "trl",
+        "trl.trainer.sft_trainer",
+        "trl.trainer.dpo_trainer",
+        "trl.trainer.reward_trainer",
+        "accelerate",
+        "datasets",
+        "optuna",
+        "safetensors.torch",
+        "scipy.stats",
+        "sklearn.metrics",
+        "sklearn.model_selection",
+        "matplotlib.pyplot",
+        "rich.progress",
+        "rich.table",
+    ):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+
+    import llmtune
+
+    for module in pkgutil.walk_packages(llmtune.__path__, "llmtune."):
+        if module.name != "llmtune.__main__":
+            try:
+                importlib.import_module(module.name)
+            except ImportError:  # an optional extra that is not installed
+                pass
+
+
+def _serve() -> None:
+    _preload()
 
     def reply(message: dict[str, Any]) -> None:
         sys.stdout.write(json.dumps(message) + "\n")
