@@ -7,14 +7,17 @@ transformers import Trainer"`). The suite starts ~200 such processes.
 
 What a fork cannot give, a fresh interpreter still does (`run_cli` and `start_cli` fall back to
 one by themselves):
-- an environment that differs from the server's in a variable read at import (HF_HUB_OFFLINE,
-  OMP_NUM_THREADS...): only LLMTUNE_* and TMPDIR, which are read at run time, may differ;
+- an environment that differs from the server's in a variable read at import (HF_HOME,
+  HF_HUB_OFFLINE...) gets another server: only variables read at run time (LLMTUNE_*, TMPDIR,
+  the torchrun ranks) may differ between a server and its forks;
 - start-up itself: what `python -m llmtune` imports and how a real interpreter exits are tested
   with `subprocess` directly (test_cli, test_rank, test_engine_onnx, test_distributed).
 
-One server per pytest worker, started on first use with the worker's environment then (the
-session's HF_HOME and offline settings). Run as a script it is the server: one JSON request a
-line on stdin, one JSON reply a line on stdout. `LLMTUNE_TEST_FORK=0` turns it off.
+A pytest worker starts a server on first use, one per environment (the session's, see
+tests/conftest.py's session_env; a test that changes a variable read at import gets a server of
+its own, or a fresh interpreter when that is rarer). Run as a script it is the server: one JSON
+request a line on stdin, one JSON reply a line on stdout. `LLMTUNE_TEST_FORK=0` turns it off;
+`LLMTUNE_TEST_FORK_LOG=FILE` names the tests that needed another server.
 """
 
 from __future__ import annotations
@@ -32,18 +35,46 @@ from pathlib import Path
 from typing import IO, Any
 
 HERE = Path(__file__).resolve()
-# read when a run needs them, not at import, by llmtune, tempfile, or torch.distributed when a
-# rank joins its process group: a fork may differ in these
-_RUNTIME = ("LLMTUNE_", "TMPDIR", "PYTEST_CURRENT_TEST", "RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_")
+# read when a run needs them, not at import, by llmtune, tempfile, tokenizers, or torch.distributed
+# when a rank joins its process group; OMP_NUM_THREADS, which torch reads at start-up, is applied
+# by the forked process as torch would (_child): a fork may differ in these
+_RUNTIME = (
+    "LLMTUNE_",
+    "TMPDIR",
+    "PYTEST_CURRENT_TEST",
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "MASTER_",
+    "TOKENIZERS_PARALLELISM",
+    "OMP_NUM_THREADS",
+    # set by llmtune itself for the libraries it is about to import (an in-process run in the
+    # worker leaves them in its environment)
+    "TRL_",
+    "MLFLOW_",
+    "VLLM_",
+    "TORCHINDUCTOR_",
+    "FSDP_",
+    "ACCELERATE_",
+    "KMP_",  # Intel OpenMP's; torch's CPU wheel runs on GNU OpenMP
+)
+# servers kept alive at once, one per environment (each holds torch and the libraries: ~0.5 GB)
+MAX_SERVERS = 2
 
 # CPU seconds of the forked runs (the server's children, not this process's): tests/cputime.py
 # adds them to a test's cpu_children
 forked_cpu = 0.0
 
 
+def signature(env: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """What of an environment a fork inherits from its server: the variables read at import."""
+    return tuple(sorted((k, v) for k, v in env.items() if not k.startswith(_RUNTIME)))
+
+
 class CliServer:
-    def __init__(self) -> None:
-        self.env = dict(os.environ)
+    def __init__(self, env: dict[str, str]) -> None:
+        # torch's own thread count at start-up, without OMP_NUM_THREADS: what _child starts from
+        self.env = {k: v for k, v in env.items() if k != "OMP_NUM_THREADS"}
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE)],
             stdin=subprocess.PIPE,
@@ -64,12 +95,10 @@ class CliServer:
             raise RuntimeError(f"the CLI fork server exited ({self.proc.poll()})")
         return json.loads(line)
 
-    def serves(self, env: dict[str, str]) -> bool:
-        """Whether a run with this environment behaves as in a fresh interpreter."""
-        if self.proc.poll() is not None:
-            return False
-        keys = {k for k in set(env) | set(self.env) if not k.startswith(_RUNTIME)}
-        return all(env.get(k) == self.env.get(k) for k in keys)
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 class Forked:
@@ -170,25 +199,29 @@ class Follow:
         return rest
 
 
-_server: CliServer | None = None
+_servers: dict[tuple[tuple[str, str], ...], CliServer] = {}
 
 
 def server(env: dict[str, str]) -> CliServer | None:
-    """This worker's server if it can run a process with this environment (started on first
-    use), else None: the caller starts a fresh interpreter."""
-    global _server
+    """A server whose forks behave as a fresh interpreter started with `env` (one started on first
+    use; the least recently used one closed beyond MAX_SERVERS), or None when turned off."""
     if os.environ.get("LLMTUNE_TEST_FORK", "1") == "0":
         return None
-    if _server is None:
-        _server = CliServer()
-    if _server.serves(env):
-        return _server
-    if os.environ.get("LLMTUNE_TEST_FORK_LOG"):
-        keys = {k for k in set(env) | set(_server.env) if not k.startswith(_RUNTIME)}
-        diff = sorted(k for k in keys if env.get(k) != _server.env.get(k))
-        with open(os.environ["LLMTUNE_TEST_FORK_LOG"], "a") as log:
-            log.write(f"{os.environ.get('PYTEST_CURRENT_TEST')}: {diff}\n")
-    return None
+    key = signature(env)
+    forks = _servers.pop(key, None)
+    if forks is not None and forks.proc.poll() is not None:
+        forks = None
+    if forks is None:
+        if os.environ.get("LLMTUNE_TEST_FORK_LOG") and _servers:
+            known = set(next(reversed(_servers.values())).env.items())
+            differ = sorted({k for k, v in set(signature(env)) ^ known if not k.startswith(_RUNTIME)})
+            with open(os.environ["LLMTUNE_TEST_FORK_LOG"], "a") as log:
+                log.write(f"{os.environ.get('PYTEST_CURRENT_TEST')}: another server for {differ}\n")
+        while len(_servers) >= MAX_SERVERS:
+            _servers.pop(next(iter(_servers))).close()
+        forks = CliServer(env)
+    _servers[key] = forks  # last: the most recently used
+    return forks
 
 
 def _target(stream: Any, scratch: Path, name: str) -> str:
@@ -250,6 +283,10 @@ def _child(request: dict[str, Any]) -> None:
     os.environ.clear()
     os.environ.update(request["env"])
     tempfile.tempdir = None  # TMPDIR as this run's environment says
+    if (omp := os.environ.get("OMP_NUM_THREADS", "").strip()).isdigit() and int(omp) > 0:
+        import torch
+
+        torch.set_num_threads(int(omp))  # what torch reads from it at start-up
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
     for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
         target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -308,8 +345,44 @@ def _preload() -> None:
                 pass
 
 
+def _run_child(request: dict[str, Any]) -> int:
+    """The forked process's exit code, as `python -m llmtune` would end with it."""
+    try:
+        _child(request)
+    except SystemExit as stop:
+        if stop.code is None or isinstance(stop.code, int):
+            return stop.code or 0
+        print(stop.code, file=sys.stderr)
+        return 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+def _exit(code: int) -> None:
+    """End the forked process as the interpreter would (wait for its threads, run atexit, flush
+    the streams) but without tearing down every module it inherited: that touches each page of
+    the server's heap (copy-on-write) and cost ~2 s of CPU per process."""
+    import atexit
+    import threading
+
+    try:
+        threading._shutdown()  # type: ignore[attr-defined]  # what the interpreter does at exit
+        atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+    finally:
+        os._exit(code)
+
+
 def _serve() -> None:
+    import gc
+
     _preload()
+    gc.freeze()  # the inherited objects are never scanned by a fork's collector (CPython's advice)
 
     def reply(message: dict[str, Any]) -> None:
         sys.stdout.write(json.dumps(message) + "\n")
@@ -332,16 +405,7 @@ def _serve() -> None:
             sys.stderr.flush()
             pid = os.fork()
             if pid == 0:
-                try:
-                    _child(request)
-                except SystemExit:
-                    raise
-                except BaseException:
-                    import traceback
-
-                    traceback.print_exc()
-                    sys.exit(1)
-                sys.exit(0)
+                _exit(_run_child(request))
             reply({"pid": pid})
 
 

@@ -36,14 +36,35 @@ def hf_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
+def offline_settings(hf_home: Path) -> dict[str, str]:
+    """The environment the tests' runs start from: offline, the private HF_HOME, engine onnx's
+    export cache of the session (never the user's ~/.cache), one torch thread (see one_thread)."""
+    return {
+        "HF_HOME": str(hf_home),
+        "HF_HUB_CACHE": str(hf_home / "hub"),
+        "HF_HUB_OFFLINE": "1",
+        "LLMTUNE_ONNX_CACHE": str(hf_home.parent / "onnx-cache"),
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_env(hf_home: Path) -> Iterator[None]:
+    """offline_settings for the whole session, so that module fixtures (trained runs shared by a
+    module's tests) run in the same environment as the tests themselves."""
+    with pytest.MonkeyPatch.context() as m:
+        for key, value in offline_settings(hf_home).items():
+            m.setenv(key, value)
+        m.delenv("LLMTUNE_DEBUG", raising=False)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def offline_env(monkeypatch: pytest.MonkeyPatch, hf_home: Path) -> None:
-    monkeypatch.setenv("HF_HOME", str(hf_home))
-    monkeypatch.setenv("HF_HUB_CACHE", str(hf_home / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    # engine onnx's export cache: one per session, never the user's ~/.cache
-    monkeypatch.setenv("LLMTUNE_ONNX_CACHE", str(hf_home.parent / "onnx-cache"))
-    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    """offline_settings again for each test: a test may change them, the next one starts afresh."""
+    for key, value in offline_settings(hf_home).items():
+        monkeypatch.setenv(key, value)
     monkeypatch.delenv("LLMTUNE_DEBUG", raising=False)
 
 
