@@ -57,6 +57,10 @@ _RUNTIME = (
     "FSDP_",
     "ACCELERATE_",
     "KMP_",  # Intel OpenMP's; torch's CPU wheel runs on GNU OpenMP
+    "RAY_",  # Ray is not imported by the server: its forks read these when they import it
+    "PYTHONBREAKPOINT",
+    "COLUMNS",
+    "LINES",
 )
 # servers kept alive at once, one per environment (each holds torch and the libraries: ~0.5 GB)
 MAX_SERVERS = 2
@@ -230,6 +234,8 @@ def _target(stream: Any, scratch: Path, name: str) -> str:
     worker's own stdout)."""
     if stream == subprocess.DEVNULL:
         return os.devnull
+    if isinstance(stream, int) and stream >= 0 and os.isatty(stream):
+        return os.ttyname(stream)  # a pseudo-terminal's end: the child opens it by name
     if hasattr(stream, "name") and isinstance(stream.name, str):
         return stream.name
     return str(scratch / name)
@@ -248,9 +254,12 @@ def start(
     llmtune` through `subprocess.Popen` with the same arguments."""
     full_env = dict(os.environ if env is None else env)
     plain = all(
-        s in (subprocess.PIPE, subprocess.DEVNULL, None) or hasattr(s, "name") for s in (stdout, stderr)
+        s in (subprocess.PIPE, subprocess.DEVNULL, None)
+        or hasattr(s, "name")
+        or (isinstance(s, int) and s >= 0 and os.isatty(s))
+        for s in (stdout, stderr)
     )
-    forks = server(full_env) if plain else None  # a pty or a raw descriptor: a real Popen
+    forks = server(full_env) if plain else None  # another raw descriptor: a real Popen
     if forks is None:
         return subprocess.Popen(
             [sys.executable, "-m", "llmtune", *args],
@@ -292,6 +301,8 @@ def _child(request: dict[str, Any]) -> None:
         target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.dup2(target, fd)
         os.close(target)
+    os.write(request["opened"], b"1")
+    os.close(request["opened"])
     for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(signum, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -403,9 +414,15 @@ def _serve() -> None:
             reply(ended(request["pid"], 0))
         else:
             sys.stderr.flush()
+            ready, opened = os.pipe()
             pid = os.fork()
             if pid == 0:
+                os.close(ready)
+                request["opened"] = opened
                 _exit(_run_child(request))
+            os.close(opened)
+            os.read(ready, 1)  # its streams are open (or it has died): as Popen returns after exec
+            os.close(ready)
             reply({"pid": pid})
 
 

@@ -18,6 +18,7 @@ RESULTS = ROOT / "bench" / "results"
 # (doc, section heading prefix, results file): each section's tables come from that file
 SOURCES = [
     ("BENCHMARKS.md", "## Bulk-infer engines", "engines.md"),
+    ("BENCHMARKS.md", "## Generation", "engines_generation.md"),
     ("BENCHMARKS.md", "## prompt-eval vs lm-evaluation-harness", "prompt_eval_lmeval.md"),
     ("BENCHMARKS.md", "## Distillation", "distill.md"),
     ("BENCHMARKS.md", "## CPU classification", "int8.md"),

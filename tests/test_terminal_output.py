@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import write, write_jsonl
+from conftest import start_cli, write, write_jsonl
 
 SCRATCH = {"scratch": {"architecture": "llama", "hidden_size": 32, "num_layers": 2, "num_heads": 2}}
 
@@ -32,8 +32,8 @@ def bulk_recipe(tmp_path: Path) -> Path:
 def run_on_terminal(*args: str | Path) -> tuple[int, str, str]:
     """Run the CLI with stderr on a pseudo-terminal; stdout stays a pipe."""
     master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmtune", *map(str, args)],
+    proc = start_cli(
+        *args,
         stdout=subprocess.PIPE,
         stderr=slave,
         text=True,
