@@ -75,6 +75,7 @@ def exit_codes(
     `stopped` adds nothing to its line); with `broken_pipe_ok` a closed stdout (`... | head`)
     exits 0: the reader has what it wanted."""
     previous = {sig: signal.signal(sig, raise_interrupted) for sig in STOP_SIGNALS} if catch_signals else {}
+    stopping = False
     try:
         yield
     except BadInput as exc:
@@ -84,6 +85,12 @@ def exit_codes(
     except LockHeld as exc:
         fail(str(exc), EXIT_LOCKED)
     except (Interrupted, KeyboardInterrupt) as exc:
+        # the process is on its way out with 128 + signum: a second stop signal from here on (a
+        # supervisor repeating its SIGTERM) must not kill it with the signal's default action
+        # before the exit code and the last lines are out
+        stopping = True
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
         if signum == signal.SIGINT and quit_message is not None:
             print(f"\n{quit_message}", file=sys.stderr)
@@ -105,4 +112,5 @@ def exit_codes(
         fail(crashed(exc), EXIT_FAILED)
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            # stopping: the default action (die of the signal) would replace the exit code
+            signal.signal(sig, signal.SIG_IGN if stopping and handler == signal.SIG_DFL else handler)
