@@ -256,6 +256,7 @@ def test_a_reload_continues_at_the_next_unranked_row_under_the_name_given_once(
     assert rows_of(cands)[0]["rankings"] == {"alice": "A > B > C"} and rows_of(cands)[0]["ranking"] == ""
 
 
+@pytest.mark.slow
 def test_html_and_script_in_a_response_are_shown_as_text(browser, server, cands) -> None:
     page = open_page(browser, server)
     type_answer(page, "s")
