@@ -369,3 +369,41 @@ def test_regression_and_classification_models_do_not_mix(
     path = regression_recipe(tmp_path, regression_teacher)
     write_jsonl(tmp_path / "test.jsonl", [{**rating(i), "label": "five"} for i in range(3)])
     _refused(tmp_path, invoke("distill", path), "test.jsonl:2", "expected a number")
+
+
+def teacher_outputs(run: Path) -> dict[str, object]:
+    """The teacher's journal: input id -> its label probabilities or score."""
+    return {r["id"]: r.get("scores", r.get("score")) for r in read_jsonl(run / "teacher_labels.jsonl")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_engine_onnx_teacher_labels_as_engine_hf_does(
+    tmp_path: Path, teacher: Path, regression_teacher: Path, task: str
+) -> None:
+    """engine: onnx exports the teacher once into its cache and labels (scores) every transfer
+    and test row on ONNX Runtime: the same rows as engine hf, outputs within float32 noise."""
+    pytest.importorskip("onnxruntime")
+    make, model = (
+        (distill_recipe, teacher) if task == "classification" else (regression_recipe, regression_teacher)
+    )
+    runs = {}
+    for engine in ("hf", "onnx"):
+        folder = tmp_path / engine
+        result = invoke("distill", make(folder, model, engine=engine), "--json")
+        assert result.code == 0, result.stderr[-3000:]
+        assert ("engine onnx: exporting" in result.stderr) == (engine == "onnx")
+        runs[engine] = teacher_outputs(folder / "run")
+    assert sorted(runs["onnx"]) == sorted(runs["hf"]) and len(runs["hf"]) >= 40
+    for key, expected in runs["hf"].items():
+        assert runs["onnx"][key] == pytest.approx(expected, abs=1e-4), key
+
+
+def test_engine_onnx_does_not_generate_for_a_causal_lm_teacher(tmp_path: Path) -> None:
+    (tmp_path / "teacher").mkdir()
+    path = distill_recipe(
+        tmp_path, tmp_path / "teacher", task="causal_lm", strategy="sequences", engine="onnx"
+    )
+    result = invoke("distill", path, "--dry-run")
+    assert_bad_input(result, "engine: onnx", "does not generate", "engine: hf or vllm")
+    assert not (tmp_path / "run").exists()

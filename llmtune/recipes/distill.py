@@ -156,9 +156,11 @@ class DistillRecipe(RecipeBase):
     """Optimisation settings of the student."""
     distributed: Distributed = Field(default_factory=Distributed)
     """Under torchrun / accelerate launch with several processes: ddp, fsdp or deepspeed."""
-    engine: Literal["hf", "vllm"] = "hf"
-    """How the teacher labels or generates (causal LM teachers): hf (transformers, in this process) or vllm (vLLM's offline LLM; pip install
-    'llmtune[vllm]')."""
+    engine: Literal["hf", "vllm", "onnx"] = "hf"
+    """How the teacher labels or generates: hf (transformers, in this process); vllm (vLLM's
+    offline LLM, for causal LM teachers; pip install 'llmtune[vllm]'); onnx (ONNX Runtime, for
+    classification and regression teachers: the teacher exported once into engine onnx's cache;
+    pip install 'llmtune[onnx]')."""
     vllm: VllmSettings = Field(default_factory=VllmSettings)
     """engine: vllm settings."""
 
@@ -177,6 +179,11 @@ class DistillRecipe(RecipeBase):
             )
         if self.labels is not None and self.task != "classification":
             raise ValueError(f"labels are for task: classification, not {self.task}")
+        if self.task == "causal_lm" and self.engine == "onnx":
+            raise ValueError(
+                "engine: onnx labels and scores with a classification or regression teacher but does "
+                "not generate; a causal_lm teacher runs on engine: hf or vllm"
+            )
         if self.task == "causal_lm" and self.student.trims_vocab:
             raise ValueError("trim_vocab is for classification and regression students (encoders)")
         return self

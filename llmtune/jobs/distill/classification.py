@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import llmtune.inference.registry as registry
 import llmtune.jobs.distill.common as common
 import llmtune.jobs.distill.compare as compare
 from llmtune.data.templates import template_of
@@ -55,6 +56,10 @@ class ClassificationDistill(TrainingJob):
 
     # ------------------------------------------------------------------ preflight
     def preflight(self) -> list[Path]:
+        if (
+            self.recipe.engine == "onnx"
+        ):  # the teacher labels on ONNX Runtime: refuse early where it is missing
+            registry.require("onnx")
         self.splits = read_rows(self.recipe, self.template)
         self.device = preflight(self.recipe.student, "full", self.recipe.training)
         return self.splits.files
@@ -104,7 +109,7 @@ class ClassificationDistill(TrainingJob):
         from llmtune.runs.callbacks import keep_stdout_clean
 
         recipe = self.recipe
-        engine = teacher_engine(recipe, self.teacher)
+        engine = teacher_engine(recipe, self.teacher, labels=self.labels)
         stamp = journal_stamp(recipe, self.labels)
         prompts = [t for texts in self.texts.values() for t in texts]
         self.teacher_labels = label_rows(engine, prompts, self.labels, run_dir.path / JOURNAL, stamp)

@@ -66,11 +66,29 @@ def journal_stamp(recipe: DistillRecipe, settings: Any) -> dict[str, str]:
 
 
 def teacher_engine(
-    recipe: DistillRecipe, teacher: LoadedModel, label_range: tuple[float, float] | None = None
+    recipe: DistillRecipe,
+    teacher: LoadedModel,
+    label_range: tuple[float, float] | None = None,
+    labels: list[str] | None = None,
 ) -> Any:
-    """The shared inference engine over the teacher, at the recipe's batch size and max_length;
-    vLLM for a causal LM teacher with engine: vllm (teachers with a head run here)."""
+    """The shared inference engine over the teacher, at the recipe's batch size and max_length:
+    vLLM for a causal LM teacher with engine: vllm (teachers with a head run here), ONNX Runtime
+    for a head with engine: onnx (the loaded teacher exported once into its cache)."""
     from llmtune.inference.registry import over_loaded
+
+    if recipe.engine == "onnx" and recipe.task != "causal_lm":
+        return over_loaded(
+            "onnx",
+            teacher,
+            ref=recipe.teacher,
+            recipe=recipe,
+            key="teacher",
+            head=recipe.task,
+            labels=labels,
+            batch_size=recipe.measure_batch_size,
+            max_length=recipe.data.max_length,
+            label_range=label_range,
+        )
 
     if recipe.engine == "vllm" and recipe.task == "causal_lm":
         return over_loaded(

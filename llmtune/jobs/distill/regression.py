@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import llmtune.inference.registry as registry
 import llmtune.jobs.distill.common as common
 import llmtune.jobs.distill.reports as reports
 from llmtune.console import say
@@ -69,6 +70,10 @@ class RegressionDistill(TrainingJob):
         self.comparison: dict[str, Any] = {}
 
     def preflight(self) -> list[Path]:
+        if (
+            self.recipe.engine == "onnx"
+        ):  # the teacher scores on ONNX Runtime: refuse early where it is missing
+            registry.require("onnx")
         self.splits = read_rows(self.recipe, self.template)
         check_scores(self.splits)
         self.device = preflight(self.recipe.student, "full", self.recipe.training)
