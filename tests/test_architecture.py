@@ -81,7 +81,7 @@ def test_shared_pieces_never_import_a_job() -> None:
 
 BASE_MODULES = {
     f"llmtune.{name}"
-    for name in ("errors", "metrics", "console", "environment", "provenance", "outputs", "ranks")
+    for name in ("errors", "metrics", "console", "environment", "provenance", "outputs", "folders", "ranks")
 } | {"llmtune"}
 # a job's recipe module; the recipes package imports every one of them
 JOB_RECIPES = {

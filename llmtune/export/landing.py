@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
 from llmtune.errors import BadInput
-from llmtune.outputs import TMP_SUFFIX, apply_umask
+from llmtune.folders import replace_folder
 
 EXPORT_MARKER = ".llmtune-export.json"
 """Marks a folder `llmtune export` wrote, and lists the files it wrote there."""
@@ -165,45 +163,29 @@ def written_by_export(target: Path) -> list[str]:
 
 def land(target: Path, write: Callable[[Path], Any], output: Path) -> Any:
     """Run `write` on a new temp folder beside `target`, record what it wrote in the marker, and
-    rename it into place. Over an earlier export, the files the user added there are moved into
-    the new folder first (a name both would hold is exit 2, nothing changed); the earlier
-    export's own files are deleted only once the new one is in. On failure only the temp folder
-    goes, and the earlier export is put back as it was."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=TMP_SUFFIX))
-    old: Path | None = None
-    kept: list[str] = []
-    try:
+    rename it into place (llmtune.outputs.replace_folder). Over an earlier export, the files the
+    user added there are moved into the new folder first (a name both would hold is exit 2,
+    nothing changed); the earlier export's own files are deleted only once the new one is in. On
+    failure only the temp folder goes, and the earlier export is put back as it was."""
+
+    def write_and_record(tmp: Path) -> Any:
         result = write(tmp)
-        ours = sorted(p.name for p in tmp.iterdir())
-        _record_files(tmp, ours)
-        apply_umask(tmp)  # mkdtemp made it 0700
-        if target.is_dir() and any(target.iterdir()):
-            previous = {n.rstrip("/") for n in written_by_export(target)}
-            users = sorted(p.name for p in target.iterdir() if p.name not in previous)
-            clash = [name for name in users if name in ours]
-            if clash:
-                raise BadInput(
-                    f"{output / clash[0]} was added by you to the earlier export, and the new export writes "
-                    "a file of that name; llmtune never deletes what it did not write: move it away first",
-                    key="--output",
-                )
-            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old.", suffix=TMP_SUFFIX))
-            os.replace(target, old)  # onto the empty temp folder
-            for name in users:
-                os.replace(old / name, tmp / name)
-                kept.append(name)
-        os.replace(tmp, target)  # onto nothing, or an empty folder
-    except BaseException:
-        if old is not None:
-            for name in kept:
-                os.replace(tmp / name, old / name)
-            old.rmdir() if target.exists() else os.replace(old, target)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old)
-    return result
+        _record_files(tmp, sorted(p.name for p in tmp.iterdir()))
+        return result
+
+    def users_files(earlier: Path, new: Path) -> list[str]:
+        previous = {n.rstrip("/") for n in written_by_export(earlier)}
+        users = sorted(p.name for p in earlier.iterdir() if p.name not in previous)
+        ours = {p.name for p in new.iterdir()}
+        if clash := [name for name in users if name in ours]:
+            raise BadInput(
+                f"{output / clash[0]} was added by you to the earlier export, and the new export writes "
+                "a file of that name; llmtune never deletes what it did not write: move it away first",
+                key="--output",
+            )
+        return users
+
+    return replace_folder(target, write_and_record, carry=users_files)
 
 
 def _record_files(folder: Path, names: list[str]) -> None:

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from llmtune.folders import replace_folder
 from llmtune.models.adapters import ADAPTER_CONFIG, save_adapter_folder
 from llmtune.models.bottlenecks import adapter_sets
 from llmtune.models.loading import LoadedModel
-from llmtune.outputs import TMP_SUFFIX, apply_umask, atomic_write_json
+from llmtune.outputs import atomic_write_json
 from llmtune.recipes.common import ModelRef, RecipeBase
 
 
@@ -143,25 +141,7 @@ def adapter_config(folder: Path, file: str = "adapter_config.json") -> dict[str,
 
 
 def _write_folder(target: Path, write: Callable[[Path], None]) -> Path:
-    """Run `write` on a new folder beside `target` (a unique temp name: never one someone else
-    made), then rename it into target's place. A folder already there (callers have checked
-    that it may go) is moved aside first and deleted only once the new one is in; on failure
-    only the temp folder is removed and the old one is put back."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=TMP_SUFFIX))
-    old: Path | None = None
-    try:
-        write(tmp)
-        apply_umask(tmp)  # mkdtemp made it 0700
-        if target.is_dir() and any(target.iterdir()):
-            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old.", suffix=TMP_SUFFIX))
-            os.replace(target, old)  # onto the empty temp folder
-        os.replace(tmp, target)  # onto nothing, or an empty folder
-    except BaseException:
-        if old is not None:
-            old.rmdir() if target.exists() else os.replace(old, target)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old)
+    """Run `write` on a new folder beside `target`, then put it in target's place
+    (llmtune.outputs.replace_folder: the old folder goes only once the new one is in)."""
+    replace_folder(target, write)
     return target
