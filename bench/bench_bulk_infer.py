@@ -90,7 +90,7 @@ def bench_generation(work: Path, n: int) -> list[list[Any]]:
 
     from llmtune.models.loading import build_scratch_model, build_tokenizer
     from llmtune.recipes.common import ScratchModel
-    from llmtune.runs.lifecycle import count_parameters
+    from llmtune.runs.job import count_parameters
 
     spec = ScratchModel(**GEN_MODEL)
     all_reviews = [r["review"] for r in reviews(10**6)]

@@ -49,7 +49,7 @@ def onnx_table(run: Path, work: Path) -> list[str]:
     from llmtune.export.onnx_format import write_onnx
     from llmtune.export.runners import OnnxSide, TorchRunner
     from llmtune.export.verify_data import verify_rows
-    from llmtune.models.export import model_folder
+    from llmtune.export.hf_format import model_folder
 
     model, tokenizer, _ = formats._standalone(model_folder(run), "onnx", None)
     rows = verify_rows(run, None, "classification")
@@ -107,7 +107,7 @@ def gguf_table(run: Path, work: Path) -> list[str]:
     from llmtune.export.gguf_format import write_gguf
     from llmtune.export.runners import TorchRunner, gguf_side
     from llmtune.export.verify_data import verify_rows
-    from llmtune.models.export import model_folder
+    from llmtune.export.hf_format import model_folder
 
     model, tokenizer, _ = formats._standalone(model_folder(run), "gguf", None)
     rows = verify_rows(run, None, "causal_lm")
