@@ -46,10 +46,10 @@ def onnx_table(run: Path, work: Path) -> list[str]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from llmtune.export import formats
+    from llmtune.export.hf_format import model_folder
     from llmtune.export.onnx_format import write_onnx
     from llmtune.export.runners import OnnxSide, TorchRunner
     from llmtune.export.verify_data import verify_rows
-    from llmtune.export.hf_format import model_folder
 
     model, tokenizer, _ = formats._standalone(model_folder(run), "onnx", None)
     rows = verify_rows(run, None, "classification")
@@ -105,9 +105,9 @@ def onnx_table(run: Path, work: Path) -> list[str]:
 def gguf_table(run: Path, work: Path) -> list[str]:
     from llmtune.export import formats, parity
     from llmtune.export.gguf_format import write_gguf
+    from llmtune.export.hf_format import model_folder
     from llmtune.export.runners import TorchRunner, gguf_side
     from llmtune.export.verify_data import verify_rows
-    from llmtune.export.hf_format import model_folder
 
     model, tokenizer, _ = formats._standalone(model_folder(run), "gguf", None)
     rows = verify_rows(run, None, "causal_lm")
