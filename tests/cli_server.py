@@ -204,6 +204,7 @@ class Follow:
 
 
 _servers: dict[tuple[tuple[str, str], ...], CliServer] = {}
+_broken: set[tuple[tuple[str, str], ...]] = set()  # environments whose server could not start
 
 
 def server(env: dict[str, str]) -> CliServer | None:
@@ -212,6 +213,8 @@ def server(env: dict[str, str]) -> CliServer | None:
     if os.environ.get("LLMTUNE_TEST_FORK", "1") == "0":
         return None
     key = signature(env)
+    if key in _broken:
+        return None
     forks = _servers.pop(key, None)
     if forks is not None and forks.proc.poll() is not None:
         forks = None
@@ -223,7 +226,11 @@ def server(env: dict[str, str]) -> CliServer | None:
                 log.write(f"{os.environ.get('PYTEST_CURRENT_TEST')}: another server for {differ}\n")
         while len(_servers) >= MAX_SERVERS:
             _servers.pop(next(iter(_servers))).close()
-        forks = CliServer(env)
+        try:
+            forks = CliServer(env)
+        except RuntimeError:  # it could not start here: fresh interpreters for this environment
+            _broken.add(key)
+            return None
     _servers[key] = forks  # last: the most recently used
     return forks
 
@@ -343,7 +350,7 @@ def _preload() -> None:
     ):
         try:
             importlib.import_module(name)
-        except ImportError:
+        except Exception:  # noqa: BLE001 - not installed, or broken in this venv: its runs import it
             pass
 
     import llmtune
@@ -352,7 +359,7 @@ def _preload() -> None:
         if module.name != "llmtune.__main__":
             try:
                 importlib.import_module(module.name)
-            except ImportError:  # an optional extra that is not installed
+            except Exception:  # noqa: BLE001 - an optional extra that is not installed (or broken here)
                 pass
 
 
