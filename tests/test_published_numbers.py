@@ -17,6 +17,7 @@ from conftest import ROOT
 RESULTS = ROOT / "bench" / "results"
 # (doc, section heading prefix, results file): each section's tables come from that file
 SOURCES = [
+    ("BENCHMARKS.md", "## Bulk inference", "bulk_infer.md"),
     ("BENCHMARKS.md", "## Bulk-infer engines", "engines.md"),
     ("BENCHMARKS.md", "## Generation", "engines_generation.md"),
     ("BENCHMARKS.md", "## prompt-eval vs lm-evaluation-harness", "prompt_eval_lmeval.md"),
@@ -28,7 +29,6 @@ SOURCES = [
 ]
 UNSOURCED = [
     ("BENCHMARKS.md", "## Fine-tuning"),  # make bench writes bench/results/finetune.md
-    ("BENCHMARKS.md", "## Bulk inference"),  # make bench writes bench/results/bulk_infer.md
     ("BENCHMARKS.md", "## Sweeps"),  # two llmtune sweep runs, read off their reports
 ]
 NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?:e-?\d+)?(?![\w])")
