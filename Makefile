@@ -101,6 +101,7 @@ bench: install $(VLLM_VENV)/.installed $(LLAMACPP_VENV)/.installed $(BENCH_VENV)
 	  --code /tmp/bench-head --output bench/results/engines_generation.md
 	$(BIN)/python bench/bench_prompt_eval_lmeval.py --rows 160 --output bench/results/prompt_eval_lmeval.md
 	$(BIN)/python bench/bench_distill.py --output bench/results/distill.md
+	$(BIN)/python bench/bench_sweeps.py --seeds 0,1 --output bench/results/sweeps.md
 
 # the docs' quoted recipe results (quickstart, regression, reward: 3 seeds each), re-run and
 # written to bench/results/<name>.md with commit, machine, load and command (about an hour on 2

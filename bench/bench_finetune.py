@@ -105,9 +105,10 @@ def recipe(
 TRAIN_RUNTIME = re.compile(r"train_runtime['\"]?\s*[:=]\s*'?([0-9.]+)")
 
 
-def measure(command: list[str]) -> tuple[float, float, float]:
+def measure(command: list[str], run_dir: Path | None = None) -> tuple[float, float, float]:
     """(wall seconds, training-loop seconds as the Trainer logs them, peak RSS in MiB) of one
-    command in its own process."""
+    command in its own process. llmtune keeps the Trainer's totals off the console: they are read
+    from the run's metrics.jsonl (`run_dir`)."""
     with tempfile.TemporaryFile("w+") as log:
         started = time.monotonic()
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
@@ -117,6 +118,8 @@ def measure(command: list[str]) -> tuple[float, float, float]:
         text = log.read()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"failed: {' '.join(command)}\n{text[-3000:]}")
+    if run_dir is not None and (run_dir / "metrics.jsonl").exists():
+        text += (run_dir / "metrics.jsonl").read_text()
     found = TRAIN_RUNTIME.findall(text)
     return wall, float(found[-1]) if found else float("nan"), usage.ru_maxrss / 1024
 
@@ -136,6 +139,15 @@ def trl_sft(
         "--bf16", "false", "--gradient_checkpointing", "false",
         *(["--packing"] if packing else []),
     ]  # fmt: skip
+
+
+# each case's llmtune run folder (recipe()'s `name`), where its metrics.jsonl is
+RUN_NAMES = {
+    "SFT LoRA, unpacked (vs trl sft)": "sft",
+    "SFT LoRA, packed (vs trl sft --packing)": "sft-packed",
+    "SFT LoRA, 1 epoch: llmtune packed vs trl sft unpacked": "sft-epoch",
+    "classification LoRA (vs HF Trainer script)": "cls",
+}
 
 
 def main() -> None:
@@ -189,7 +201,8 @@ def main() -> None:
             best = {"ours": [float("inf")] * 3, "theirs": [float("inf")] * 3}
             for _ in range(args.repeats):  # alternate, so that load on the machine hits both alike
                 for side, command in (("ours", ours), ("theirs", theirs)):
-                    best[side] = [min(a, b) for a, b in zip(best[side], measure(command))]
+                    run_dir = Path(tmp) / "runs" / RUN_NAMES[name] if side == "ours" else None
+                    best[side] = [min(a, b) for a, b in zip(best[side], measure(command, run_dir))]
             rows.append((name, best["ours"], best["theirs"]))
             print(f"done: {name}", file=sys.stderr)
     lines = [
