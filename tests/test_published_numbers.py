@@ -18,6 +18,7 @@ RESULTS = ROOT / "bench" / "results"
 # (doc, section heading prefix, results file): each section's tables come from that file
 SOURCES = [
     ("BENCHMARKS.md", "## Bulk inference", "bulk_infer.md"),
+    ("BENCHMARKS.md", "## Sweeps", "sweeps.md"),
     ("BENCHMARKS.md", "## Bulk-infer engines", "engines.md"),
     ("BENCHMARKS.md", "## Generation", "engines_generation.md"),
     ("BENCHMARKS.md", "## prompt-eval vs lm-evaluation-harness", "prompt_eval_lmeval.md"),
@@ -29,7 +30,6 @@ SOURCES = [
 ]
 UNSOURCED = [
     ("BENCHMARKS.md", "## Fine-tuning"),  # make bench writes bench/results/finetune.md
-    ("BENCHMARKS.md", "## Sweeps"),  # two llmtune sweep runs, read off their reports
 ]
 NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?:e-?\d+)?(?![\w])")
 
