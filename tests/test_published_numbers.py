@@ -17,6 +17,7 @@ from conftest import ROOT
 RESULTS = ROOT / "bench" / "results"
 # (doc, section heading prefix, results file): each section's tables come from that file
 SOURCES = [
+    ("BENCHMARKS.md", "## Fine-tuning", "finetune.md"),
     ("BENCHMARKS.md", "## Bulk inference", "bulk_infer.md"),
     ("BENCHMARKS.md", "## Sweeps", "sweeps.md"),
     ("BENCHMARKS.md", "## Bulk-infer engines", "engines.md"),
@@ -29,7 +30,6 @@ SOURCES = [
     ("docs/results.md", "## Quickstart", "quickstart.md"),
 ]
 UNSOURCED = [
-    ("BENCHMARKS.md", "## Fine-tuning"),  # make bench writes bench/results/finetune.md
 ]
 NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?:e-?\d+)?(?![\w])")
 
