@@ -29,8 +29,8 @@ SOURCES = [
     ("docs/results.md", "## Regression", "regression.md"),
     ("docs/results.md", "## Quickstart", "quickstart.md"),
 ]
-UNSOURCED = [
-]
+# (doc, section heading prefix) with no results file: none left; a new section names its file above
+UNSOURCED: list[tuple[str, str]] = []
 NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?:e-?\d+)?(?![\w])")
 
 
