@@ -56,7 +56,8 @@ class EngineRequest:
     """The recipe's `ModelRef` (path, scratch, dtype, threads, quantization)."""
     recipe: Any
     """The whole recipe (seed, scratch vocabulary)."""
-    head: Literal["causal_lm", "classification"] = "causal_lm"
+    head: Literal["causal_lm", "classification", "regression"] = "causal_lm"
+    """The model's head, to load it with (distill's teacher on engine onnx may be a regression head)."""
     loaded: Any = None
     labels: list[str] | None = None
     """Label names to load a classification head with."""
